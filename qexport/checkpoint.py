@@ -1,0 +1,196 @@
+"""Self-describing checkpoints, and safe loading of every model file ``qexport`` accepts.
+
+A qexport checkpoint is a ``torch.save`` of a plain dict (tensors, numbers, strings, lists,
+dicts only), so it loads with ``weights_only=True``: no code can run while reading it.
+A pickled ``nn.Module`` is Python code; it is only loaded when the caller says it trusts the
+file (``trust_pickle=True``, the CLI's ``--trust-pickle``). See docs/security.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .io import atomic_save
+
+FORMAT = "qexport.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A model file that cannot be used; the message says why and what to do."""
+
+
+def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, arch: str, arch_args: dict | None = None,
+                    quant: Any = None, metrics: dict | None = None, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically. ``quant`` is a QuantConfig, its dict, or None (float)."""
+    quant_dict = quant.to_dict() if hasattr(quant, "to_dict") else quant
+    payload = {
+        "format": FORMAT, "version": VERSION, "qexport_version": __version__,
+        "arch": arch, "arch_args": dict(arch_args or {}), "quant": quant_dict,
+        "state_dict": OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items()),
+        "metrics": dict(metrics or {}), "extra": dict(extra or {}),
+    }
+    atomic_save(path, lambda tmp: torch.save(payload, tmp))
+    return Path(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _torch_load_safe(path: Path) -> Any:
+    """torch.load with weights_only=True, turning every failure into a specific message."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a .pt file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
+            raise _UnsafePickle(str(exc)) from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch file ({_first_line(exc)})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        text = str(exc)
+        if "failed finding central directory" in text or "zip archive" in text or isinstance(exc, (EOFError, zipfile.BadZipFile)):
+            raise CheckpointError(f"{path}: truncated or corrupt (not a complete torch.save archive): {_first_line(exc)}") from exc
+        raise CheckpointError(f"{path}: cannot be read as a PyTorch file: {_first_line(exc)}") from exc
+
+
+class _UnsafePickle(Exception):
+    pass
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """Read and validate a qexport checkpoint (weights_only); raise CheckpointError otherwise."""
+    path = Path(path)
+    try:
+        obj = _torch_load_safe(path)
+    except _UnsafePickle as exc:
+        raise CheckpointError(
+            f"{path}: contains pickled Python objects (a whole nn.Module or arbitrary code), not a qexport checkpoint. "
+            f"Refusing to unpickle it: loading it could run code from the file. If you trust its origin, pass "
+            f"--trust-pickle (trust_pickle=True). Detail: {_first_line(exc)}") from None
+    return validate_checkpoint(obj, path)
+
+
+def validate_checkpoint(obj: Any, path: Path | str = "<checkpoint>") -> dict:
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise CheckpointError(f"{path}: a plain state dict, not a qexport checkpoint; say which architecture it "
+                                  f"belongs to with --arch NAME")
+        raise CheckpointError(f"{path}: not a qexport checkpoint (no format tag {FORMAT!r})")
+    version = obj.get("version")
+    if version != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r}; this qexport {__version__} reads version {VERSION}")
+    for key, kind in (("arch", str), ("arch_args", dict), ("state_dict", dict), ("metrics", dict)):
+        if not isinstance(obj.get(key), kind):
+            raise CheckpointError(f"{path}: checkpoint field {key!r} is missing or not a {kind.__name__}")
+    if obj.get("quant") is not None and not isinstance(obj["quant"], dict):
+        raise CheckpointError(f"{path}: checkpoint field 'quant' must be a dict or None")
+    bad = [k for k, v in obj["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: state_dict entries {bad[:3]} are not tensors")
+    return obj
+
+
+def build_model_from_checkpoint(ckpt: dict) -> nn.Module:
+    """The architecture with its arguments, quantized as the checkpoint says, weights loaded."""
+    from .models import build_model
+    from .nn import quantize_
+    from .quant.config import QuantConfig
+
+    try:
+        model = build_model(ckpt["arch"], **ckpt["arch_args"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint architecture {ckpt['arch']!r} with {ckpt['arch_args']} cannot be built: {exc}") from exc
+    if ckpt.get("quant"):
+        try:
+            quantize_(model, QuantConfig.from_dict(ckpt["quant"]))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint quantization config {ckpt['quant']} is invalid: {exc}") from exc
+    _load_state(model, ckpt["state_dict"], f"architecture {ckpt['arch']!r}")
+    return model.eval()
+
+
+def _load_state(model: nn.Module, state: dict, what: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"the weights do not fit {what}: {_first_line(exc)}") from exc
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to quantize or export, and what is known about where it came from."""
+
+    model: nn.Module
+    kind: str  # "checkpoint" | "state_dict" | "pickle"
+    arch: str | None = None
+    arch_args: dict = field(default_factory=dict)
+    quant: dict | None = None
+    metrics: dict = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def is_quantized(self) -> bool:
+        return bool(self.quant)
+
+
+def load_model(path: str | os.PathLike, *, arch: str | None = None, arch_args: dict | None = None,
+               trust_pickle: bool = False) -> LoadedModel:
+    """Load a qexport checkpoint, a state dict of a zoo architecture (``arch``), or — only with
+    ``trust_pickle`` — a pickled nn.Module."""
+    path = Path(path)
+    sha = file_sha256(path) if path.is_file() else ""
+    try:
+        obj = _torch_load_safe(path)
+    except _UnsafePickle as exc:
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path}: holds a pickled Python object (e.g. a whole nn.Module saved with torch.save(model)). "
+                f"Unpickling can run arbitrary code, so qexport refuses by default. If you trust this file, pass "
+                f"--trust-pickle; better, save model.state_dict() and pass --arch. Detail: {_first_line(exc)}") from None
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported as such
+            raise CheckpointError(f"{path}: could not unpickle ({_first_line(exc)})") from exc
+        if not isinstance(obj, nn.Module):
+            raise CheckpointError(f"{path}: the pickle holds a {type(obj).__name__}, not an nn.Module")
+        return LoadedModel(obj.eval(), "pickle", sha256=sha)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        ckpt = validate_checkpoint(obj, path)
+        if arch and arch != ckpt["arch"]:
+            raise CheckpointError(f"{path}: is a {ckpt['arch']} checkpoint, but --arch {arch} was given")
+        return LoadedModel(build_model_from_checkpoint(ckpt), "checkpoint", ckpt["arch"], ckpt["arch_args"],
+                           ckpt.get("quant"), ckpt["metrics"], sha)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: neither a qexport checkpoint nor a state dict (found {type(obj).__name__})")
+    if arch is None:
+        raise CheckpointError(f"{path}: a plain state dict; say which architecture it belongs to with --arch NAME")
+    from .models import build_model, default_arch_args
+    args = {**default_arch_args(arch), **(arch_args or {})}
+    model = build_model(arch, **args)
+    _load_state(model, state, f"architecture {arch!r} with {args}")
+    return LoadedModel(model.eval(), "state_dict", arch, args, None, {}, sha)

@@ -1,0 +1,223 @@
+"""The ``qexport`` command line: a thin typer app over the Python API."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Quantize PyTorch models to low-bit ASQ/POST, export them to ONNX with ai.qexport ops, "
+                       "and prove that ONNX Runtime computes what PyTorch computed.")
+console = Console(stderr=True)
+out = Console()
+
+DATA_HELP = ("Inputs for calibration and validation: 'samples' (the shipped 512 Fashion-MNIST images, default), "
+             "'fashion-mnist' (its test set, from the Debian package), or an .npz with x (N, C, H, W) float32 in "
+             "the model's own input convention and optional labels y.")
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(code)
+
+
+def _load_data(spec: str, limit: int | None):
+    from .data import load_dataset
+
+    try:
+        x, y = load_dataset(spec)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    if limit is not None:
+        x, y = x[:limit], (None if y is None else y[:limit])
+    return x, y
+
+
+def print_report(report, title: str = "parity") -> None:
+    from .validate import ParityReport
+
+    assert isinstance(report, ParityReport)
+    table = Table(title=f"{title}: {report.samples} samples", show_lines=False)
+    for col in ("layer", "op", "w bits", "act", "codes", "mismatches", "weights"):
+        table.add_column(col, justify="right" if col in ("w bits", "codes", "mismatches") else "left")
+    for row in report.layers:
+        mism = f"[green]0[/]" if row.mismatches == 0 else f"[red]{row.mismatches} (max {row.max_diff})[/]"
+        wt = "ok" if row.weight_mismatches == 0 else ("n/a" if row.weight_mismatches < 0 else f"[red]{row.weight_mismatches} differ[/]")
+        table.add_row(row.name, row.op, str(row.bits), f"{row.act} {row.act_bits}b", f"{row.codes:,}", mism, wt)
+    out.print(table)
+    for label, block in (("vs PyTorch deploy model (integer reference)", report.vs_deploy),
+                         ("vs PyTorch trained model (fake quantization)", report.vs_trained)):
+        sq = block["sqnr_db"]
+        sq_txt = "inf" if sq == float("inf") else f"{sq:.1f} dB"
+        out.print(f"ONNX {label}: max abs err {block['max_abs_err']:.3g}, max rel err {block['max_rel_err']:.3g}, "
+                  f"top-1 agreement {block['top1_agreement']:.2%}, SQNR {sq_txt}")
+    if report.accuracy:
+        out.print("accuracy on these samples: " + ", ".join(f"{k} {v:.2%}" for k, v in report.accuracy.items()))
+    if report.passed:
+        out.print("[bold green]parity: PASS[/]")
+    else:
+        out.print("[bold red]parity: FAIL[/]")
+        for f in report.failures:
+            out.print(f"  - {f}")
+
+
+def _tolerances(max_mismatch_rate: float, min_agreement: float):
+    from .validate import Tolerances
+
+    return Tolerances(max_code_mismatch_rate=max_mismatch_rate, min_top1_agreement=min_agreement)
+
+
+@app.command()
+def convert(
+    model: Path = typer.Argument(..., help="A qexport checkpoint (float or quantized), a state dict (with --arch), or a pickled nn.Module (with --trust-pickle)."),
+    bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Weight bit-width of the body layers (default 4; POST/POT: 2..4)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post (default asq+post)."),
+    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers (default: --bits)."),
+    first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers (uniform LSQ)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx to write (default: <model>_<method>_w<bits>.onnx here)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture of a plain state dict (see `qexport models`)."),
+    data: str = typer.Option("samples", "--data", help=DATA_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
+    calib_samples: int = typer.Option(512, "--calib-samples", help="Samples used to calibrate a float model."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file: only for files you trust)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity with PyTorch after export (default on)."),
+    max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
+    min_agreement: float = typer.Option(1.0, "--min-top1-agreement", help="Minimum top-1 agreement with PyTorch."),
+) -> None:
+    """Quantize (if float) and export a model to ONNX with ai.qexport ops, then check parity."""
+    from .checkpoint import CheckpointError
+    from .convert import ConvertError, convert as run
+    from .export import ExportError
+
+    x, y = _load_data(data, limit)
+    try:
+        result = run(model, x=x, y=y, output=output, method=method, bits=bits, act_bits=act_bits,
+                     first_last_bits=first_last_bits, arch=arch, trust_pickle=trust_pickle, calib_samples=calib_samples,
+                     validate=validate, data_name=data, tolerances=_tolerances(max_mismatch_rate, min_agreement),
+                     progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    except (CheckpointError, ConvertError, ExportError) as exc:
+        _fail(str(exc))
+    size = result.onnx_path.stat().st_size
+    out.print(f"wrote {result.onnx_path} ({size:,} bytes; {result.config.method}, {result.config.bits}-bit weights)")
+    if result.checkpoint_path:
+        out.print(f"wrote {result.checkpoint_path} (the calibrated quantized model, for `qexport validate`)")
+    if result.report is not None:
+        print_report(result.report)
+        out.print(f"wrote {result.report_path}")
+        if not result.report.passed:
+            raise typer.Exit(1)
+
+
+@app.command()
+def validate(
+    model: Path = typer.Argument(..., help="The quantized qexport checkpoint (from `qexport train` or `qexport convert`)."),
+    onnx_model: Path = typer.Argument(..., metavar="MODEL.onnx", help="The exported ONNX model."),
+    data: str = typer.Option("samples", "--data", help=DATA_HELP),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the report as JSON here."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
+    min_agreement: float = typer.Option(1.0, "--min-top1-agreement", help="Minimum top-1 agreement with PyTorch."),
+) -> None:
+    """Run the PyTorch model and the ONNX model on the same inputs and compare codes and outputs.
+
+    Exits 1 when parity fails, 2 on unusable inputs."""
+    import onnx
+
+    from .checkpoint import CheckpointError, load_checkpoint, build_model_from_checkpoint
+    from .convert import write_report
+    from .validate import check_parity
+
+    try:
+        ckpt = load_checkpoint(model)
+        if not ckpt.get("quant"):
+            _fail(f"{model} is a float model; validate compares the quantized model with its export. Pass the "
+                  f"quantized checkpoint (`qexport convert` writes one beside the .onnx).")
+        qmodel = build_model_from_checkpoint(ckpt)
+    except CheckpointError as exc:
+        _fail(str(exc))
+    try:
+        proto = onnx.load(str(onnx_model))
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a bad input file
+        _fail(f"{onnx_model}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+    x, y = _load_data(data, limit)
+    try:
+        result = check_parity(qmodel, proto, x, y, batch_size=batch_size, tolerances=_tolerances(max_mismatch_rate, min_agreement))
+    except ValueError as exc:
+        _fail(str(exc))
+    print_report(result)
+    if report:
+        write_report(result, report, {"onnx": str(onnx_model), "model": str(model), "data": data})
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    output: Path = typer.Option(..., "--output", "-o", help="The checkpoint to write (self-describing: arch, config, weights, metrics)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture (default: the --from checkpoint's, else small_cnn)."),
+    method: str = typer.Option("asq+post", "--method", "-m", help="float, lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post."),
+    bits: int = typer.Option(4, "--bits", "-b", help="Weight bit-width of the body layers (activations too unless --act-bits)."),
+    act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers."),
+    first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers."),
+    epochs: int = typer.Option(3, "--epochs", "-e"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (cosine decay); default 0.01 with --from, else 0.1."),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay", help="Not applied to step sizes and alphas."),
+    seed: int = typer.Option(0, "--seed"),
+    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, or an .npz with x, y (train split: x_train/y_train if present)."),
+    from_checkpoint: Optional[Path] = typer.Option(None, "--from", help="Start QAT from this float qexport checkpoint."),
+    limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Train on a seeded random subset of this size."),
+    limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Evaluate on the first N test samples."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Train a float model or run quantization-aware training (SGD, momentum 0.9, cosine)."""
+    from .checkpoint import CheckpointError
+    from .train import TrainConfig, train as run
+
+    quant_args = {"first_last_bits": first_last_bits}
+    if act_bits is not None:
+        quant_args["act_bits"] = act_bits
+    try:
+        config = TrainConfig(arch=arch, method=method, bits=bits, quant_args=quant_args if method != "float" else {},
+                             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, data=data,
+                             from_checkpoint=str(from_checkpoint) if from_checkpoint else None, output=str(output),
+                             limit_train=limit_train, limit_test=limit_test, progress=progress)
+        metrics = run(config)
+    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    final = metrics.get("final_test_top1", metrics.get("test_top1"))
+    out.print(f"wrote {output}: test top-1 {final:.2%}" if isinstance(final, float) else f"wrote {output}")
+
+
+@app.command()
+def models() -> None:
+    """List the zoo architectures and their default arguments."""
+    from .models import MODELS, default_arch_args
+
+    for name in sorted(MODELS):
+        out.print(f"{name}: {json.dumps(default_arch_args(name))}")
+
+
+@app.command()
+def library() -> None:
+    """Print the path of the compiled custom-op library (for onnxruntime's register_custom_ops_library)."""
+    from .runtime import library_path
+
+    try:
+        out.print(str(library_path()))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,116 @@
+"""Quantized PyTorch model -> ONNX with ai.qexport custom-domain nodes (dynamo exporter)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import warnings
+
+import onnx
+import torch
+from torch import nn
+
+from .. import __version__
+from ..io import atomic_write_bytes
+from ..nn.deploy import deploy_layers, to_deploy
+from ..quant import reference as R
+from .ops import OPS, TRANSLATIONS
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported (the message says which layer or op and why)."""
+
+
+def _layer_of(node: onnx.NodeProto) -> str | None:
+    """Module path of the deploy layer that emitted a custom node, from the exporter's scopes."""
+    for prop in node.metadata_props:
+        if prop.key != "namespace":
+            continue
+        for segment in reversed(prop.value.split("/")):
+            path, _, cls = segment.partition(": ")
+            if cls.endswith((".DeployConv2d", ".DeployLinear")):
+                return path.strip()
+    return None
+
+
+def _finalize(proto: onnx.ModelProto, deploy: nn.Module, meta: dict[str, str]) -> None:
+    layers = deploy_layers(deploy)
+    seen: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.domain != R.DOMAIN:
+            continue
+        if node.op_type not in OPS:
+            raise ExportError(f"exported graph holds an unknown {R.DOMAIN} op {node.op_type}")
+        layer = _layer_of(node)
+        if layer is None or layer not in layers:
+            raise ExportError(f"cannot tell which layer emitted node {node.name} ({node.op_type})")
+        role = "quantize" if OPS[node.op_type].kind == "quantize" else "op"
+        node.name = f"{layer}/{role}"
+        seen.setdefault(layer, []).append(role)
+    missing = [name for name in layers if sorted(seen.get(name, [])) != ["op", "quantize"]]
+    if missing:
+        raise ExportError(f"layers {missing} did not export to one quantize node and one op node each")
+    # Scopes and stack traces (with local file paths) are dropped: smaller, deterministic files.
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+    proto.producer_name = "qexport"
+    proto.producer_version = __version__
+    proto.doc_string = "Quantized by qexport; custom ops in domain ai.qexport (docs/ops.md)."
+    bits = {name: layer.describe() for name, layer in layers.items()}
+    entries = {"qexport.version": __version__, "qexport.bits": json.dumps(bits, sort_keys=True), **meta}
+    del proto.metadata_props[:]
+    for key in sorted(entries):
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=str(entries[key])))
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike | None = None, *,
+                meta: dict[str, str] | None = None) -> onnx.ModelProto:
+    """Export a quantized model (QAT/calibrated, or already a deploy model) to ONNX.
+
+    Args:
+        model: a model after ``quantize_`` + ``calibrate``/training, or ``to_deploy``'s result.
+        example: an input batch in the model's own convention; its batch dimension is exported
+            as dynamic ("batch").
+        path: where to write the .onnx (atomically); None only returns the proto.
+        meta: extra ``metadata_props`` (qexport.method, qexport.source, ...).
+
+    Returns the checked ModelProto.
+    """
+    deploy = model if deploy_layers(model) else to_deploy(model)
+    deploy.eval()
+    example = example.detach().float()
+    if example.shape[0] < 2:  # a batch of 1 would be specialised to a static dimension
+        example = example.expand(2, *example.shape[1:]).contiguous()
+    with torch.no_grad(), _quiet():
+        try:
+            program = torch.onnx.export(
+                deploy, (example,), dynamo=True, custom_translation_table=TRANSLATIONS,
+                dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"], output_names=["output"],
+                verbose=False)
+        except Exception as exc:  # noqa: BLE001 - re-raised with context
+            raise ExportError(f"torch.onnx.export failed: {exc}") from exc
+    proto = program.model_proto
+    _finalize(proto, deploy, dict(meta or {}))
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        atomic_write_bytes(path, proto.SerializeToString(deterministic=True))
+    return proto
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The dynamo exporter prints progress and warns about torchvision: keep the CLI clean."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+

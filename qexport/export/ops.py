@@ -1,0 +1,185 @@
+"""Every ai.qexport op, named once: ONNX schema, torch.library op, onnxscript translation.
+
+The torch ops' implementations call qexport.quant.reference, so running the deploy model in
+PyTorch *is* running the integer definition; the dynamo exporter turns each call into one
+custom-domain node through ``TRANSLATIONS``. The same schemas serve onnx.checker and shape
+inference (see docs/ops.md for the contract in words).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx.defs
+import onnxscript
+import torch
+from onnx.defs import OpSchema
+
+from ..quant import reference as R
+
+LIB = "qexport"
+OPSET = onnxscript.values.Opset(R.DOMAIN, R.DOMAIN_VERSION)
+
+
+@dataclass(frozen=True)
+class OpDef:
+    onnx_name: str  # e.g. "PostConv"
+    torch_name: str  # e.g. "post_conv" -> torch.ops.qexport.post_conv
+    kind: str  # "quantize" | "conv" | "gemm"
+    fmt: str | None  # weight format of weighted ops; activation method of quantize ops
+
+    @property
+    def torch_op(self):
+        return getattr(torch.ops.qexport, self.torch_name).default
+
+
+OPS: dict[str, OpDef] = {}
+SCHEMAS: dict[str, OpSchema] = {}
+TRANSLATIONS: dict = {}
+
+_A = OpSchema.AttrType
+_F32, _U8 = "tensor(float)", "tensor(uint8)"
+
+
+def _schema(name: str, doc: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],
+            attributes: list[tuple[str, "OpSchema.AttrType", str]]) -> OpSchema:
+    types = {"F": _F32, "U": _U8}
+    constraints = sorted({t for _, t in inputs + outputs})
+    return OpSchema(
+        name, R.DOMAIN, R.DOMAIN_VERSION, doc,
+        inputs=[OpSchema.FormalParameter(n, t) for n, t in inputs],
+        outputs=[OpSchema.FormalParameter(n, t) for n, t in outputs],
+        type_constraints=[(t, [types[t]], {"F": "float32", "U": "uint8 codes"}[t]) for t in constraints],
+        attributes=[OpSchema.Attribute(n, ty, d) for n, ty, d in attributes],
+        node_determinism=OpSchema.NodeDeterminism.Deterministic,
+    )
+
+
+def _register(op: OpDef, schema: OpSchema, torch_schema: str, impl: Callable, fake: Callable, translation: Callable) -> None:
+    if not _schema_registered(op.onnx_name):
+        onnx.defs.register_schema(schema)
+    custom = torch.library.custom_op(f"{LIB}::{op.torch_name}", impl, mutates_args=(), schema=torch_schema)
+    custom.register_fake(fake)
+    OPS[op.onnx_name] = op
+    SCHEMAS[op.onnx_name] = schema
+    TRANSLATIONS[op.torch_op] = translation
+
+
+def _schema_registered(name: str) -> bool:
+    try:
+        onnx.defs.get_schema(name, R.DOMAIN_VERSION, R.DOMAIN)
+        return True
+    except onnx.defs.SchemaError:
+        return False
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- quantize ops
+_QUANT_ATTRS = [("bits", _A.INT, "bit-width, 2..8"), ("signed", _A.INT, "0: codes 0..2^b-1; 1: q + 2^(b-1)"),
+                ("step", _A.FLOAT, "the learned step s (finite, > 0)")]
+
+
+def _quant_fake(x: torch.Tensor, *rest):
+    return torch.empty_like(x, dtype=torch.uint8), x.new_empty((x.shape[0],))
+
+
+def _asq_impl(x, w1, b1, w2, b2, step, bits, signed):
+    codes, scale = R.asq_quantize(_np(x), _np(w1), _np(b1), _np(w2), _np(b2), step, bits, bool(signed))
+    return torch.from_numpy(codes), torch.from_numpy(scale)
+
+
+def _lsq_impl(x, step, bits, signed):
+    codes, scale = R.lsq_quantize(_np(x), step, bits, bool(signed))
+    return torch.from_numpy(codes), torch.from_numpy(scale)
+
+
+_register(
+    OpDef("AsqQuantize", "asq_quantize", "quantize", "asq"),
+    _schema("AsqQuantize", "ASQ: codes of X with a per-sample step s * 2 sigmoid(adapter(mean_spatial(X))).",
+            [("X", "F"), ("W1", "F"), ("B1", "F"), ("W2", "F"), ("B2", "F")], [("Y", "U"), ("scale", "F")], _QUANT_ATTRS),
+    "(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, float step, int bits, int signed) -> (Tensor, Tensor)",
+    _asq_impl, _quant_fake,
+    lambda x, w1, b1, w2, b2, step, bits, signed: OPSET.AsqQuantize(
+        x, w1, b1, w2, b2, step=step, bits=bits, signed=signed, _outputs=2),
+)
+_register(
+    OpDef("LsqQuantize", "lsq_quantize", "quantize", "lsq"),
+    _schema("LsqQuantize", "LSQ: codes of X with a fixed step.", [("X", "F")], [("Y", "U"), ("scale", "F")], _QUANT_ATTRS),
+    "(Tensor x, float step, int bits, int signed) -> (Tensor, Tensor)",
+    _lsq_impl, _quant_fake,
+    lambda x, step, bits, signed: OPSET.LsqQuantize(x, step=step, bits=bits, signed=signed, _outputs=2),
+)
+
+# --------------------------------------------------------------------------- weighted ops
+_W_INPUTS = [("X", "U"), ("X_scale", "F"), ("W", "U"), ("W_scale", "F"), ("B", "F")]
+_W_ATTRS = [("bits", _A.INT, "weight bit-width"), ("act_bits", _A.INT, "bit-width of the codes in X"),
+            ("act_zero_point", _A.INT, "zero point of the codes in X"),
+            ("weight_shape", _A.INTS, "conv [O, C/group, kH, kW]; gemm [O, K]"), ("relu", _A.INT, "fused ReLU, 0 or 1")]
+_CONV_ATTRS = [("strides", _A.INTS, "[sH, sW]"), ("pads", _A.INTS, "[top, left, bottom, right]"),
+               ("dilations", _A.INTS, "[dH, dW]"), ("group", _A.INT, "groups")]
+_FMT_NAMES = {"post": "Post", "pot": "Pot", "uniform": "Uniform"}
+_CONV_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, int bits, int act_bits, int act_zero_point, "
+             "int[] weight_shape, int relu, int[] strides, int[] pads, int[] dilations, int group) -> Tensor")
+_GEMM_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, int bits, int act_bits, int act_zero_point, "
+             "int[] weight_shape, int relu) -> Tensor")
+
+
+def _conv_fake(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group):
+    _, kh, kw = weight_shape[0], weight_shape[2], weight_shape[3]
+    oh = (x.shape[2] + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    ow = (x.shape[3] + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    return x.new_empty((x.shape[0], weight_shape[0], oh, ow), dtype=torch.float32)
+
+
+def _gemm_fake(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu):
+    return x.new_empty((x.shape[0], weight_shape[0]), dtype=torch.float32)
+
+
+def _make_weighted(fmt: str, kind: str) -> None:
+    onnx_name = _FMT_NAMES[fmt] + ("Conv" if kind == "conv" else "Gemm")
+    op = OpDef(onnx_name, f"{fmt}_{kind}", kind, fmt)
+
+    def call(*args, **kwargs):
+        return getattr(OPSET, onnx_name)(*args, **kwargs)
+
+    if kind == "conv":
+        def impl(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group):
+            return torch.from_numpy(R.qconv(
+                _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), fmt=fmt, bits=bits, act_bits=act_bits,
+                act_zero_point=zp, weight_shape=weight_shape, strides=strides, pads=pads, dilations=dilations,
+                group=group, relu=bool(relu)))
+
+        def translation(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group):
+            return call(x, x_scale, w, w_scale, b, bits=bits, act_bits=act_bits, act_zero_point=zp,
+                        weight_shape=list(weight_shape), relu=relu, strides=list(strides), pads=list(pads),
+                        dilations=list(dilations), group=group)
+        sig, fake, attrs = _CONV_SIG, _conv_fake, _W_ATTRS + _CONV_ATTRS
+    else:
+        def impl(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu):
+            return torch.from_numpy(R.qgemm(
+                _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), fmt=fmt, bits=bits, act_bits=act_bits,
+                act_zero_point=zp, weight_shape=weight_shape, relu=bool(relu)))
+
+        def translation(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu):
+            return call(x, x_scale, w, w_scale, b, bits=bits, act_bits=act_bits, act_zero_point=zp,
+                        weight_shape=list(weight_shape), relu=relu)
+        sig, fake, attrs = _GEMM_SIG, _gemm_fake, _W_ATTRS
+    doc = f"{kind} of uint8 activation codes with packed {fmt} weights; float32 out (docs/ops.md)."
+    _register(op, _schema(onnx_name, doc, _W_INPUTS, [("Y", "F")], attrs), sig, impl, fake, translation)
+
+
+for _fmt in R.WEIGHT_FORMATS:
+    for _kind in ("conv", "gemm"):
+        _make_weighted(_fmt, _kind)
+
+
+def weighted_op(fmt: str, kind: str) -> OpDef:
+    return OPS[_FMT_NAMES[fmt] + ("Conv" if kind == "conv" else "Gemm")]
+
+
+def quantize_op(kind: str) -> OpDef:
+    return OPS[{"asq": "AsqQuantize", "lsq": "LsqQuantize"}[kind]]

@@ -1,0 +1,95 @@
+"""quantize_(model, config): one call that swaps Conv2d/Linear for quantized layers."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..quant.base import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, ActQuantizer, WeightQuantizer
+from ..quant.config import QuantConfig
+from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, dict]:
+    """For every Conv2d/Linear to quantize: its act method, weight format and bit-widths.
+
+    First and last are taken in registration order (the order of ``named_modules``), which is
+    the forward order for the zoo models and for most hand-written ones.
+    """
+    names = [n for n, m in model.named_modules() if type(m) in QUANT_LAYERS and n not in config.skip]
+    plan = {}
+    for i, name in enumerate(names):
+        edge = config.first_last_bits is not None and (i == 0 or i == len(names) - 1)
+        plan[name] = {
+            "act": "lsq" if edge else config.act_method,
+            "weights": "uniform" if edge else config.weight_format,
+            "bits": config.first_last_bits if edge else config.bits,
+            "act_bits": config.first_last_bits if edge else config.effective_act_bits,
+        }
+    return plan
+
+
+def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
+    """Replace the model's Conv2d/Linear layers by QConv2d/QLinear, in place; returns the model.
+
+    Example:
+        >>> model = quantize_(build_model("small_cnn"), QuantConfig("asq+post", bits=3))
+        >>> calibrate(model, [x[:256]])
+    """
+    for name, spec in layer_plan(model, config).items():
+        mod = model.get_submodule(name)
+        in_ch = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
+        out_ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+        act_cls = ACT_QUANTIZERS[spec["act"]]
+        kwargs = {"reduction": config.adapter_reduction} if spec["act"] == "asq" else {}
+        act_q = act_cls(spec["act_bits"], in_ch, **kwargs).to(mod.weight.device)
+        w_q = WEIGHT_QUANTIZERS[spec["weights"]](spec["bits"], out_ch).to(mod.weight.device)
+        _set_submodule(model, name, QUANT_LAYERS[type(mod)].from_float(mod, act_q, w_q))
+    return model
+
+
+def quant_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantMixin)}
+
+
+def quant_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Step sizes and alphas: the parameters weight decay must not touch."""
+    params = []
+    for m in model.modules():
+        if isinstance(m, ActQuantizer):
+            params.append(m.step)
+        elif isinstance(m, WeightQuantizer):
+            params.append(m.param)
+    return params
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Initialise every quantizer from data: weights by per-channel MSE, activations by the
+    MSE-optimal step over the float activations seen on ``batches`` (signedness too)."""
+    layers = quant_layers(model)
+    if not layers:
+        raise ValueError("model has no quantized layers: call quantize_(model, config) first")
+    was_training = model.training
+    model.eval()
+    for layer in layers.values():
+        layer.weight_quant.init_from(layer.weight)
+        layer.act_quant.calibrating = True
+    seen = 0
+    try:
+        device = next(model.parameters()).device
+        for xb in batches:
+            model(xb.to(device))
+            seen += 1
+    finally:
+        for layer in layers.values():
+            layer.act_quant.finish_calibration()
+    if seen == 0:
+        raise ValueError("calibrate() got no batches")
+    model.train(was_training)

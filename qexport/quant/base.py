@@ -1,0 +1,236 @@
+"""Quantizer base classes and the registries that map method names to quantizers.
+
+A quantizer is registered once with a decorator; configs, layers, calibration and the
+exporter look it up by name, so adding a method touches one file and no if/elif chain.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, ClassVar, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import reference as R
+
+ACT_QUANTIZERS: dict[str, type["ActQuantizer"]] = {}
+WEIGHT_QUANTIZERS: dict[str, type["WeightQuantizer"]] = {}
+
+A = TypeVar("A", bound=type)
+
+
+def register_act(name: str) -> Callable[[A], A]:
+    def deco(cls: A) -> A:
+        cls.kind = name
+        ACT_QUANTIZERS[name] = cls
+        return cls
+    return deco
+
+
+def register_weight(name: str) -> Callable[[A], A]:
+    def deco(cls: A) -> A:
+        cls.fmt = name
+        WEIGHT_QUANTIZERS[name] = cls
+        return cls
+    return deco
+
+
+# Calibration keeps at most this many activation values per quantizer (a uniform subsample).
+_CALIB_VALUES = 1 << 16
+
+
+class ActQuantizer(nn.Module):
+    """Activation quantizer with a learned step size ``step`` (LSQ) and optional per-sample factor.
+
+    ``signed`` is a buffer: -1 means "decide from the first data seen" (min < 0 -> signed).
+    Subclasses provide ``factor(x)``, the per-sample multiplier of the step (1 for LSQ).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, bits: int, channels: int, signed: bool | None = None) -> None:
+        super().__init__()
+        R.act_range(bits, False)  # validates bits
+        self.bits = int(bits)
+        self.channels = int(channels)
+        self.step = nn.Parameter(torch.tensor(1.0))
+        self.register_buffer("signed", torch.tensor(-1 if signed is None else int(signed), dtype=torch.int8))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.calibrating = False
+        self._calib: list[torch.Tensor] = []
+        self._calib_min = math.inf
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def is_signed(self) -> bool:
+        if int(self.signed) < 0:
+            raise RuntimeError("quantizer has not seen data yet: call qexport.nn.calibrate(model, batches) first")
+        return bool(int(self.signed))
+
+    def qrange(self) -> tuple[int, int]:
+        return R.act_range(self.bits, self.is_signed)
+
+    def factor(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample multiplier of the step, shape (N,), or None for a fixed step."""
+        return None
+
+    def extra_repr(self) -> str:
+        sign = {-1: "auto", 0: "unsigned", 1: "signed"}[int(self.signed)]
+        return f"bits={self.bits}, {sign}, step={float(self.step.detach()):.4g}"
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self._observe(x)
+            return x
+        if not bool(self.initialized):
+            self._init_from_batch(x)
+        lo, hi = self.qrange()
+        g = 1.0 / math.sqrt(max(1, x[0].numel()) * max(1, hi))
+        s = grad_scale(self.step, g)
+        f = self.factor(x)
+        if f is not None:
+            s = s * grad_scale(f, g).reshape((-1,) + (1,) * (x.dim() - 1))
+        return round_pass(torch.clamp(x / s, lo, hi)) * s
+
+    # ----------------------------------------------------------------- init / calibration
+    @torch.no_grad()
+    def _init_from_batch(self, x: torch.Tensor) -> None:
+        """LSQ's initialisation when training starts without calibration: 2 mean|x| / sqrt(Qp)."""
+        if int(self.signed) < 0:
+            self.signed.fill_(int(bool((x < 0).any())))
+        _, hi = self.qrange()
+        self.step.fill_(max(2.0 * x.abs().mean().item() / math.sqrt(hi), 1e-8))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _observe(self, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1).float()
+        self._calib_min = min(self._calib_min, float(flat.min()))
+        if flat.numel() > _CALIB_VALUES // 4:
+            idx = torch.randint(0, flat.numel(), (_CALIB_VALUES // 4,), generator=torch.Generator().manual_seed(len(self._calib)))
+            flat = flat[idx]
+        self._calib.append(flat.cpu())
+
+    @torch.no_grad()
+    def finish_calibration(self) -> None:
+        """Pick signedness and the MSE-optimal step over the observed values."""
+        self.calibrating = False
+        if not self._calib:
+            return
+        values = torch.cat(self._calib)[:_CALIB_VALUES]
+        self._calib = []
+        if int(self.signed) < 0:
+            self.signed.fill_(int(self._calib_min < 0))
+        lo, hi = self.qrange()
+        self.step.fill_(mse_step(values, lo, hi))
+        self.initialized.fill_(True)
+
+    def deploy_params(self) -> dict:
+        """What the exporter needs: kind, bits, signed, step (float32-exact) and adapter arrays."""
+        return {"kind": self.kind, "bits": self.bits, "signed": self.is_signed,
+                "step": float(np.float32(self.step.detach().item()))}
+
+
+def mse_step(values: torch.Tensor, lo: int, hi: int, points: int = 40) -> float:
+    """Step minimising the mean squared quantization error of ``values``: a coarse grid of
+    clipping ratios of max|x|, then a finer grid around the best one."""
+    amax = float(values.abs().max())
+    if not math.isfinite(amax) or amax <= 0:
+        return 1.0
+    top = max(abs(lo), hi)
+
+    def err(t: float) -> float:
+        s = amax * t / top
+        return float(((torch.clamp(torch.round(values / s), lo, hi) * s - values) ** 2).mean())
+
+    grid = torch.linspace(0.02, 1.0, points).tolist()
+    best = min(grid, key=err)
+    width = grid[1] - grid[0]
+    best = min(torch.linspace(max(0.005, best - width), min(1.0, best + width), points // 2).tolist() + [best], key=err)
+    return amax * best / top
+
+
+class WeightQuantizer(nn.Module):
+    """Per-output-channel weight quantizer. Subclasses define the integer grid.
+
+    ``integer_weights(w)`` returns (w_int, w_scale) with ``forward(w) == w_int * w_scale``
+    (up to one float32 rounding): the exporter packs ``w_int`` and the kernels use ``w_scale``.
+    """
+
+    fmt: ClassVar[str]
+    param_name: ClassVar[str] = "scale"
+
+    def __init__(self, bits: int, out_channels: int) -> None:
+        super().__init__()
+        R.weight_lut(self.fmt, bits)  # validates (format, bits)
+        self.bits = int(bits)
+        self.register_parameter(self.param_name, nn.Parameter(torch.ones(out_channels)))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @property
+    def param(self) -> nn.Parameter:
+        return getattr(self, self.param_name)
+
+    def extra_repr(self) -> str:
+        return f"{self.fmt}, bits={self.bits}, channels={self.param.numel()}"
+
+    def grad_factor(self, w: torch.Tensor) -> float:
+        return 1.0 / math.sqrt(max(1, w[0].numel()) * self.qmax())
+
+    def qmax(self) -> int:
+        """Number of positive levels (LSQ's Qp), used for gradient scaling."""
+        raise NotImplementedError
+
+    def project(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """v = w / scale (clamped to the grid's range) -> (level value, integer weight)."""
+        raise NotImplementedError
+
+    def clamp_range(self) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def integer_scale(self) -> torch.Tensor:
+        """Map from the grid's level value to the kernel's integer weight: w_scale = param / this."""
+        raise NotImplementedError
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not bool(self.initialized):
+            self.init_from(w)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        s = grad_scale(self.param, self.grad_factor(w)).reshape(shape)
+        lo, hi = self.clamp_range()
+        v = torch.clamp(w / s, lo, hi)
+        level, _ = self.project(v.detach())
+        return (v + (level - v).detach()) * s
+
+    @torch.no_grad()
+    def integer_weights(self, w: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        lo, hi = self.clamp_range()
+        v = torch.clamp(w.detach() / self.param.detach().reshape(shape), lo, hi)
+        _, w_int = self.project(v)
+        w_scale = (self.param.detach().double() / float(self.integer_scale())).float()
+        return w_int.cpu().numpy().astype(np.int64), w_scale.cpu().numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def init_from(self, w: torch.Tensor, points: int = 40) -> None:
+        """Per-channel MSE-optimal scale over a grid of clipping ratios of max|w|."""
+        flat = w.detach().reshape(w.shape[0], -1).float()
+        amax = flat.abs().amax(dim=1).clamp_min(1e-12)
+        lo, hi = self.clamp_range()
+        best = amax / hi
+        best_err = torch.full_like(amax, math.inf)
+        for t in torch.linspace(0.2, 1.0, points).tolist():
+            s = amax * t / hi
+            v = torch.clamp(flat / s[:, None], lo, hi)
+            level, _ = self.project(v)
+            err = ((level * s[:, None] - flat) ** 2).mean(dim=1)
+            better = err < best_err
+            best = torch.where(better, s, best)
+            best_err = torch.where(better, err, best_err)
+        self.param.copy_(best)
+        self.initialized.fill_(True)
+
+
+from .ste import grad_scale, round_pass  # noqa: E402  (kept at the end: base defines the registries)

@@ -1,0 +1,210 @@
+"""Parity: does ONNX Runtime + the kernel library compute what PyTorch computed?
+
+Three computations see the same inputs, batch by batch:
+
+* the trained model (fake quantization, BatchNorm separate): what the user trained;
+* the deploy model (``to_deploy``): BatchNorm folded, integers from the numpy reference;
+* the ONNX model in onnxruntime with the qexport library.
+
+Every quantized layer's activation codes (the quantize node's output) and the packed weights
+are compared between deploy and ONNX (they must be identical), and the outputs are compared
+to both PyTorch models (max abs/rel error, top-1 agreement, SQNR).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from ..nn.deploy import DeployQuantize, deploy_layers, to_deploy
+from ..quant import reference as R
+
+
+@dataclass
+class Tolerances:
+    """What validate accepts. Defaults are strict: integer codes are identical, top-1 agrees."""
+
+    max_code_mismatch_rate: float = 0.0  # per layer, fraction of codes that may differ
+    max_code_diff: int = 1  # largest |code difference| tolerated among those
+    min_top1_agreement: float = 1.0  # ONNX vs deploy model
+    min_sqnr_db: float = 40.0  # ONNX output vs deploy model output
+
+
+@dataclass
+class LayerParity:
+    name: str
+    op: str
+    weights: str
+    bits: int
+    act: str
+    act_bits: int
+    codes: int = 0
+    mismatches: int = 0
+    max_diff: int = 0
+    weight_mismatches: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.mismatches / self.codes if self.codes else 0.0
+
+
+@dataclass
+class OutputCompare:
+    """ONNX output against a reference output."""
+
+    max_abs: float = 0.0
+    max_ref: float = 0.0
+    sq_ref: float = 0.0
+    sq_err: float = 0.0
+    agree: int = 0
+    count: int = 0
+
+    def update(self, ref: np.ndarray, out: np.ndarray) -> None:
+        ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
+        err = out64 - ref64
+        self.max_abs = max(self.max_abs, float(np.abs(err).max(initial=0.0)))
+        self.max_ref = max(self.max_ref, float(np.abs(ref64).max(initial=0.0)))
+        self.sq_ref += float((ref64**2).sum())
+        self.sq_err += float((err**2).sum())
+        if ref.ndim == 2:
+            self.agree += int((ref.argmax(1) == out.argmax(1)).sum())
+        self.count += ref.shape[0]
+
+    def summary(self) -> dict:
+        sqnr = math.inf if self.sq_err == 0 else 10 * math.log10(max(self.sq_ref, 1e-300) / self.sq_err)
+        return {"max_abs_err": self.max_abs, "max_rel_err": self.max_abs / self.max_ref if self.max_ref else 0.0,
+                "top1_agreement": self.agree / self.count if self.count else 1.0, "sqnr_db": sqnr}
+
+
+@dataclass
+class ParityReport:
+    samples: int
+    layers: list[LayerParity]
+    vs_deploy: dict
+    vs_trained: dict
+    accuracy: dict = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    tolerances: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["passed"] = self.passed
+        for layer, src in zip(d["layers"], self.layers):
+            layer["mismatch_rate"] = src.rate
+        for block in (d["vs_deploy"], d["vs_trained"]):
+            if math.isinf(block.get("sqnr_db", 0)):
+                block["sqnr_db"] = "inf"
+        return d
+
+
+def _onnx_with_code_outputs(proto: onnx.ModelProto, layers: list[str]) -> tuple[bytes, dict[str, str]]:
+    """A copy of the model that also outputs each layer's activation codes."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    by_name = {n.name: n for n in model.graph.node}
+    outputs, existing = {}, {o.name for o in model.graph.output}
+    for layer in layers:
+        node = by_name.get(f"{layer}/quantize")
+        if node is None:
+            raise ValueError(f"the ONNX model has no node {layer}/quantize: was it exported from this model?")
+        outputs[layer] = node.output[0]
+        if node.output[0] not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UINT8, None))
+    return model.SerializeToString(), outputs
+
+
+def _check_weights(proto: onnx.ModelProto, deploy: nn.Module, rows: dict[str, LayerParity]) -> None:
+    """The packed weights in the file decode to the deploy model's integer weights."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node}
+    for name, layer in deploy_layers(deploy).items():
+        node = nodes.get(f"{name}/op")
+        init = inits.get(node.input[2]) if node is not None else None
+        if init is None:
+            rows[name].weight_mismatches = -1  # not a constant initializer: cannot check
+            continue
+        packed = onnx.numpy_helper.to_array(init)
+        ours = R.decode_weights(layer.packed.numpy(), layer.fmt, layer.bits, layer.weight_shape)
+        theirs = R.decode_weights(packed, layer.fmt, layer.bits, layer.weight_shape)
+        rows[name].weight_mismatches = int((ours != theirs).sum())
+
+
+def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = None, *,
+                 session_factory: Callable[[bytes], object] | None = None, batch_size: int = 128,
+                 tolerances: Tolerances | None = None, progress: Callable[[int], None] | None = None) -> ParityReport:
+    """Compare the quantized PyTorch model with the ONNX model on inputs ``x`` (labels ``y``)."""
+    from ..runtime import make_session
+
+    tol = tolerances or Tolerances()
+    model = model.eval()
+    deploy = to_deploy(model)
+    layers = deploy_layers(deploy)
+    rows = {name: LayerParity(name, **{k: v for k, v in layer.describe().items()
+                                       if k in ("op", "weights", "bits", "act", "act_bits")})
+            for name, layer in layers.items()}
+    _check_weights(proto, deploy, rows)
+    data, code_outputs = _onnx_with_code_outputs(proto, list(layers))
+    session = (session_factory or make_session)(data)
+    input_name = session.get_inputs()[0].name
+    out_names = [o.name for o in session.get_outputs()]
+    main_output = proto.graph.output[0].name
+
+    captured: dict[str, np.ndarray] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, key=name.rsplit(".quant", 1)[0]: captured.__setitem__(key, out[0].numpy()))
+             for name, m in deploy.named_modules() if isinstance(m, DeployQuantize)]
+    vs_deploy, vs_trained = OutputCompare(), OutputCompare()
+    correct = {"torch": 0, "deploy": 0, "onnx": 0}
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
+            with torch.no_grad():
+                y_trained = model(torch.from_numpy(xb)).numpy()
+                captured.clear()
+                y_deploy = deploy(torch.from_numpy(xb)).numpy()
+            results = dict(zip(out_names, session.run(None, {input_name: xb})))
+            y_onnx = results[main_output]
+            for name, row in rows.items():
+                ours, theirs = captured[name], results[code_outputs[name]]
+                if ours.shape != theirs.shape:
+                    raise ValueError(f"layer {name}: code shapes differ, PyTorch {ours.shape} vs ONNX {theirs.shape}")
+                diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
+                row.codes += diff.size
+                row.mismatches += int(np.count_nonzero(diff))
+                row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
+            vs_deploy.update(y_deploy, y_onnx)
+            vs_trained.update(y_trained, y_onnx)
+            if y is not None and y_onnx.ndim == 2:
+                yb = y[start : start + batch_size]
+                for key, out in (("torch", y_trained), ("deploy", y_deploy), ("onnx", y_onnx)):
+                    correct[key] += int((out.argmax(1) == yb).sum())
+            if progress:
+                progress(len(xb))
+    finally:
+        for h in hooks:
+            h.remove()
+
+    report = ParityReport(len(x), list(rows.values()), vs_deploy.summary(), vs_trained.summary(),
+                          tolerances=asdict(tol))
+    if y is not None and len(x):
+        report.accuracy = {k: v / len(x) for k, v in correct.items()}
+    for row in rows.values():
+        if row.weight_mismatches > 0:
+            report.failures.append(f"{row.name}: {row.weight_mismatches} packed weight codes differ from the model's")
+        if row.rate > tol.max_code_mismatch_rate or row.max_diff > tol.max_code_diff:
+            report.failures.append(f"{row.name}: {row.mismatches} of {row.codes} activation codes differ "
+                                   f"(max |diff| {row.max_diff})")
+    if report.vs_deploy["top1_agreement"] < tol.min_top1_agreement:
+        report.failures.append(f"top-1 agreement with the PyTorch model {report.vs_deploy['top1_agreement']:.4%} "
+                               f"< {tol.min_top1_agreement:.4%}")
+    if report.vs_deploy["sqnr_db"] < tol.min_sqnr_db:
+        report.failures.append(f"output SQNR {report.vs_deploy['sqnr_db']:.1f} dB < {tol.min_sqnr_db} dB")
+    return report

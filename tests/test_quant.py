@@ -1,0 +1,150 @@
+"""Quantizers: values on the right grid, and gradients equal to the closed forms of methods.md."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from qexport.nn import calibrate, layer_plan, quant_parameters, quantize_
+from qexport.nn.layers import QConv2d, QLinear
+from qexport.quant import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, QuantConfig
+from qexport.quant import reference as R
+
+
+def _act(kind, bits, channels, signed, step):
+    q = ACT_QUANTIZERS[kind](bits, channels, signed=signed)
+    with torch.no_grad():
+        q.step.fill_(step)
+    q.initialized.fill_(True)
+    return q
+
+
+@pytest.mark.parametrize("bits,signed", [(2, False), (3, False), (4, True), (8, True)])
+def test_lsq_activation_gradient_closed_form(bits, signed):
+    torch.manual_seed(bits)
+    q = _act("lsq", bits, 6, signed, 0.21)
+    x = (torch.randn(5, 6, 4, 4) * 2).requires_grad_()
+    upstream = torch.randn(5, 6, 4, 4)
+    (q(x) * upstream).sum().backward()
+    lo, hi = R.act_range(bits, signed)
+    v = x.detach() / 0.21
+    inside = (v >= lo) & (v <= hi)
+    g = 1 / math.sqrt(6 * 16 * hi)
+    local = torch.where(inside, torch.round(v) - v, torch.clamp(v, lo, hi).round())
+    assert torch.allclose(q.step.grad, (upstream * local).sum() * g, rtol=1e-4)
+    assert torch.allclose(x.grad, torch.where(inside, upstream, torch.zeros_like(upstream)), rtol=1e-6, atol=0)
+
+
+def test_lsq_activation_codes_match_reference():
+    torch.manual_seed(0)
+    q = _act("lsq", 4, 3, False, 0.173)
+    x = torch.relu(torch.randn(7, 3, 5, 5))
+    codes, scale = R.lsq_quantize(x.numpy(), 0.173, 4, False)
+    assert torch.equal(q(x), torch.from_numpy(codes.astype(np.float32)) * torch.tensor(np.float32(0.173)))
+
+
+def test_asq_starts_at_beta_one_and_gradients_follow_chain_rule():
+    torch.manual_seed(1)
+    q = _act("asq", 3, 8, False, 0.3)
+    x = torch.relu(torch.randn(4, 8, 5, 5)).requires_grad_()
+    assert torch.allclose(q.factor(x), torch.ones(4))
+    with torch.no_grad():  # move the adapter off its initial point so that beta varies per sample
+        q.fc2.weight.normal_()
+        q.fc2.bias.fill_(0.1)
+    upstream = torch.randn(4, 8, 5, 5)
+    (q(x) * upstream).sum().backward()
+
+    beta = q.factor(x).detach()
+    s_prime = 0.3 * beta
+    lo, hi = R.act_range(3, False)
+    v = x.detach() / s_prime[:, None, None, None]
+    local = torch.where((v >= lo) & (v <= hi), torch.round(v) - v, torch.clamp(v, lo, hi).round())
+    g = 1 / math.sqrt(8 * 25 * hi)
+    d_sprime = (upstream * local).sum(dim=(1, 2, 3))  # LSQ rule for s' of each sample
+    assert torch.allclose(q.step.grad, (d_sprime * beta).sum() * g, rtol=1e-4)
+    # dL/dbeta_n = dL/ds'_n * s * g, then through beta = 2 sigmoid(z): dbeta/dz = beta (1 - beta / 2)
+    z_grad = d_sprime * 0.3 * g * beta * (1 - beta / 2)
+    assert torch.allclose(q.fc2.bias.grad, z_grad.sum().reshape(1), rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("fmt,bits", [("post", 2), ("post", 3), ("post", 4), ("pot", 3), ("pot", 4), ("uniform", 3), ("uniform", 8)])
+def test_weight_quantizer_grid_and_integer_form(fmt, bits):
+    torch.manual_seed(bits)
+    q = WEIGHT_QUANTIZERS[fmt](bits, 5)
+    w = torch.randn(5, 3, 3, 3)
+    w_hat = q(w)
+    w_int, w_scale = q.integer_weights(w)
+    values, valid = R.weight_lut(fmt, bits)
+    assert set(np.unique(w_int)) <= set(values[valid].tolist())
+    assert np.allclose(w_int * w_scale[:, None, None, None], w_hat.detach().numpy(), rtol=1e-6, atol=1e-7)
+    if fmt == "post":  # levels are alpha * T[e] / 64
+        mags = np.unique(np.abs(w_hat.detach().numpy()) / q.alpha.detach().numpy()[:, None, None, None])
+        allowed = np.concatenate([[0.0], R.post_table(bits) / 64.0])
+        assert all(np.isclose(m, allowed, atol=1e-6).any() for m in mags)
+
+
+@pytest.mark.parametrize("fmt,bits", [("post", 4), ("pot", 3), ("post", 3)])
+def test_alpha_gradient_is_lsq_rule(fmt, bits):
+    torch.manual_seed(3)
+    q = WEIGHT_QUANTIZERS[fmt](bits, 4)
+    w = torch.randn(4, 10, requires_grad=True)
+    q.init_from(w)
+    upstream = torch.randn(4, 10)
+    (q(w) * upstream).sum().backward()
+    alpha = q.alpha.detach()[:, None]
+    v = w.detach() / alpha
+    level, _ = q.project(torch.clamp(v, -1, 1))
+    inside = v.abs() <= 1
+    local = torch.where(inside, level - v, level)  # outside: the clipped level, +-1
+    g = 1 / math.sqrt(10 * q.qmax())
+    assert torch.allclose(q.alpha.grad, (upstream * local).sum(1) * g, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(w.grad, torch.where(inside, upstream, torch.zeros_like(upstream)), rtol=1e-6, atol=0)
+
+
+def test_post_projection_is_nearest_level():
+    q = WEIGHT_QUANTIZERS["post"](4, 1)
+    levels = np.concatenate([[0.0], R.post_table(4) / 64.0])
+    v = torch.linspace(-1, 1, 2001)
+    level, w_int = q.project(v)
+    nearest = levels[np.abs(np.abs(v.numpy())[:, None] - levels[None, :]).argmin(1)]
+    assert np.allclose(np.abs(level.numpy()), nearest)
+    assert np.array_equal(np.abs(w_int.numpy()), (nearest * 64).round().astype(int))
+
+
+def test_quant_config_validation_messages():
+    with pytest.raises(ValueError, match="POT/POST are defined for 2..4 bits"):
+        QuantConfig("asq+post", bits=5)
+    with pytest.raises(ValueError, match="unknown method"):
+        QuantConfig("foo", bits=4)
+    with pytest.raises(ValueError, match="weights must be 'pot' or 'post'"):
+        QuantConfig("asq+apot", bits=4)
+    assert QuantConfig.from_dict(QuantConfig("lsq+pot", 3).to_dict()) == QuantConfig("lsq+pot", 3)
+
+
+class _Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.a(x - 0.5)))
+        x = torch.relu(self.b(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_quantize_swaps_layers_first_last_8bit_and_calibrates():
+    torch.manual_seed(0)
+    model = quantize_(_Tiny(), QuantConfig("asq+post", bits=3))
+    plan = layer_plan(_Tiny(), QuantConfig("asq+post", bits=3))
+    assert plan["a"] == {"act": "lsq", "weights": "uniform", "bits": 8, "act_bits": 8}
+    assert plan["b"] == {"act": "asq", "weights": "post", "bits": 3, "act_bits": 3}
+    assert isinstance(model.a, QConv2d) and isinstance(model.fc, QLinear)
+    calibrate(model, [torch.rand(16, 1, 8, 8)])
+    assert model.a.act_quant.is_signed and not model.b.act_quant.is_signed
+    assert len(quant_parameters(model)) == 6
+    out = model(torch.rand(2, 1, 8, 8))
+    assert out.shape == (2, 3) and torch.isfinite(out).all()

@@ -1,0 +1,131 @@
+"""The numpy integer reference: packing, decoding, the POST table and conv/gemm against torch."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qexport.quant import reference as R
+
+
+def test_post_tables_and_shift_table_identity():
+    assert R.post_table(2).tolist() == [64]
+    assert R.post_table(3).tolist() == [32, 45, 64]
+    assert R.post_table(4).tolist() == [8, 11, 16, 23, 32, 45, 64]
+    for bits in (2, 3, 4):
+        table, f = R.post_table(bits), R.post_frac_bits(bits)
+        for e in range(0, len(table), 2):  # even exponents are exact shifts
+            assert table[e] == 1 << (f + e // 2)
+        codes = np.arange(2**bits)
+        values, valid = R.weight_lut("post", bits)
+        a = np.arange(256)
+        prods = R.post_product_shift_table(a[:, None], codes[None, valid], bits)
+        assert np.array_equal(prods, a[:, None] * values[valid][None, :])
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_roundtrip_and_length(bits):
+    rng = np.random.default_rng(bits)
+    for count in (1, 7, 8, 9, 64, 1001):
+        codes = rng.integers(0, 2**bits, size=count)
+        packed = R.pack_codes(codes, bits)
+        assert packed.dtype == np.uint8 and len(packed) == (count * bits + 7) // 8
+        assert np.array_equal(R.unpack_codes(packed, bits, count), codes)
+
+
+def test_packing_layout_is_lsb_first():
+    # codes 1, 2, 3 at 3 bits: stream 100 010 110 -> byte0 = 0b11010001, byte1 = 0b0
+    assert R.pack_codes(np.array([1, 2, 3]), 3).tolist() == [0b11010001, 0]
+
+
+def test_decode_refuses_bad_packing():
+    packed = R.pack_codes(np.array([1, 2, 3, 4, 5]), 4)
+    with pytest.raises(ValueError, match="expected 3"):
+        R.decode_weights(packed[:2], "post", 4, (5,))
+    bad = packed.copy()
+    bad[-1] |= 0xF0  # padding bits
+    with pytest.raises(ValueError, match="padding"):
+        R.decode_weights(bad, "post", 4, (5,))
+    with pytest.raises(ValueError, match="negative zero"):
+        R.decode_weights(R.pack_codes(np.array([8]), 4), "post", 4, (1,))
+    with pytest.raises(ValueError, match="2..4 bits"):
+        R.weight_lut("post", 5)
+
+
+def test_encode_is_inverse_of_lut():
+    for fmt in R.WEIGHT_FORMATS:
+        for bits in R.WEIGHT_BITS[fmt]:
+            values, valid = R.weight_lut(fmt, bits)
+            codes = R.encode_weights(values[valid], fmt, bits)
+            assert np.array_equal(R.weight_lut(fmt, bits)[0][codes], values[valid])
+
+
+def _torch_conv(a, w, strides, pads, dilations, group):
+    x = F.pad(torch.from_numpy(a), (pads[1], pads[3], pads[0], pads[2]))
+    return F.conv2d(x, torch.from_numpy(w.astype(np.float64)), stride=strides, dilation=dilations, groups=group).numpy()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_qconv_accumulator_equals_float64_conv(seed):
+    rng = np.random.default_rng(seed)
+    fmt = ["uniform", "pot", "post"][seed % 3]
+    bits = int(rng.integers(2, 9 if fmt == "uniform" else 5))
+    act_bits = int(rng.integers(2, 9))
+    zp = int(rng.choice([0, 2 ** (act_bits - 1)]))
+    group = int(rng.choice([1, 2]))
+    cg, og = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    strides = [int(v) for v in rng.integers(1, 3, 2)]
+    dilations = [int(v) for v in rng.integers(1, 3, 2)]
+    pads = [int(v) for v in rng.integers(0, 3, 4)]
+    n, h, w = int(rng.integers(1, 4)), int(rng.integers(5, 9)), int(rng.integers(5, 9))
+    codes = rng.integers(0, 2**act_bits, size=(n, group * cg, h, w)).astype(np.uint8)
+    values, valid = R.weight_lut(fmt, bits)
+    w_int = rng.choice(values[valid], size=(group * og, cg, kh, kw))
+    packed = R.pack_codes(R.encode_weights(w_int, fmt, bits), bits)
+    y, acc = R.qconv(codes, np.ones(n, np.float32), packed, np.ones(group * og, np.float32), np.zeros(group * og, np.float32),
+                     fmt=fmt, bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=w_int.shape, strides=strides,
+                     pads=pads, dilations=dilations, group=group, return_acc=True)
+    expect = _torch_conv(codes.astype(np.float64) - zp, w_int, strides, pads, dilations, group)
+    assert np.array_equal(acc, expect.astype(np.int64))
+    assert np.array_equal(y, acc.astype(np.float32))
+
+
+def test_epilogue_order_and_relu():
+    codes = np.array([[3, 0], [1, 2]], dtype=np.uint8)
+    w = R.pack_codes(R.encode_weights(np.array([[1, -2], [3, 1]]), "uniform", 4), 4)
+    xs, ws, b = np.array([0.5, 0.25], np.float32), np.array([0.1, 0.3], np.float32), np.array([0.05, -2.0], np.float32)
+    y = R.qgemm(codes, xs, w, ws, b, fmt="uniform", bits=4, act_bits=2, act_zero_point=0, weight_shape=(2, 2), relu=True)
+    acc = np.array([[3, 9], [-3, 5]])
+    expect = acc.astype(np.float32) * (xs[:, None] * ws[None, :]) + b[None, :]
+    assert np.array_equal(y, np.where(expect < 0, np.float32(0), expect))
+
+
+def test_quantize_rounding_nan_and_saturation():
+    x = np.array([[0.5, 1.5, 2.5, -0.5, np.nan, np.inf, -np.inf, 100.0]], dtype=np.float32)
+    codes, scale = R.lsq_quantize(x, 1.0, 3, True)  # signed 3-bit: q in [-4, 3], zp 4
+    assert (codes.astype(int) - 4).tolist() == [[0, 2, 2, 0, 0, 3, -4, 3]]
+    assert scale.tolist() == [1.0]
+    with pytest.raises(ValueError, match="step"):
+        R.lsq_quantize(x, 0.0, 3, True)
+
+
+def test_asq_scale_is_step_at_zero_adapter_and_order_defined():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 5, 4, 4)).astype(np.float32)
+    w1 = rng.normal(size=(2, 5)).astype(np.float32)
+    scale = R.asq_scale(x, w1, np.zeros(2, np.float32), np.zeros((1, 2), np.float32), np.zeros(1, np.float32), 0.25)
+    assert scale.tolist() == [0.25] * 3
+    w2 = rng.normal(size=(1, 2)).astype(np.float32)
+    b1 = rng.normal(size=2).astype(np.float32)
+    got = R.asq_scale(x, w1, b1, w2, np.array([0.3], np.float32), 0.25)
+    pooled = x.astype(np.float64).reshape(3, 5, -1).mean(2)
+    h = np.maximum(pooled @ w1.T.astype(np.float64) + b1, 0)
+    z = h @ w2[0].astype(np.float64) + 0.3
+    assert np.allclose(got, 0.25 * 2 / (1 + np.exp(-z)), rtol=1e-6)
+    with pytest.raises(ValueError, match="W1 must be"):
+        R.asq_scale(x, w1[:, :4], b1, w2, np.zeros(1), 0.25)
+
+
+def test_accumulator_bound_examples_from_docs():
+    assert R.accumulator_bound("post", 4, 4, 0, 2_236_962) <= R.INT32_MAX < R.accumulator_bound("post", 4, 4, 0, 2_236_963)
+    assert R.accumulator_bound("uniform", 8, 8, 128, 131_071) <= R.INT32_MAX < R.accumulator_bound("uniform", 8, 8, 128, 131_072)
