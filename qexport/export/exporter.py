@@ -23,14 +23,14 @@ class ExportError(RuntimeError):
     """The model could not be exported (the message says which layer or op and why)."""
 
 
-def _layer_of(node: onnx.NodeProto) -> str | None:
-    """Module path of the deploy layer that emitted a custom node, from the exporter's scopes."""
+def _module_of(node: onnx.NodeProto, suffixes: tuple[str, ...]) -> str | None:
+    """Module path of the innermost module of one of these classes that emitted ``node``."""
     for prop in node.metadata_props:
         if prop.key != "namespace":
             continue
         for segment in reversed(prop.value.split("/")):
             path, _, cls = segment.partition(": ")
-            if cls.endswith((".DeployConv2d", ".DeployLinear")):
+            if cls.endswith(suffixes):
                 return path.strip()
     return None
 
@@ -43,7 +43,10 @@ def _finalize(proto: onnx.ModelProto, deploy: nn.Module, meta: dict[str, str]) -
             continue
         if node.op_type not in OPS:
             raise ExportError(f"exported graph holds an unknown {R.DOMAIN} op {node.op_type}")
-        layer = _layer_of(node)
+        if OPS[node.op_type].kind == "pool":
+            node.name = f"{_module_of(node, ('.DeployGlobalAvgPool',)) or 'pool'}/pool"
+            continue
+        layer = _module_of(node, (".DeployConv2d", ".DeployLinear"))
         if layer is None or layer not in layers:
             raise ExportError(f"cannot tell which layer emitted node {node.name} ({node.op_type})")
         role = "quantize" if OPS[node.op_type].kind == "quantize" else "op"

@@ -26,7 +26,7 @@ OPSET = onnxscript.values.Opset(R.DOMAIN, R.DOMAIN_VERSION)
 class OpDef:
     onnx_name: str  # e.g. "PostConv"
     torch_name: str  # e.g. "post_conv" -> torch.ops.qexport.post_conv
-    kind: str  # "quantize" | "conv" | "gemm"
+    kind: str  # "quantize" | "conv" | "gemm" | "pool"
     fmt: str | None  # weight format of weighted ops; activation method of quantize ops
 
     @property
@@ -112,6 +112,16 @@ _register(
     "(Tensor x, float step, int bits, int signed) -> (Tensor, Tensor)",
     _lsq_impl, _quant_fake,
     lambda x, step, bits, signed: OPSET.LsqQuantize(x, step=step, bits=bits, signed=signed, _outputs=2),
+)
+
+_register(
+    OpDef("GlobalAvgPool", "global_avg_pool", "pool", None),
+    _schema("GlobalAvgPool", "float32 mean over all dimensions after (N, C), summed in float64 in a defined order.",
+            [("X", "F")], [("Y", "F")], []),
+    "(Tensor x) -> Tensor",
+    lambda x: torch.from_numpy(R.global_avg_pool(_np(x))),
+    lambda x: x.new_empty(tuple(x.shape[:2]) + (1,) * (x.dim() - 2)),
+    lambda x: OPSET.GlobalAvgPool(x),
 )
 
 # --------------------------------------------------------------------------- weighted ops

@@ -16,7 +16,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from ..export.ops import quantize_op, weighted_op
+from ..export.ops import OPS, quantize_op, weighted_op
 from ..quant import reference as R
 from ..quant.base import ActQuantizer
 from .layers import QConv2d, QLinear, QuantMixin
@@ -110,6 +110,18 @@ class DeployLinear(_DeployWeighted):
         return op(codes, scale, self.packed, self.w_scale, self.bias, *self.common_args())
 
 
+class DeployGlobalAvgPool(nn.Module):
+    """nn.AdaptiveAvgPool2d(1) with a defined summation order (ai.qexport.GlobalAvgPool), so the
+    quantizer after it sees the same floats in PyTorch and in ONNX Runtime."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return OPS["GlobalAvgPool"].torch_op(x)
+
+
+def _is_global_pool(m: nn.Module) -> bool:
+    return isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
+
+
 def _explicit_pads(conv: nn.Conv2d) -> list[int]:
     """ONNX-order pads [top, left, bottom, right] for int, 'valid' and 'same' padding."""
     if isinstance(conv.padding, str):
@@ -161,6 +173,8 @@ def to_deploy(model: nn.Module) -> nn.Module:
         _set_submodule(deploy, name, cls(layer, bn))
         if bn is not None:
             _set_submodule(deploy, pairs[name], nn.Identity())
+    for name in [n for n, m in deploy.named_modules() if _is_global_pool(m)]:
+        _set_submodule(deploy, name, DeployGlobalAvgPool())
     return deploy
 
 

@@ -34,7 +34,7 @@ __all__ = [
     "DOMAIN", "DOMAIN_VERSION", "ACT_BITS", "WEIGHT_FORMATS", "WEIGHT_BITS",
     "act_range", "act_zero_point", "post_frac_bits", "post_table", "weight_lut", "weight_max",
     "encode_weights", "pack_codes", "unpack_codes", "decode_weights", "accumulator_bound",
-    "quantize_codes", "lsq_quantize", "asq_scale", "asq_quantize", "conv_output_size",
+    "quantize_codes", "lsq_quantize", "spatial_mean", "global_avg_pool", "asq_scale", "asq_quantize", "conv_output_size",
     "qconv", "qgemm", "post_product_shift_table",
 ]
 
@@ -85,6 +85,30 @@ def lsq_quantize(x: np.ndarray, step: float, bits: int, signed: bool) -> tuple[n
     return quantize_codes(x, scale, bits, signed), scale
 
 
+def spatial_mean(x: np.ndarray) -> np.ndarray:
+    """float64 mean over the dimensions after (N, C): a sequential sum in row-major order
+    (``np.cumsum`` accumulates strictly left to right), then one division by the count."""
+    x = np.asarray(x, dtype=np.float32)
+    _check(x.ndim >= 2, f"X must have rank >= 2 (N, C, ...), got rank {x.ndim}")
+    n, c = x.shape[:2]
+    s = int(np.prod(x.shape[2:], dtype=np.int64))
+    _check(s >= 1, "X has an empty spatial extent")
+    if n * c == 0:
+        return np.zeros((n, c), dtype=np.float64)
+    return np.cumsum(x.reshape(n, c, s).astype(np.float64), axis=2)[..., -1] / float(s)
+
+
+def global_avg_pool(x: np.ndarray) -> np.ndarray:
+    """GlobalAvgPool: ``float32(spatial_mean(X))`` shaped (N, C, 1, ..., 1).
+
+    Exists because float32 sums in another order (PyTorch's mean vs ONNX Runtime's
+    ReduceMean) differ in the last bit about half the time, which would flip the codes of the
+    quantizer that follows; a defined order makes the pooled features identical everywhere.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    return spatial_mean(x).astype(np.float32).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+
+
 def asq_scale(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
               step: float) -> np.ndarray:
     """Per-sample step of AsqQuantize: ``float32(step * 2*sigmoid(adapter(mean_spatial(x))))``.
@@ -107,8 +131,7 @@ def asq_scale(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2:
     step32 = np.float32(step)
     _check(bool(np.isfinite(step32)) and step32 > 0, f"step must be finite and > 0, got {step}")
 
-    # Sequential sums: np.cumsum accumulates strictly left to right.
-    pooled = np.cumsum(x.reshape(n, c, s).astype(np.float64), axis=2)[..., -1] / float(s)
+    pooled = spatial_mean(x)
     w1d = w1.astype(np.float64)
     h = np.zeros((n, hidden), dtype=np.float64)
     for ch in range(c):
