@@ -63,6 +63,13 @@ deb=$(ls "$work"/pkg/*.deb | head -n 1)
 dpkg -x "$deb" "$work/x"
 hdr=$(dirname "$(find "$work/x" -name onnxruntime_c_api.h | head -n 1)")
 [ -f "$hdr/onnxruntime_c_api.h" ] || { echo "fetch_ort_headers: $pkg holds no onnxruntime_c_api.h" >&2; exit 2; }
-mkdir -p "$dest/include/onnxruntime"
-cp "$hdr"/*.h "$dest/include/onnxruntime/"
+# Install atomically: a concurrent build either sees no headers or all of them.
+mkdir -p "$dest/include"
+stage=$(mktemp -d "$dest/include/.onnxruntime.XXXXXX")
+cp "$hdr"/*.h "$stage/"
+chmod 755 "$stage"
+if ! mv -T "$stage" "$dest/include/onnxruntime" 2>/dev/null; then
+  rm -rf "$stage"  # another build installed them first
+fi
+[ -f "$dest/include/onnxruntime/onnxruntime_c_api.h" ] || { echo "fetch_ort_headers: could not install into $dest" >&2; exit 2; }
 echo "$dest/include/onnxruntime"

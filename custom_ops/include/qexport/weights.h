@@ -1,0 +1,176 @@
+// Weight formats, packed-weight decoding, the shared part of the weighted ops (attributes,
+// scales, epilogue) and the integer dot-product micro-kernels (docs/ops.md, "Weighted ops").
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "qexport/common.h"
+
+namespace qexport {
+
+enum class WeightFormat { kUniform, kPot, kPost };
+
+const char* format_name(WeightFormat fmt) noexcept;  // "uniform" / "pot" / "post"
+int min_bits(WeightFormat fmt) noexcept;             // 2
+int max_bits(WeightFormat fmt) noexcept;             // uniform 8, pot/post 4
+
+// code -> integer weight, exactly reference.weight_lut. POST: T[e] = round(2^(F + e/2)),
+// F = 6 - (M-1)/2, M = 2^(b-1) - 1; even e are exact shifts 1 << (F + e/2).
+struct WeightLut {
+  int bits = 0;
+  std::array<int16_t, 256> value{};
+  std::array<bool, 256> valid{};  // false for the non-canonical "negative zero" of pot/post
+  int64_t wmax = 0;               // largest |value|
+};
+WeightLut make_weight_lut(WeightFormat fmt, int bits);
+
+// Number of bytes of `count` packed codes of `bits` bits: ceil(count * bits / 8).
+int64_t packed_length(const char* op, int64_t count, int bits);
+
+// Multiple of 16 >= k (rows of decoded weights and im2col rows are zero-padded to it, so that the
+// dot-product loops have no remainder).
+inline int64_t padded_length(int64_t k) { return (k + 15) / 16 * 16; }
+
+// Attributes shared by the conv and gemm ops, validated at kernel creation.
+struct WeightedAttrs {
+  WeightFormat fmt = WeightFormat::kUniform;
+  int bits = 0;
+  int act_bits = 0;
+  int act_zero_point = 0;
+  bool relu = false;
+  std::vector<int64_t> weight_shape;
+  int64_t out_channels = 0;  // O = weight_shape[0]
+  int64_t k = 0;             // dot-product length: (C/group)*kH*kW or K
+  int64_t k_padded = 0;      // padded_length(k)
+  int64_t count = 0;         // numel(weight_shape)
+  int64_t packed_bytes = 0;  // ceil(count * bits / 8)
+  WeightLut lut;
+  bool int64_acc = false;    // K * A * Wmax > INT32_MAX
+  int64_t chunk = 0;         // int32 partial-sum length (k_padded unless int64_acc)
+};
+// Reads and checks bits, act_bits, act_zero_point, relu and weight_shape (rank `rank`).
+WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, WeightFormat fmt, size_t rank);
+
+// Unpacks and decodes `a.count` codes into `a.out_channels` rows of `a.k` int16 weights, row
+// stride a.k_padded (zero padding). Checks the exact length, zero padding bits and canonical
+// codes; errors name input 'W'.
+void decode_weights(const char* op, const WeightedAttrs& a, const uint8_t* packed, int64_t packed_len,
+                    int16_t* out);
+
+// Weights, scales and bias of a weighted op: decoded once at kernel creation when W is a constant
+// initializer, else at every Compute.
+class WeightedState {
+ public:
+  WeightedState(const OrtKernelInfo* info, const char* op, WeightedAttrs attrs);
+
+  const WeightedAttrs& attrs() const { return a_; }
+  const char* op() const { return op_; }
+
+  // The decoded weights (out_channels x k_padded): the constant ones, or input 'W' decoded into
+  // `scratch`.
+  const int16_t* weights(Ort::KernelContext& ctx, std::vector<int16_t>& scratch) const;
+
+  struct Scales {
+    const float* x_scale = nullptr;
+    bool x_scale_per_sample = false;
+    const float* w_scale = nullptr;
+    const float* bias = nullptr;
+  };
+  // Reads and checks X_scale (N or 1 entries), W_scale and B (O entries).
+  Scales scales(Ort::KernelContext& ctx, int64_t n) const;
+
+  // Every code of X must be <= 2^act_bits - 1.
+  void check_codes(const uint8_t* x, size_t count) const;
+
+ private:
+  const char* op_;
+  WeightedAttrs a_;
+  bool w_constant_ = false;
+  std::vector<int16_t> w_;
+};
+
+// y = float32(acc) * m; y = y + b; relu: y < 0 ? 0 : y -- each a single float32 operation.
+template <typename Acc>
+inline float epilogue(Acc acc, float m, float b, bool relu) {
+  float y = static_cast<float>(acc) * m;
+  y = y + b;
+  if (relu) y = (y < 0.0f) ? 0.0f : y;
+  return y;
+}
+
+// ---------------------------------------------------------------------- dot products
+// Plain loops over contiguous int16 data that the compiler vectorizes (pmaddwd / smlal);
+// partial sums stay in int32, which the overflow bound guarantees.
+inline void dot1_i32(const int16_t* __restrict a, const int16_t* __restrict w, size_t n, int32_t* out) {
+  int32_t s = 0;
+  for (size_t k = 0; k < n; ++k) s += static_cast<int32_t>(a[k]) * static_cast<int32_t>(w[k]);
+  *out = s;
+}
+
+inline void dot4_i32(const int16_t* __restrict a, const int16_t* __restrict w0, const int16_t* __restrict w1,
+                     const int16_t* __restrict w2, const int16_t* __restrict w3, size_t n, int32_t* out) {
+  int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const int32_t x = a[k];
+    s0 += x * w0[k];
+    s1 += x * w1[k];
+    s2 += x * w2[k];
+    s3 += x * w3[k];
+  }
+  out[0] = s0;
+  out[1] = s1;
+  out[2] = s2;
+  out[3] = s3;
+}
+
+// acc[r] = sum_{k < len} a[k] * w[r * stride + k] for r < rows (rows <= 4), exactly: partial
+// sums over at most `chunk` elements in int32 (chunk is chosen so that they cannot overflow),
+// added into Acc (int32 when the whole sum fits, int64 otherwise).
+template <typename Acc>
+inline void dot_rows(const int16_t* a, const int16_t* w, size_t stride, size_t rows, size_t len, size_t chunk,
+                     Acc* acc) {
+  for (size_t r = 0; r < rows; ++r) acc[r] = 0;
+  for (size_t k0 = 0; k0 < len; k0 += chunk) {
+    const size_t n = (len - k0 < chunk) ? len - k0 : chunk;
+    int32_t part[4];
+    if (rows == 4) {
+      dot4_i32(a + k0, w + k0, w + stride + k0, w + 2 * stride + k0, w + 3 * stride + k0, n, part);
+    } else {
+      for (size_t r = 0; r < rows; ++r) dot1_i32(a + k0, w + r * stride + k0, n, part + r);
+    }
+    for (size_t r = 0; r < rows; ++r) acc[r] += static_cast<Acc>(part[r]);
+  }
+}
+
+}  // namespace qexport
+
+namespace qexport {
+
+// The op object of a weighted op: inputs X (uint8), X_scale, W (uint8), W_scale, B; output Y.
+// Kernel is constructed as Kernel(info, op_name, Fmt) and reports errors by throwing.
+template <typename Kernel, WeightFormat Fmt>
+struct WeightedOp : Ort::CustomOpBase<WeightedOp<Kernel, Fmt>, Kernel, /*WithStatus=*/true> {
+  explicit WeightedOp(const char* name) : name_(name) {}
+
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
+    *kernel = nullptr;
+    return guarded(name_, node_name(info), [&] { *kernel = new Kernel(info, name_, Fmt); });
+  }
+
+  const char* GetName() const { return name_; }
+  size_t GetInputTypeCount() const { return 5; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return (index == 0 || index == 2) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+ private:
+  const char* name_;
+};
+
+}  // namespace qexport

@@ -1,0 +1,62 @@
+// GlobalAvgPool: float32 (N, C, ...) -> float32 (N, C, 1, ..., 1), each value the float64
+// sequential mean of its plane rounded once to float32 (reference.global_avg_pool, docs/ops.md).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "qexport/common.h"
+#include "qexport/ops.h"
+
+namespace qexport {
+namespace {
+
+struct PoolKernel {
+  PoolKernel(const OrtKernelInfo* info, const char* op) : op_(op), node_(node_name(info)) {}
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
+    return guarded(op_, node_, [&] { compute(raw); });
+  }
+
+ private:
+  void compute(OrtKernelContext* raw) {
+    Ort::KernelContext ctx(raw);
+    const Input x = get_input(op_, ctx, 0, "X", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+    if (x.shape.size() < 3) invalid(op_, "input 'X' must have rank >= 3 (N, C, ...), got rank ", x.shape.size());
+    int64_t s = 1;
+    for (size_t i = 2; i < x.shape.size(); ++i) s = checked_mul(op_, s, x.shape[i], "input 'X'");
+    if (s < 1) invalid(op_, "input 'X' has an empty spatial extent, shape ", shape_str(x.shape));
+    std::vector<int64_t> out_shape(x.shape.size(), 1);
+    out_shape[0] = x.shape[0];
+    out_shape[1] = x.shape[1];
+    float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
+    const float* xd = static_cast<const float*>(x.data);
+    const size_t planes = static_cast<size_t>(x.shape[0] * x.shape[1]), plane = static_cast<size_t>(s);
+    parallel_for(ctx, planes, [&](size_t i) { y[i] = static_cast<float>(plane_mean(xd + i * plane, plane)); });
+  }
+
+  const char* op_;
+  std::string node_;
+};
+
+struct GlobalAvgPoolOp : Ort::CustomOpBase<GlobalAvgPoolOp, PoolKernel, /*WithStatus=*/true> {
+  explicit GlobalAvgPoolOp(const char* name) : name_(name) {}
+
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
+    *kernel = nullptr;
+    return guarded(name_, node_name(info), [&] { *kernel = new PoolKernel(info, name_); });
+  }
+
+  const char* GetName() const { return name_; }
+  size_t GetInputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+
+ private:
+  const char* name_;
+};
+
+}  // namespace
+}  // namespace qexport
+
+QEXPORT_DEFINE_OP(GlobalAvgPool, qexport::GlobalAvgPoolOp)

@@ -1,0 +1,203 @@
+// Weight formats, packed-weight decoding and the shared part of the weighted ops
+// (see include/qexport/weights.h and docs/ops.md).
+#include "qexport/weights.h"
+
+#include <climits>
+#include <cmath>
+#include <cstring>
+
+namespace qexport {
+
+const char* format_name(WeightFormat fmt) noexcept {
+  switch (fmt) {
+    case WeightFormat::kUniform: return "uniform";
+    case WeightFormat::kPot: return "pot";
+    case WeightFormat::kPost: return "post";
+  }
+  return "?";
+}
+
+int min_bits(WeightFormat) noexcept { return 2; }
+
+int max_bits(WeightFormat fmt) noexcept { return fmt == WeightFormat::kUniform ? 8 : 4; }
+
+namespace {
+// POST table entry T[e] = round(2^(F + e/2)), F = 6 - (M-1)/2 (reference._post_table).
+int64_t post_level(int bits, int e) {
+  const int m = (1 << (bits - 1)) - 1;
+  const int f = 6 - (m - 1) / 2;
+  if (e % 2 == 0) return int64_t{1} << (f + e / 2);  // even exponent: an exact shift
+  // Odd exponent: 2^(F + e/2) is irrational, far from a rounding tie.
+  return static_cast<int64_t>(std::nearbyint(std::exp2(f + e / 2.0)));
+}
+}  // namespace
+
+WeightLut make_weight_lut(WeightFormat fmt, int bits) {
+  WeightLut lut;
+  lut.bits = bits;
+  const int codes = 1 << bits, half = 1 << (bits - 1);
+  for (int code = 0; code < codes; ++code) {
+    int64_t v = 0;
+    bool valid = true;
+    if (fmt == WeightFormat::kUniform) {
+      v = code >= half ? code - codes : code;
+    } else {
+      const int sign = code >> (bits - 1), mag = code & (half - 1);
+      if (mag == 0) {
+        valid = sign == 0;  // "negative zero" is not canonical
+      } else {
+        const int64_t level = fmt == WeightFormat::kPot ? (int64_t{1} << (mag - 1)) : post_level(bits, mag - 1);
+        v = sign ? -level : level;
+      }
+    }
+    lut.value[code] = static_cast<int16_t>(v);
+    lut.valid[code] = valid;
+    if ((v < 0 ? -v : v) > lut.wmax) lut.wmax = v < 0 ? -v : v;
+  }
+  return lut;
+}
+
+int64_t packed_length(const char* op, int64_t count, int bits) {
+  const int64_t total_bits = checked_mul(op, count, bits, "attribute 'weight_shape'");
+  return total_bits / 8 + (total_bits % 8 != 0);
+}
+
+WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, WeightFormat fmt, size_t rank) {
+  Attributes attrs(info, op);
+  WeightedAttrs a;
+  a.fmt = fmt;
+
+  const int64_t bits = attrs.get_int("bits");
+  if (bits < min_bits(fmt) || bits > max_bits(fmt))
+    invalid(op, "attribute 'bits'=", bits, " is out of range for ", format_name(fmt), " weights (", min_bits(fmt),
+            "..", max_bits(fmt), ")");
+  a.bits = static_cast<int>(bits);
+
+  const int64_t act_bits = attrs.get_int("act_bits");
+  if (act_bits < 2 || act_bits > 8) invalid(op, "attribute 'act_bits'=", act_bits, " is out of range (2..8)");
+  a.act_bits = static_cast<int>(act_bits);
+
+  const int64_t zp = attrs.get_int("act_zero_point");
+  const int64_t code_max = (int64_t{1} << act_bits) - 1;
+  if (zp < 0 || zp > code_max)
+    invalid(op, "attribute 'act_zero_point'=", zp, " is out of range (0..", code_max, " for act_bits=", act_bits, ")");
+  a.act_zero_point = static_cast<int>(zp);
+
+  const int64_t relu = attrs.get_int("relu", 0);
+  if (relu != 0 && relu != 1) invalid(op, "attribute 'relu'=", relu, " must be 0 or 1");
+  a.relu = relu == 1;
+
+  a.weight_shape = attrs.get_ints("weight_shape");
+  if (a.weight_shape.size() != rank)
+    invalid(op, "attribute 'weight_shape'=", list_str(a.weight_shape), " must have ", rank, " entries",
+            rank == 4 ? " [O, C/group, kH, kW]" : " [O, K]");
+  int64_t count = 1;
+  for (int64_t d : a.weight_shape) {
+    if (d < 1) invalid(op, "attribute 'weight_shape'=", list_str(a.weight_shape), " must be positive");
+    count = checked_mul(op, count, d, "attribute 'weight_shape'");
+  }
+  a.count = count;
+  a.out_channels = a.weight_shape[0];
+  a.k = count / a.out_channels;
+  a.k_padded = padded_length(a.k);
+  checked_mul(op, a.out_channels, a.k_padded, "attribute 'weight_shape'");
+  a.packed_bytes = packed_length(op, count, a.bits);
+  a.lut = make_weight_lut(fmt, a.bits);
+
+  // Overflow bound (docs/ops.md): |acc| <= K * A * Wmax.
+  const int64_t amax = zp > code_max - zp ? zp : code_max - zp;
+  const int64_t per_term = amax * a.lut.wmax;  // <= 255 * 128
+  const int64_t max_terms = per_term > 0 ? INT32_MAX / per_term : INT64_MAX;
+  a.int64_acc = a.k > max_terms;
+  a.chunk = a.int64_acc ? (max_terms / 16) * 16 : a.k_padded;
+  return a;
+}
+
+void decode_weights(const char* op, const WeightedAttrs& a, const uint8_t* packed, int64_t packed_len,
+                    int16_t* out) {
+  if (packed_len != a.packed_bytes)
+    invalid(op, "input 'W' holds ", packed_len, " bytes, expected ", a.packed_bytes, " = ceil(", a.count, " codes * ",
+            a.bits, " bits / 8) for weight_shape ", list_str(a.weight_shape));
+  const WeightLut& lut = a.lut;
+  const int bits = a.bits;
+  const uint32_t mask = (1u << bits) - 1u;
+  uint32_t buf = 0;  // holds < 8 + bits <= 16 pending bits
+  int nbits = 0;
+  int64_t byte = 0;
+  for (int64_t o = 0; o < a.out_channels; ++o) {
+    int16_t* row = out + o * a.k_padded;
+    for (int64_t k = 0; k < a.k; ++k) {
+      if (nbits < bits) {
+        buf |= static_cast<uint32_t>(packed[byte++]) << nbits;
+        nbits += 8;
+      }
+      const uint32_t code = buf & mask;
+      buf >>= bits;
+      nbits -= bits;
+      if (!lut.valid[code])
+        invalid(op, "input 'W' holds the non-canonical ", format_name(a.fmt), " code ", code,
+                " (negative zero) at weight index ", o * a.k + k, " (output channel ", o, ")");
+      row[k] = lut.value[code];
+    }
+    std::memset(row + a.k, 0, sizeof(int16_t) * static_cast<size_t>(a.k_padded - a.k));
+  }
+  // Every byte is consumed (the length is exact); what is left in buf are the padding bits.
+  if (buf != 0)
+    invalid(op, "input 'W' has non-zero padding bits after the last of ", a.count, " codes of ", bits, " bits");
+}
+
+WeightedState::WeightedState(const OrtKernelInfo* info, const char* op, WeightedAttrs attrs)
+    : op_(op), a_(std::move(attrs)) {
+  const ConstantInput w = constant_input(info, 2);
+  if (w.is_constant) {
+    if (w.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) invalid(op_, "input 'W' must be uint8");
+    if (w.shape.size() != 1) invalid(op_, "input 'W' must be 1-D packed codes, got shape ", shape_str(w.shape));
+    w_.assign(static_cast<size_t>(a_.out_channels * a_.k_padded), 0);
+    decode_weights(op_, a_, static_cast<const uint8_t*>(w.data), static_cast<int64_t>(w.count), w_.data());
+    w_constant_ = true;
+  }
+  static const char* const names[] = {"W_scale", "B"};
+  for (size_t i = 0; i < 2; ++i) {
+    const ConstantInput c = constant_input(info, 3 + i);
+    if (c.is_constant && static_cast<int64_t>(c.count) != a_.out_channels)
+      invalid(op_, "input '", names[i], "' has ", c.count, " entries for ", a_.out_channels, " output channels");
+  }
+}
+
+const int16_t* WeightedState::weights(Ort::KernelContext& ctx, std::vector<int16_t>& scratch) const {
+  if (w_constant_) return w_.data();
+  const Input w = get_input(op_, ctx, 2, "W", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8);
+  if (w.shape.size() != 1) invalid(op_, "input 'W' must be 1-D packed codes, got shape ", shape_str(w.shape));
+  scratch.assign(static_cast<size_t>(a_.out_channels * a_.k_padded), 0);
+  decode_weights(op_, a_, static_cast<const uint8_t*>(w.data), static_cast<int64_t>(w.count), scratch.data());
+  return scratch.data();
+}
+
+WeightedState::Scales WeightedState::scales(Ort::KernelContext& ctx, int64_t n) const {
+  Scales s;
+  const Input xs = get_input(op_, ctx, 1, "X_scale", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  const int64_t nxs = static_cast<int64_t>(xs.count);
+  if (nxs != n && nxs != 1)
+    invalid(op_, "input 'X_scale' has ", nxs, " entries for a batch of ", n, " (expected ", n, " or 1)");
+  s.x_scale = static_cast<const float*>(xs.data);
+  s.x_scale_per_sample = nxs != 1;
+  const Input ws = get_input(op_, ctx, 3, "W_scale", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (static_cast<int64_t>(ws.count) != a_.out_channels)
+    invalid(op_, "input 'W_scale' has ", ws.count, " entries for ", a_.out_channels, " output channels");
+  s.w_scale = static_cast<const float*>(ws.data);
+  const Input b = get_input(op_, ctx, 4, "B", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  if (static_cast<int64_t>(b.count) != a_.out_channels)
+    invalid(op_, "input 'B' has ", b.count, " entries for ", a_.out_channels, " output channels");
+  s.bias = static_cast<const float*>(b.data);
+  return s;
+}
+
+void WeightedState::check_codes(const uint8_t* x, size_t count) const {
+  const unsigned limit = (1u << a_.act_bits) - 1u;
+  unsigned mx = 0;
+  for (size_t i = 0; i < count; ++i) mx = x[i] > mx ? x[i] : mx;
+  if (mx > limit)
+    invalid(op_, "input 'X' holds code ", mx, " above 2^act_bits - 1 = ", limit, " (act_bits=", a_.act_bits, ")");
+}
+
+}  // namespace qexport

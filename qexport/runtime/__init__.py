@@ -1,0 +1,122 @@
+"""Run exported qexport models in the stock onnxruntime wheel.
+
+The ``ai.qexport`` ops live in a compiled custom-op library, ``libqexport_ops.so``, built from
+custom_ops/ by ``pip install .`` and installed inside the ``qexport`` package. This module finds
+it, registers it with ONNX Runtime and creates sessions. It never imports torch.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnxruntime
+
+__all__ = ["LIBRARY_ENV", "library_name", "library_path", "op_names", "session_options", "make_session"]
+
+#: Environment variable that, when set, names the custom-op library to use.
+LIBRARY_ENV = "QEXPORT_OPS_LIBRARY"
+
+
+def library_name() -> str:
+    """File name of the custom-op library on this platform."""
+    if sys.platform == "win32":
+        return "qexport_ops.dll"
+    if sys.platform == "darwin":
+        return "libqexport_ops.dylib"
+    return "libqexport_ops.so"
+
+
+def _from_distribution(name: str) -> Path | None:
+    """The library as recorded in the installed distribution's file list (RECORD).
+
+    This also covers editable installs by scikit-build-core, where the compiled library lands in
+    site-packages while the Python sources stay in the source tree.
+    """
+    try:
+        files = importlib.metadata.files("qexport")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in files or ():
+        if entry.name == name and entry.parent.name == "qexport":
+            path = Path(entry.locate()).resolve()
+            if path.is_file():
+                return path
+    return None
+
+
+def library_path() -> Path:
+    """Path of ``libqexport_ops``.
+
+    Looked up in order: the environment variable ``QEXPORT_OPS_LIBRARY``; the files of the
+    installed ``qexport`` distribution; the folder of the ``qexport`` package.
+
+    Raises:
+        FileNotFoundError: no library was found (or the environment variable names a missing file).
+    """
+    name = library_name()
+    env = os.environ.get(LIBRARY_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{LIBRARY_ENV}={env!r} does not name a file")
+        return path.resolve()
+    found = _from_distribution(name)
+    if found is not None:
+        return found
+    beside = Path(__file__).resolve().parent.parent / name
+    if beside.is_file():
+        return beside
+    raise FileNotFoundError(
+        f"the qexport custom-op library {name} was not found (looked in the installed qexport "
+        f"distribution and in {beside.parent}). Build and install it from the repository root with "
+        f"`pip install .` (or `pip install -e . --no-build-isolation` for development), "
+        f"or set {LIBRARY_ENV} to its path."
+    )
+
+
+@lru_cache(maxsize=None)
+def _load(path: str) -> ctypes.CDLL:
+    return ctypes.CDLL(path)
+
+
+def op_names() -> list[str]:
+    """Names of the ops the library registers in the ``ai.qexport`` domain (``qexport_op_names``)."""
+    lib = _load(str(library_path()))
+    fn = lib.qexport_op_names
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = []
+    raw = fn()
+    return raw.decode("ascii").split(",") if raw else []
+
+
+def session_options(threads: int | None = None) -> "onnxruntime.SessionOptions":
+    """``onnxruntime.SessionOptions`` with the qexport custom-op library registered.
+
+    Args:
+        threads: intra-op thread count (the kernels split their work over these threads);
+            None keeps ONNX Runtime's default.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        opts.intra_op_num_threads = int(threads)
+    opts.register_custom_ops_library(str(library_path()))
+    return opts
+
+
+def make_session(model: str | os.PathLike | bytes, threads: int | None = None) -> "onnxruntime.InferenceSession":
+    """An ``onnxruntime.InferenceSession`` (CPUExecutionProvider) for a model path or serialized model."""
+    import onnxruntime as ort
+
+    if not isinstance(model, (bytes, bytearray)):
+        model = os.fspath(model)
+    return ort.InferenceSession(model, sess_options=session_options(threads), providers=["CPUExecutionProvider"])

@@ -1,0 +1,436 @@
+"""ONNX Runtime + libqexport_ops against the numpy reference, bit for bit.
+
+Every case draws its shapes, bit-widths and data from a seeded numpy generator (the seed is the
+test id, so a failure is reproducible alone: ``pytest tests/test_kernels.py -k "conv and 17"``),
+runs one single-node model and compares the uint8 codes and the float32 outputs *bitwise* with
+qexport.quant.reference (the definition of the ops).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qexport.quant import reference as R
+from qexport.runtime import make_session
+
+from kernel_graphs import feeds, quantize_model, serialize, single_node_model, weighted_model
+from onnx import TensorProto
+
+N_CONV_CASES = 600
+N_LARGE_CONV_CASES = 24
+N_GEMM_CASES = 200
+N_ASQ_CASES = 120
+N_LSQ_CASES = 80
+
+# The reference itself warns on inf - inf inside the ASQ adapter (a NaN scale, as intended).
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+
+def assert_bitwise_equal(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Same shape, dtype and bits: stronger than np.array_equal (it also tells -0.0 from +0.0).
+
+    Only NaN payloads are not compared (a NaN is a NaN; its sign bit depends on the CPU).
+    """
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    if actual.dtype == np.float32:
+        both_nan = np.isnan(actual) & np.isnan(expected)
+        differ = (actual.view(np.uint32) != expected.view(np.uint32)) & ~both_nan
+    else:
+        differ = actual != expected
+    if differ.any():
+        first = tuple(np.argwhere(differ)[0])
+        pytest.fail(f"{what}: {int(differ.sum())} elements differ, first at {first}: got {actual[first]!r}, "
+                    f"expected {expected[first]!r}")
+
+
+# --------------------------------------------------------------------------- random data
+def random_act(rng: np.random.Generator) -> tuple[int, int]:
+    """(act_bits, act_zero_point): mostly the two zero points quantizers produce, sometimes any."""
+    act_bits = int(rng.integers(2, 9))
+    r = rng.random()
+    if r < 0.45:
+        zp = 0
+    elif r < 0.9:
+        zp = 2 ** (act_bits - 1)
+    else:
+        zp = int(rng.integers(0, 2**act_bits))
+    return act_bits, zp
+
+
+def random_format(rng: np.random.Generator) -> tuple[str, int]:
+    fmt = R.WEIGHT_FORMATS[int(rng.integers(0, 3))]
+    allowed = R.WEIGHT_BITS[fmt]
+    return fmt, int(rng.integers(allowed.start, allowed.stop))
+
+
+def random_codes(rng: np.random.Generator, shape, act_bits: int) -> np.ndarray:
+    """Activation codes: uniform, or piled up at the extremes (to stress the accumulator)."""
+    top = 2**act_bits - 1
+    r = rng.random()
+    if r < 0.15:
+        return rng.choice(np.array([0, top], dtype=np.uint8), size=shape)
+    return rng.integers(0, top + 1, size=shape, dtype=np.uint8)
+
+
+def random_weight_codes(rng: np.random.Generator, fmt: str, bits: int, count: int) -> np.ndarray:
+    values, valid = R.weight_lut(fmt, bits)
+    canonical = np.nonzero(valid)[0]
+    if rng.random() < 0.15:  # extreme magnitudes only
+        mags = np.abs(values[canonical])
+        canonical = canonical[mags == mags.max()]
+    return rng.choice(canonical, size=count).astype(np.uint8)
+
+
+def random_scales(rng: np.random.Generator, count: int) -> np.ndarray:
+    return (rng.uniform(0.5, 2.0, size=count) * 10.0 ** rng.integers(-4, 1, size=count)).astype(np.float32)
+
+
+def random_bias(rng: np.random.Generator, count: int) -> np.ndarray:
+    return (rng.normal(size=count) * 10.0 ** rng.integers(-3, 2)).astype(np.float32)
+
+
+def constant_set(rng: np.random.Generator) -> tuple[str, ...]:
+    """Which of W, W_scale, B are initializers (the kernels decode constant weights once)."""
+    r = rng.random()
+    if r < 0.6:
+        return ("W", "W_scale", "B")
+    if r < 0.8:
+        return ("W_scale", "B")
+    if r < 0.9:
+        return ("W",)
+    return ()
+
+
+def run_single(model, inputs, constant, threads=None):
+    sess = make_session(serialize(model), threads=threads)
+    return sess.run(None, feeds(inputs, constant))
+
+
+# --------------------------------------------------------------------------- conv
+def conv_case(seed: int, large: bool = False) -> dict:
+    rng = np.random.default_rng((70000 if large else 1000) + seed)
+    fmt, bits = random_format(rng)
+    act_bits, zp = random_act(rng)
+    r = rng.random()
+    if large:  # several pixel blocks and output-channel blocks per task split
+        group = int(rng.choice([1, 1, 2, 4]))
+        cg, og = int(rng.integers(16, 65)) // group, int(rng.integers(16, 65)) // group
+    elif r < 0.55:
+        group, cg, og = 1, int(rng.integers(1, 9)), int(rng.integers(1, 10))
+    elif r < 0.75:
+        group, cg, og = int(rng.integers(2, 4)), int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    else:  # depthwise (channel multiplier 1 or 2)
+        group, cg, og = int(rng.integers(1, 9)), 1, int(rng.integers(1, 3))
+    o, c = group * og, group * cg
+    kh, kw = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    strides = [int(v) for v in rng.integers(1, 4, size=2)]
+    dilations = [int(v) for v in rng.integers(1, 3, size=2)]
+    pads = [int(v) for v in rng.integers(0, 4, size=4)]
+    # Spatial sizes (often odd) such that the output is not empty.
+    h_min = max(1, dilations[0] * (kh - 1) + 1 - pads[0] - pads[2])
+    w_min = max(1, dilations[1] * (kw - 1) + 1 - pads[1] - pads[3])
+    h = h_min + int(rng.integers(0, 9))
+    w = w_min + int(rng.integers(0, 9))
+    n = int(rng.integers(1, 5))
+    weight_shape = [o, cg, kh, kw]
+    wcodes = random_weight_codes(rng, fmt, bits, int(np.prod(weight_shape)))
+    inputs = {
+        "X": random_codes(rng, (n, c, h, w), act_bits),
+        "X_scale": random_scales(rng, n if rng.random() < 0.7 else 1),
+        "W": R.pack_codes(wcodes, bits),
+        "W_scale": random_scales(rng, o),
+        "B": random_bias(rng, o),
+    }
+    attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=weight_shape, strides=strides,
+                 pads=pads, dilations=dilations, group=group, relu=int(rng.integers(0, 2)))
+    return dict(fmt=fmt, inputs=inputs, attrs=attrs, constant=constant_set(rng))
+
+
+def reference_conv(case: dict) -> np.ndarray:
+    a, i = case["attrs"], case["inputs"]
+    return R.qconv(i["X"], i["X_scale"], i["W"], i["W_scale"], i["B"], fmt=case["fmt"], bits=a["bits"],
+                   act_bits=a["act_bits"], act_zero_point=a["act_zero_point"], weight_shape=a["weight_shape"],
+                   strides=a["strides"], pads=a["pads"], dilations=a["dilations"], group=a["group"],
+                   relu=bool(a["relu"]))
+
+
+@pytest.mark.parametrize("seed", range(N_CONV_CASES))
+def test_conv_matches_reference(seed: int) -> None:
+    case = conv_case(seed)
+    model = weighted_model("conv", case["fmt"], case["inputs"], case["attrs"], case["constant"])
+    (y,) = run_single(model, case["inputs"], case["constant"])
+    assert_bitwise_equal(y, reference_conv(case), f"conv case {seed} ({case['fmt']}, {case['attrs']})")
+
+
+@pytest.mark.parametrize("seed", range(N_LARGE_CONV_CASES))
+def test_large_conv_matches_reference(seed: int) -> None:
+    case = conv_case(seed, large=True)
+    model = weighted_model("conv", case["fmt"], case["inputs"], case["attrs"], case["constant"])
+    (y,) = run_single(model, case["inputs"], case["constant"])
+    assert_bitwise_equal(y, reference_conv(case), f"large conv case {seed} ({case['fmt']}, {case['attrs']})")
+
+
+# --------------------------------------------------------------------------- gemm
+def gemm_case(seed: int) -> dict:
+    rng = np.random.default_rng(5000 + seed)
+    fmt, bits = random_format(rng)
+    act_bits, zp = random_act(rng)
+    if rng.random() < 0.15:  # several row blocks and output-channel blocks
+        n, k, o = int(rng.integers(17, 70)), int(rng.integers(200, 2000)), int(rng.integers(60, 300))
+    else:
+        n = int(rng.integers(1, 40)) if rng.random() < 0.3 else int(rng.integers(1, 5))
+        k, o = int(rng.integers(1, 400)), int(rng.integers(1, 70))
+    wcodes = random_weight_codes(rng, fmt, bits, o * k)
+    inputs = {
+        "X": random_codes(rng, (n, k), act_bits),
+        "X_scale": random_scales(rng, n if rng.random() < 0.7 else 1),
+        "W": R.pack_codes(wcodes, bits),
+        "W_scale": random_scales(rng, o),
+        "B": random_bias(rng, o),
+    }
+    attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=[o, k], relu=int(rng.integers(0, 2)))
+    return dict(fmt=fmt, inputs=inputs, attrs=attrs, constant=constant_set(rng))
+
+
+def reference_gemm(case: dict) -> np.ndarray:
+    a, i = case["attrs"], case["inputs"]
+    return R.qgemm(i["X"], i["X_scale"], i["W"], i["W_scale"], i["B"], fmt=case["fmt"], bits=a["bits"],
+                   act_bits=a["act_bits"], act_zero_point=a["act_zero_point"], weight_shape=a["weight_shape"],
+                   relu=bool(a["relu"]))
+
+
+@pytest.mark.parametrize("seed", range(N_GEMM_CASES))
+def test_gemm_matches_reference(seed: int) -> None:
+    case = gemm_case(seed)
+    model = weighted_model("gemm", case["fmt"], case["inputs"], case["attrs"], case["constant"])
+    (y,) = run_single(model, case["inputs"], case["constant"])
+    assert_bitwise_equal(y, reference_gemm(case), f"gemm case {seed} ({case['fmt']}, {case['attrs']})")
+
+
+# --------------------------------------------------------------------------- accumulator width
+# 8-bit uniform weights (Wmax = 128) x 8-bit signed codes (zp = 128, A = 128): the bound
+# K * 16384 fits int32 up to K = 131071. All-extreme operands reach the bound exactly.
+INT32_LIMIT_K = (2**31 - 1) // (128 * 128)
+
+
+def _extreme_gemm_case(k: int, o: int, n: int, rng: np.random.Generator) -> dict:
+    x = np.zeros((n, k), dtype=np.uint8)                      # a = -128 everywhere ...
+    x[1:] = rng.integers(0, 256, size=(n - 1, k), dtype=np.uint8)  # ... except in later rows
+    wcodes = np.full((o, k), 128, dtype=np.uint8)             # w = -128 ...
+    wcodes[1:] = rng.integers(0, 256, size=(o - 1, k), dtype=np.uint8)
+    inputs = {"X": x, "X_scale": np.array([1.0], dtype=np.float32), "W": R.pack_codes(wcodes, 8),
+              "W_scale": np.ones(o, dtype=np.float32), "B": np.zeros(o, dtype=np.float32)}
+    attrs = dict(bits=8, act_bits=8, act_zero_point=128, weight_shape=[o, k], relu=0)
+    return dict(fmt="uniform", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"))
+
+
+@pytest.mark.parametrize("k", [INT32_LIMIT_K, INT32_LIMIT_K + 1, 140_000])
+def test_gemm_accumulator_width(k: int) -> None:
+    case = _extreme_gemm_case(k, o=3, n=2, rng=np.random.default_rng(k))
+    bound = R.accumulator_bound("uniform", 8, 8, 128, k)
+    assert (bound > 2**31 - 1) == (k > INT32_LIMIT_K)
+    model = weighted_model("gemm", "uniform", case["inputs"], case["attrs"], case["constant"])
+    (y,) = run_single(model, case["inputs"], case["constant"])
+    expected, acc = R.qgemm(*(case["inputs"][n] for n in ("X", "X_scale", "W", "W_scale", "B")), fmt="uniform",
+                            bits=8, act_bits=8, act_zero_point=128, weight_shape=[3, k], return_acc=True)
+    assert int(acc[0, 0]) == k * 128 * 128  # the extreme product actually reaches the bound
+    assert_bitwise_equal(y, expected, f"gemm K={k}")
+
+
+@pytest.mark.parametrize("constant", [("W", "W_scale", "B"), ()])
+def test_conv_int64_accumulator(constant: tuple[str, ...]) -> None:
+    # K = 15000 * 3 * 3 = 135000 > 131071: int64 path; the centre pixel sums all K extreme products.
+    rng = np.random.default_rng(7)
+    c, o = 15000, 2
+    x = np.zeros((1, c, 3, 3), dtype=np.uint8)
+    wcodes = np.full((o, c, 3, 3), 128, dtype=np.uint8)
+    wcodes[1] = rng.integers(0, 256, size=(c, 3, 3), dtype=np.uint8)
+    inputs = {"X": x, "X_scale": np.array([0.5], dtype=np.float32), "W": R.pack_codes(wcodes, 8),
+              "W_scale": np.array([1.0, 0.25], dtype=np.float32), "B": np.array([0.0, 1.0], dtype=np.float32)}
+    attrs = dict(bits=8, act_bits=8, act_zero_point=128, weight_shape=[o, c, 3, 3], strides=[1, 1],
+                 pads=[1, 1, 1, 1], dilations=[1, 1], group=1, relu=0)
+    case = dict(fmt="uniform", inputs=inputs, attrs=attrs, constant=constant)
+    model = weighted_model("conv", "uniform", inputs, attrs, constant)
+    (y,) = run_single(model, inputs, constant)
+    expected = reference_conv(case)
+    _, acc = R.qconv(x, inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"], fmt="uniform", bits=8,
+                     act_bits=8, act_zero_point=128, weight_shape=attrs["weight_shape"], pads=attrs["pads"],
+                     return_acc=True)
+    assert int(acc[0, 0, 1, 1]) == 9 * c * 128 * 128 > 2**31 - 1
+    assert_bitwise_equal(y, expected, "conv int64 accumulator")
+
+
+# --------------------------------------------------------------------------- threads
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_thread_count_does_not_change_results(threads: int) -> None:
+    case = conv_case(3)
+    case["inputs"]["X"] = np.random.default_rng(0).integers(
+        0, 2 ** case["attrs"]["act_bits"], size=(4,) + case["inputs"]["X"].shape[1:], dtype=np.uint8)
+    case["inputs"]["X_scale"] = np.array([0.125], dtype=np.float32)
+    model = weighted_model("conv", case["fmt"], case["inputs"], case["attrs"], case["constant"])
+    (y,) = run_single(model, case["inputs"], case["constant"], threads=threads)
+    assert_bitwise_equal(y, reference_conv(case), f"conv with {threads} threads")
+
+
+# --------------------------------------------------------------------------- quantize ops
+def random_activations(rng: np.random.Generator, shape, special: bool) -> np.ndarray:
+    x = (rng.normal(size=shape) * 10.0 ** rng.uniform(-2, 1)).astype(np.float32)
+    if rng.random() < 0.2:  # a shifted distribution, as after a ReLU
+        x = np.abs(x)
+    if special and x.size:
+        flat = x.reshape(-1)
+        idx = rng.choice(flat.size, size=min(flat.size, 3), replace=False)
+        flat[idx] = rng.choice(np.array([np.nan, np.inf, -np.inf], dtype=np.float32), size=idx.size)
+    return x
+
+
+def asq_case(seed: int) -> dict:
+    rng = np.random.default_rng(9000 + seed)
+    rank = [2, 3, 4, 4, 4, 5][int(rng.integers(0, 6))]
+    n, c = int(rng.integers(1, 5)), int(rng.integers(1, 17))
+    spatial = tuple(int(v) for v in rng.integers(1, 10, size=rank - 2))
+    hidden = int(rng.integers(1, 9))
+    x = random_activations(rng, (n, c) + spatial, special=rng.random() < 0.2)
+    scale = 10.0 ** rng.uniform(-2, 1)
+    zero_adapter = rng.random() < 0.1  # beta = 1, as at initialisation
+    w1 = (rng.normal(size=(hidden, c)) * scale * (0 if zero_adapter else 1)).astype(np.float32)
+    b1 = (rng.normal(size=(hidden,)) * (0 if zero_adapter else 1)).astype(np.float32)
+    w2 = (rng.normal(size=(1, hidden)) * (0 if zero_adapter else 1)).astype(np.float32)
+    b2 = (rng.normal(size=(1,)) * (0 if zero_adapter else 1)).astype(np.float32)
+    step = float(np.float32(10.0 ** rng.uniform(-3, 0)))
+    attrs = dict(bits=int(rng.integers(2, 9)), signed=int(rng.integers(0, 2)), step=step)
+    inputs = {"X": x, "W1": w1, "B1": b1, "W2": w2, "B2": b2}
+    constant = ("W1", "B1", "W2", "B2") if rng.random() < 0.7 else ()
+    return dict(inputs=inputs, attrs=attrs, constant=constant)
+
+
+@pytest.mark.parametrize("seed", range(N_ASQ_CASES))
+def test_asq_quantize_matches_reference(seed: int) -> None:
+    case = asq_case(seed)
+    i, a = case["inputs"], case["attrs"]
+    model = quantize_model("AsqQuantize", i, a, case["constant"])
+    codes, scale = run_single(model, i, case["constant"])
+    ref_codes, ref_scale = R.asq_quantize(i["X"], i["W1"], i["B1"], i["W2"], i["B2"], a["step"], a["bits"],
+                                          bool(a["signed"]))
+    assert_bitwise_equal(scale, ref_scale, f"asq case {seed} scale")
+    assert_bitwise_equal(codes, ref_codes, f"asq case {seed} codes")
+
+
+def lsq_case(seed: int) -> dict:
+    rng = np.random.default_rng(13000 + seed)
+    rank = int(rng.integers(1, 5))
+    shape = tuple(int(v) for v in rng.integers(1, 9, size=rank))
+    x = random_activations(rng, shape, special=rng.random() < 0.3)
+    if rng.random() < 0.3:  # exact ties k + 1/2 with a power-of-two step: half to even
+        step = float(2.0 ** int(rng.integers(-6, 2)))
+        x = ((rng.integers(-300, 300, size=shape) + 0.5) * step).astype(np.float32)
+    else:
+        step = float(np.float32(10.0 ** rng.uniform(-3, 0)))
+    attrs = dict(bits=int(rng.integers(2, 9)), signed=int(rng.integers(0, 2)), step=step)
+    return dict(inputs={"X": x}, attrs=attrs, constant=())
+
+
+@pytest.mark.parametrize("seed", range(N_LSQ_CASES))
+def test_lsq_quantize_matches_reference(seed: int) -> None:
+    case = lsq_case(seed)
+    a = case["attrs"]
+    model = quantize_model("LsqQuantize", case["inputs"], a)
+    codes, scale = run_single(model, case["inputs"], ())
+    ref_codes, ref_scale = R.lsq_quantize(case["inputs"]["X"], a["step"], a["bits"], bool(a["signed"]))
+    assert_bitwise_equal(scale, ref_scale, f"lsq case {seed} scale")
+    assert_bitwise_equal(codes, ref_codes, f"lsq case {seed} codes")
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_lsq_dense_grid_and_specials(bits: int, signed: int) -> None:
+    """Every quarter step over the whole code range and beyond, signed zeros, NaN, +-inf, extremes."""
+    step = 0.0625
+    grid = np.arange(-1200, 1200, dtype=np.float32) * np.float32(step / 4)
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, np.finfo(np.float32).max,
+                         -np.finfo(np.float32).max, np.finfo(np.float32).tiny, 1e-45, -1e-45], dtype=np.float32)
+    x = np.concatenate([grid, specials]).reshape(1, -1)
+    model = quantize_model("LsqQuantize", {"X": x}, dict(bits=bits, signed=signed, step=step))
+    codes, _ = run_single(model, {"X": x}, ())
+    ref_codes, _ = R.lsq_quantize(x, step, bits, bool(signed))
+    assert_bitwise_equal(codes, ref_codes, "lsq grid")
+
+
+def test_asq_quantize_nan_inf_inputs() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 3, 5, 5)).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan          # pooled mean NaN -> relu(h) = 0 for that channel's paths
+    x[1, 1, 2, 2] = np.inf
+    x[2, 2, 1, 1] = -np.inf
+    x[3, :, :, :] = np.nan           # a whole sample of NaN quantizes to the zero point
+    w1 = rng.normal(size=(4, 3)).astype(np.float32)
+    b1, w2, b2 = (rng.normal(size=s).astype(np.float32) for s in ((4,), (1, 4), (1,)))
+    inputs = {"X": x, "W1": w1, "B1": b1, "W2": w2, "B2": b2}
+    for signed in (0, 1):
+        attrs = dict(bits=4, signed=signed, step=0.1)
+        codes, scale = run_single(quantize_model("AsqQuantize", inputs, attrs, ("W1", "B1", "W2", "B2")), inputs,
+                                  ("W1", "B1", "W2", "B2"))
+        ref_codes, ref_scale = R.asq_quantize(x, w1, b1, w2, b2, 0.1, 4, bool(signed))
+        assert_bitwise_equal(scale, ref_scale, "asq nan/inf scale")
+        assert_bitwise_equal(codes, ref_codes, "asq nan/inf codes")
+        assert (codes[3] == R.act_zero_point(4, bool(signed))).all()
+
+
+def test_post_levels_follow_the_shift_and_table_identity() -> None:
+    """A one-hot PostGemm recovers every POST level, equal to Eq. 18's shift/table product."""
+    for bits in (2, 3, 4):
+        values, valid = R.weight_lut("post", bits)
+        codes = np.nonzero(valid)[0].astype(np.uint8)
+        o = codes.size
+        wcodes = np.zeros((o, o), dtype=np.uint8)
+        wcodes[np.arange(o), np.arange(o)] = codes
+        x = np.eye(o, dtype=np.uint8) * 3  # a = 3 on the diagonal
+        inputs = {"X": x, "X_scale": np.ones(1, np.float32), "W": R.pack_codes(wcodes, bits),
+                  "W_scale": np.ones(o, np.float32), "B": np.zeros(o, np.float32)}
+        attrs = dict(bits=bits, act_bits=2, act_zero_point=0, weight_shape=[o, o], relu=0)
+        (y,) = run_single(weighted_model("gemm", "post", inputs, attrs), inputs, ("W", "W_scale", "B"))
+        shift_table = R.post_product_shift_table(np.full(o, 3), codes, bits)
+        np.testing.assert_array_equal(np.diag(y), shift_table.astype(np.float32))
+        np.testing.assert_array_equal(np.diag(y), 3.0 * values[codes])
+
+
+# --------------------------------------------------------------------------- edge shapes
+def test_empty_batch_and_empty_input_planes() -> None:
+    """N = 0 gives an empty output; H = 0 with enough padding convolves the zero point only."""
+    ws = [2, 3, 3, 3]
+    packed = R.pack_codes(np.full(int(np.prod(ws)), 5, np.uint8), 4)
+    for x, pads in ((np.zeros((0, 3, 5, 5), np.uint8), [1, 1, 1, 1]), (np.zeros((2, 3, 0, 5), np.uint8), [2, 1, 2, 1])):
+        inputs = {"X": x, "X_scale": np.ones(1, np.float32), "W": packed, "W_scale": np.ones(2, np.float32),
+                  "B": np.array([0.5, -1.0], np.float32)}
+        attrs = dict(bits=4, act_bits=4, act_zero_point=3, weight_shape=ws, pads=pads, relu=0)
+        (y,) = run_single(weighted_model("conv", "post", inputs, attrs), inputs, ("W", "W_scale", "B"))
+        expected = R.qconv(x, inputs["X_scale"], packed, inputs["W_scale"], inputs["B"], fmt="post", bits=4,
+                           act_bits=4, act_zero_point=3, weight_shape=ws, pads=pads)
+        assert_bitwise_equal(y, expected, f"conv on {x.shape}")
+    inputs = {"X": np.zeros((0, 7), np.uint8), "X_scale": np.ones(1, np.float32),
+              "W": R.pack_codes(np.ones(14, np.uint8), 3), "W_scale": np.ones(2, np.float32), "B": np.ones(2, np.float32)}
+    attrs = dict(bits=3, act_bits=4, act_zero_point=0, weight_shape=[2, 7], relu=0)
+    (y,) = run_single(weighted_model("gemm", "pot", inputs, attrs), inputs, ("W", "W_scale", "B"))
+    assert y.shape == (0, 2)
+    x = np.zeros((0, 4), np.float32)
+    codes, scale = run_single(quantize_model("LsqQuantize", {"X": x}, dict(bits=4, signed=1, step=0.5)), {"X": x}, ())
+    assert codes.shape == (0, 4) and codes.dtype == np.uint8 and scale.shape == (0,)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_global_avg_pool_matches_reference(seed: int) -> None:
+    rng = np.random.default_rng(9000 + seed)
+    rank = int(rng.integers(3, 6))
+    shape = [int(rng.integers(1, 5)), int(rng.integers(1, 9))] + [int(rng.integers(1, 12)) for _ in range(rank - 2)]
+    x = random_activations(rng, shape, special=seed % 5 == 0)
+    model = single_node_model("GlobalAvgPool", {"X": x}, [("Y", TensorProto.FLOAT)], {})
+    (y,) = run_single(model, {"X": x}, ())
+    assert_bitwise_equal(y, R.global_avg_pool(x), f"GlobalAvgPool case {seed} shape {shape}")
+
+
+def test_global_avg_pool_rejects_rank_2() -> None:
+    x = np.ones((2, 3), np.float32)
+    model = single_node_model("GlobalAvgPool", {"X": x}, [("Y", TensorProto.FLOAT)], {}, free_shapes=True)
+    with pytest.raises(Exception, match="GlobalAvgPool: input 'X' must have rank >= 3"):
+        run_single(model, {"X": x}, ())
