@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -12,8 +13,9 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Quantize PyTorch models to low-bit ASQ/POST, export them to ONNX with ai.qexport ops, "
                        "and prove that ONNX Runtime computes what PyTorch computed.")
-console = Console(stderr=True)
-out = Console()
+# Not a terminal (a log, CI): wide enough that layer names in tables are not cut.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 DATA_HELP = ("Inputs for calibration and validation: 'samples' (the shipped 512 Fashion-MNIST images, default), "
              "'fashion-mnist' (its test set, from the Debian package), or an .npz with x (N, C, H, W) float32 in "
