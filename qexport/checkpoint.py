@@ -63,9 +63,11 @@ def _torch_load_safe(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
-            raise _UnsafePickle(str(exc)) from exc
-        raise CheckpointError(f"{path}: not a readable PyTorch file ({_first_line(exc)})") from exc
+        detail = _unpickler_detail(exc)
+        if "global" in detail.lower():  # a class or function reference: Python objects, maybe code
+            raise _UnsafePickle(detail) from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (the safe loader stopped: {detail}). If it "
+                              f"is a plain pickle from a source you trust, --trust-pickle loads it.") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         text = str(exc)
         if "failed finding central directory" in text or "zip archive" in text or isinstance(exc, (EOFError, zipfile.BadZipFile)):
@@ -75,6 +77,16 @@ def _torch_load_safe(path: Path) -> Any:
 
 class _UnsafePickle(Exception):
     pass
+
+
+def _unpickler_detail(exc: BaseException) -> str:
+    """The informative part of torch's weights_only error (it opens with a long preamble)."""
+    text = " ".join(str(exc).split())
+    for marker in ("Unsupported global:", "unsupported GLOBAL", "Unsupported operand", "WeightsUnpickler error:"):
+        i = text.find(marker)
+        if i >= 0:
+            return text[i : i + 200].split(" Check the documentation")[0].split(" was not an allowed")[0].strip()
+    return text[:200]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -90,7 +102,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(
             f"{path}: contains pickled Python objects (a whole nn.Module or arbitrary code), not a qexport checkpoint. "
             f"Refusing to unpickle it: loading it could run code from the file. If you trust its origin, pass "
-            f"--trust-pickle (trust_pickle=True). Detail: {_first_line(exc)}") from None
+            f"--trust-pickle (trust_pickle=True). Detail: {exc}") from None
     return validate_checkpoint(obj, path)
 
 
@@ -170,7 +182,7 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, arch_args: d
             raise CheckpointError(
                 f"{path}: holds a pickled Python object (e.g. a whole nn.Module saved with torch.save(model)). "
                 f"Unpickling can run arbitrary code, so qexport refuses by default. If you trust this file, pass "
-                f"--trust-pickle; better, save model.state_dict() and pass --arch. Detail: {_first_line(exc)}") from None
+                f"--trust-pickle; better, save model.state_dict() and pass --arch. Detail: {exc}") from None
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported as such

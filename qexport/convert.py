@@ -16,7 +16,7 @@ from .export import export_onnx
 from .io import atomic_write_text
 from .nn import calibrate, quantize_
 from .quant.config import QuantConfig
-from .validate import ParityReport, Tolerances, check_parity
+from .validate import ParityReport, Tolerances, check_parity, top1
 
 
 class ConvertError(ValueError):
@@ -104,7 +104,10 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     check_input(loaded.model, x)
     model = loaded.model
     ckpt_path = None
+    float_top1 = None
     if not loaded.is_quantized:
+        if validate and y is not None:
+            float_top1 = top1(model, x, y)
         say(f"quantizing ({config.method}, {config.bits}-bit) and calibrating on {min(len(x), calib_samples)} samples")
         model = quantize_model(model, config, x, calib_samples)
         if loaded.arch is not None:
@@ -122,6 +125,8 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     if validate:
         say(f"validating on {len(x)} samples")
         report = check_parity(model, proto, x, y, tolerances=tolerances)
+        if float_top1 is not None:
+            report.accuracy = {"float": float_top1, **report.accuracy}
         report_path = out.with_suffix(".parity.json")
         write_report(report, report_path, {"onnx": str(out), "model": str(model_path), "data": data_name})
     return ConvertResult(out, ckpt_path, report_path, report, config, loaded)

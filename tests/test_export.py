@@ -32,7 +32,9 @@ def test_every_quantized_layer_is_two_custom_nodes(tmp_path, calib, method, bits
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")), full_check=True)
     layers = deploy_layers(to_deploy(model))
     custom = {n.name: n for n in proto.graph.node if n.domain == R.DOMAIN}
-    assert set(custom) == {f"{name}/{role}" for name in layers for role in ("quantize", "op")}
+    expected = {f"{name}/{role}" for name in layers for role in ("quantize", "op")}
+    assert set(custom) == expected | {"pool/pool"}  # nn.AdaptiveAvgPool2d "pool" -> GlobalAvgPool
+    assert custom["pool/pool"].op_type == "GlobalAvgPool"
     for name, layer in layers.items():
         op = custom[f"{name}/op"]
         assert op.op_type == OPS[op.op_type].onnx_name == layer.describe()["op"]

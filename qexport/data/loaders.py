@@ -1,0 +1,202 @@
+"""Dataset loaders. Every loader returns ``x`` float32 (N, C, H, W) in [0, 1] and ``y`` int64 (N,)."""
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+SAMPLES_FILE = "fashion_mnist_512.npz"
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) into a numpy array.
+
+    Format: two zero bytes, a dtype byte, a rank byte, ``rank`` big-endian uint32 dims, the data.
+    """
+    path = Path(path)
+    opener: Callable = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path}: not an IDX file (bad magic {data[:4].hex()})")
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    rank = data[3]
+    dims = np.frombuffer(data, dtype=">u4", count=rank, offset=4).astype(np.int64)
+    offset = 4 + 4 * rank
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(data) - offset != expected:
+        raise ValueError(f"{path}: IDX header says {tuple(dims)} ({expected} bytes), file has {len(data) - offset}")
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(tuple(dims)).astype(dtype.newbyteorder("="))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
+    arr = read_idx(path)
+    arr.flags.writeable = False  # shared between callers
+    return arr
+
+
+def _read_idx_once(path: Path) -> np.ndarray:
+    """``read_idx`` memoised per (path, mtime, size): repeated runs in one process (tests, sweeps)
+    decompress the 47 MB of Fashion-MNIST pixels once. Callers get fresh float copies anyway."""
+    st = path.stat()
+    return _read_idx_cached(str(path), st.st_mtime_ns, st.st_size)
+
+
+def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (or ``root``).
+
+    Args:
+        split: "train" (60,000 images) or "test" (10,000).
+        root: folder with the four ``*-ubyte.gz`` files; default /usr/share/datasets/fashion-mnist.
+    Returns:
+        x float32 (N, 1, 28, 28) in [0, 1], y int64 (N,).
+    """
+    prefix = {"train": "train", "test": "t10k", "t10k": "t10k"}.get(split)
+    if prefix is None:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    images = root / f"{prefix}-images-idx3-ubyte.gz"
+    labels = root / f"{prefix}-labels-idx1-ubyte.gz"
+    for p in (images, labels):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"Fashion-MNIST file {p} not found. Install it with "
+                f"`sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or pass root= a folder "
+                f"holding {images.name} and {labels.name}.")
+    x = _read_idx_once(images)
+    y = _read_idx_once(labels)
+    if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"unexpected Fashion-MNIST shapes: images {x.shape}, labels {y.shape}")
+    xf = x.astype(np.float32)
+    np.divide(xf, np.float32(255.0), out=xf)
+    return xf[:, None], y.astype(np.int64)
+
+
+def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Load ``x`` (and ``y`` if present) from an .npz file and validate them.
+
+    ``x`` must be 4-D (N, C, H, W) and finite. dtype: float32 is used as is, float64/float16 are
+    cast to float32 (values kept), uint8 is divided by 255 (so 0..255 pixels map to [0, 1]).
+    ``y``, when present, must be 1-D integers with one label per sample; it is returned as int64.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001  (zip/format errors have many types)
+        raise ValueError(f"{path}: not a readable .npz file ({e})") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: expected an .npz archive with an array 'x', got a single array (.npy)")
+    with npz:
+        if "x" not in npz.files:
+            raise ValueError(f"{path}: no array 'x' (found: {', '.join(npz.files) or 'none'})")
+        x = npz["x"]
+        y = npz["y"] if "y" in npz.files else None
+    if x.ndim != 4:
+        raise ValueError(f"{path}: 'x' must be 4-D (N, C, H, W), got shape {x.shape}")
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    elif x.dtype in (np.float64, np.float16):
+        x = x.astype(np.float32)
+    elif x.dtype != np.float32:
+        raise ValueError(f"{path}: 'x' must be float32 (or float64/float16/uint8), got {x.dtype}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: 'x' contains NaN or infinite values")
+    if y is not None:
+        if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"{path}: 'y' must be 1-D with {x.shape[0]} labels, got shape {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{path}: 'y' must hold integers, got {y.dtype}")
+        y = y.astype(np.int64)
+    return np.ascontiguousarray(x), y
+
+
+def samples_dir() -> Path:
+    """Folder of the shipped samples: $QEXPORT_SAMPLES_DIR, else ``samples/`` next to the package."""
+    env = os.environ.get("QEXPORT_SAMPLES_DIR")
+    if env:
+        return Path(env)
+    pkg = Path(__file__).resolve().parent.parent  # .../qexport
+    for cand in (pkg / "samples", pkg.parent / "samples"):  # installed data, then the repo checkout
+        if (cand / SAMPLES_FILE).is_file():
+            return cand
+    return pkg.parent / "samples"
+
+
+def load_samples() -> tuple[np.ndarray, np.ndarray]:
+    """The 512 shipped Fashion-MNIST test images (51-52 per class): x float32 (512,1,28,28), y int64."""
+    path = samples_dir() / SAMPLES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: set QEXPORT_SAMPLES_DIR to the folder holding {SAMPLES_FILE}, "
+            f"or create it with `python samples/make_samples.py`")
+    x, y = load_npz(path)
+    if y is None:
+        raise ValueError(f"{path}: no labels 'y'")
+    return x, y
+
+
+def load_digits_dataset(split: str = "test", test_fraction: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits (1,797 images) as x float32 (N, 1, 8, 8) in [0, 1], y int64.
+
+    The split is a fixed seeded permutation: the last ``test_fraction`` is "test".
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError("the 'digits' dataset needs scikit-learn: `pip install scikit-learn`") from None
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    idx = perm[len(y) - n_test:] if split == "test" else perm[: len(y) - n_test]
+    return x[idx], y[idx]
+
+
+DATASETS: dict[str, Callable[[str], tuple[np.ndarray, np.ndarray]]] = {
+    "fashion-mnist": lambda split: load_fashion_mnist(split),
+    "samples": lambda split: load_samples(),
+    "digits": lambda split: load_digits_dataset(split),
+}
+
+
+def load_dataset(spec: str, split: str = "test") -> tuple[np.ndarray, np.ndarray | None]:
+    """Load a dataset by name ("fashion-mnist", "samples", "digits") or from an .npz path.
+
+    "samples" has a single split (the same 512 images whatever ``split`` says); an .npz path
+    likewise ignores ``split``, and its ``y`` may be None.
+    """
+    key = spec.lower().replace("_", "-")
+    if key in ("fashion-mnist", "fashionmnist", "fmnist"):
+        key = "fashion-mnist"
+    if key in DATASETS:
+        return DATASETS[key](split)
+    if spec.endswith(".npz") or Path(spec).is_file():
+        return load_npz(spec)
+    raise ValueError(f"unknown dataset {spec!r}: use one of {', '.join(DATASETS)} or a path to an .npz file")
+
+
+def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool = False,
+            seed: int | None = None, drop_last: bool = False) -> Iterator[tuple]:
+    """Yield ``(xb, yb)`` torch tensors (``yb`` None if ``y`` is None); a seeded permutation if shuffling."""
+    import torch
+
+    n = len(x)
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for i in range(0, stop, batch_size):
+        idx = order[i:i + batch_size]
+        xb = torch.from_numpy(np.ascontiguousarray(x[idx]))
+        yb = None if y is None else torch.from_numpy(np.ascontiguousarray(y[idx]))
+        yield xb, yb
