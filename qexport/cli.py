@@ -193,8 +193,8 @@ def train(
         metrics = run(config)
     except (CheckpointError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
-    final = metrics.get("final_test_top1", metrics.get("test_top1"))
-    out.print(f"wrote {output}: test top-1 {final:.2%}" if isinstance(final, float) else f"wrote {output}")
+    out.print(f"wrote {output}: test top-1 {metrics['final_test_acc']:.2f}% (best {metrics['best_test_acc']:.2f}% "
+              f"at epoch {metrics['best_epoch']}), {metrics['wall_time_s']:.0f} s")
 
 
 @app.command()

@@ -187,3 +187,16 @@ def test_post_bits_out_of_range_and_wrong_data(tmp_path):
     np.savez(npz, x=np.zeros((4, 3, 32, 32), np.float32))
     code, text = run("convert", SAMPLE_MODEL, "--data", npz, "-o", tmp_path / "x.onnx")
     assert code == 2 and "input shape" in text
+
+
+def test_train_then_convert_a_qat_checkpoint(tmp_path):
+    ckpt = tmp_path / "qat.pt"
+    code, text = run("train", "--from", SAMPLE_MODEL, "--method", "asq+post", "--bits", 3, "--epochs", 1,
+                     "--limit-train", 256, "--limit-test", 128, "--no-progress", "-o", ckpt)
+    assert code == 0, text
+    assert "test top-1" in text
+    code, text = run("convert", ckpt, "--bits", 4, "-o", tmp_path / "q.onnx")
+    assert code == 2 and "already quantized" in text  # its own config is kept; a conflicting one is refused
+    code, text = run("convert", ckpt, "--limit", 128, "-o", tmp_path / "q.onnx")
+    assert code == 0, text
+    assert "parity: PASS" in text and not (tmp_path / "q.pt").exists()  # nothing re-calibrated, nothing re-saved
