@@ -1,6 +1,7 @@
 """quantize_(model, config): one call that swaps Conv2d/Linear for quantized layers."""
 from __future__ import annotations
 
+import zlib
 from typing import Iterable
 
 import torch
@@ -48,7 +49,12 @@ def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
         out_ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
         act_cls = ACT_QUANTIZERS[spec["act"]]
         kwargs = {"reduction": config.adapter_reduction} if spec["act"] == "asq" else {}
-        act_q = act_cls(spec["act_bits"], in_ch, **kwargs).to(mod.weight.device)
+        # Quantizer parameters (the ASQ adapter's first layer) are initialised from a generator
+        # seeded by the layer's name: the same model quantizes to the same bytes every time,
+        # whatever the global RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zlib.crc32(name.encode()))
+            act_q = act_cls(spec["act_bits"], in_ch, **kwargs).to(mod.weight.device)
         w_q = WEIGHT_QUANTIZERS[spec["weights"]](spec["bits"], out_ch).to(mod.weight.device)
         _set_submodule(model, name, QUANT_LAYERS[type(mod)].from_float(mod, act_q, w_q))
     return model

@@ -30,7 +30,7 @@ def _progress(enabled: bool):
 
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=not enabled, transient=False)
+                    disable=not enabled, transient=True)
 
 
 @torch.no_grad()
@@ -239,7 +239,9 @@ def _train(config: TrainConfig) -> dict[str, Any]:
             row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                    "test_acc": last_acc, "train_time_s": t_train, "time_s": time.perf_counter() - t0}
             metrics["epochs"].append(row)
-            progress.update(task, status=f"loss {train_loss:.3f} train {train_acc:.2f}% test {last_acc:.2f}%")
+            progress.remove_task(task)
+            log(f"epoch {epoch}/{config.epochs}: loss {train_loss:.4f}, train {train_acc:.2f}%, "
+                f"test {last_acc:.2f}%, {row['time_s']:.0f} s")
 
     accs = [r["test_acc"] for r in metrics["epochs"]]
     if accs:

@@ -1,0 +1,233 @@
+"""Differential fuzzing of the kernels with malformed nodes.
+
+Each case builds a valid single-node model of a random ai.qexport op, then applies 0..3 random
+mutations: attributes changed to odd values, deleted or of the wrong type; inputs of another
+rank, channel count or length; packed weights truncated, extended or bit-flipped (which makes
+non-canonical codes); activation codes above act_bits; weights as graph inputs instead of
+initializers. The only acceptable outcomes are:
+
+* ONNX Runtime refuses cleanly (an exception, at session creation or in run()), or
+* it succeeds and its outputs are bit-identical to the numpy reference, which must accept the
+  same inputs.
+
+An unmutated case must succeed. A crash (or a sanitizer report, under the ASan/UBSan build of
+.ci/sanitize.sh) kills the process and fails the run. QEXPORT_FUZZ_CASES sets the number of
+cases (default 300; the sanitizer job runs more), QEXPORT_FUZZ_SEED the first seed.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from onnx import TensorProto
+
+from qexport.quant import reference as R
+from qexport.runtime import make_session
+
+from kernel_graphs import feeds, serialize, single_node_model
+from test_kernels import assert_bitwise_equal
+
+N_CASES = int(os.environ.get("QEXPORT_FUZZ_CASES", "300"))
+FIRST_SEED = int(os.environ.get("QEXPORT_FUZZ_SEED", "0"))
+OPTIONAL = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0}
+FORMAT_OF = {"Post": "post", "Pot": "pot", "Uniform": "uniform"}
+
+
+class Malformed(Exception):
+    """The reference cannot even be asked (an attribute of the wrong type, a missing one)."""
+
+
+# --------------------------------------------------------------------------- valid cases
+def weighted_case(rng, kind: str) -> tuple[str, dict, dict]:
+    fmt = R.WEIGHT_FORMATS[int(rng.integers(0, 3))]
+    bits = int(rng.integers(R.WEIGHT_BITS[fmt].start, R.WEIGHT_BITS[fmt].stop))
+    act_bits = int(rng.integers(2, 9))
+    zp = int(rng.choice([0, 2 ** (act_bits - 1)]))
+    n = int(rng.integers(1, 4))
+    values, valid = R.weight_lut(fmt, bits)
+    if kind == "Conv":
+        group = int(rng.choice([1, 2]))
+        cg, og = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        wshape = [group * og, cg, kh, kw]
+        dil = [int(v) for v in rng.integers(1, 3, 2)]
+        h = max(int(rng.integers(3, 8)), (kh - 1) * dil[0] + 1)  # never an empty output
+        w = max(int(rng.integers(3, 8)), (kw - 1) * dil[1] + 1)
+        x = rng.integers(0, 2**act_bits, size=(n, group * cg, h, w), dtype=np.uint8)
+        attrs = dict(strides=[int(v) for v in rng.integers(1, 3, 2)], pads=[int(v) for v in rng.integers(0, 3, 4)],
+                     dilations=dil, group=group)
+    else:
+        wshape = [int(rng.integers(1, 6)), int(rng.integers(1, 20))]
+        x = rng.integers(0, 2**act_bits, size=(n, wshape[1]), dtype=np.uint8)
+        attrs = {}
+    count = int(np.prod(wshape))
+    codes = rng.choice(np.nonzero(valid)[0], size=count).astype(np.uint8)
+    o = wshape[0]
+    inputs = {"X": x, "X_scale": rng.uniform(0.01, 1, size=n).astype(np.float32), "W": R.pack_codes(codes, bits),
+              "W_scale": rng.uniform(0.001, 0.1, size=o).astype(np.float32),
+              "B": rng.normal(size=o).astype(np.float32)}
+    attrs.update(bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=wshape, relu=int(rng.integers(0, 2)))
+    return fmt.capitalize() + kind, inputs, attrs
+
+
+def quantize_case(rng, op: str) -> tuple[str, dict, dict]:
+    rank = int(rng.integers(2, 5))
+    shape = [int(rng.integers(1, 4)), int(rng.integers(1, 6))] + [int(rng.integers(1, 5)) for _ in range(rank - 2)]
+    x = (rng.normal(size=shape) * 3).astype(np.float32)
+    attrs = dict(bits=int(rng.integers(2, 9)), signed=int(rng.integers(0, 2)), step=float(rng.uniform(0.05, 1.0)))
+    if op == "LsqQuantize":
+        return op, {"X": x}, attrs
+    hidden = int(rng.integers(1, 4))
+    c = shape[1]
+    return op, {"X": x, "W1": rng.normal(size=(hidden, c)).astype(np.float32), "B1": rng.normal(size=hidden).astype(np.float32),
+                "W2": rng.normal(size=(1, hidden)).astype(np.float32), "B2": rng.normal(size=1).astype(np.float32)}, attrs
+
+
+def pool_case(rng) -> tuple[str, dict, dict]:
+    shape = [int(rng.integers(1, 4)), int(rng.integers(1, 6))] + [int(rng.integers(1, 6)) for _ in range(int(rng.integers(1, 3)))]
+    return "GlobalAvgPool", {"X": rng.normal(size=shape).astype(np.float32)}, {}
+
+
+def make_case(rng) -> tuple[str, dict, dict]:
+    r = int(rng.integers(0, 6))
+    if r < 2:
+        return weighted_case(rng, "Conv")
+    if r < 4:
+        return weighted_case(rng, "Gemm")
+    if r == 4:
+        return quantize_case(rng, str(rng.choice(["AsqQuantize", "LsqQuantize"])))
+    return pool_case(rng)
+
+
+# --------------------------------------------------------------------------- mutations
+ODD_INTS = [-(2**40), -7, -1, 0, 1, 2, 3, 5, 8, 9, 16, 255, 256, 1000]
+
+
+def mutate(rng, op: str, inputs: dict, attrs: dict) -> str:
+    kinds = ["attr_value", "attr_delete", "attr_type", "x_shape", "vector_len", "codes_range",
+             "w_truncate", "w_extend", "w_flip", "w_scale_special"]
+    kind = str(rng.choice(kinds))
+    keys = list(attrs)
+    if kind.startswith("attr") and not keys:
+        kind = "x_shape"
+    if kind == "attr_value":
+        key = str(rng.choice(keys))
+        value = attrs[key]
+        if isinstance(value, list):
+            value = list(value)
+            if value and rng.random() < 0.7:
+                value[int(rng.integers(0, len(value)))] = int(rng.choice(ODD_INTS))
+            else:
+                value = value[:-1] if value and rng.random() < 0.5 else value + [1]
+        elif isinstance(value, float):
+            value = float(rng.choice([0.0, -1.0, np.inf, np.nan, 1e-30, 1e30]))
+        else:
+            value = int(rng.choice(ODD_INTS))
+        attrs[key] = value
+    elif kind == "attr_delete":
+        del attrs[str(rng.choice(keys))]
+    elif kind == "attr_type":
+        key = str(rng.choice(keys))
+        attrs[key] = [1, 2] if not isinstance(attrs[key], list) else 1.5
+    elif kind == "x_shape":
+        x = inputs["X"]
+        shape = list(x.shape)
+        if rng.random() < 0.4 and len(shape) > 1:
+            shape = shape[:-1]
+        elif rng.random() < 0.5:
+            shape = shape + [int(rng.integers(1, 3))]
+        else:
+            i = int(rng.integers(0, len(shape)))
+            shape[i] = int(rng.integers(0, 4))
+        inputs["X"] = (rng.integers(0, 4, size=shape).astype(x.dtype) if x.dtype == np.uint8
+                       else rng.normal(size=shape).astype(x.dtype))
+    elif kind == "vector_len":
+        name = str(rng.choice([k for k in inputs if k != "X"] or ["X"]))
+        v = inputs[name]
+        new_len = max(0, v.shape[0] + int(rng.choice([-1, 1, 2]))) if v.ndim else 2
+        inputs[name] = np.resize(v, (new_len,) + v.shape[1:]) if v.ndim else np.resize(v, (2,))
+    elif kind == "codes_range" and inputs["X"].dtype == np.uint8 and inputs["X"].size:
+        inputs["X"] = inputs["X"].copy()
+        inputs["X"].reshape(-1)[int(rng.integers(0, inputs["X"].size))] = int(rng.integers(1, 256))
+    elif kind.startswith("w_") and "W" in inputs and inputs["W"].dtype == np.uint8:
+        w = inputs["W"].copy()
+        if kind == "w_truncate":
+            w = w[: int(rng.integers(0, max(1, len(w))))]
+        elif kind == "w_extend":
+            w = np.concatenate([w, rng.integers(0, 256, size=int(rng.integers(1, 4))).astype(np.uint8)])
+        elif kind == "w_flip" and len(w):
+            w[int(rng.integers(0, len(w)))] ^= np.uint8(1 << int(rng.integers(0, 8)))
+        elif kind == "w_scale_special":
+            s = inputs["W_scale"].copy()
+            if len(s):
+                s[0] = rng.choice(np.array([np.nan, np.inf, 0.0, -1.0], np.float32))
+            inputs["W_scale"] = s
+        inputs["W"] = w
+    return kind
+
+
+# --------------------------------------------------------------------------- the reference
+def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
+    def need(name, kind):
+        if name not in attrs:
+            if name in OPTIONAL:
+                return OPTIONAL[name]
+            raise Malformed(f"missing {name}")
+        v = attrs[name]
+        if kind is int and (isinstance(v, (list, float)) or isinstance(v, bool)):
+            raise Malformed(f"{name} is not an int")
+        if kind is list and not isinstance(v, list):
+            raise Malformed(f"{name} is not a list")
+        if kind is float and isinstance(v, list):
+            raise Malformed(f"{name} is not a float")
+        return v
+
+    if op == "GlobalAvgPool":
+        if inputs["X"].ndim < 3:
+            raise ValueError("rank")
+        return [R.global_avg_pool(inputs["X"])]
+    if op.endswith("Quantize"):
+        bits, signed, step = need("bits", int), need("signed", int), need("step", float)
+        if signed not in (0, 1):
+            raise ValueError("signed")
+        if op == "LsqQuantize":
+            return list(R.lsq_quantize(inputs["X"], step, bits, bool(signed)))
+        return list(R.asq_quantize(inputs["X"], inputs["W1"], inputs["B1"], inputs["W2"], inputs["B2"], step, bits, bool(signed)))
+    kind = "Conv" if op.endswith("Conv") else "Gemm"
+    fmt = FORMAT_OF[op[: -len(kind)]]
+    common = dict(fmt=fmt, bits=need("bits", int), act_bits=need("act_bits", int), act_zero_point=need("act_zero_point", int),
+                  weight_shape=need("weight_shape", list), relu=need("relu", int))
+    if common["relu"] not in (0, 1):
+        raise ValueError("relu")
+    args = (inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"])
+    if kind == "Gemm":
+        return [R.qgemm(*args, **common)]
+    return [R.qconv(*args, **common, strides=need("strides", list), pads=need("pads", list),
+                    dilations=need("dilations", list), group=need("group", int))]
+
+
+def _outputs(op: str):
+    if op.endswith("Quantize"):
+        return [("Y", TensorProto.UINT8), ("scale", TensorProto.FLOAT)]
+    return [("Y", TensorProto.FLOAT)]
+
+
+@pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + N_CASES))
+def test_fuzz_case(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    op, inputs, attrs = make_case(rng)
+    mutations = [mutate(rng, op, inputs, attrs) for _ in range(int(rng.choice([0, 1, 1, 2, 3])))]
+    constant = tuple(n for n in ("W", "W_scale", "B", "W1", "B1", "W2", "B2") if n in inputs and rng.random() < 0.7)
+    model = single_node_model(op, inputs, _outputs(op), attrs, constant, free_shapes=True)
+    try:
+        outs = make_session(serialize(model)).run(None, feeds(inputs, constant))
+    except Exception as exc:  # noqa: BLE001 - a clean refusal is an acceptable outcome
+        assert mutations, f"case {seed} ({op}) is valid but was refused: {exc}"
+        return
+    try:
+        expected = reference(op, {k: np.asarray(v) for k, v in inputs.items()}, attrs)
+    except (ValueError, Malformed) as exc:
+        pytest.fail(f"case {seed} ({op}, mutations {mutations}): ONNX Runtime accepted what the reference refuses: {exc}")
+    for i, (got, want) in enumerate(zip(outs, expected)):
+        assert_bitwise_equal(got, want, f"case {seed} ({op}, mutations {mutations}) output {i}")
