@@ -121,9 +121,13 @@ def validate(
     data: str = typer.Option("samples", "--data", help=DATA_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the report as JSON here."),
-    batch_size: int = typer.Option(128, "--batch-size"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per ONNX run (default 128; --target aarch64: all at once, one emulator start per CPU)."),
     max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
     min_agreement: float = typer.Option(1.0, "--min-top1-agreement", help="Minimum top-1 agreement with PyTorch."),
+    target: str = typer.Option("x86_64", "--target", help="x86_64: ONNX Runtime in this process; aarch64: the aarch64 qexport-run runner and op library under qemu-aarch64 (docs/deploy-arm.md)."),
+    cpu: str = typer.Option("cortex-a76,cortex-a53", "--cpu", help="--target aarch64: comma-separated qemu CPU models to check on (cortex-a76: NEON+dotprod, cortex-a53: NEON only)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of ONNX Runtime / the runner (default: ONNX Runtime's; the runner's: all CPUs)."),
+    dist: Optional[Path] = typer.Option(None, "--dist", help="--target aarch64: folder written by `qexport build-ops --target aarch64` (default: build it now into build/dist-aarch64 of the source tree)."),
 ) -> None:
     """Run the PyTorch model and the ONNX model on the same inputs and compare codes and outputs.
 
@@ -148,8 +152,16 @@ def validate(
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad input file
         _fail(f"{onnx_model}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
     x, y = _load_data(data, limit)
+    if target != "x86_64":
+        _validate_on_target(qmodel, proto, x, y, target=target, cpus=cpu, threads=threads, dist=dist,
+                            batch_size=batch_size, tolerances=_tolerances(max_mismatch_rate, min_agreement),
+                            report=report, context={"onnx": str(onnx_model), "model": str(model), "data": data})
+        return
     try:
-        result = check_parity(qmodel, proto, x, y, batch_size=batch_size, tolerances=_tolerances(max_mismatch_rate, min_agreement))
+        from .runtime import make_session
+
+        result = check_parity(qmodel, proto, x, y, batch_size=batch_size or 128, tolerances=_tolerances(max_mismatch_rate, min_agreement),
+                              session_factory=lambda data_: make_session(data_, threads))
     except ValueError as exc:
         _fail(str(exc))
     print_report(result)
@@ -157,6 +169,72 @@ def validate(
         write_report(result, report, {"onnx": str(onnx_model), "model": str(model), "data": data})
     if not result.passed:
         raise typer.Exit(1)
+
+
+def _validate_on_target(qmodel, proto, x, y, *, target: str, cpus: str, threads: Optional[int], dist: Optional[Path],
+                        batch_size: Optional[int], tolerances, report: Optional[Path], context: dict) -> None:
+    """validate --target aarch64: parity of the runner under qemu-aarch64, once per --cpu."""
+    import time
+
+    from .deploy import DeployError, build_ops, dist_files, fetch_qemu, source_dir, validate_on_runner
+    from .io import atomic_write_text
+
+    if target != "aarch64":
+        _fail(f"unknown --target {target!r}: choose x86_64 or aarch64")
+    cpu_list = [c.strip() for c in cpus.split(",") if c.strip()]
+    if not cpu_list:
+        _fail("--cpu names no CPU")
+    say = lambda msg: console.print(f"[dim]{msg}[/]")  # noqa: E731
+    try:
+        if dist is None:
+            dist = source_dir().parent / "build" / "dist-aarch64"
+            built = build_ops("aarch64", dist, progress=say)
+            say(f"built {dist} in {built.seconds:.1f} s")
+        runner, ops, ort = dist_files(dist, "aarch64")
+        qemu = fetch_qemu(say=say)
+        t0 = time.perf_counter()
+        runs = validate_on_runner(qmodel, proto, x, y, runner=runner, ops=ops, ort=ort, qemu=qemu, cpus=cpu_list,
+                                  threads=threads, batch_size=batch_size, tolerances=tolerances,
+                                  on_cpu=lambda c: say(f"running {len(x)} samples on qemu-aarch64 -cpu {c}"))
+    except (DeployError, ValueError) as exc:
+        _fail(str(exc))
+    for run in runs:
+        print_report(run.report, title=f"parity, aarch64 -cpu {run.cpu}")
+        out.print(f"emulated run (-cpu {run.cpu}): {run.seconds:.1f} s wall"
+                  + (f", session.Run {run.runner_ms / 1000:.1f} s" if run.runner_ms is not None else ""))
+    failed = [r.cpu for r in runs if not r.report.passed]
+    out.print(f"aarch64 parity on {', '.join(r.cpu for r in runs)}: "
+              + ("[bold green]PASS[/]" if not failed else f"[bold red]FAIL[/] on {', '.join(failed)}")
+              + f" ({time.perf_counter() - t0:.0f} s)")
+    if report:
+        payload = {**context, "target": target, "threads": threads, "passed": not failed,
+                   "cpus": {r.cpu: {**r.report.to_dict(), "emulated_seconds": r.seconds} for r in runs}}
+        atomic_write_text(report, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("build-ops")
+def build_ops_cmd(
+    target: str = typer.Option("aarch64", "--target", help="x86_64 or aarch64 (cross-compiled with Debian's g++-aarch64-linux-gnu)."),
+    output: Path = typer.Option(Path("dist"), "--output", "-o", help="Folder for qexport-run, libqexport_ops.so and libonnxruntime.so.1."),
+    source: Optional[Path] = typer.Option(None, "--source", help="The custom_ops/ folder (default: the one of this source tree)."),
+    build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="CMake build folder (default: build/qexport-<target>)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs."),
+    with_ort: bool = typer.Option(True, "--ort/--no-ort", help="Also put ONNX Runtime's library for the target (from its onnxruntime wheel, same version as installed) in the folder."),
+) -> None:
+    """Build the custom-op library and the qexport-run runner for a target CPU: the files to copy to a device."""
+    from .deploy import DeployError, build_ops
+
+    try:
+        result = build_ops(target, output, source=source, build_dir=build_dir, jobs=jobs, with_ort=with_ort,
+                           progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    except DeployError as exc:
+        _fail(str(exc))
+    for path in result.files:
+        out.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    out.print(f"built for {target} in {result.seconds:.1f} s (build folder {result.build_dir}). On the device: "
+              f"./qexport-run model.onnx --input input=x.npy --output-dir out/ (docs/deploy-arm.md)")
 
 
 @app.command()

@@ -12,7 +12,7 @@ from qexport.train import TrainConfig, make_optimizer, train
 
 # Tiny runs: the real Fashion-MNIST when installed (CI installs it), else the shipped samples.
 DATA = "fashion-mnist" if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() else "samples"
-TINY = dict(data=DATA, epochs=1, limit_train=512, limit_test=256, batch_size=128, progress=False,
+TINY = dict(data=DATA, epochs=1, limit_train=512, limit_test=256, batch_size=64, progress=False,
             arch_args={"width": 8})
 
 
@@ -60,26 +60,32 @@ def test_same_seed_same_metrics(float_run):
     assert other["epochs"][0]["train_loss"] != first["epochs"][0]["train_loss"]
 
 
-def test_qat_from_float_checkpoint(float_run, tmp_path):
-    src, float_metrics = float_run
-    out = tmp_path / "q.pt"
+@pytest.fixture(scope="module")
+def qat_run(float_run, tmp_path_factory):
+    src, _ = float_run
+    out = tmp_path_factory.mktemp("qat") / "q.pt"
     cfg = TrainConfig(**{**TINY, "arch_args": {}}, method="asq+post", bits=4, from_checkpoint=str(src),
                       output=str(out), calib_batches=2)
-    metrics = train(cfg)
+    return cfg, train(cfg)
+
+
+def test_qat_from_float_checkpoint(float_run, qat_run):
+    _, float_metrics = float_run
+    cfg, metrics = qat_run
     assert metrics["lr"] == 0.01  # QAT from a checkpoint defaults to the fine-tuning rate
     assert metrics["init_float_test_acc"] == pytest.approx(float_metrics["final_test_acc"])
     assert metrics["calibrated_test_acc"] is not None and math.isfinite(metrics["final_test_acc"])
-    ckpt = load_checkpoint(out)
+    ckpt = load_checkpoint(cfg.output)
     assert ckpt["quant"]["method"] == "asq+post" and ckpt["quant"]["bits"] == 4
     assert ckpt["arch_args"]["width"] == 8 and ckpt["metrics"]["final_test_acc"] == metrics["final_test_acc"]
     model = build_model_from_checkpoint(ckpt)  # quantized layers + weights load strictly
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_qat_from_scratch_is_deterministic():
-    cfg = TrainConfig(**TINY, method="asq+post", bits=4, calib_batches=2)
-    a, b = train(cfg), train(cfg)
-    assert a["lr"] == 0.1 and _timeless(a) == _timeless(b)
+def test_qat_is_deterministic(qat_run):
+    cfg, first = qat_run
+    again = train(TrainConfig(**{**cfg.to_dict(), "output": None}))
+    assert _timeless(again) == _timeless({**first, "config": again["config"]})
 
 
 def test_weight_decay_spares_quantizer_parameters():
@@ -127,3 +133,12 @@ def test_rejects_quantized_start_and_arch_mismatch(tmp_path):
                     arch_args=default_arch_args("small_cnn"))
     with pytest.raises(ValueError, match="holds 'small_cnn'"):
         train(TrainConfig(**{**TINY, "arch_args": {}}, arch="resnet20", from_checkpoint=str(tmp_path / "f.pt")))
+
+
+def test_arch_args_fitted_to_data():
+    # ResNet-20 defaults to 3 CIFAR channels; on 1-channel data it takes the data's channel
+    # count and mean/std. epochs=0 just builds and evaluates.
+    m = train(TrainConfig(**{**TINY, "arch_args": {}, "epochs": 0, "limit_test": 64}, arch="resnet20"))
+    assert m["arch_args"]["in_channels"] == 1 and m["arch_args"]["num_classes"] == 10
+    assert len(m["arch_args"]["mean"]) == 1 and 0.2 < m["arch_args"]["mean"][0] < 0.4
+    assert m["epochs"] == [] and m["best_epoch"] == 0 and 0.0 <= m["final_test_acc"] <= 100.0

@@ -16,13 +16,15 @@ set(QEXPORT_CROSS_PREFIX "aarch64-linux-gnu-" CACHE STRING "Prefix of the aarch6
 
 find_program(QEXPORT_CROSS_CXX NAMES "${QEXPORT_CROSS_PREFIX}g++")
 find_program(QEXPORT_CROSS_CC NAMES "${QEXPORT_CROSS_PREFIX}gcc")
-if(NOT QEXPORT_CROSS_CXX OR NOT QEXPORT_CROSS_CC)
+if(NOT QEXPORT_CROSS_CXX)
   message(FATAL_ERROR
     "qexport: the aarch64 cross compiler ${QEXPORT_CROSS_PREFIX}g++ was not found. "
     "On Debian/Ubuntu install it with:  apt-get install g++-aarch64-linux-gnu  "
     "(or set QEXPORT_CROSS_PREFIX to another toolchain's prefix).")
 endif()
-set(CMAKE_C_COMPILER "${QEXPORT_CROSS_CC}")
+if(QEXPORT_CROSS_CC)  # the projects are C++ only; a C compiler is used when present
+  set(CMAKE_C_COMPILER "${QEXPORT_CROSS_CC}")
+endif()
 set(CMAKE_CXX_COMPILER "${QEXPORT_CROSS_CXX}")
 
 # Debian's multiarch cross sysroot (libc6-dev-arm64-cross).

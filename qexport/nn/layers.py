@@ -16,8 +16,10 @@ class QuantMixin:
     act_quant: ActQuantizer
     weight_quant: WeightQuantizer
 
+    quantize_weights: bool = True  # False: float weights (the float model, used while calibrating)
+
     def quantized_weight(self) -> torch.Tensor:
-        return self.weight_quant(self.weight)
+        return self.weight_quant(self.weight) if self.quantize_weights else self.weight
 
 
 class QConv2d(nn.Conv2d, QuantMixin):

@@ -76,9 +76,20 @@ def quant_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
-    """Initialise every quantizer from data: weights by per-channel MSE, activations by the
-    MSE-optimal step over the float activations seen on ``batches`` (signedness too)."""
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], refine_samples: int = 128,
+              refine_ratios: tuple[float, ...] = (0.5, 0.65, 0.8, 0.9, 1.0, 1.15)) -> None:
+    """Initialise every quantizer from data.
+
+    1. Weights: per-channel scale minimising the weights' squared quantization error.
+    2. Activations: the step minimising the squared error over the float activations seen on
+       ``batches`` (signedness too).
+    3. Refinement (``refine_samples`` > 0): layer by layer in forward order, each activation step
+       below 8 bits
+       is replaced by the multiple (``refine_ratios``) whose quantized network is closest to the
+       float network's logits on the first ``refine_samples`` calibration inputs. Step 2 alone
+       is blind to what a layer's error does downstream: measured on the small CNN at 4 bits,
+       two equally good MSE steps of one layer (0.22 and 0.27) gave 91.8% and 85.5% top-1.
+    """
     layers = quant_layers(model)
     if not layers:
         raise ValueError("model has no quantized layers: call quantize_(model, config) first")
@@ -87,15 +98,45 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> None:
     for layer in layers.values():
         layer.weight_quant.init_from(layer.weight)
         layer.act_quant.calibrating = True
-    seen = 0
+    kept: list[torch.Tensor] = []
     try:
         device = next(model.parameters()).device
         for xb in batches:
-            model(xb.to(device))
-            seen += 1
+            xb = xb.to(device)
+            model(xb)
+            if sum(len(k) for k in kept) < refine_samples:
+                kept.append(xb)
     finally:
         for layer in layers.values():
             layer.act_quant.finish_calibration()
-    if seen == 0:
+    if not kept:
         raise ValueError("calibrate() got no batches")
+    if refine_samples > 0:
+        _refine_steps(model, layers, torch.cat(kept)[:refine_samples], refine_ratios)
     model.train(was_training)
+
+
+def _refine_steps(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor, ratios: tuple[float, ...]) -> None:
+    for layer in layers.values():
+        layer.quantize_weights = False
+        layer.act_quant.enabled = False
+    target = model(x)
+    for layer in layers.values():
+        layer.quantize_weights = True
+    # Greedy, in forward order: upstream layers are already quantized with their chosen steps.
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: order.append(mod)) for m in layers.values()]
+    model(x)
+    for h in hooks:
+        h.remove()
+    for layer in dict.fromkeys(order):
+        quant = layer.act_quant
+        quant.enabled = True
+        if quant.bits >= 8:  # the MSE step is already fine at 8 bits
+            continue
+        base = float(quant.step)
+        errors = []
+        for r in ratios:
+            quant.step.fill_(base * r)
+            errors.append(float(((model(x) - target) ** 2).mean()))
+        quant.step.fill_(base * ratios[min(range(len(ratios)), key=errors.__getitem__)])

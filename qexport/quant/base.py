@@ -58,6 +58,7 @@ class ActQuantizer(nn.Module):
         self.register_buffer("signed", torch.tensor(-1 if signed is None else int(signed), dtype=torch.int8))
         self.register_buffer("initialized", torch.tensor(False))
         self.calibrating = False
+        self.enabled = True  # False: identity (the float model, used while calibrating)
         self._calib: list[torch.Tensor] = []
         self._calib_min = math.inf
 
@@ -83,6 +84,8 @@ class ActQuantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.calibrating:
             self._observe(x)
+            return x
+        if not self.enabled:
             return x
         if not bool(self.initialized):
             self._init_from_batch(x)

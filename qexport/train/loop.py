@@ -243,6 +243,8 @@ def _train(config: TrainConfig) -> dict[str, Any]:
             log(f"epoch {epoch}/{config.epochs}: loss {train_loss:.4f}, train {train_acc:.2f}%, "
                 f"test {last_acc:.2f}%, {row['time_s']:.0f} s")
 
+    if last_acc is None:  # epochs=0 on a fresh float model: still report its accuracy
+        last_acc = evaluate(model, xte, yte)
     accs = [r["test_acc"] for r in metrics["epochs"]]
     if accs:
         best = int(np.argmax(accs))

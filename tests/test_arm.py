@@ -1,0 +1,303 @@
+"""ARM edge deployment: the cross-built library and runner, the runner's errors, parity under qemu.
+
+Needs Debian's g++-aarch64-linux-gnu and `file` (.ci/run installs them): without them these
+tests fail with the install hint rather than skip. The qemu tests fetch qemu-user >= 10 into
+the cache on first use; they skip only when QEXPORT_SKIP_ARM=1. The full 512-sample check at
+3 and 4 bits on both emulated CPUs is .ci/arm_parity.sh.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from typer.testing import CliRunner
+
+from qexport.cli import app
+from qexport.deploy import (AARCH64_SYSROOT, DeployError, RunnerSession, build_ops, dist_files, elf_machine,
+                            fetch_qemu, validate_on_runner)
+from qexport.runtime import make_session
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples" / "fashion_mnist_512.npz"
+SKIP_QEMU = os.environ.get("QEXPORT_SKIP_ARM") == "1"
+needs_qemu = pytest.mark.skipif(SKIP_QEMU, reason="QEXPORT_SKIP_ARM=1")
+
+
+def _require(tool: str, package: str) -> None:
+    if shutil.which(tool) is None:
+        pytest.fail(f"'{tool}' not found: install it with `apt-get install {package}` (.ci/run does)")
+
+
+@pytest.fixture(scope="module")
+def x86_dist(tmp_path_factory):
+    root = tmp_path_factory.mktemp("x86")
+    return build_ops("x86_64", root / "dist", build_dir=root / "build")
+
+
+@pytest.fixture(scope="module")
+def a64_dist(tmp_path_factory):
+    _require("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
+    root = tmp_path_factory.mktemp("aarch64")
+    return build_ops("aarch64", root / "dist", build_dir=root / "build")
+
+
+@pytest.fixture(scope="module")
+def qemu():
+    if SKIP_QEMU:
+        pytest.skip("QEXPORT_SKIP_ARM=1")
+    return fetch_qemu()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A 3-bit ASQ+POST export of the shipped float sample (calibrated on a few samples) and its checkpoint."""
+    from qexport.convert import convert
+
+    d = np.load(SAMPLES)
+    out = tmp_path_factory.mktemp("model") / "w3.onnx"
+    result = convert(REPO / "samples" / "small_cnn_float.pt", x=d["x"][:32], y=d["y"][:32], output=out, bits=3,
+                     validate=False, calib_samples=32)
+    return out, result.checkpoint_path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    x = np.load(SAMPLES)["x"][:8]
+    files = {"x": d / "x.npy", "f64": d / "f64.npy", "shape": d / "shape.npy", "rank": d / "rank.npy",
+             "fortran": d / "fortran.npy", "bigendian": d / "be.npy", "notnpy": d / "not.npy", "truncated": d / "trunc.npy"}
+    np.save(files["x"], x)
+    np.save(files["f64"], x.astype(np.float64))
+    np.save(files["shape"], x[:, :, :27])
+    np.save(files["rank"], x[:, 0])
+    np.save(files["fortran"], np.asfortranarray(x[:, 0, :, :].reshape(8, 28, 28).transpose(2, 1, 0)))
+    np.save(files["bigendian"], x.astype(">f4"))
+    files["notnpy"].write_text("hello")
+    files["truncated"].write_bytes(files["x"].read_bytes()[:1000])
+    return x, files
+
+
+def _ort_x86() -> Path:
+    import onnxruntime
+
+    return sorted((Path(onnxruntime.__file__).parent / "capi").glob("libonnxruntime.so.1*"))[0]
+
+
+def _run(cmd, **kw):
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=600, **kw)
+
+
+# -- the build ---------------------------------------------------------------------------------
+
+def test_cross_built_files_are_aarch64(a64_dist):
+    _require("file", "file")
+    assert {p.name for p in a64_dist.files} == {"qexport-run", "libqexport_ops.so", "libonnxruntime.so.1"}
+    for path in a64_dist.files:
+        desc = _run(["file", "-L", path]).stdout
+        assert "ARM aarch64" in desc, desc
+        assert elf_machine(path) == "aarch64"
+    assert dist_files(a64_dist.outdir, "aarch64") == (a64_dist.runner, a64_dist.ops, a64_dist.ort)
+    with pytest.raises(DeployError, match="not x86_64"):
+        dist_files(a64_dist.outdir, "x86_64")
+
+
+def test_x86_build_is_x86(x86_dist):
+    assert all(elf_machine(p) == "x86_64" for p in x86_dist.files)
+    assert _run([x86_dist.runner, "--version"]).stdout.startswith("qexport-run ")
+
+
+def test_missing_cross_compiler_says_which_package(tmp_path, monkeypatch):
+    # Only cmake (and make) on PATH: build_ops and the toolchain file both name the package.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("cmake", "make"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(DeployError, match=r"apt-get install g\+\+-aarch64-linux-gnu"):
+        build_ops("aarch64", tmp_path / "dist")
+    proc = _run(["cmake", "-S", REPO / "custom_ops", "-B", tmp_path / "b", "-G", "Unix Makefiles",
+                 f"-DCMAKE_TOOLCHAIN_FILE={REPO / 'custom_ops/toolchains/aarch64-linux-gnu.cmake'}"],
+                env={**os.environ, "PATH": str(bin_dir)})
+    assert proc.returncode != 0
+    assert "apt-get install g++-aarch64-linux-gnu" in " ".join(proc.stderr.split())
+
+
+def test_build_ops_cli_unknown_target(tmp_path):
+    result = CliRunner().invoke(app, ["build-ops", "--target", "riscv64", "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unknown target" in result.output + (result.stderr if result.stderr_bytes is not None else "")
+
+
+# -- the runner on x86 -------------------------------------------------------------------------
+
+def test_x86_runner_matches_onnxruntime_python(x86_dist, model, inputs, tmp_path):
+    onnx_path, _ = model
+    x, files = inputs
+    proc = _run([x86_dist.runner, onnx_path, "--ops", x86_dist.ops, "--ort", _ort_x86(), "--input",
+                 f"input={files['x']}", "--output-dir", tmp_path / "out", "--repeat", 3, "--threads", 2])
+    assert proc.returncode == 0, proc.stderr
+    assert "threads: 2 intra-op" in proc.stdout
+    assert proc.stdout.count(" ms\n") >= 3 and "time: median" in proc.stdout and "over 3 runs" in proc.stdout
+    table = (tmp_path / "out" / "outputs.tsv").read_text().split("\t")
+    got = np.load(tmp_path / "out" / table[1])
+    want = make_session(str(onnx_path)).run(None, {"input": x})[0]
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_runner_finds_its_libraries_beside_itself(x86_dist, model, inputs):
+    # dist/ holds qexport-run, libqexport_ops.so, libonnxruntime.so.1: no --ops/--ort needed.
+    onnx_path, _ = model
+    proc = _run([x86_dist.runner, onnx_path, "--input", inputs[1]["x"], "--quiet"])
+    assert proc.returncode == 0, proc.stderr
+    assert "threads:" in proc.stdout and "time: median" in proc.stdout
+
+
+ERRORS = {
+    # case: (arguments after the model, expected exit status, expected message parts)
+    "missing model": (None, 1, ["model file", "not found"]),
+    "missing ops library": (["--ops", "/nonexistent/libqexport_ops.so"], 1, ["custom-op library", "not found"]),
+    "missing ORT library": (["--ort", "/nonexistent/libonnxruntime.so.1"], 1, ["ONNX Runtime library", "not found"]),
+    "wrong shape": (["--input", "input={shape}"], 1, ["has shape (8, 1, 27, 28)", "the model wants (", "1, 28, 28)"]),
+    "wrong rank": (["--input", "input={rank}"], 1, ["has shape (8, 28, 28)", "the model wants"]),
+    "wrong dtype": (["--input", "input={f64}"], 1, ["the model wants float32", "holds float64"]),
+    "unknown option": (["--frobnicate"], 2, ["unknown option '--frobnicate'", "usage:"]),
+    "missing input": ([], 1, ["missing input 'input'", "float32"]),
+    "unknown input name": (["--input", "image={x}"], 1, ["no input named 'image'", "input: float32"]),
+    "not npy": (["--input", "{notnpy}"], 1, ["not a .npy file"]),
+    "truncated npy": (["--input", "{truncated}"], 1, ["truncated"]),
+    "fortran order": (["--input", "{fortran}"], 1, ["Fortran-ordered"]),
+    "big endian": (["--input", "{bigendian}"], 1, ["big-endian"]),
+    "bad threads": (["--input", "{x}", "--threads", "0"], 2, ["--threads needs an integer"]),
+    "missing npy": (["--input", "/nonexistent/x.npy"], 1, ["cannot open"]),
+}
+
+
+def _error_args(case, files, model_path, runner, ops, ort):
+    args, code, parts = ERRORS[case]
+    if args is None:
+        return [runner, "/nonexistent/model.onnx", "--ops", ops, "--ort", ort, "--input", files["x"]], code, parts
+    args = [a.format(**{k: str(v) for k, v in files.items()}) for a in args]
+    cmd = [runner, model_path, *args]
+    if "--ops" not in args:
+        cmd += ["--ops", ops]
+    if "--ort" not in args:
+        cmd += ["--ort", ort]
+    if case in ("missing ops library", "missing ORT library"):
+        cmd += ["--input", files["x"]]
+    return cmd, code, parts
+
+
+@pytest.mark.parametrize("case", sorted(ERRORS))
+def test_runner_errors_are_clear(case, x86_dist, model, inputs):
+    cmd, code, parts = _error_args(case, inputs[1], model[0], x86_dist.runner, x86_dist.ops, _ort_x86())
+    proc = _run(cmd)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "qexport-run: error:" in proc.stderr
+    for part in parts:
+        assert part in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and "terminate called" not in proc.stderr
+
+
+def test_runner_without_ort_beside_it_says_how_to_fix(x86_dist, model, inputs, tmp_path):
+    lonely = tmp_path / "qexport-run"
+    shutil.copy2(x86_dist.runner, lonely)
+    env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
+    proc = _run([lonely, model[0], "--ops", x86_dist.ops, "--input", inputs[1]["x"]], env=env)
+    assert proc.returncode == 1
+    assert "could not load ONNX Runtime" in proc.stderr and "--ort" in proc.stderr
+
+
+def test_runner_reads_and_writes_integer_npy(x86_dist, tmp_path):
+    # A model of standard ops with int64 and uint8 inputs (dynamic first dimension) and outputs.
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["a"], ["a_out"]), helper.make_node("Identity", ["b"], ["b/out:0"]),
+         helper.make_node("Cast", ["b"], ["b_f"], to=TensorProto.FLOAT)],
+        "io", [helper.make_tensor_value_info("a", TensorProto.INT64, ["n", 3]),
+               helper.make_tensor_value_info("b", TensorProto.UINT8, [2])],
+        [helper.make_tensor_value_info("a_out", TensorProto.INT64, ["n", 3]),
+         helper.make_tensor_value_info("b/out:0", TensorProto.UINT8, [2]),
+         helper.make_tensor_value_info("b_f", TensorProto.FLOAT, [2])])
+    path = tmp_path / "io.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    a = np.arange(-6, 9, dtype=np.int64).reshape(5, 3) * (1 << 40)
+    b = np.array([7, 255], dtype=np.uint8)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    proc = _run([x86_dist.runner, path, "--input", f"a={tmp_path / 'a.npy'}", "--input", f"b={tmp_path / 'b.npy'}",
+                 "--output-dir", tmp_path / "out"])
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("\t") for line in (tmp_path / "out" / "outputs.tsv").read_text().splitlines()]
+    files = {r[0]: np.load(tmp_path / "out" / r[1]) for r in rows}
+    assert [r[1] for r in rows] == ["a_out.npy", "b_out_0.npy", "b_f.npy"]
+    assert files["a_out"].dtype == np.int64 and np.array_equal(files["a_out"], a)
+    assert files["b/out:0"].dtype == np.uint8 and np.array_equal(files["b/out:0"], b)
+    assert files["b_f"].dtype == np.float32 and np.array_equal(files["b_f"], b.astype(np.float32))
+    # two inputs: an unnamed --input is ambiguous
+    proc = _run([x86_dist.runner, path, "--input", tmp_path / "a.npy"])
+    assert proc.returncode == 1 and "name each one" in proc.stderr
+
+
+def test_runner_session_native_parity(x86_dist, model):
+    """The RunnerSession behind check_parity, natively on x86: exact parity."""
+    from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    onnx_path, ckpt = model
+    d = np.load(SAMPLES)
+    qmodel = build_model_from_checkpoint(load_checkpoint(ckpt))
+    (run,) = validate_on_runner(qmodel, onnx.load(str(onnx_path)), d["x"][:16], d["y"][:16], runner=x86_dist.runner,
+                                ops=x86_dist.ops, ort=x86_dist.ort, threads=1)
+    assert run.report.passed, run.report.failures
+    assert all(layer.mismatches == 0 and layer.codes > 0 for layer in run.report.layers)
+
+
+# -- under qemu-aarch64 ------------------------------------------------------------------------
+
+@needs_qemu
+@pytest.mark.parametrize("case", ["missing model", "missing ops library", "wrong shape", "wrong dtype", "unknown option"])
+def test_runner_errors_under_qemu(case, qemu, a64_dist, model, inputs):
+    cmd, code, parts = _error_args(case, inputs[1], model[0], a64_dist.runner, a64_dist.ops, a64_dist.ort)
+    proc = _run([qemu, "-cpu", "cortex-a53", "-L", AARCH64_SYSROOT, *cmd])
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    for part in parts:
+        assert part in proc.stderr, proc.stderr
+
+
+@needs_qemu
+def test_parity_under_qemu_both_cpus(qemu, a64_dist, model, tmp_path):
+    """`qexport validate --target aarch64` on a few samples, -cpu cortex-a76 (dotprod) and cortex-a53 (NEON only)."""
+    onnx_path, ckpt = model
+    report = tmp_path / "arm.json"
+    result = CliRunner().invoke(app, ["validate", str(ckpt), str(onnx_path), "--target", "aarch64", "--dist",
+                                      str(a64_dist.outdir), "--limit", "24", "--threads", "2", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "aarch64 parity on cortex-a76, cortex-a53: " in result.output and "PASS" in result.output
+    data = json.loads(report.read_text())
+    assert data["passed"] and set(data["cpus"]) == {"cortex-a76", "cortex-a53"}
+    for cpu, rep in data["cpus"].items():
+        assert rep["samples"] == 24 and rep["passed"], (cpu, rep["failures"])
+        assert all(layer["mismatches"] == 0 for layer in rep["layers"])
+        post = [layer for layer in rep["layers"] if layer["weights"] == "post"]
+        assert post and all(layer["codes"] > 0 for layer in post)
+        assert rep["vs_deploy"]["top1_agreement"] == 1.0
+
+
+@needs_qemu
+def test_emulated_session_outputs_equal_x86(qemu, a64_dist, model, inputs):
+    """Single thread, NEON-only CPU: the same logits as ONNX Runtime on x86, bit for bit."""
+    onnx_path, _ = model
+    x = inputs[0]
+    with RunnerSession(onnx_path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu,
+                       cpu="cortex-a53", threads=1) as sess:
+        assert [i.name for i in sess.get_inputs()] == ["input"]
+        (got,) = sess.run(None, {"input": x})
+        assert "threads: 1 intra-op" in sess.last_stdout
+    want = make_session(str(onnx_path)).run(None, {"input": x})[0]
+    assert np.array_equal(got, want)
