@@ -40,7 +40,16 @@ def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, arch: str, arc
         "state_dict": OrderedDict((k, v.detach().cpu()) for k, v in model.state_dict().items()),
         "metrics": dict(metrics or {}), "extra": dict(extra or {}),
     }
-    atomic_save(path, lambda tmp: torch.save(payload, tmp))
+    def write_and_verify(tmp: Path) -> None:
+        torch.save(payload, tmp)
+        try:  # a checkpoint must load safely; catch e.g. a non-str object in metrics before it lands
+            validate_checkpoint(torch.load(tmp, map_location="cpu", weights_only=True), path)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"refusing to write {path}: it would hold Python objects that only unpickling "
+                                  f"can read ({_unpickler_detail(exc)}); keep metrics/extra to numbers, strings, "
+                                  f"lists and dicts") from exc
+
+    atomic_save(path, write_and_verify)
     return Path(path)
 
 

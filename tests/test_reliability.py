@@ -94,3 +94,15 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
         atomic_save(target, broken)
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]  # no temporary left behind
+
+
+class _NotPlainData:
+    pass
+
+
+def test_a_checkpoint_that_would_need_unpickling_is_never_written(tmp_path):
+    target = tmp_path / "m.pt"
+    with pytest.raises(CheckpointError, match="refusing to write"):
+        save_checkpoint(target, model=build_model("small_cnn", width=8), arch="small_cnn",
+                        metrics={"version": _NotPlainData()})
+    assert not target.exists() and not list(tmp_path.iterdir())

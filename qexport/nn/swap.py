@@ -112,7 +112,12 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], refine_samples:
     if not kept:
         raise ValueError("calibrate() got no batches")
     if refine_samples > 0:
-        _refine_steps(model, layers, torch.cat(kept)[:refine_samples], refine_ratios)
+        try:
+            _refine_steps(model, layers, torch.cat(kept)[:refine_samples], refine_ratios)
+        finally:  # never leave a layer in float mode
+            for layer in layers.values():
+                layer.quantize_weights = True
+                layer.act_quant.enabled = True
     model.train(was_training)
 
 
