@@ -38,14 +38,14 @@ def _require(tool: str, package: str) -> None:
 @pytest.fixture(scope="module")
 def x86_dist(tmp_path_factory):
     root = tmp_path_factory.mktemp("x86")
-    return build_ops("x86_64", root / "dist", build_dir=root / "build")
+    return build_ops("x86_64", root / "dist", source=REPO / "custom_ops", build_dir=root / "build")
 
 
 @pytest.fixture(scope="module")
 def a64_dist(tmp_path_factory):
     _require("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
     root = tmp_path_factory.mktemp("aarch64")
-    return build_ops("aarch64", root / "dist", build_dir=root / "build")
+    return build_ops("aarch64", root / "dist", source=REPO / "custom_ops", build_dir=root / "build")
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,10 @@ def test_missing_cross_compiler_says_which_package(tmp_path, monkeypatch):
     assert "apt-get install g++-aarch64-linux-gnu" in " ".join(proc.stderr.split())
 
 
-def test_build_ops_cli_unknown_target(tmp_path):
+def test_build_ops_cli_help_and_unknown_target(tmp_path):
+    for cmd in (["build-ops", "--help"], ["validate", "--help"]):
+        result = CliRunner().invoke(app, cmd)
+        assert result.exit_code == 0 and "--target" in result.output
     result = CliRunner().invoke(app, ["build-ops", "--target", "riscv64", "-o", str(tmp_path)])
     assert result.exit_code == 2
     assert "unknown target" in result.output + (result.stderr if result.stderr_bytes is not None else "")
@@ -301,3 +304,18 @@ def test_emulated_session_outputs_equal_x86(qemu, a64_dist, model, inputs):
         assert "threads: 1 intra-op" in sess.last_stdout
     want = make_session(str(onnx_path)).run(None, {"input": x})[0]
     assert np.array_equal(got, want)
+
+
+@needs_qemu
+def test_kernel_error_comes_back_as_a_message_under_qemu(qemu, a64_dist, tmp_path):
+    """A kernel's refusal (an exception inside the aarch64 op library) reaches the user as a message."""
+    from kernel_graphs import single_node_model
+
+    model = single_node_model("GlobalAvgPool", {"X": np.zeros((2, 3, 4, 4), np.float32)}, [("Y", TensorProto.FLOAT)],
+                              {}, free_shapes=True)
+    path = tmp_path / "pool.onnx"
+    onnx.save(model, str(path))
+    np.save(tmp_path / "x.npy", np.zeros((2, 3), np.float32))
+    proc = _run([qemu, "-cpu", "cortex-a53", "-L", AARCH64_SYSROOT, a64_dist.runner, path, "--input", tmp_path / "x.npy"])
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "inference failed" in proc.stderr and "must have rank >= 3" in proc.stderr, proc.stderr

@@ -68,7 +68,8 @@ const char kUsage[] =
     "                           qexport-run)\n"
     "  --ort PATH               ONNX Runtime's library (default: libonnxruntime.so.1 beside\n"
     "                           qexport-run, else the system's libonnxruntime.so.1)\n"
-    "  --quiet                  print only the timing summary and errors\n"
+    "  --quiet                  print only the thread count, the timing summary and errors\n"
+    "  --verbose                also show ONNX Runtime's own warnings and logs\n"
     "  --version, -h/--help\n";
 
 std::string exe_dir() {
@@ -104,6 +105,7 @@ struct Options {
   long warmup = 0;
   long threads = 0;  // 0: all CPUs
   bool quiet = false;
+  bool verbose = false;
 };
 
 Options parse_args(int argc, char** argv) {
@@ -152,6 +154,8 @@ Options parse_args(int argc, char** argv) {
       o.threads = parse_int(opt, val(), 1, 4096);
     } else if (opt == "--quiet" || opt == "-q") {
       o.quiet = true;
+    } else if (opt == "--verbose" || opt == "-v") {
+      o.verbose = true;
     } else if (!a.empty() && a[0] == '-') {
       throw UsageError("unknown option '" + a + "'");
     } else if (o.model.empty()) {
@@ -288,7 +292,8 @@ int run(const Options& o) {
   const int threads = o.threads > 0 ? static_cast<int>(o.threads)
                                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
-  Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "qexport-run");
+  // ONNX Runtime's log repeats every error this program reports itself: quiet unless --verbose.
+  Ort::Env env(o.verbose ? ORT_LOGGING_LEVEL_WARNING : ORT_LOGGING_LEVEL_FATAL, "qexport-run");
   Ort::SessionOptions so;
   so.SetIntraOpNumThreads(threads);
   so.SetInterOpNumThreads(1);
@@ -353,8 +358,13 @@ int run(const Options& o) {
       throw RunError("input '" + spec.name + "': the model wants " + onnx_type_name(spec.type) + ", " + file + " holds " +
                      arr.dtype->name + " (convert it, e.g. x.astype(np." + onnx_type_name(spec.type) + "))");
     }
-    bool ok = arr.shape.size() == spec.shape.size();
-    for (size_t d = 0; ok && d < arr.shape.size(); ++d) ok = spec.shape[d] < 0 || spec.shape[d] == arr.shape[d];
+    // An input declared without a shape reads as rank 0 here (as a scalar would): leave that
+    // case to ONNX Runtime's own check at run time.
+    const bool unknown = spec.shape.empty();
+    bool ok = unknown || arr.shape.size() == spec.shape.size();
+    for (size_t d = 0; ok && !unknown && d < arr.shape.size(); ++d) {
+      ok = spec.shape[d] < 0 || spec.shape[d] == arr.shape[d];
+    }
     if (!ok) {
       throw RunError("input '" + spec.name + "': " + file + " has shape " + shape_str(arr.shape) +
                      ", the model wants " + spec_shape_str(spec) + " (names and ? are dimensions of any size)");
@@ -409,8 +419,8 @@ int run(const Options& o) {
     std::error_code ec;
     fs::create_directories(o.output_dir, ec);
     if (ec) throw RunError("cannot create the output folder '" + o.output_dir + "': " + ec.message());
-    tsv.open(o.output_dir + "/outputs.tsv", std::ios::trunc);
-    if (!tsv) throw RunError("cannot write " + o.output_dir + "/outputs.tsv");
+    tsv.open(fs::path(o.output_dir) / "outputs.tsv", std::ios::trunc);
+    if (!tsv) throw RunError("cannot write " + (fs::path(o.output_dir) / "outputs.tsv").string());
   }
   std::set<std::string> used;
   for (size_t k = 0; k < results.size(); ++k) {
@@ -427,7 +437,7 @@ int run(const Options& o) {
       for (int dup = 1; used.count(file); ++dup) file = safe_name(outs[k].name) + "_" + std::to_string(dup);
       used.insert(file);
       file += ".npy";
-      const std::string path = o.output_dir + "/" + file;
+      const std::string path = (fs::path(o.output_dir) / file).string();
       const size_t nbytes = info.GetElementCount() * dt->size;
       write_npy(path, *dt, shape, v.GetTensorRawData(), nbytes);
       tsv << outs[k].name << '\t' << file << '\t' << dt->name << '\t' << shape_str(shape) << '\n';
@@ -437,7 +447,7 @@ int run(const Options& o) {
   }
   if (tsv.is_open()) {
     tsv.close();
-    if (!tsv) throw RunError("cannot write " + o.output_dir + "/outputs.tsv");
+    if (!tsv) throw RunError("cannot write " + (fs::path(o.output_dir) / "outputs.tsv").string());
   }
   return 0;
 }

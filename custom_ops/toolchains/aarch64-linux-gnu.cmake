@@ -36,14 +36,3 @@ set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)   # build tools run on the host
 set(CMAKE_FIND_ROOT_PATH_MODE_LIBRARY ONLY)    # libraries come from the target
 set(CMAKE_FIND_ROOT_PATH_MODE_INCLUDE BOTH)    # headers: ONNX Runtime's are architecture-independent
 set(CMAKE_FIND_ROOT_PATH_MODE_PACKAGE ONLY)
-
-
-# Link libstdc++ and libgcc statically into the op library and the runner: a board then needs
-# only glibc (>= 2.29) whatever its compiler generation; with the shared libstdc++ of this gcc 12
-# the op library would need GLIBCXX_3.4.29 (gcc 11+), which e.g. Debian 11 and Ubuntu 20.04 lack.
-# The op library exports only its two entry points (src/exports.map), so the copy stays private.
-option(QEXPORT_STATIC_LIBSTDCXX "Link libstdc++/libgcc statically into aarch64 binaries" ON)
-if(QEXPORT_STATIC_LIBSTDCXX)
-  set(CMAKE_SHARED_LINKER_FLAGS_INIT "-static-libstdc++ -static-libgcc")
-  set(CMAKE_EXE_LINKER_FLAGS_INIT "-static-libstdc++ -static-libgcc")
-endif()

@@ -57,8 +57,16 @@ def elf_machine(path: str | os.PathLike) -> str | None:
 
 
 def source_dir() -> Path:
-    """custom_ops/ of the source tree this package lives in."""
-    return Path(__file__).resolve().parent.parent.parent / "custom_ops"
+    """The custom_ops/ folder to build: the one beside this package when it runs from a source
+    tree (or an editable install), else the one of the current directory or a parent of it (a
+    clone where qexport was installed with `pip install .`)."""
+    here = Path(__file__).resolve().parent.parent.parent
+    cwd = Path.cwd().resolve()
+    for base in (here, cwd, *cwd.parents):
+        cand = base / "custom_ops"
+        if (cand / "CMakeLists.txt").is_file() and (cand / "toolchains").is_dir():
+            return cand
+    return here / "custom_ops"
 
 
 def cross_compiler_hint(target: str) -> str:
@@ -96,7 +104,7 @@ def build_ops(target: str, outdir: str | os.PathLike, *, source: str | os.PathLi
     src = Path(source) if source else source_dir()
     if not (src / "CMakeLists.txt").is_file():
         raise DeployError(f"{src} is not the custom_ops/ folder of a qexport source tree: build-ops compiles from "
-                          "source, so run it from a clone of the repository (or pass --source PATH/custom_ops)")
+                          "source, so run it inside a clone of the repository (or pass --source PATH/custom_ops)")
     if shutil.which("cmake") is None:
         raise DeployError("cmake was not found: install it with `apt-get install cmake` (or `pip install cmake`)")
     if shutil.which(compiler) is None:
