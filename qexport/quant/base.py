@@ -20,20 +20,22 @@ WEIGHT_QUANTIZERS: dict[str, type["WeightQuantizer"]] = {}
 A = TypeVar("A", bound=type)
 
 
-def register_act(name: str) -> Callable[[A], A]:
+def _registrar(registry: dict, attr: str, name: str) -> Callable[[A], A]:
     def deco(cls: A) -> A:
-        cls.kind = name
-        ACT_QUANTIZERS[name] = cls
+        setattr(cls, attr, name)
+        registry[name] = cls
         return cls
     return deco
+
+
+def register_act(name: str) -> Callable[[A], A]:
+    """Class decorator: an activation quantizer known to configs and the exporter as ``name``."""
+    return _registrar(ACT_QUANTIZERS, "kind", name)
 
 
 def register_weight(name: str) -> Callable[[A], A]:
-    def deco(cls: A) -> A:
-        cls.fmt = name
-        WEIGHT_QUANTIZERS[name] = cls
-        return cls
-    return deco
+    """Class decorator: a weight quantizer (weight format) known as ``name``."""
+    return _registrar(WEIGHT_QUANTIZERS, "fmt", name)
 
 
 # Calibration keeps at most this many activation values per quantizer (a uniform subsample).
