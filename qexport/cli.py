@@ -239,24 +239,44 @@ def build_ops_cmd(
 
 @app.command()
 def train(
-    output: Path = typer.Option(..., "--output", "-o", help="The checkpoint to write (self-describing: arch, config, weights, metrics)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The checkpoint to write after every epoch (self-describing: arch, config, weights, metrics, training state); the best epoch's model also goes to <stem>.best.pt."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture (default: the --from checkpoint's, else small_cnn)."),
+    arch_args: Optional[str] = typer.Option(None, "--arch-args", help="JSON object of model arguments, e.g. '{\"width\": 16}'."),
     method: str = typer.Option("asq+post", "--method", "-m", help="float, lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post."),
     bits: int = typer.Option(4, "--bits", "-b", help="Weight bit-width of the body layers (activations too unless --act-bits)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers."),
     first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers."),
     epochs: int = typer.Option(3, "--epochs", "-e"),
-    batch_size: int = typer.Option(128, "--batch-size"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (cosine decay); default 0.01 with --from, else 0.1."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Global batch; under torchrun each of N processes takes batch-size/N."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate; default 0.01 with --from, else 0.1."),
+    schedule: str = typer.Option("cosine", "--schedule", help="Learning-rate schedule per step: cosine, linear or constant."),
+    warmup_epochs: float = typer.Option(0.0, "--warmup-epochs", help="Linear warm-up over this many epochs."),
+    momentum: float = typer.Option(0.9, "--momentum"),
     weight_decay: float = typer.Option(1e-4, "--weight-decay", help="Not applied to step sizes and alphas."),
-    seed: int = typer.Option(0, "--seed"),
-    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, or an .npz with x, y (train split: x_train/y_train if present)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds model init, calibration batches, subsets and the per-epoch data order."),
+    data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, an .npz (x_train/y_train/x_test/y_test, or x/y), or a folder: train/ and test/ ImageFolder trees (<class>/<image or .npy>) or train.npz/test.npz."),
+    test_data: Optional[str] = typer.Option(None, "--test-data", help="Evaluate on this dataset (its test split) instead of --data's."),
     from_checkpoint: Optional[Path] = typer.Option(None, "--from", help="Start QAT from this float qexport checkpoint."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run at --output from its last complete epoch (same settings); a finished run is left as is, a missing file starts afresh."),
+    keep_best: bool = typer.Option(True, "--keep-best/--no-keep-best", help="Also keep the best epoch's model (test top-1) at <stem>.best.pt."),
+    metrics_json: Optional[Path] = typer.Option(None, "--metrics-json", help="Write the metrics (per epoch: loss, accuracy, lr, times) here, updated every epoch."),
+    distill: bool = typer.Option(False, "--distill", help="Knowledge distillation from the float teacher (--teacher, default the --from model)."),
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Float qexport checkpoint to distil from (implies --distill)."),
+    distill_weight: float = typer.Option(0.5, "--distill-weight", help="Weight w of the distillation term: (1-w) CE + w T^2 KL."),
+    distill_temperature: float = typer.Option(2.0, "--distill-temperature", help="Softmax temperature T of the distillation term."),
+    calib_batches: int = typer.Option(8, "--calib-batches", help="Training batches used to calibrate the quantizers."),
+    calib_refine_samples: int = typer.Option(128, "--calib-refine-samples", help="Samples of calibration's output-aware step refinement (0: off; cost: layers x 6 forward passes)."),
+    augment: bool = typer.Option(False, "--augment", help="Random horizontal flips."),
     limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Train on a seeded random subset of this size."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Evaluate on the first N test samples."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train a float model or run quantization-aware training (SGD, momentum 0.9, cosine)."""
+    """Train a float model or run quantization-aware training (SGD, momentum 0.9, cosine).
+
+    Under torchrun (`torchrun --nproc_per_node N -m qexport.cli train ...`) the same command
+    trains with DistributedDataParallel: gloo on CPU, nccl on CUDA; rank 0 writes the files."""
+    import os
+
     from .checkpoint import CheckpointError
     from .train import TrainConfig, train as run
 
@@ -264,15 +284,67 @@ def train(
     if act_bits is not None:
         quant_args["act_bits"] = act_bits
     try:
-        config = TrainConfig(arch=arch, method=method, bits=bits, quant_args=quant_args if method != "float" else {},
-                             epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, data=data,
+        model_args = json.loads(arch_args) if arch_args else {}
+        if not isinstance(model_args, dict):
+            raise ValueError(f"--arch-args must be a JSON object, got {arch_args!r}")
+        config = TrainConfig(arch=arch, arch_args=model_args, method=method, bits=bits,
+                             quant_args=quant_args if method != "float" else {}, epochs=epochs, batch_size=batch_size,
+                             lr=lr, schedule=schedule, warmup_epochs=warmup_epochs, momentum=momentum,
+                             weight_decay=weight_decay, seed=seed, data=data, test_data=test_data,
                              from_checkpoint=str(from_checkpoint) if from_checkpoint else None, output=str(output),
+                             resume=resume, keep_best=keep_best, metrics_json=str(metrics_json) if metrics_json else None,
+                             distill=distill, teacher=str(teacher) if teacher else None, distill_weight=distill_weight,
+                             distill_temperature=distill_temperature, calib_batches=calib_batches,
+                             calib_refine_samples=calib_refine_samples, augment=augment,
                              limit_train=limit_train, limit_test=limit_test, progress=progress)
         metrics = run(config)
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as exc:
         _fail(str(exc))
-    out.print(f"wrote {output}: test top-1 {metrics['final_test_acc']:.2f}% (best {metrics['best_test_acc']:.2f}% "
-              f"at epoch {metrics['best_epoch']}), {metrics['wall_time_s']:.0f} s")
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.print(f"wrote {output}: test top-1 {metrics['final_test_acc']:.2f}% (best {metrics['best_test_acc']:.2f}% "
+                  f"at epoch {metrics['best_epoch']}), {metrics['wall_time_s']:.0f} s")
+
+
+@app.command()
+def bench(
+    model: Path = typer.Argument(..., metavar="MODEL.onnx", help="A qexport model (from `qexport convert`)."),
+    float_model: Optional[Path] = typer.Option(None, "--float", help="The float ONNX export of the same network, timed with ONNX Runtime alongside."),
+    int8_model: Optional[Path] = typer.Option(None, "--int8", help="An ONNX Runtime int8 (QDQ) model of the same network, timed alongside."),
+    batch: list[int] = typer.Option([1, 32], "--batch", help="Batch sizes (repeat the option)."),
+    threads: list[int] = typer.Option([1, 2], "--threads", help="Intra-op thread counts (repeat the option)."),
+    rounds: int = typer.Option(20, "--rounds", help="Interleaved rounds per configuration (3 timed runs each at batch < 8)."),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="Also measure peak memory (a subprocess per configuration)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the records here."),
+) -> None:
+    """Time a qexport model in ONNX Runtime, interleaved with ONNX Runtime's float and int8 models of the same network (benchmarks/bench.py runs the whole suite)."""
+    from .io import atomic_write_text
+    from .runtime.bench import bench_model
+
+    for path in [model, float_model, int8_model]:
+        if path is not None and not path.is_file():
+            _fail(f"{path} does not exist")
+    try:
+        records = bench_model(model, float_model=float_model, int8_model=int8_model, batches=batch, threads=threads,
+                              rounds=rounds, memory=memory, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"{model.name}: median latency (ms), interleaved in one process")
+    cols = ["batch", "threads", "qexport", "ORT float", "ORT int8", "vs float", "vs int8", "GOPS", "peak MB"]
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r in records:
+        fmt = lambda k, spec=".3f": format(r[k], spec) if k in r else "-"  # noqa: E731
+        mem = r.get("qexport_memory", {}).get("peak_mb")
+        table.add_row(str(r["batch"]), str(r["threads"]), fmt("qexport_ms"), fmt("ort_float_ms"), fmt("ort_int8_ms"),
+                      fmt("qexport_vs_float", ".2f"), fmt("qexport_vs_int8", ".2f"), fmt("qexport_gops", ".1f"),
+                      "-" if mem is None else f"{mem:.0f}")
+    out.print(table)
+    out.print(f"file sizes: qexport {model.stat().st_size:,} B"
+              + (f", float {float_model.stat().st_size:,} B" if float_model else "")
+              + (f", int8 {int8_model.stat().st_size:,} B" if int8_model else ""))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(records, indent=2) + "\n")
+        out.print(f"wrote {json_out}")
 
 
 @app.command()

@@ -148,3 +148,100 @@ def test_quantize_swaps_layers_first_last_8bit_and_calibrates():
     assert len(quant_parameters(model)) == 6
     out = model(torch.rand(2, 1, 8, 8))
     assert out.shape == (2, 3) and torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- finite differences (float64)
+def _fd(f, t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Central differences of the scalar f() with respect to every entry of t (modified in place)."""
+    grad = torch.zeros_like(t)
+    flat, gflat = t.data.view(-1), grad.view(-1)
+    for i in range(flat.numel()):
+        old = float(flat[i])
+        flat[i] = old + eps
+        hi = float(f().detach())
+        flat[i] = old - eps
+        lo = float(f().detach())
+        flat[i] = old
+        gflat[i] = (hi - lo) / (2 * eps)
+    return grad
+
+
+def test_asq_adapter_gradients_match_finite_differences():
+    # The adapter is the smooth part of ASQ: beta = 2 sigmoid(fc2(relu(fc1(mean(x))))). Its
+    # autograd gradients w.r.t. every adapter parameter and the input equal central differences.
+    torch.manual_seed(4)
+    q = _act("asq", 3, 16, False, 0.3).double()
+    with torch.no_grad():
+        q.fc2.weight.normal_()
+        q.fc2.bias.fill_(-0.2)
+    x = torch.relu(torch.randn(3, 16, 4, 4, dtype=torch.float64)).requires_grad_()
+    weights = torch.randn(3, dtype=torch.float64)
+    f = lambda: (q.factor(x) * weights).sum()  # noqa: E731
+    f().backward()
+    for p in (q.fc1.weight, q.fc1.bias, q.fc2.weight, q.fc2.bias):
+        assert torch.allclose(p.grad, _fd(f, p), rtol=1e-5, atol=1e-8)
+    assert torch.allclose(x.grad, _fd(f, x), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("kind", ["lsq", "asq"])
+def test_step_gradient_is_the_derivative_of_the_ste_surrogate(kind):
+    # With the STE, the quantizer's gradient is the exact derivative of the surrogate in which
+    # round(v) - v is frozen at its current value: x_hat(s) = (clamp(x/s') + c) s', s' = s beta.
+    # Check d/ds and d/d(adapter) against central differences of that surrogate, times LSQ's g.
+    torch.manual_seed(5)
+    bits, signed = 3, False
+    q = _act(kind, bits, 6, signed, 0.25).double()
+    if kind == "asq":
+        with torch.no_grad():
+            q.fc2.weight.normal_()
+    x = torch.relu(torch.randn(4, 6, 3, 3, dtype=torch.float64) * 1.5)
+    upstream = torch.randn_like(x)
+    (q(x) * upstream).sum().backward()
+    lo, hi = R.act_range(bits, signed)
+    g = 1 / math.sqrt(6 * 9 * hi)
+    with torch.no_grad():
+        beta0 = q.factor(x) if kind == "asq" else torch.ones(4, dtype=torch.float64)
+        v0 = torch.clamp(x / (q.step * beta0).reshape(-1, 1, 1, 1), lo, hi)
+        c = torch.round(v0) - v0
+
+    def surrogate():
+        with torch.no_grad():
+            beta = q.factor(x) if kind == "asq" else torch.ones(4, dtype=torch.float64)
+            s = (q.step * beta).reshape(-1, 1, 1, 1)
+            return ((torch.clamp(x / s, lo, hi) + c) * s * upstream).sum()
+
+    assert float(q.step.grad) == pytest.approx(g * float(_fd(surrogate, q.step)), rel=1e-5)
+    if kind == "asq":  # the adapter's gradient is scaled by g too (docs/design.md)
+        assert torch.allclose(q.fc2.weight.grad, g * _fd(surrogate, q.fc2.weight), rtol=1e-5, atol=1e-9)
+        assert torch.allclose(q.fc1.weight.grad, g * _fd(surrogate, q.fc1.weight), rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("fmt,bits", [("post", 3), ("pot", 4), ("uniform", 4)])
+def test_weight_scale_gradient_is_the_derivative_of_the_ste_surrogate(fmt, bits):
+    torch.manual_seed(6)
+    q = WEIGHT_QUANTIZERS[fmt](bits, 3).double()
+    w = torch.randn(3, 12, dtype=torch.float64)
+    q.init_from(w)
+    with torch.no_grad():  # no weight exactly on the clipping point, where clamp has a kink
+        q.param.mul_(0.93)
+    upstream = torch.randn_like(w)
+    (q(w) * upstream).sum().backward()
+    lo, hi = q.clamp_range()
+    with torch.no_grad():
+        v0 = torch.clamp(w / q.param[:, None], lo, hi)
+        c = q.project(v0)[0] - v0
+
+    def surrogate():
+        with torch.no_grad():
+            s = q.param[:, None]
+            return ((torch.clamp(w / s, lo, hi) + c) * s * upstream).sum()
+
+    assert torch.allclose(q.param.grad, q.grad_factor(w) * _fd(surrogate, q.param), rtol=1e-5, atol=1e-9)
+
+
+def test_gradient_scale_values():
+    # LSQ's g = 1 / sqrt(N * Qp): N = features per sample (activations) or weights per output
+    # channel (per-channel weight scales); Qp = 2^b - 1 unsigned, 2^(b-1) - 1 signed, M for POT/POST.
+    assert WEIGHT_QUANTIZERS["post"](4, 2).grad_factor(torch.zeros(2, 3, 3, 3)) == pytest.approx(1 / math.sqrt(27 * 7))
+    assert WEIGHT_QUANTIZERS["uniform"](2, 2).grad_factor(torch.zeros(2, 8)) == pytest.approx(1 / math.sqrt(8 * 1))
+    assert WEIGHT_QUANTIZERS["pot"](3, 2).grad_factor(torch.zeros(2, 8)) == pytest.approx(1 / math.sqrt(8 * 3))

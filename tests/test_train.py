@@ -39,7 +39,7 @@ def test_float_run_writes_checkpoint(float_run):
     assert ckpt["arch_args"]["width"] == 8 and ckpt["arch_args"]["num_classes"] == 10
     m = ckpt["metrics"]
     assert m["method"] == "float" and len(m["epochs"]) == 1
-    assert m["data"] == {"name": DATA, "train_samples": 512, "test_samples": 256}
+    assert {k: v for k, v in m["data"].items() if k != "test_is_train"} == {"name": DATA, "train_samples": 512, "test_samples": 256}
     for key in ("train_loss", "train_acc", "test_acc", "lr", "time_s"):
         assert math.isfinite(m["epochs"][0][key])
     assert m["final_test_acc"] == m["epochs"][0]["test_acc"] == metrics["final_test_acc"]
@@ -142,3 +142,106 @@ def test_arch_args_fitted_to_data():
     assert m["arch_args"]["in_channels"] == 1 and m["arch_args"]["num_classes"] == 10
     assert len(m["arch_args"]["mean"]) == 1 and 0.2 < m["arch_args"]["mean"][0] < 0.4
     assert m["epochs"] == [] and m["best_epoch"] == 0 and 0.0 <= m["final_test_acc"] <= 100.0
+
+
+def test_checkpoint_every_epoch_best_and_metrics_json(tmp_path):
+    import json
+
+    from qexport.train import best_path
+
+    out, mj = tmp_path / "run.pt", tmp_path / "m" / "metrics.json"
+    m = train(TrainConfig(**{**TINY, "epochs": 2}, output=str(out), metrics_json=str(mj)))
+    ckpt = load_checkpoint(out)
+    state = ckpt["extra"]["train_state"]
+    assert state["epoch"] == 2 and state["complete"] and state["optimizer"]["state"]  # momentum buffers kept
+    assert state["best_epoch"] == m["best_epoch"] and state["best_test_acc"] == m["best_test_acc"]
+    best = load_checkpoint(best_path(out))
+    assert best_path(out).name == "run.best.pt" and "train_state" not in best["extra"]
+    assert best["metrics"]["final_test_acc"] == m["best_test_acc"]
+    assert json.loads(mj.read_text()) == json.loads(json.dumps(m))
+    assert all("test_loss" in e for e in m["epochs"])
+    train(TrainConfig(**{**TINY, "epochs": 1}, output=str(tmp_path / "nb.pt"), keep_best=False))
+    assert not best_path(tmp_path / "nb.pt").exists()
+
+
+def test_lr_schedules():
+    from qexport.train.loop import lr_factor
+
+    assert [lr_factor("cosine", s, 4) for s in range(5)] == pytest.approx([1, 0.8535534, 0.5, 0.1464466, 0])
+    assert [lr_factor("linear", s, 4) for s in range(5)] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    assert [lr_factor("constant", s, 4) for s in range(5)] == [1.0] * 5
+    assert [lr_factor("cosine", s, 6, warmup=2) for s in range(7)] == pytest.approx([0.5, 1, 1, 0.8535534, 0.5, 0.1464466, 0])
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="step")
+
+
+def test_distill_loss_gradient_closed_form():
+    # d/ds [w T^2 KL(p_t || p_s)] = w T (softmax(s/T) - softmax(t/T)) / N; CE part: (1-w)(softmax(s) - onehot) / N
+    from qexport.train import distill_loss
+
+    torch.manual_seed(0)
+    s = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(5, 7, dtype=torch.float64)
+    y = torch.randint(0, 7, (5,))
+    w, T = 0.7, 3.0
+    distill_loss(s, t, y, w, T).backward()
+    onehot = torch.nn.functional.one_hot(y, 7).double()
+    expect = (w * T * (torch.softmax(s.detach() / T, 1) - torch.softmax(t / T, 1))
+              + (1 - w) * (torch.softmax(s.detach(), 1) - onehot)) / 5
+    assert torch.allclose(s.grad, expect, atol=1e-12)
+    assert float(distill_loss(t.clone(), t, y, 1.0, T)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_qat_with_distillation_and_no_refinement(float_run):
+    src, _ = float_run
+    m = train(TrainConfig(**{**TINY, "arch_args": {}}, method="lsq", bits=4, from_checkpoint=str(src), distill=True,
+                          calib_batches=2, calib_refine_samples=0))
+    assert m["config"]["distill"] and math.isfinite(m["epochs"][0]["train_loss"])
+    with pytest.raises(ValueError, match="teacher"):
+        TrainConfig(method="lsq", distill=True)
+    assert TrainConfig(method="lsq", teacher="t.pt").distill  # a teacher implies distillation
+
+
+def _write_dataset(root, fmt):
+    """10 classes x 8 samples of 12x12 images whose class is the bright row: easy to learn."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    xs, ys = [], []
+    for c in range(10):
+        for _ in range(8):
+            img = (rng.random((12, 12)) * 40).astype(np.uint8)
+            img[c + 1] = 250
+            xs.append(img)
+            ys.append(c)
+    x, y = np.stack(xs)[:, None], np.array(ys)
+    if fmt == "npz":
+        np.savez(root, x_train=x, y_train=y, x_test=x[::2], y_test=y[::2])
+        return
+    for split, idx in (("train", range(len(y))), ("test", range(0, len(y), 2))):
+        for i in idx:
+            d = root / split / f"class_{y[i]:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            if fmt == "png":
+                from PIL import Image
+
+                Image.fromarray(x[i, 0]).save(d / f"{i}.png")
+            else:
+                np.save(d / f"{i}.npy", x[i, 0])
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy-folder", "png"])
+def test_training_on_user_data(tmp_path, fmt):
+    if fmt == "png":
+        pytest.importorskip("PIL")
+    from qexport.data import load_dataset
+
+    root = tmp_path / ("d.npz" if fmt == "npz" else "data")
+    _write_dataset(root, {"npy-folder": "npy"}.get(fmt, fmt))
+    x, y = load_dataset(str(root), "train")
+    xt, yt = load_dataset(str(root), "test")
+    assert x.shape == (80, 1, 12, 12) and xt.shape == (40, 1, 12, 12) and x.dtype.name == "float32"
+    assert 0.0 <= x.min() and x.max() <= 1.0 and sorted(set(y.tolist())) == list(range(10))
+    m = train(TrainConfig(data=str(root), arch_args={"width": 4}, epochs=3, batch_size=16, progress=False))
+    assert m["arch_args"]["num_classes"] == 10 and m["data"]["test_samples"] == 40
+    assert "test_is_train" not in m["data"]

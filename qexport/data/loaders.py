@@ -79,8 +79,11 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
     return xf[:, None], y.astype(np.int64)
 
 
-def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+def load_npz(path: str | os.PathLike, split: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Load ``x`` (and ``y`` if present) from an .npz file and validate them.
+
+    With ``split`` ("train" or "test") and arrays ``x_<split>``/``y_<split>`` in the file (for
+    "test" also ``x_val``/``y_val``), those are used; otherwise ``x``/``y``, whatever the split.
 
     ``x`` must be 4-D (N, C, H, W) and finite. dtype: float32 is used as is, float64/float16 are
     cast to float32 (values kept), uint8 is divided by 255 (so 0..255 pixels map to [0, 1]).
@@ -96,10 +99,17 @@ def load_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: expected an .npz archive with an array 'x', got a single array (.npy)")
     with npz:
-        if "x" not in npz.files:
-            raise ValueError(f"{path}: no array 'x' (found: {', '.join(npz.files) or 'none'})")
-        x = npz["x"]
-        y = npz["y"] if "y" in npz.files else None
+        xkey, ykey = "x", "y"
+        names = {"train": ("train",), "test": ("test", "val")}.get(split or "", ())
+        for name in names:
+            if f"x_{name}" in npz.files:
+                xkey, ykey = f"x_{name}", f"y_{name}"
+                break
+        if xkey not in npz.files:
+            raise ValueError(f"{path}: no array 'x'{' or ' + repr('x_' + split) if split else ''} "
+                             f"(found: {', '.join(npz.files) or 'none'})")
+        x = npz[xkey]
+        y = npz[ykey] if ykey in npz.files else None
     if x.ndim != 4:
         raise ValueError(f"{path}: 'x' must be 4-D (N, C, H, W), got shape {x.shape}")
     if x.dtype == np.uint8:
@@ -171,20 +181,113 @@ DATASETS: dict[str, Callable[[str], tuple[np.ndarray, np.ndarray]]] = {
 }
 
 
-def load_dataset(spec: str, split: str = "test") -> tuple[np.ndarray, np.ndarray | None]:
-    """Load a dataset by name ("fashion-mnist", "samples", "digits") or from an .npz path.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
 
-    "samples" has a single split (the same 512 images whatever ``split`` says); an .npz path
-    likewise ignores ``split``, and its ``y`` may be None.
+
+def _read_image(path: Path) -> np.ndarray:
+    """One sample of an ImageFolder tree as (C, H, W): .npy arrays as they are, images via Pillow."""
+    if path.suffix.lower() == ".npy":
+        a = np.load(path, allow_pickle=False)
+        if a.ndim == 2:
+            a = a[None]
+        if a.ndim != 3:
+            raise ValueError(f"{path}: a .npy sample must be (H, W) or (C, H, W), got shape {a.shape}")
+        return a
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError(f"reading {path.suffix} images needs Pillow: `pip install pillow` "
+                          f"(or store the samples as .npy arrays)") from None
+    with Image.open(path) as im:
+        mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "F") else "RGB"
+        a = np.asarray(im.convert(mode))
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def is_image_folder(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a folder of class subfolders holding images or .npy samples."""
+    p = Path(path)
+    return p.is_dir() and any(
+        d.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES + (".npy",) for f in d.iterdir()) for d in p.iterdir())
+
+
+def load_image_folder(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """An ImageFolder tree (``path/<class>/<sample>``) as x float32 (N, C, H, W), y int64.
+
+    Classes are the subfolder names in sorted order (label 0 = the first). Samples are images
+    (Pillow; grayscale stays one channel, anything else becomes RGB) or .npy arrays ((H, W) or
+    (C, H, W)); uint8 values are divided by 255, floats are kept. All samples must have one shape.
+    """
+    root = Path(path)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    xs, ys = [], []
+    for label, name in enumerate(classes):
+        files = sorted(f for f in (root / name).iterdir()
+                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + (".npy",))
+        for f in files:
+            xs.append(_read_image(f))
+            ys.append(label)
+    if not xs:
+        raise ValueError(f"{root}: no samples found (expected {root}/<class>/<image or .npy>)")
+    shapes = sorted({a.shape for a in xs})
+    if len(shapes) > 1:
+        raise ValueError(f"{root}: samples of different shapes {shapes[:4]}; resize them to one shape first")
+    x = np.stack(xs)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{root}: samples contain NaN or infinite values")
+    return np.ascontiguousarray(x), np.asarray(ys, dtype=np.int64)
+
+
+def load_folder(path: str | os.PathLike, split: str = "test") -> tuple[np.ndarray, np.ndarray | None]:
+    """A dataset folder: ``<split>/`` (an ImageFolder tree) or ``<split>.npz`` inside it (for
+    "test" also ``val``), else the folder itself as one ImageFolder tree (every split)."""
+    root = Path(path)
+    for name in {"train": ("train",), "test": ("test", "val")}.get(split, (split,)):
+        if (root / f"{name}.npz").is_file():
+            return load_npz(root / f"{name}.npz", split)
+        if is_image_folder(root / name):
+            return load_image_folder(root / name)
+    if is_image_folder(root):
+        return load_image_folder(root)
+    raise ValueError(f"{root}: no {split!r} split found: expected {split}/<class>/<samples>, {split}.npz, "
+                     f"or <class>/<samples> directly in the folder")
+
+
+def has_split(spec: str, split: str) -> bool:
+    """True if the dataset ``spec`` has a split of its own named ``split`` (not one shared set)."""
+    key = spec.lower().replace("_", "-")
+    if key in ("fashion-mnist", "fashionmnist", "fmnist", "digits"):
+        return True
+    p = Path(spec)
+    names = {"train": ("train",), "test": ("test", "val")}.get(split, (split,))
+    if p.is_dir():
+        return any((p / f"{n}.npz").is_file() or is_image_folder(p / n) for n in names)
+    if p.is_file() and p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as npz:
+            return any(f"x_{n}" in npz.files for n in names)
+    return False
+
+
+def load_dataset(spec: str, split: str = "test") -> tuple[np.ndarray, np.ndarray | None]:
+    """Load a dataset by name ("fashion-mnist", "samples", "digits"), from an .npz path or a folder.
+
+    "samples" has a single split (the same 512 images whatever ``split`` says). An .npz uses
+    ``x_<split>``/``y_<split>`` when it has them, else ``x``/``y`` (``y`` may be None). A folder
+    holds ``train/`` and ``test/`` ImageFolder trees or ``train.npz``/``test.npz``, or is one
+    ImageFolder tree (``<class>/<image>``), see :func:`load_folder`.
     """
     key = spec.lower().replace("_", "-")
     if key in ("fashion-mnist", "fashionmnist", "fmnist"):
         key = "fashion-mnist"
     if key in DATASETS:
         return DATASETS[key](split)
+    if Path(spec).is_dir():
+        return load_folder(spec, split)
     if spec.endswith(".npz") or Path(spec).is_file():
-        return load_npz(spec)
-    raise ValueError(f"unknown dataset {spec!r}: use one of {', '.join(DATASETS)} or a path to an .npz file")
+        return load_npz(spec, split)
+    raise ValueError(f"unknown dataset {spec!r}: use one of {', '.join(DATASETS)}, a path to an .npz file or a "
+                     f"dataset folder")
 
 
 def batches(x: np.ndarray, y: np.ndarray | None, batch_size: int, shuffle: bool = False,

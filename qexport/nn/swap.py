@@ -99,17 +99,19 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], refine_samples:
         layer.weight_quant.init_from(layer.weight)
         layer.act_quant.calibrating = True
     kept: list[torch.Tensor] = []
+    seen = 0
     try:
         device = next(model.parameters()).device
         for xb in batches:
             xb = xb.to(device)
             model(xb)
+            seen += 1
             if sum(len(k) for k in kept) < refine_samples:
                 kept.append(xb)
     finally:
         for layer in layers.values():
             layer.act_quant.finish_calibration()
-    if not kept:
+    if not seen:
         raise ValueError("calibrate() got no batches")
     if refine_samples > 0:
         try:

@@ -6,6 +6,9 @@ from typing import Any
 
 METHODS = ("float", "lsq", "asq", "lsq+pot", "lsq+post", "asq+pot", "asq+post")
 DEFAULT_ARCH = "small_cnn"
+SCHEDULES = ("cosine", "linear", "constant")
+# Fields that change how a run is shown or kept, not what it computes: a --resume may differ in them.
+RUNTIME_FIELDS = ("resume", "progress", "metrics_json", "keep_best", "num_workers")
 
 
 @dataclass
@@ -22,14 +25,32 @@ class TrainConfig:
             "asq+post").
         bits: weight (and, unless ``quant_args`` says otherwise, activation) bit-width.
         quant_args: further QuantConfig fields (act_bits, first_last_bits, adapter_reduction, skip).
-        epochs, batch_size: the schedule is cosine over ``epochs * steps_per_epoch`` SGD steps.
+        epochs, batch_size: the schedule runs over ``epochs * steps_per_epoch`` SGD steps.
+            ``batch_size`` is the global batch: under torchrun each of the N ranks takes
+            ``batch_size / N`` samples of every batch (it must divide).
         lr: peak learning rate; None: 0.01 when starting from a checkpoint, else 0.1.
+        schedule: "cosine" (to 0, per step; the papers'), "linear" (to 0) or "constant".
+        warmup_epochs: linear warm-up from lr/steps to lr over this many epochs (may be fractional).
         momentum, weight_decay: SGD; weight decay is not applied to step sizes and alphas.
         seed: seeds model init, the calibration batches, subsampling and shuffling.
-        data: dataset spec for ``qexport.data.load_dataset`` (train split for training).
+        data: dataset spec for ``qexport.data.load_dataset``: "fashion-mnist", "digits", "samples",
+            an .npz (``x_train``/``y_train``/``x_test``/``y_test``, or ``x``/``y``) or a folder
+            (``train/`` and ``test/`` ImageFolder trees or .npz files, or one ImageFolder tree).
+            The train split trains, the test split evaluates.
+        test_data: evaluate on this dataset spec (its test split) instead of ``data``'s.
         from_checkpoint: a float qexport checkpoint to start from.
-        output: where to save the final checkpoint (None: not saved).
+        output: where to save the checkpoint; written after every epoch (with the training
+            state, so ``resume`` can continue), the best epoch's model also to ``<stem>.best.pt``.
+        resume: continue from ``output`` if it holds an unfinished run of the same config
+            (a finished one is returned as is; a missing file starts a fresh run).
+        keep_best: also keep the best epoch's model (test top-1) at ``<stem>.best.pt``.
+        metrics_json: write the metrics here (atomically) after every epoch.
         calib_batches: number of training batches (of ``batch_size``) used by ``calibrate``.
+        calib_refine_samples: samples of calibrate()'s output-aware step refinement (0: off).
+        distill: knowledge distillation from the float teacher (``teacher``, default the
+            ``from_checkpoint`` model): loss = (1 - w) CE + w T^2 KL(teacher_T || student_T).
+        teacher: a float qexport checkpoint to distil from (implies ``distill``).
+        distill_weight, distill_temperature: w and T above.
         augment: random horizontal flips during training.
         limit_train, limit_test: use a seeded random subset of the training set / the first
             ``limit_test`` test samples (quick runs).
@@ -45,13 +66,24 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 128
     lr: float | None = None
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
     data: str = "fashion-mnist"
+    test_data: str | None = None
     from_checkpoint: str | None = None
     output: str | None = None
+    resume: bool = False
+    keep_best: bool = True
+    metrics_json: str | None = None
     calib_batches: int = 8
+    calib_refine_samples: int = 128
+    distill: bool = False
+    teacher: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
     augment: bool = False
     limit_train: int | None = None
     limit_test: int | None = None
@@ -69,10 +101,25 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {v}")
-        if self.from_checkpoint is not None:
-            self.from_checkpoint = str(self.from_checkpoint)
-        if self.output is not None:
-            self.output = str(self.output)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.warmup_epochs < 0 or self.calib_refine_samples < 0:
+            raise ValueError("warmup_epochs and calib_refine_samples must be >= 0")
+        if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
+            raise ValueError("distill_weight must be in [0, 1] and distill_temperature > 0")
+        for name in ("from_checkpoint", "output", "teacher", "metrics_json", "test_data"):
+            if getattr(self, name) is not None:
+                setattr(self, name, str(getattr(self, name)))
+        if self.teacher is not None:
+            self.distill = True
+        if self.distill and self.teacher is None and self.from_checkpoint is None:
+            raise ValueError("distill needs a teacher: pass teacher= (--teacher) or from_checkpoint= (--from)")
+        if self.resume and self.output is None:
+            raise ValueError("resume needs output: the checkpoint to continue from and to keep writing")
+
+    @property
+    def teacher_path(self) -> str | None:
+        return (self.teacher or self.from_checkpoint) if self.distill else None
 
     @property
     def effective_lr(self) -> float:

@@ -1,9 +1,14 @@
-"""The training loop: float training or QAT (quantize_ -> calibrate -> SGD), single process.
+"""The training loop: float training or QAT (quantize_ -> calibrate -> SGD), one process or
+torchrun's N (DistributedDataParallel).
 
 ``train(config)`` owns no global state: it seeds inside a forked RNG scope, so a run leaves the
-caller's random streams untouched, and everything it needs arrives through ``config``. The
-pieces (``prepare_model``, ``make_optimizer``, ``fit_epoch``, ``evaluate``) are separate so a
-distributed runner can reuse them.
+caller's random streams untouched, and everything it needs arrives through ``config``.
+
+Checkpoints: after every epoch the model and the training state (optimizer, scheduler, epoch,
+best accuracy, RNG states; tensors/numbers/strings only, so ``weights_only`` loading works) go to
+``config.output``, the best epoch's model to ``<stem>.best.pt``. ``resume=True`` continues an
+interrupted run from its last complete epoch and ends with the same metrics as an uninterrupted
+run (the data order is a function of (seed, epoch), not of how far a process got).
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import batches, load_dataset
+from ..data import batches, has_split, load_dataset
 from ..models import build_model, default_arch_args
-from .config import DEFAULT_ARCH, TrainConfig
+from .config import DEFAULT_ARCH, RUNTIME_FIELDS, TrainConfig
+from .distributed import DistContext, shard_order
 
 EVAL_BATCH = 500
 
@@ -36,13 +42,29 @@ def _progress(enabled: bool):
 @torch.no_grad()
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH) -> float:
     """Top-1 accuracy in percent, in eval mode (the model's mode is restored)."""
+    return evaluate_loss(model, x, y, batch_size)[0]
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = EVAL_BATCH,
+                  ctx: DistContext | None = None) -> tuple[float, float]:
+    """(top-1 in percent, mean cross-entropy) in eval mode; under torchrun each rank scores its
+    shard (samples rank, rank + N, ...) and the counts are summed."""
+    ctx = ctx or DistContext()
     was_training = model.training
     model.eval()
-    correct = 0
+    device = next(model.parameters()).device
+    if ctx.enabled:
+        x, y = x[ctx.rank::ctx.world], y[ctx.rank::ctx.world]
+    correct, loss_sum = 0.0, 0.0
     for xb, yb in batches(x, y, batch_size):
-        correct += int((model(xb).argmax(1) == yb).sum())
+        xb, yb = xb.to(device), yb.to(device)
+        out = model(xb)
+        correct += int((out.argmax(1) == yb).sum())
+        loss_sum += float(F.cross_entropy(out, yb, reduction="sum").double())
     model.train(was_training)
-    return 100.0 * correct / max(1, len(y))
+    correct, loss_sum, n = ctx.sum(correct, loss_sum, len(y))
+    return 100.0 * correct / max(1.0, n), loss_sum / max(1.0, n)
 
 
 def _fit_arch_args(arch: str, given: dict[str, Any], x: np.ndarray, classes: int) -> dict[str, Any]:
@@ -94,9 +116,23 @@ def prepare_model(config: TrainConfig, x: np.ndarray, y: np.ndarray) -> tuple[nn
     return model, arch, arch_args
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """Multiplier of the peak learning rate at optimizer step ``step`` (0-based) of ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    t = min(max(step - warmup, 0), span) / span
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "linear":
+        return 1.0 - t
+    return 1.0
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int, steps_per_epoch: int = 1
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD with momentum; weight decay on everything except quantizer step sizes/alphas; cosine per step."""
+    """SGD with momentum; weight decay on everything except quantizer step sizes/alphas;
+    ``config.schedule`` per step, after ``config.warmup_epochs`` of linear warm-up."""
     qids: set[int] = set()
     if config.method != "float":
         from ..nn import quant_parameters
@@ -108,7 +144,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int
     groups = [g for g in groups if g["params"]]
     opt = torch.optim.SGD(groups, lr=config.effective_lr, momentum=config.momentum)
     total = max(1, total_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total)))
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    schedule = config.schedule
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(schedule, step, total, warmup))
     return opt, sched
 
 
@@ -117,18 +155,64 @@ def _flip(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(mask.view(-1, 1, 1, 1), xb.flip(3), xb)
 
 
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, weight: float,
+                 temperature: float) -> torch.Tensor:
+    """(1 - w) CE(student, target) + w T^2 KL(softmax(teacher / T) || softmax(student / T))."""
+    ce = F.cross_entropy(student, target)
+    if weight <= 0:
+        return ce
+    t = temperature
+    kd = F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1), reduction="batchmean",
+                  log_target=True) * (t * t)
+    return (1.0 - weight) * ce + weight * kd
+
+
+def epoch_order(n: int, config: TrainConfig, epoch: int, ctx: DistContext | None = None) -> np.ndarray:
+    """The sample indices this rank trains on in ``epoch``, batch after batch.
+
+    One permutation per (seed, epoch), cut to whole global batches (a last batch of 1 would
+    break BatchNorm); under torchrun each rank takes its share of every global batch.
+    """
+    ctx = ctx or DistContext()
+    order = np.random.default_rng((config.seed, epoch)).permutation(n)
+    bs = config.batch_size
+    if n > bs:
+        order = order[: n - n % bs]
+    elif ctx.enabled:  # one batch smaller than batch_size: split what divides evenly
+        bs = n - n % ctx.world
+        order = order[:bs]
+    return shard_order(order, ctx.rank, ctx.world, min(bs, len(order)))
+
+
 def fit_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, x: np.ndarray, y: np.ndarray,
-              config: TrainConfig, epoch: int, on_step: Any = None) -> tuple[float, float]:
-    """One pass over (x, y) in a seeded order; returns (mean train loss, train top-1 in percent)."""
+              config: TrainConfig, epoch: int, on_step: Any = None, *, teacher: nn.Module | None = None,
+              ctx: DistContext | None = None) -> tuple[float, float]:
+    """One pass over (x, y) in a seeded order; returns (mean train loss, train top-1 in percent).
+
+    ``model`` may be DistributedDataParallel-wrapped; under torchrun (``ctx``) each rank takes
+    ``batch_size / N`` samples of every global batch and the returned numbers are over all ranks.
+    """
+    ctx = ctx or DistContext()
     model.train()
     gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    device = next(model.parameters()).device
+    local_bs = config.batch_size // ctx.world
+    order = epoch_order(len(x), config, epoch, ctx)
     loss_sum, correct, seen = 0.0, 0, 0
-    drop_last = len(x) > config.batch_size  # a final batch of 1 would break BatchNorm
-    for xb, yb in batches(x, y, config.batch_size, shuffle=True, seed=(config.seed, epoch), drop_last=drop_last):
+    for start in range(0, len(order), max(1, local_bs)):
+        idx = order[start:start + local_bs]
+        xb = torch.from_numpy(np.ascontiguousarray(x[idx]))
+        yb = torch.from_numpy(np.ascontiguousarray(y[idx]))
         if config.augment:
             xb = _flip(xb, gen)
+        xb, yb = xb.to(device), yb.to(device)
         out = model(xb)
-        loss = F.cross_entropy(out, yb)
+        if teacher is not None:
+            with torch.no_grad():
+                t_out = teacher(xb)
+            loss = distill_loss(out, t_out, yb, config.distill_weight, config.distill_temperature)
+        else:
+            loss = F.cross_entropy(out, yb)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {float(loss)} in epoch {epoch}; lower the learning rate")
         opt.zero_grad(set_to_none=True)
@@ -141,14 +225,17 @@ def fit_epoch(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, x: np.nd
         seen += n
         if on_step is not None:
             on_step(float(loss.detach()))
-    return loss_sum / max(1, seen), 100.0 * correct / max(1, seen)
+    loss_sum, correct, seen = ctx.sum(loss_sum, correct, seen)
+    return loss_sum / max(1.0, seen), 100.0 * correct / max(1.0, seen)
 
 
 def _load_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     xtr, ytr = load_dataset(config.data, "train")
-    xte, yte = load_dataset(config.data, "test")
+    xte, yte = load_dataset(config.test_data or config.data, "test")
     if ytr is None or yte is None:
         raise ValueError(f"dataset {config.data!r} has no labels 'y': training needs them")
+    if xte.shape[1:] != xtr.shape[1:]:
+        raise ValueError(f"train samples are {xtr.shape[1:]}, test samples {xte.shape[1:]}: they must match")
     if config.limit_train is not None and config.limit_train < len(xtr):
         idx = np.sort(np.random.default_rng(config.seed).permutation(len(xtr))[: config.limit_train])
         xtr, ytr = xtr[idx], ytr[idx]
@@ -170,62 +257,193 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Flow: load data -> build the float model (fresh or ``from_checkpoint``) -> if
     ``method != "float"``: ``quantize_`` + ``calibrate`` on ``calib_batches`` training batches ->
-    SGD with a per-step cosine schedule, test top-1 after every epoch -> save the final model to
-    ``config.output`` with ``qexport.checkpoint.save_checkpoint``.
+    SGD with a per-step schedule, test top-1 and loss after every epoch, the checkpoint (with the
+    training state) written after every epoch -> the final metrics. With ``resume=True`` and an
+    unfinished run at ``config.output``, the run continues after its last complete epoch.
+
+    Under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (gloo on
+    CPU, nccl on CUDA), each rank trains on its share of every batch, and rank 0 writes the files.
 
     Accuracies are top-1 in percent. Keys ending in ``_s`` are wall times; everything else is
-    identical for two runs with the same config on the same machine.
+    identical for two runs with the same config on the same machine, resumed or not.
 
     Example:
         >>> metrics = train(TrainConfig(method="asq+post", bits=4, epochs=2,
         ...                             from_checkpoint="samples/small_cnn_float.pt", output="out/q.pt"))
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return _train(config)
+    ctx = DistContext.from_env()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            return _train(config, ctx)
+    finally:
+        ctx.close()
 
 
-def _train(config: TrainConfig) -> dict[str, Any]:
+def best_path(output: str | Path) -> Path:
+    """Where the best epoch's model goes: ``run.pt`` -> ``run.best.pt``."""
+    p = Path(output)
+    return p.with_name(p.stem + ".best" + (p.suffix or ".pt"))
+
+
+def _comparable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+
+
+def _resume_state(config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint at config.output if it holds a run of this config, else None (fresh start)."""
+    from ..checkpoint import CheckpointError, load_checkpoint
+
+    if not config.resume or not Path(config.output).is_file():
+        return None
+    ckpt = load_checkpoint(config.output)
+    state = ckpt.get("extra", {}).get("train_state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{config.output}: holds no training state to resume from (not written by "
+                              f"`qexport train`); remove it or choose another --output")
+    saved, now = _comparable(state["config"]), _comparable(config.to_dict())
+    diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
+    if diff:
+        detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(f"--resume: {config.output} was written by a run with other settings ({detail}); "
+                         f"resume with the same settings, or drop --resume to start afresh")
+    return ckpt
+
+
+def _load_teacher(config: TrainConfig, device: torch.device) -> nn.Module | None:
+    path = config.teacher_path
+    if path is None:
+        return None
+    from ..checkpoint import build_model_from_checkpoint, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("quant"):
+        raise ValueError(f"teacher {path} is a quantized checkpoint; distil from a float model")
+    teacher = build_model_from_checkpoint(ckpt).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
     t_start = time.perf_counter()
+    if ctx.enabled and config.batch_size % ctx.world:
+        raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {ctx.world} torchrun processes")
     xtr, ytr, xte, yte = _load_data(config)
-    model, arch, arch_args = prepare_model(config, xtr, np.concatenate([ytr, yte]))
-
-    metrics: dict[str, Any] = {
-        "arch": arch, "arch_args": arch_args, "method": config.method,
-        "bits": None if config.method == "float" else config.bits, "quant": None,
-        "config": config.to_dict(), "lr": config.effective_lr,
-        "data": {"name": config.data, "train_samples": int(len(xtr)), "test_samples": int(len(xte))},
-        "init_float_test_acc": None, "calibrated_test_acc": None,
-        "epochs": [], "torch_version": str(torch.__version__),
-    }
-    if config.from_checkpoint:
-        metrics["init_float_test_acc"] = evaluate(model, xte, yte)
-
+    device = ctx.device
+    resumed = _resume_state(config)
     qconfig = None
-    if config.method != "float":
-        from ..nn import calibrate, quantize_
+    if resumed is not None and resumed["extra"]["train_state"].get("complete"):
+        return resumed["metrics"]  # a finished run: nothing left to do
+
+    if resumed is not None:
+        from ..checkpoint import build_model_from_checkpoint
         from ..quant.config import QuantConfig
 
-        qconfig = QuantConfig(method=config.method, bits=config.bits, **config.quant_args)
-        quantize_(model, qconfig)
-        t0 = time.perf_counter()
-        calibrate(model, _calibration_batches(xtr, config))
-        metrics["calibration_time_s"] = time.perf_counter() - t0
-        metrics["quant"] = qconfig.to_dict()
-        metrics["calibrated_test_acc"] = evaluate(model, xte, yte)
-    metrics["parameters"] = int(sum(p.numel() for p in model.parameters()))
+        model = build_model_from_checkpoint(resumed)
+        arch, arch_args = resumed["arch"], dict(resumed["arch_args"])
+        qconfig = QuantConfig.from_dict(resumed["quant"]) if resumed.get("quant") else None
+        metrics = dict(resumed["metrics"])
+        model.to(device)
+    else:
+        model, arch, arch_args = prepare_model(config, xtr, np.concatenate([ytr, yte]))
+        model.to(device)
+        test_is_train = config.test_data is None and not has_split(config.data, "test")
+        metrics = {
+            "arch": arch, "arch_args": arch_args, "method": config.method,
+            "bits": None if config.method == "float" else config.bits, "quant": None,
+            "config": config.to_dict(), "lr": config.effective_lr,
+            "data": {"name": config.data, "train_samples": int(len(xtr)), "test_samples": int(len(xte))},
+            "init_float_test_acc": None, "calibrated_test_acc": None,
+            "epochs": [], "torch_version": str(torch.__version__),
+        }
+        if config.test_data is not None:
+            metrics["data"]["test_name"] = config.test_data
+        if test_is_train:
+            metrics["data"]["test_is_train"] = True
+        if ctx.enabled:
+            metrics["world_size"] = ctx.world
+        if config.from_checkpoint:
+            metrics["init_float_test_acc"] = evaluate_loss(model, xte, yte, ctx=ctx)[0]
+        if config.method != "float":
+            from ..nn import calibrate, quantize_
+            from ..quant.config import QuantConfig
 
-    steps_per_epoch = len(xtr) // config.batch_size if len(xtr) > config.batch_size else 1
-    opt, sched = make_optimizer(model, config, config.epochs * steps_per_epoch)
-    last_acc = metrics["calibrated_test_acc"] if qconfig else metrics["init_float_test_acc"]
+            qconfig = QuantConfig(method=config.method, bits=config.bits, **config.quant_args)
+            quantize_(model, qconfig)
+            model.to(device)
+            t0 = time.perf_counter()
+            # Every rank calibrates on the same seeded batches, so all start from the same model
+            # (DDP also broadcasts rank 0's parameters and buffers when it wraps the model).
+            calibrate(model, _calibration_batches(xtr, config), refine_samples=config.calib_refine_samples)
+            metrics["calibration_time_s"] = time.perf_counter() - t0
+            metrics["quant"] = qconfig.to_dict()
+            metrics["calibrated_test_acc"] = evaluate_loss(model, xte, yte, ctx=ctx)[0]
+        metrics["parameters"] = int(sum(p.numel() for p in model.parameters()))
 
-    with _progress(config.progress) as progress:
-        log = progress.console.print if config.progress else (lambda *a, **k: None)
-        if metrics["init_float_test_acc"] is not None:
-            log(f"float model from {config.from_checkpoint}: test top-1 {metrics['init_float_test_acc']:.2f}%")
-        if metrics["calibrated_test_acc"] is not None:
-            log(f"{config.method} {config.bits}-bit after calibration: test top-1 {metrics['calibrated_test_acc']:.2f}%")
-        for epoch in range(1, config.epochs + 1):
+    teacher = _load_teacher(config, device)
+    n_train = len(xtr)
+    steps_per_epoch = max(1, len(epoch_order(n_train, config, 1, ctx)) // max(1, config.batch_size // ctx.world))
+    opt, sched = make_optimizer(model, config, config.epochs * steps_per_epoch, steps_per_epoch)
+    start_epoch = 1
+    best_acc, best_epoch = -math.inf, 0
+    resumes: list[int] = []
+    if resumed is not None:
+        state = resumed["extra"]["train_state"]
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng = state.get("torch_rng") or []
+        if len(rng) == ctx.world:
+            torch.set_rng_state(rng[ctx.rank])
+        start_epoch = int(state["epoch"]) + 1
+        best_acc, best_epoch = float(state["best_test_acc"]), int(state["best_epoch"])
+        resumes = [int(e) for e in state.get("resumes", [])] + [int(state["epoch"])]
+
+    net: nn.Module = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device.type == "cuda":
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save(epoch: int, complete: bool) -> None:
+        """Rank 0 writes <output> (model + training state) atomically; the others wait."""
+        if config.output and ctx.is_main:
+            from ..checkpoint import save_checkpoint
+
+            rng = ctx.all_gather_bytes(torch.get_rng_state()) if ctx.enabled else [torch.get_rng_state()]
+            state = {"epoch": epoch, "complete": complete, "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "torch_rng": rng, "best_test_acc": best_acc,
+                     "best_epoch": best_epoch, "config": config.to_dict(), "world_size": ctx.world,
+                     "resumes": resumes}
+            save_checkpoint(config.output, model=model, arch=arch, arch_args=arch_args, quant=qconfig,
+                            metrics=metrics, extra={"train_state": state})
+        elif config.output and ctx.enabled:
+            ctx.all_gather_bytes(torch.get_rng_state())
+        ctx.barrier()
+
+    def write_metrics() -> None:
+        if config.metrics_json and ctx.is_main:
+            import json
+
+            from ..io import atomic_write_text
+
+            atomic_write_text(config.metrics_json, json.dumps(metrics, indent=2) + "\n")
+
+    last_acc = (metrics["epochs"][-1]["test_acc"] if metrics["epochs"] else
+                metrics["calibrated_test_acc"] if qconfig else metrics["init_float_test_acc"])
+
+    with _progress(config.progress and ctx.is_main) as progress:
+        log = progress.console.print if (config.progress and ctx.is_main) else (lambda *a, **k: None)
+        if resumed is not None:
+            log(f"resuming {config.output} after epoch {start_epoch - 1}/{config.epochs}")
+        else:
+            if metrics["init_float_test_acc"] is not None:
+                log(f"float model from {config.from_checkpoint}: test top-1 {metrics['init_float_test_acc']:.2f}%")
+            if metrics["calibrated_test_acc"] is not None:
+                log(f"{config.method} {config.bits}-bit after calibration: test top-1 {metrics['calibrated_test_acc']:.2f}%")
+        for epoch in range(start_epoch, config.epochs + 1):
             task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=steps_per_epoch, status="")
             t0 = time.perf_counter()
 
@@ -233,30 +451,35 @@ def _train(config: TrainConfig) -> dict[str, Any]:
                 progress.update(task, advance=1, status=f"loss {loss:.3f}")
 
             lr = opt.param_groups[0]["lr"]
-            train_loss, train_acc = fit_epoch(model, opt, sched, xtr, ytr, config, epoch, on_step)
+            train_loss, train_acc = fit_epoch(net, opt, sched, xtr, ytr, config, epoch, on_step, teacher=teacher, ctx=ctx)
             t_train = time.perf_counter() - t0
-            last_acc = evaluate(model, xte, yte)
+            last_acc, test_loss = evaluate_loss(model, xte, yte, ctx=ctx)
             row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   "test_acc": last_acc, "train_time_s": t_train, "time_s": time.perf_counter() - t0}
+                   "test_acc": last_acc, "test_loss": test_loss, "train_time_s": t_train,
+                   "time_s": time.perf_counter() - t0}
             metrics["epochs"].append(row)
             progress.remove_task(task)
+            improved = last_acc > best_acc
+            if improved:
+                best_acc, best_epoch = last_acc, epoch
+            metrics["best_test_acc"], metrics["best_epoch"] = best_acc, best_epoch
+            if improved and config.keep_best and config.output and ctx.is_main:
+                from ..checkpoint import save_checkpoint
+
+                save_checkpoint(best_path(config.output), model=model, arch=arch, arch_args=arch_args,
+                                quant=qconfig, metrics={**metrics, "final_test_acc": last_acc},
+                                extra={"best_of": str(config.output)})
+            save(epoch, complete=False)
+            write_metrics()
             log(f"epoch {epoch}/{config.epochs}: loss {train_loss:.4f}, train {train_acc:.2f}%, "
                 f"test {last_acc:.2f}%, {row['time_s']:.0f} s")
 
     if last_acc is None:  # epochs=0 on a fresh float model: still report its accuracy
-        last_acc = evaluate(model, xte, yte)
-    accs = [r["test_acc"] for r in metrics["epochs"]]
-    if accs:
-        best = int(np.argmax(accs))
-        metrics["best_test_acc"], metrics["best_epoch"] = accs[best], best + 1
-    else:
+        last_acc = evaluate_loss(model, xte, yte, ctx=ctx)[0]
+    if not metrics["epochs"]:
         metrics["best_test_acc"], metrics["best_epoch"] = last_acc, 0
     metrics["final_test_acc"] = last_acc
     metrics["wall_time_s"] = time.perf_counter() - t_start
-
-    if config.output:
-        from ..checkpoint import save_checkpoint
-
-        Path(config.output).parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(config.output, model=model, arch=arch, arch_args=arch_args, quant=qconfig, metrics=metrics)
+    save(config.epochs, complete=True)
+    write_metrics()
     return metrics
