@@ -57,7 +57,9 @@ def test_convert_sample_writes_custom_op_model_with_parity(converted, bits):
 
     model = onnx.load(str(path))
     custom = [n for n in model.graph.node if n.domain == R.DOMAIN]
-    assert {n.op_type for n in custom} >= {"AsqQuantize", "PostConv", "LsqQuantize", "UniformConv", "UniformGemm"}
+    # each conv carries its ReLU and the next layer's quantizer (export fusion, docs/ops.md)
+    assert {n.op_type for n in custom} >= {"LsqQuantize", "UniformConvFused", "PostConvFused", "PostConv",
+                                           "GlobalAvgPool", "UniformGemm"}
     # a plain onnxruntime session with the shipped library runs it
     x = np.load(REPO / "samples" / "fashion_mnist_512.npz")["x"][:5]
     logits = make_session(str(path)).run(None, {"input": x})[0]
@@ -66,7 +68,7 @@ def test_convert_sample_writes_custom_op_model_with_parity(converted, bits):
 
 def _tamper(path, tmp_path, change):
     model = onnx.load(str(path))
-    node = next(n for n in model.graph.node if n.op_type == "PostConv")
+    node = next(n for n in model.graph.node if n.op_type in ("PostConv", "PostConvFused"))
     init = next(i for i in model.graph.initializer if i.name == node.input[2])
     init.CopyFrom(onnx.numpy_helper.from_array(change(onnx.numpy_helper.to_array(init).copy()), init.name))
     bad = tmp_path / "tampered.onnx"

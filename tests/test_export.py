@@ -28,7 +28,10 @@ def _quantized(calib, method="asq+post", bits=3, width=16):
 @pytest.mark.parametrize("method,bits", [("asq+post", 3), ("asq+post", 4), ("lsq+pot", 4), ("asq", 2), ("lsq", 8)])
 def test_every_quantized_layer_is_two_custom_nodes(tmp_path, calib, method, bits):
     model = _quantized(calib, method, bits)
-    proto = export_onnx(model, torch.from_numpy(calib[:2]), tmp_path / "m.onnx", meta={"qexport.method": method})
+    # fuse=False: the exporter's own output, before qexport.export.passes folds each conv's ReLU and
+    # the next quantizer into one node (tests/test_passes.py checks the fused form).
+    proto = export_onnx(model, torch.from_numpy(calib[:2]), tmp_path / "m.onnx", meta={"qexport.method": method},
+                        fuse=False)
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")), full_check=True)
     layers = deploy_layers(to_deploy(model))
     custom = {n.name: n for n in proto.graph.node if n.domain == R.DOMAIN}

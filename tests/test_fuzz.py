@@ -12,7 +12,8 @@ initializers. The only acceptable outcomes are:
 
 An unmutated case must succeed. A crash (or a sanitizer report, under the ASan/UBSan build of
 .ci/sanitize.sh) kills the process and fails the run. QEXPORT_FUZZ_CASES sets the number of
-cases (default 300; the sanitizer job runs more), QEXPORT_FUZZ_SEED the first seed.
+cases (default 300; the sanitizer job runs more), QEXPORT_FUZZ_SEED the first seed. Case i runs
+on kernel path i mod len(kernel_isas()) (QEXPORT_KERNEL_ISA), so every path is fuzzed.
 """
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ import pytest
 from onnx import TensorProto
 
 from qexport.quant import reference as R
-from qexport.runtime import make_session
+from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
 
 from kernel_graphs import feeds, serialize, single_node_model
 from test_kernels import assert_bitwise_equal
 
 N_CASES = int(os.environ.get("QEXPORT_FUZZ_CASES", "300"))
+KERNEL_ISAS = kernel_isas()
 FIRST_SEED = int(os.environ.get("QEXPORT_FUZZ_SEED", "0"))
 OPTIONAL = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0}
 FORMAT_OF = {"Post": "post", "Pot": "pot", "Uniform": "uniform"}
@@ -89,14 +91,37 @@ def pool_case(rng) -> tuple[str, dict, dict]:
     return "GlobalAvgPool", {"X": rng.normal(size=shape).astype(np.float32)}, {}
 
 
+def fused_case(rng) -> tuple[str, dict, dict]:
+    """<Fmt>ConvFused: a valid conv case plus a residual (R) and/or an output quantizer."""
+    op, inputs, attrs = weighted_case(rng, "Conv")
+    a = dict(attrs)
+    y = R.qconv(inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"],
+                fmt=FORMAT_OF[op[: -len("Conv")]], bits=a["bits"], act_bits=a["act_bits"],
+                act_zero_point=a["act_zero_point"], weight_shape=a["weight_shape"], strides=a["strides"],
+                pads=a["pads"], dilations=a["dilations"], group=a["group"])
+    quantizer = str(rng.choice(["none", "lsq", "asq"]))
+    if quantizer == "none" or quantizer == "asq" or rng.random() < 0.5:
+        inputs["R"] = rng.normal(size=y.shape).astype(np.float32)  # asq's adapter inputs follow R
+    if quantizer != "none":
+        attrs.update(quantizer=quantizer, q_bits=int(rng.integers(2, 9)), q_signed=int(rng.integers(0, 2)),
+                     q_step=float(rng.uniform(0.05, 1.0)))
+    if quantizer == "asq":
+        hidden, c = int(rng.integers(1, 4)), y.shape[1]
+        inputs.update(QW1=rng.normal(size=(hidden, c)).astype(np.float32), QB1=rng.normal(size=hidden).astype(np.float32),
+                      QW2=rng.normal(size=(1, hidden)).astype(np.float32), QB2=rng.normal(size=1).astype(np.float32))
+    return op + "Fused", inputs, attrs
+
+
 def make_case(rng) -> tuple[str, dict, dict]:
-    r = int(rng.integers(0, 6))
+    r = int(rng.integers(0, 7))
     if r < 2:
         return weighted_case(rng, "Conv")
     if r < 4:
         return weighted_case(rng, "Gemm")
     if r == 4:
         return quantize_case(rng, str(rng.choice(["AsqQuantize", "LsqQuantize"])))
+    if r == 5:
+        return fused_case(rng)
     return pool_case(rng)
 
 
@@ -181,6 +206,8 @@ def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
             raise Malformed(f"{name} is not a list")
         if kind is float and isinstance(v, list):
             raise Malformed(f"{name} is not a float")
+        if (kind is str) != isinstance(v, str):
+            raise Malformed(f"{name} has the wrong type")
         return v
 
     if op == "GlobalAvgPool":
@@ -194,7 +221,8 @@ def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
         if op == "LsqQuantize":
             return list(R.lsq_quantize(inputs["X"], step, bits, bool(signed)))
         return list(R.asq_quantize(inputs["X"], inputs["W1"], inputs["B1"], inputs["W2"], inputs["B2"], step, bits, bool(signed)))
-    kind = "Conv" if op.endswith("Conv") else "Gemm"
+    fused = op.endswith("ConvFused")
+    kind = "ConvFused" if fused else "Conv" if op.endswith("Conv") else "Gemm"
     fmt = FORMAT_OF[op[: -len(kind)]]
     common = dict(fmt=fmt, bits=need("bits", int), act_bits=need("act_bits", int), act_zero_point=need("act_zero_point", int),
                   weight_shape=need("weight_shape", list), relu=need("relu", int))
@@ -203,23 +231,39 @@ def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
     args = (inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"])
     if kind == "Gemm":
         return [R.qgemm(*args, **common)]
-    return [R.qconv(*args, **common, strides=need("strides", list), pads=need("pads", list),
-                    dilations=need("dilations", list), group=need("group", int))]
+    conv = dict(strides=need("strides", list), pads=need("pads", list), dilations=need("dilations", list),
+                group=need("group", int))
+    if not fused:
+        return [R.qconv(*args, **common, **conv)]
+    quantizer = need("quantizer", str) if "quantizer" in attrs else "none"
+    q = {}
+    if quantizer != "none":
+        q = dict(q_bits=need("q_bits", int), q_signed=need("q_signed", int), q_step=need("q_step", float))
+        if q["q_signed"] not in (0, 1):
+            raise ValueError("q_signed")
+    extra = [inputs.get(n) for n in ("R", "QW1", "QB1", "QW2", "QB2")]
+    y, codes, scale = R.qconv_fused(*args, *extra, **common, **conv, quantizer=quantizer, **q)
+    return [y] if codes is None else [y, codes, scale]
 
 
-def _outputs(op: str):
+def _outputs(op: str, attrs: dict):
     if op.endswith("Quantize"):
         return [("Y", TensorProto.UINT8), ("scale", TensorProto.FLOAT)]
+    if op.endswith("ConvFused") and attrs.get("quantizer", "none") != "none":
+        return [("Y", TensorProto.FLOAT), ("Q", TensorProto.UINT8), ("Q_scale", TensorProto.FLOAT)]
     return [("Y", TensorProto.FLOAT)]
 
 
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + N_CASES))
-def test_fuzz_case(seed: int) -> None:
+def test_fuzz_case(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KERNEL_ISA_ENV, KERNEL_ISAS[seed % len(KERNEL_ISAS)])
     rng = np.random.default_rng(seed)
     op, inputs, attrs = make_case(rng)
+    outputs = _outputs(op, attrs)
     mutations = [mutate(rng, op, inputs, attrs) for _ in range(int(rng.choice([0, 1, 1, 2, 3])))]
-    constant = tuple(n for n in ("W", "W_scale", "B", "W1", "B1", "W2", "B2") if n in inputs and rng.random() < 0.7)
-    model = single_node_model(op, inputs, _outputs(op), attrs, constant, free_shapes=True)
+    constant = tuple(n for n in ("W", "W_scale", "B", "W1", "B1", "W2", "B2", "QW1", "QB1", "QW2", "QB2")
+                     if n in inputs and rng.random() < 0.7)
+    model = single_node_model(op, inputs, outputs, attrs, constant, free_shapes=True)
     try:
         outs = make_session(serialize(model)).run(None, feeds(inputs, constant))
     except Exception as exc:  # noqa: BLE001 - a clean refusal is an acceptable outcome

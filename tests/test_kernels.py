@@ -4,6 +4,10 @@ Every case draws its shapes, bit-widths and data from a seeded numpy generator (
 test id, so a failure is reproducible alone: ``pytest tests/test_kernels.py -k "conv and 17"``),
 runs one single-node model and compares the uint8 codes and the float32 outputs *bitwise* with
 qexport.quant.reference (the definition of the ops).
+
+Every test runs once per kernel path this CPU supports (qexport.runtime.kernel_isas(): the
+portable "scalar" code always, plus e.g. avx2, avx512vnni, amx or neon, dotprod), forced with
+QEXPORT_KERNEL_ISA before each session is created; ``-k avx2`` selects one path.
 """
 from __future__ import annotations
 
@@ -11,19 +15,28 @@ import numpy as np
 import pytest
 
 from qexport.quant import reference as R
-from qexport.runtime import make_session
+from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
 
 from kernel_graphs import feeds, quantize_model, serialize, single_node_model, weighted_model
 from onnx import TensorProto
 
 N_CONV_CASES = 600
 N_LARGE_CONV_CASES = 24
+N_WIDE_CONV_CASES = 40
+N_FUSED_CASES = 160
 N_GEMM_CASES = 200
 N_ASQ_CASES = 120
 N_LSQ_CASES = 80
 
 # The reference itself warns on inf - inf inside the ASQ adapter (a NaN scale, as intended).
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+
+@pytest.fixture(autouse=True, params=kernel_isas())
+def kernel_isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test of this module once per kernel path (read when the session creates its kernels)."""
+    monkeypatch.setenv(KERNEL_ISA_ENV, request.param)
+    return request.param
 
 
 def assert_bitwise_equal(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
@@ -108,14 +121,16 @@ def run_single(model, inputs, constant, threads=None):
 
 
 # --------------------------------------------------------------------------- conv
-def conv_case(seed: int, large: bool = False) -> dict:
-    rng = np.random.default_rng((70000 if large else 1000) + seed)
+def conv_case(seed: int, large: bool = False, wide: bool = False) -> dict:
+    rng = np.random.default_rng((70000 if large else 90000 if wide else 1000) + seed)
     fmt, bits = random_format(rng)
     act_bits, zp = random_act(rng)
     r = rng.random()
     if large:  # several pixel blocks and output-channel blocks per task split
         group = int(rng.choice([1, 1, 2, 4]))
         cg, og = int(rng.integers(16, 65)) // group, int(rng.integers(16, 65)) // group
+    elif wide:  # long rows: the SIMD re-layout's full and partial 16/64-cell blocks, strides 1 and 2
+        group, cg, og = 1, int(rng.integers(1, 10)), int(rng.integers(1, 20))
     elif r < 0.55:
         group, cg, og = 1, int(rng.integers(1, 9)), int(rng.integers(1, 10))
     elif r < 0.75:
@@ -133,6 +148,10 @@ def conv_case(seed: int, large: bool = False) -> dict:
     h = h_min + int(rng.integers(0, 9))
     w = w_min + int(rng.integers(0, 9))
     n = int(rng.integers(1, 5))
+    if wide:
+        strides = [int(rng.integers(1, 3)), int(rng.integers(1, 3))]
+        w = w_min + int(rng.integers(20, 150))
+        n = int(rng.integers(1, 3))
     weight_shape = [o, cg, kh, kw]
     wcodes = random_weight_codes(rng, fmt, bits, int(np.prod(weight_shape)))
     inputs = {
@@ -169,6 +188,111 @@ def test_large_conv_matches_reference(seed: int) -> None:
     model = weighted_model("conv", case["fmt"], case["inputs"], case["attrs"], case["constant"])
     (y,) = run_single(model, case["inputs"], case["constant"])
     assert_bitwise_equal(y, reference_conv(case), f"large conv case {seed} ({case['fmt']}, {case['attrs']})")
+
+
+@pytest.mark.parametrize("seed", range(N_WIDE_CONV_CASES))
+def test_wide_conv_matches_reference(seed: int) -> None:
+    case = conv_case(seed, wide=True)
+    model = weighted_model("conv", case["fmt"], case["inputs"], case["attrs"], case["constant"])
+    (y,) = run_single(model, case["inputs"], case["constant"])
+    assert_bitwise_equal(y, reference_conv(case), f"wide conv case {seed} ({case['fmt']}, {case['attrs']})")
+
+
+# --------------------------------------------------------------------------- fused conv
+def fused_case(seed: int) -> dict:
+    """A conv case plus the fused parts: residual R, ReLU, output quantizer, optional outputs."""
+    case = conv_case(seed, large=seed % 4 == 0)
+    rng = np.random.default_rng(40000 + seed)
+    i, a = case["inputs"], case["attrs"]
+    y = reference_conv(dict(case, attrs=dict(a, relu=0)))
+    n, o = y.shape[:2]
+    if rng.random() < 0.3:  # one sample: the SIMD paths split a single image over tasks
+        y = y[:1]
+        i["X"] = i["X"][:1]
+        i["X_scale"] = i["X_scale"][:1]
+    quantizer = str(rng.choice(["none", "lsq", "asq"]))
+    residual = rng.random() < 0.5
+    extra = {"R": (rng.normal(size=y.shape) * rng.uniform(0.1, 3)).astype(np.float32) if residual else None}
+    if quantizer == "asq":
+        hidden = int(rng.integers(1, 5))
+        extra.update(QW1=rng.normal(size=(hidden, o)).astype(np.float32), QB1=rng.normal(size=hidden).astype(np.float32),
+                     QW2=rng.normal(size=(1, hidden)).astype(np.float32), QB2=rng.normal(size=1).astype(np.float32))
+    if quantizer != "none":
+        a.update(quantizer=quantizer, q_bits=int(rng.integers(2, 9)), q_signed=int(rng.integers(0, 2)),
+                 q_step=float(np.float32(10.0 ** rng.uniform(-2, 0))))
+    # Which outputs the node uses: Y alone, Y + codes, or the codes alone.
+    outputs = ("Y",) if quantizer == "none" else (("Y", "Q", "Q_scale"), ("Q", "Q_scale"))[int(rng.integers(0, 2))]
+    constant = case["constant"] + tuple(k for k in ("QW1", "QB1", "QW2", "QB2") if k in extra and rng.random() < 0.7)
+    return dict(case, extra=extra, outputs=outputs, constant=constant)
+
+
+def fused_model(case: dict):
+    """A <Fmt>ConvFused node; absent optional inputs and outputs are empty names."""
+    from onnx import helper
+
+    i, extra = case["inputs"], case["extra"]
+    everything = {**i, **{k: v for k, v in extra.items() if v is not None}}
+    model = single_node_model(case["fmt"].capitalize() + "ConvFused", everything, [("Y", TensorProto.FLOAT)],
+                              case["attrs"], case["constant"])
+    names = ["X", "X_scale", "W", "W_scale", "B", "R", "QW1", "QB1", "QW2", "QB2"]
+    ins = [k if k in everything else "" for k in names]
+    while not ins[-1]:
+        ins.pop()
+    node = model.graph.node[0]
+    del node.input[:]
+    node.input.extend(ins)
+    types = {"Y": TensorProto.FLOAT, "Q": TensorProto.UINT8, "Q_scale": TensorProto.FLOAT}
+    del node.output[:]
+    node.output.extend([k if k in case["outputs"] else "" for k in ("Y", "Q", "Q_scale")][: 1 if case["outputs"] == ("Y",) else 3])
+    del model.graph.output[:]
+    model.graph.output.extend([helper.make_tensor_value_info(k, types[k], None) for k in case["outputs"]])
+    return model, everything
+
+
+@pytest.mark.parametrize("seed", range(N_FUSED_CASES))
+def test_fused_conv_matches_reference(seed: int) -> None:
+    case = fused_case(seed)
+    a, i, e = case["attrs"], case["inputs"], case["extra"]
+    model, everything = fused_model(case)
+    got = dict(zip(case["outputs"], run_single(model, everything, case["constant"])))
+    y, q, scale = R.qconv_fused(
+        i["X"], i["X_scale"], i["W"], i["W_scale"], i["B"], e["R"], e.get("QW1"), e.get("QB1"), e.get("QW2"),
+        e.get("QB2"), fmt=case["fmt"], bits=a["bits"], act_bits=a["act_bits"], act_zero_point=a["act_zero_point"],
+        weight_shape=a["weight_shape"], strides=a["strides"], pads=a["pads"], dilations=a["dilations"],
+        group=a["group"], relu=bool(a["relu"]), quantizer=a.get("quantizer", "none"), q_bits=a.get("q_bits", 8),
+        q_signed=bool(a.get("q_signed", 0)), q_step=a.get("q_step", 1.0))
+    what = f"fused case {seed} ({case['fmt']}, {a}, R={e['R'] is not None}, outputs={case['outputs']})"
+    if "Y" in got:
+        assert_bitwise_equal(got["Y"], y, what + " Y")
+    if "Q" in got:
+        assert_bitwise_equal(got["Q_scale"], scale, what + " Q_scale")
+        assert_bitwise_equal(got["Q"], q, what + " Q")
+
+
+def test_fused_conv_equals_the_unfused_ops() -> None:
+    """conv -> Add -> Relu -> AsqQuantize as four nodes and as one PostConvFused: identical bits."""
+    case = fused_case(3)
+    case["attrs"].update(quantizer="asq", q_bits=4, q_signed=0, q_step=0.05, relu=1)
+    rng = np.random.default_rng(5)
+    o = case["attrs"]["weight_shape"][0]
+    case["extra"].update(QW1=rng.normal(size=(2, o)).astype(np.float32), QB1=rng.normal(size=2).astype(np.float32),
+                         QW2=rng.normal(size=(1, 2)).astype(np.float32), QB2=rng.normal(size=1).astype(np.float32))
+    y_conv = reference_conv(dict(case, attrs=dict(case["attrs"], relu=0)))
+    case["extra"]["R"] = rng.normal(size=y_conv.shape).astype(np.float32)
+    case["outputs"] = ("Y", "Q", "Q_scale")
+    model, everything = fused_model(case)
+    y, q, scale = run_single(model, everything, case["constant"])
+    conv_attrs = {k: v for k, v in case["attrs"].items() if not k.startswith("q") or k == "quantizer"}
+    conv_attrs.pop("quantizer")
+    (y0,) = run_single(weighted_model("conv", case["fmt"], case["inputs"], dict(conv_attrs, relu=0), case["constant"]),
+                       case["inputs"], case["constant"])
+    y1 = np.maximum(y0 + case["extra"]["R"], np.float32(0))
+    e = case["extra"]
+    adapter = {"X": y1, "W1": e["QW1"], "B1": e["QB1"], "W2": e["QW2"], "B2": e["QB2"]}
+    q1, s1 = run_single(quantize_model("AsqQuantize", adapter, dict(bits=4, signed=0, step=0.05)), adapter, ())
+    assert_bitwise_equal(y, y1, "fused Y vs conv + Add + Relu")
+    assert_bitwise_equal(scale, s1, "fused scale vs AsqQuantize")
+    assert_bitwise_equal(q, q1, "fused codes vs AsqQuantize")
 
 
 # --------------------------------------------------------------------------- gemm

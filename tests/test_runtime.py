@@ -16,7 +16,7 @@ import qexport.runtime as runtime
 from qexport.quant import reference as R
 
 EXPECTED_OPS = ["AsqQuantize", "LsqQuantize", "PostConv", "PotConv", "UniformConv", "PostGemm", "PotGemm",
-                "UniformGemm", "GlobalAvgPool"]
+                "UniformGemm", "GlobalAvgPool", "PostConvFused", "PotConvFused", "UniformConvFused"]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -41,7 +41,7 @@ def test_op_names_match_docs() -> None:
     """Every op named in the table of docs/ops.md is registered, and no other."""
     docs = (REPO / "docs" / "ops.md").read_text(encoding="utf-8")
     table = docs.split("## Common rules")[0]
-    documented = set(re.findall(r"`([A-Z][A-Za-z]+(?:Quantize|Conv|Gemm|Pool))`", table))
+    documented = set(re.findall(r"`([A-Z][A-Za-z]+(?:Quantize|Conv|Gemm|Pool|ConvFused))`", table))
     assert documented == set(EXPECTED_OPS)
 
 

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "qexport/common.h"
+#include "qexport/isa.h"
 #include "qexport/ops.h"
 
 namespace {
@@ -48,6 +49,13 @@ extern "C" QEXPORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOp
     static OrtCustomOpDomain* const domain = make_domain();
     Ort::ThrowOnError(api->AddCustomOpDomain(options, domain));
   });
+}
+
+// "scalar,avx2,avx512vnni,amx": the kernel paths this library and CPU support, slowest first
+// (QEXPORT_KERNEL_ISA may name any of them; the last one is the default).
+extern "C" QEXPORT_EXPORT const char* qexport_kernel_isas(void) {
+  static const std::string isas = qexport::available_isas();
+  return isas.c_str();
 }
 
 extern "C" QEXPORT_EXPORT const char* qexport_op_names(void) {

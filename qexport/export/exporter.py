@@ -17,6 +17,7 @@ from ..io import atomic_write_bytes
 from ..nn.deploy import deploy_layers, to_deploy
 from ..quant import reference as R
 from .ops import OPS, TRANSLATIONS
+from .passes import fuse_conv_blocks
 
 
 class ExportError(RuntimeError):
@@ -69,7 +70,7 @@ def _finalize(proto: onnx.ModelProto, deploy: nn.Module, meta: dict[str, str]) -
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike | None = None, *,
-                meta: dict[str, str] | None = None) -> onnx.ModelProto:
+                meta: dict[str, str] | None = None, fuse: bool = True) -> onnx.ModelProto:
     """Export a quantized model (QAT/calibrated, or already a deploy model) to ONNX.
 
     Args:
@@ -78,6 +79,9 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
             as dynamic ("batch").
         path: where to write the .onnx (atomically); None only returns the proto.
         meta: extra ``metadata_props`` (qexport.method, qexport.source, ...).
+        fuse: fold each conv's ReLU, residual Add and following quantizer into one node
+            (qexport.export.passes.fuse_conv_blocks); False keeps one quantize node and one op
+            node per layer.
 
     Returns the checked ModelProto.
     """
@@ -96,6 +100,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
             raise ExportError(f"torch.onnx.export failed: {exc}") from exc
     proto = program.model_proto
     _finalize(proto, deploy, dict(meta or {}))
+    if fuse:
+        fuse_conv_blocks(proto)
     onnx.checker.check_model(proto, full_check=True)
     if path is not None:
         atomic_write_bytes(path, proto.SerializeToString(deterministic=True))

@@ -187,6 +187,82 @@ for _fmt in R.WEIGHT_FORMATS:
         _make_weighted(_fmt, _kind)
 
 
+# --------------------------------------------------------------------------- fused conv ops
+# <Fmt>ConvFused: a conv with the Add (residual), ReLU and activation quantizer that follow it in
+# the graph, as one node (reference.qconv_fused, docs/ops.md). No PyTorch module emits them: the
+# ONNX pass qexport.export.passes.fuse_conv_blocks rewrites exported graphs into them; the torch op
+# and translation exist so that the table below stays the one list of ops.
+_OPT, _ONE = OpSchema.FormalParameterOption.Optional, OpSchema.FormalParameterOption.Single
+_FUSED_INPUTS = _W_INPUTS + [("R", "F"), ("QW1", "F"), ("QB1", "F"), ("QW2", "F"), ("QB2", "F")]
+_FUSED_OUTPUTS = [("Y", "F"), ("Q", "U"), ("Q_scale", "F")]
+_FUSED_ATTRS = _W_ATTRS + _CONV_ATTRS
+_FUSED_Q_ATTRS = [("quantizer", _A.STRING, "activation quantizer of Y: none, lsq or asq"),
+                  ("q_bits", _A.INT, "its bit-width"), ("q_signed", _A.INT, "its signedness"),
+                  ("q_step", _A.FLOAT, "its step")]
+_FUSED_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, Tensor? residual, Tensor? q_w1, "
+              "Tensor? q_b1, Tensor? q_w2, Tensor? q_b2, int bits, int act_bits, int act_zero_point, "
+              "int[] weight_shape, int relu, int[] strides, int[] pads, int[] dilations, int group, str quantizer, "
+              "int q_bits, int q_signed, float q_step) -> (Tensor, Tensor, Tensor)")
+
+
+def _fused_schema(name: str, doc: str) -> OpSchema:
+    types = {"F": _F32, "U": _U8}
+    required = {"X", "X_scale", "W", "W_scale", "B"}
+    return OpSchema(
+        name, R.DOMAIN, R.DOMAIN_VERSION, doc,
+        inputs=[OpSchema.FormalParameter(n, t, param_option=_ONE if n in required else _OPT) for n, t in _FUSED_INPUTS],
+        outputs=[OpSchema.FormalParameter(n, t, param_option=_OPT) for n, t in _FUSED_OUTPUTS],
+        type_constraints=[(t, [types[t]], {"F": "float32", "U": "uint8 codes"}[t]) for t in ("F", "U")],
+        attributes=[OpSchema.Attribute(n, ty, d) for n, ty, d in _FUSED_ATTRS]
+        + [OpSchema.Attribute(n, ty, d, required=False) for n, ty, d in _FUSED_Q_ATTRS],
+        node_determinism=OpSchema.NodeDeterminism.Deterministic,
+    )
+
+
+def _make_fused(fmt: str) -> None:
+    onnx_name = _FMT_NAMES[fmt] + "ConvFused"
+    op = OpDef(onnx_name, f"{fmt}_conv_fused", "conv_fused", fmt)
+
+    def impl(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape, relu,
+             strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step):
+        opt = [None if t is None else _np(t) for t in (residual, q_w1, q_b1, q_w2, q_b2)]
+        y, q, scale = R.qconv_fused(
+            _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), *opt, fmt=fmt, bits=bits, act_bits=act_bits,
+            act_zero_point=zp, weight_shape=weight_shape, strides=strides, pads=pads, dilations=dilations,
+            group=group, relu=bool(relu), quantizer=quantizer, q_bits=q_bits, q_signed=bool(q_signed), q_step=q_step)
+        if q is None:
+            q, scale = np.zeros((0,), np.uint8), np.zeros((0,), np.float32)
+        return torch.from_numpy(y), torch.from_numpy(q), torch.from_numpy(scale)
+
+    def fake(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape, relu,
+             strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step):
+        y = _conv_fake(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations,
+                       group)
+        if quantizer == "none":
+            return y, x.new_empty((0,), dtype=torch.uint8), x.new_empty((0,), dtype=torch.float32)
+        return y, torch.empty_like(y, dtype=torch.uint8), y.new_empty((y.shape[0],))
+
+    def translation(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape,
+                    relu, strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step):
+        return getattr(OPSET, onnx_name)(
+            x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits=bits, act_bits=act_bits,
+            act_zero_point=zp, weight_shape=list(weight_shape), relu=relu, strides=list(strides), pads=list(pads),
+            dilations=list(dilations), group=group, quantizer=quantizer, q_bits=q_bits, q_signed=q_signed,
+            q_step=q_step, _outputs=3)
+
+    doc = (f"conv with packed {fmt} weights, then + R, ReLU and the activation quantizer of the result, fused "
+           "(docs/ops.md); optional outputs Y (float32), Q (codes), Q_scale.")
+    _register(op, _fused_schema(onnx_name, doc), _FUSED_SIG, impl, fake, translation)
+
+
+for _fmt in R.WEIGHT_FORMATS:
+    _make_fused(_fmt)
+
+
+def fused_op(fmt: str) -> OpDef:
+    return OPS[_FMT_NAMES[fmt] + "ConvFused"]
+
+
 def weighted_op(fmt: str, kind: str) -> OpDef:
     return OPS[_FMT_NAMES[fmt] + ("Conv" if kind == "conv" else "Gemm")]
 

@@ -35,7 +35,7 @@ __all__ = [
     "act_range", "act_zero_point", "post_frac_bits", "post_table", "weight_lut", "weight_max",
     "encode_weights", "pack_codes", "unpack_codes", "decode_weights", "accumulator_bound",
     "quantize_codes", "lsq_quantize", "spatial_mean", "global_avg_pool", "asq_scale", "asq_quantize", "conv_output_size",
-    "qconv", "qgemm", "post_product_shift_table",
+    "qconv", "qgemm", "post_product_shift_table", "QUANTIZERS", "qconv_fused",
 ]
 
 
@@ -376,3 +376,42 @@ def qgemm(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     acc = np.matmul(a, wq.T).astype(np.int64)
     y = _epilogue(acc, x_scale, w_scale, bias, relu)
     return (y, acc) if return_acc else y
+
+
+# --------------------------------------------------------------------------- fused conv
+QUANTIZERS = ("none", "lsq", "asq")
+
+
+def qconv_fused(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: np.ndarray, bias: np.ndarray,
+                residual: np.ndarray | None = None, q_w1: np.ndarray | None = None, q_b1: np.ndarray | None = None,
+                q_w2: np.ndarray | None = None, q_b2: np.ndarray | None = None, *, fmt: str, bits: int, act_bits: int,
+                act_zero_point: int, weight_shape: Sequence[int], strides: Sequence[int] = (1, 1),
+                pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1), group: int = 1,
+                relu: bool = False, quantizer: str = "none", q_bits: int = 8, q_signed: bool = False,
+                q_step: float = 1.0):
+    """PostConvFused / PotConvFused / UniformConvFused: a conv, a residual Add, a ReLU and the next
+    layer's activation quantizer as one op (what qexport.export.passes fuses).
+
+    Exactly the composition of the unfused ops:
+    ``y = qconv(...)`` (with ``relu`` applied here only when there is no residual), then with a
+    residual ``y = float32(y + residual)`` and, if ``relu``, ``y = y < 0 ? 0 : y``; then
+    ``codes, scale = lsq_quantize(y, q_step, ...)`` or ``asq_quantize(y, q_w1, q_b1, q_w2, q_b2,
+    q_step, ...)``. Returns ``(y, codes, scale)``; codes and scale are None without a quantizer.
+    """
+    _check(quantizer in QUANTIZERS, f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    y = qconv(codes, x_scale, packed, w_scale, bias, fmt=fmt, bits=bits, act_bits=act_bits,
+              act_zero_point=act_zero_point, weight_shape=weight_shape, strides=strides, pads=pads,
+              dilations=dilations, group=group, relu=bool(relu) and residual is None)
+    if residual is not None:
+        residual = np.asarray(residual, dtype=np.float32)
+        _check(residual.shape == y.shape, f"residual has shape {residual.shape}, expected {y.shape}")
+        y = (y + residual).astype(np.float32)
+        if relu:
+            y = np.where(y < 0, np.float32(0), y).astype(np.float32)
+    if quantizer == "none":
+        return y, None, None
+    if quantizer == "lsq":
+        q, scale = lsq_quantize(y, q_step, q_bits, bool(q_signed))
+    else:
+        q, scale = asq_quantize(y, q_w1, q_b1, q_w2, q_b2, q_step, q_bits, bool(q_signed))
+    return y, q, scale

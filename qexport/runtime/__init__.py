@@ -17,10 +17,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
 
-__all__ = ["LIBRARY_ENV", "library_name", "library_path", "op_names", "session_options", "make_session"]
+__all__ = ["LIBRARY_ENV", "KERNEL_ISA_ENV", "library_name", "library_path", "op_names", "kernel_isas",
+           "session_options", "make_session"]
 
 #: Environment variable that, when set, names the custom-op library to use.
 LIBRARY_ENV = "QEXPORT_OPS_LIBRARY"
+
+#: Environment variable that forces the kernels' instruction-set path (read when a session
+#: creates its kernels): one of kernel_isas(), or "auto" / unset for the fastest.
+KERNEL_ISA_ENV = "QEXPORT_KERNEL_ISA"
 
 
 def library_name() -> str:
@@ -93,6 +98,18 @@ def op_names() -> list[str]:
     fn.argtypes = []
     raw = fn()
     return raw.decode("ascii").split(",") if raw else []
+
+
+def kernel_isas() -> list[str]:
+    """The kernel paths the library and this CPU support, slowest first ("scalar" always; e.g.
+    ["scalar", "avx2", "avx512vnni", "amx"]); the last one is what sessions use by default.
+    ``QEXPORT_KERNEL_ISA=<name>`` set before a session is created forces one (docs/ops.md)."""
+    lib = _load(str(library_path()))
+    fn = lib.qexport_kernel_isas
+    fn.restype = ctypes.c_char_p
+    fn.argtypes = []
+    raw = fn()
+    return raw.decode("ascii").split(",") if raw else ["scalar"]
 
 
 def session_options(threads: int | None = None) -> "onnxruntime.SessionOptions":

@@ -21,6 +21,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..export.passes import quantize_codes_tensor
 from ..nn.deploy import DeployQuantize, deploy_layers, to_deploy
 from ..quant import reference as R
 
@@ -110,15 +111,14 @@ def _onnx_with_code_outputs(proto: onnx.ModelProto, layers: list[str]) -> tuple[
     """A copy of the model that also outputs each layer's activation codes."""
     model = onnx.ModelProto()
     model.CopyFrom(proto)
-    by_name = {n.name: n for n in model.graph.node}
     outputs, existing = {}, {o.name for o in model.graph.output}
     for layer in layers:
-        node = by_name.get(f"{layer}/quantize")
-        if node is None:
+        codes = quantize_codes_tensor(model.graph, f"{layer}/quantize")  # also inside a fused conv
+        if codes is None:
             raise ValueError(f"the ONNX model has no node {layer}/quantize: was it exported from this model?")
-        outputs[layer] = node.output[0]
-        if node.output[0] not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UINT8, None))
+        outputs[layer] = codes
+        if codes not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(codes, onnx.TensorProto.UINT8, None))
     return model.SerializeToString(), outputs
 
 

@@ -76,6 +76,7 @@ class Attributes {
   float get_float(const char* name) const;
   std::vector<int64_t> get_ints(const char* name) const;
   std::vector<int64_t> get_ints(const char* name, const std::vector<int64_t>& default_value) const;
+  std::string get_string(const char* name, const std::string& default_value) const;
 
  private:
   bool try_int(const char* name, int64_t* value) const;
@@ -114,13 +115,34 @@ struct Input {
 Input get_input(const char* op, Ort::KernelContext& ctx, size_t index, const char* name,
                 ONNXTensorElementDataType type);
 
-// The mean of one spatial plane as docs/ops.md defines it (AsqQuantize step 1, GlobalAvgPool):
-// a sequential float64 sum in memory order, then one division by the count.
-inline double plane_mean(const float* x, size_t count) {
-  double sum = 0.0;
-  for (size_t i = 0; i < count; ++i) sum += static_cast<double>(x[i]);
-  return sum / static_cast<double>(count);
-}
+// An input at Compute time read without any allocation on this library's side (the hot path of
+// the weighted ops): data, element count and dimensions.
+struct InputView {
+  static constexpr size_t kMaxRank = 8;
+  bool present = false;  // false: an optional input the node does not give
+  const void* data = nullptr;
+  size_t count = 0;
+  size_t rank = 0;
+  int64_t dims[kMaxRank] = {};
+  std::vector<int64_t> big;  // the dimensions when rank > kMaxRank (rare)
+
+  int64_t dim(size_t i) const { return rank > kMaxRank ? big[i] : dims[i]; }
+  std::vector<int64_t> shape() const;  // for messages
+};
+// Input `index` (element type checked, ORT_INVALID_ARGUMENT naming it otherwise); a missing
+// input is an error unless `optional` (then present = false).
+InputView input_view(const char* op, const OrtKernelContext* ctx, size_t index, const char* name,
+                     ONNXTensorElementDataType type, bool optional = false);
+
+// Output `index` allocated with `shape`, or nullptr when the node does not use that (optional)
+// output.
+void* optional_output(OrtKernelContext* ctx, size_t index, const std::vector<int64_t>& shape);
+void* optional_output(OrtKernelContext* ctx, size_t index, const int64_t* dims, size_t rank);
+
+// Input `index` (its data and shape), or nullptr when the node does not give that optional input;
+// a wrong element type is an ORT_INVALID_ARGUMENT error naming it.
+const void* optional_input(const char* op, const OrtKernelContext* ctx, size_t index, const char* name,
+                           ONNXTensorElementDataType type, std::vector<int64_t>* shape);
 
 // Calls fn(i) for i in [0, total) on ONNX Runtime's intra-op thread pool (sequentially when the
 // session has none). Exceptions thrown by fn are caught in the worker and the first one is

@@ -17,7 +17,10 @@
   X(PostGemm)              \
   X(PotGemm)               \
   X(UniformGemm)           \
-  X(GlobalAvgPool)
+  X(GlobalAvgPool)         \
+  X(PostConvFused)         \
+  X(PotConvFused)          \
+  X(UniformConvFused)
 
 namespace qexport {
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "qexport/common.h"
+#include "qexport/simd.h"
 
 namespace qexport {
 
@@ -83,8 +84,13 @@ class WeightedState {
   // Reads and checks X_scale (N or 1 entries), W_scale and B (O entries).
   Scales scales(Ort::KernelContext& ctx, int64_t n) const;
 
-  // Every code of X must be <= 2^act_bits - 1.
-  void check_codes(const uint8_t* x, size_t count) const;
+  // Every code of X must be <= 2^act_bits - 1 (checked with the path's max_code).
+  void check_codes(const uint8_t* x, size_t count, const SimdKernels* simd) const;
+
+  // True when W is a constant initializer (decoded once, at kernel creation).
+  bool weights_constant() const { return w_constant_; }
+  // The decoded constant weights (valid when weights_constant()).
+  const int16_t* weights_at_creation() const { return w_.data(); }
 
  private:
   const char* op_;
@@ -92,6 +98,33 @@ class WeightedState {
   bool w_constant_ = false;
   std::vector<int16_t> w_;
 };
+
+// Weights re-packed for the SIMD paths (simd.h), with the accumulator start values
+// init[o] = -(act_zero_point - act_offset) * sum_k w[o, k] (wrapped to int32: the kernels' sums
+// are exact modulo 2^32 and the op's bound keeps the result in int32).
+struct PackedWeights {
+  std::vector<int8_t> w;
+  std::vector<int32_t> init;
+};
+
+// Conv: per group, per block of kConvBlock output channels, per step s = g4 * kH*kW + i*kW + j
+// (4 input channels 4*g4 .. 4*g4+3 of the group at tap (i, j)): [kConvBlock][4] int8, zero for
+// channels beyond the group's. `decoded` is decode_weights' output.
+void pack_conv_weights(const WeightedAttrs& a, const int16_t* decoded, int64_t group, int64_t kh, int64_t kw,
+                       int act_offset, PackedWeights* out);
+
+// Conv for AMX tiles (the expanded layout of simd.h's ConvGeometry): per group, per block of
+// 16 output channels, per kernel row i and chunk c of 16 expanded planes (plane r of the chunk
+// is kernel column j, channel group g4 with j * cg4 + g4 = 16 c + r): [16 channels][64] int8,
+// byte 4 r + e of a channel's row being its weight for input channel 4 g4 + e at tap (i, j);
+// zero for planes and channels beyond the group's.
+void pack_conv_weights_tiles(const WeightedAttrs& a, const int16_t* decoded, int64_t group, int64_t kh, int64_t kw,
+                             int act_offset, PackedWeights* out);
+
+// Gemm: per block of `block` output channels, per 4 inputs: [block][4] int8 (K padded to a
+// multiple of 4 with zero weights).
+void pack_gemm_weights(const WeightedAttrs& a, const int16_t* decoded, int block, int act_offset,
+                       PackedWeights* out);
 
 // y = float32(acc) * m; y = y + b; relu: y < 0 ? 0 : y -- each a single float32 operation.
 template <typename Acc>

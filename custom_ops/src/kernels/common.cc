@@ -117,6 +117,19 @@ float Attributes::get_float(const char* name) const {
   return v;
 }
 
+std::string Attributes::get_string(const char* name, const std::string& default_value) const {
+  size_t size = 0;
+  if (!ok(Ort::GetApi().KernelInfoGetAttribute_string(info_, name, nullptr, &size))) {
+    if (present(name)) invalid(op_, "attribute '", name, "' must be of type string");
+    return default_value;
+  }
+  std::string v(size, '\0');
+  if (!ok(Ort::GetApi().KernelInfoGetAttribute_string(info_, name, v.data(), &size)))
+    invalid(op_, "attribute '", name, "' could not be read");
+  v.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+  return v;
+}
+
 std::vector<int64_t> Attributes::get_ints(const char* name) const {
   std::vector<int64_t> v;
   if (!try_ints(name, &v)) missing_or_mistyped(name, "ints");
@@ -198,6 +211,81 @@ Input get_input(const char* op, Ort::KernelContext& ctx, size_t index, const cha
   if (actual != type) invalid(op, "input '", name, "' must be ", type_name(type), ", got ", type_name(actual));
   in.data = value.GetTensorRawData();
   return in;
+}
+
+void* optional_output(OrtKernelContext* ctx, size_t index, const std::vector<int64_t>& shape) {
+  return optional_output(ctx, index, shape.data(), shape.size());
+}
+
+void* optional_output(OrtKernelContext* ctx, size_t index, const int64_t* dims, size_t rank) {
+  const OrtApi& api = Ort::GetApi();
+  size_t count = 0;
+  Ort::ThrowOnError(api.KernelContext_GetOutputCount(ctx, &count));
+  if (index >= count) return nullptr;
+  OrtValue* out = nullptr;
+  Ort::ThrowOnError(api.KernelContext_GetOutput(ctx, index, dims, rank, &out));
+  if (out == nullptr) return nullptr;
+  void* data = nullptr;
+  Ort::ThrowOnError(api.GetTensorMutableData(out, &data));
+  return data;
+}
+
+std::vector<int64_t> InputView::shape() const {
+  if (rank > kMaxRank) return big;
+  return std::vector<int64_t>(dims, dims + rank);
+}
+
+InputView input_view(const char* op, const OrtKernelContext* ctx, size_t index, const char* name,
+                     ONNXTensorElementDataType type, bool optional) {
+  const OrtApi& api = Ort::GetApi();
+  InputView v;
+  size_t inputs = 0;
+  Ort::ThrowOnError(api.KernelContext_GetInputCount(ctx, &inputs));
+  const OrtValue* value = nullptr;
+  if (index < inputs) Ort::ThrowOnError(api.KernelContext_GetInput(ctx, index, &value));
+  if (value == nullptr) {
+    if (!optional) invalid(op, "input '", name, "' is missing");
+    return v;
+  }
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  Ort::ThrowOnError(api.GetTensorTypeAndShape(value, &info));
+  ONNXTensorElementDataType actual = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  OrtStatus* st = api.GetTensorElementType(info, &actual);
+  if (st == nullptr) st = api.GetDimensionsCount(info, &v.rank);
+  if (st == nullptr) st = api.GetTensorShapeElementCount(info, &v.count);
+  if (st == nullptr) {
+    if (v.rank <= InputView::kMaxRank) {
+      st = api.GetDimensions(info, v.dims, v.rank);
+    } else {
+      v.big.assign(v.rank, 0);
+      st = api.GetDimensions(info, v.big.data(), v.rank);
+    }
+  }
+  api.ReleaseTensorTypeAndShapeInfo(info);
+  Ort::ThrowOnError(st);
+  if (actual != type) invalid(op, "input '", name, "' must be ", type_name(type), ", got ", type_name(actual));
+  void* data = nullptr;  // API 21 has no const accessor (the C++ API const_casts too)
+  Ort::ThrowOnError(api.GetTensorMutableData(const_cast<OrtValue*>(value), &data));
+  v.data = data;
+  v.present = true;
+  return v;
+}
+
+const void* optional_input(const char* op, const OrtKernelContext* ctx, size_t index, const char* name,
+                           ONNXTensorElementDataType type, std::vector<int64_t>* shape) {
+  const OrtApi& api = Ort::GetApi();
+  size_t count = 0;
+  Ort::ThrowOnError(api.KernelContext_GetInputCount(ctx, &count));
+  if (index >= count) return nullptr;
+  const OrtValue* in = nullptr;
+  Ort::ThrowOnError(api.KernelContext_GetInput(ctx, index, &in));
+  if (in == nullptr) return nullptr;
+  Ort::ConstValue value(in);
+  size_t n = 0;
+  ONNXTensorElementDataType actual = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  describe(value, shape, &n, &actual);
+  if (actual != type) invalid(op, "input '", name, "' must be ", type_name(type), ", got ", type_name(actual));
+  return value.GetTensorRawData();
 }
 
 // ------------------------------------------------------------------------------ threads

@@ -5,13 +5,16 @@
 #include <vector>
 
 #include "qexport/common.h"
+#include "qexport/isa.h"
 #include "qexport/ops.h"
+#include "qexport/simd.h"
 
 namespace qexport {
 namespace {
 
 struct PoolKernel {
-  PoolKernel(const OrtKernelInfo* info, const char* op) : op_(op), node_(node_name(info)) {}
+  PoolKernel(const OrtKernelInfo* info, const char* op)
+      : op_(op), node_(node_name(info)), simd_(simd_kernels(select_isa(op))) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     return guarded(op_, node_, [&] { compute(raw); });
@@ -30,12 +33,18 @@ struct PoolKernel {
     out_shape[1] = x.shape[1];
     float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
     const float* xd = static_cast<const float*>(x.data);
-    const size_t planes = static_cast<size_t>(x.shape[0] * x.shape[1]), plane = static_cast<size_t>(s);
-    parallel_for(ctx, planes, [&](size_t i) { y[i] = static_cast<float>(plane_mean(xd + i * plane, plane)); });
+    const size_t c = static_cast<size_t>(x.shape[1]), plane = static_cast<size_t>(s);
+    parallel_for(ctx, static_cast<size_t>(x.shape[0]), [&](size_t ni) {
+      thread_local std::vector<double> means;
+      means.resize(c);
+      simd_->plane_means(xd + ni * c * plane, c, plane, means.data());
+      for (size_t ci = 0; ci < c; ++ci) y[ni * c + ci] = static_cast<float>(means[ci]);
+    });
   }
 
   const char* op_;
   std::string node_;
+  const SimdKernels* simd_;
 };
 
 struct GlobalAvgPoolOp : Ort::CustomOpBase<GlobalAvgPoolOp, PoolKernel, /*WithStatus=*/true> {

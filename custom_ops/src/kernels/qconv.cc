@@ -2,16 +2,32 @@
 // low-bit weights, exact integer accumulation, float32 epilogue. Reproduces reference.qconv bit
 // for bit (docs/ops.md).
 //
-// Per (sample, group, block of output pixels): an im2col of (a - zero_point) into int16 rows of
-// length K = (C/group)*kH*kW (zero-padded to a multiple of 16; padded input positions are 0),
-// then int32 dot products against the decoded int16 weight rows, 4 output channels at a time.
+// PostConvFused, PotConvFused, UniformConvFused: the same conv followed by an optional residual
+// Add, the ReLU and an optional activation quantizer of the result (reference.qconv_fused): the
+// float output stays in cache (or is never written when no other node reads it) and the
+// quantizer runs on it right away.
+//
+// Two implementations, chosen when the kernel is created (include/qexport/isa.h):
+// * the SIMD paths (simd.h, src/kernels/simd_*.cc): weights re-packed once at kernel creation
+//   into blocks of 8 output channels x 4 input channels per tap (int8); the codes of a sample are
+//   re-laid out into stride-phase planes of 4-channel cells padded with the zero point, and each
+//   vector of consecutive output positions is a direct convolution (no im2col) with u8 x s8 dot
+//   products (vpdpbusd, sdot, ...);
+// * the portable path ("scalar", and every op whose overflow bound needs int64 accumulators):
+//   per (sample, group, block of output pixels), an im2col of (a - zero_point) into int16 rows
+//   of length K = (C/group)*kH*kW (zero-padded to a multiple of 16; padded input positions are
+//   0), then int32 dot products against the decoded int16 weight rows, 4 output channels at a
+//   time.
 #include <climits>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "qexport/common.h"
+#include "qexport/isa.h"
 #include "qexport/ops.h"
+#include "qexport/quantize.h"
+#include "qexport/simd.h"
 #include "qexport/weights.h"
 
 namespace qexport {
@@ -19,6 +35,7 @@ namespace {
 
 constexpr int64_t kTaskMacs = int64_t{1} << 17;   // target multiply-adds per parallel task
 constexpr int64_t kColsElems = int64_t{1} << 19;  // cap of one task's im2col buffer (int16s)
+constexpr int64_t kFastTaskMacs = int64_t{1} << 17;  // SIMD path, single image: multiply-adds per task
 
 // floor((size + pb + pe - d*(k-1) - 1) / s) + 1, or 0 when that is <= 0.
 int64_t conv_out(const char* op, int64_t size, int64_t k, int64_t s, int64_t pb, int64_t pe, int64_t d) {
@@ -27,16 +44,109 @@ int64_t conv_out(const char* op, int64_t size, int64_t k, int64_t s, int64_t pb,
   return num < 0 ? 0 : num / s + 1;
 }
 
+// The vectors of `lanes` consecutive flat positions covering the output plane (see
+// ConvGeometry) and where their lanes go: flat mode uses positions 0, lanes, 2 lanes, ... (a
+// vector may span rows; the ws - ow extra columns of a row are dropped), row mode starts each
+// row at x = 0, lanes, ...
+void build_vectors(const ConvGeometry& g, int64_t lanes, std::vector<int32_t>* vstart, std::vector<int32_t>* vseg,
+                   std::vector<ConvSegment>* segs) {
+  vstart->resize(static_cast<size_t>(g.vectors));
+  vseg->resize(static_cast<size_t>(g.vectors + 1));
+  segs->clear();
+  const int64_t per_row = (g.ow + lanes - 1) / lanes;
+  for (int64_t v = 0; v < g.vectors; ++v) {
+    const int64_t q = g.row_mode ? (v / per_row) * g.ws + (v % per_row) * lanes : v * lanes;
+    (*vstart)[static_cast<size_t>(v)] = static_cast<int32_t>(q);
+    (*vseg)[static_cast<size_t>(v)] = static_cast<int32_t>(segs->size());
+    int64_t r = q / g.ws, x = q % g.ws, lane = 0;
+    while (lane < lanes && r < g.oh) {
+      if (x < g.ow) {
+        const int64_t n = g.ow - x < lanes - lane ? g.ow - x : lanes - lane;
+        segs->push_back(ConvSegment{static_cast<int32_t>(lane), static_cast<int32_t>(n), r * g.ow + x});
+      }
+      lane += g.ws - x;
+      ++r;
+      x = 0;
+    }
+  }
+  (*vseg)[static_cast<size_t>(g.vectors)] = static_cast<int32_t>(segs->size());
+}
+
 class ConvKernel {
  public:
-  ConvKernel(const OrtKernelInfo* info, const char* op, WeightFormat fmt)
-      : op_(op), node_(node_name(info)), state_(init(info, op, fmt)) {}
+  ConvKernel(const OrtKernelInfo* info, const char* op, WeightFormat fmt, bool fused)
+      : op_(op), node_(node_name(info)), fused_(fused), state_(init(info, op, fmt)) {
+    const WeightedAttrs& a = state_.attrs();
+    if (fused_) init_fused(info);
+    simd_ = simd_kernels(select_isa(op));
+    fast_ = simd_->conv != nullptr && !a.int64_acc;
+    if (!fast_) return;
+    act_offset_ = act_offset_for(*simd_, a.act_bits);
+    safe16_ = 2 * ((int64_t{1} << a.act_bits) - 1) * a.lut.wmax <= 32767;
+    if (state_.weights_constant()) pack_weights(state_.weights_at_creation(), &packed_);
+  }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     return guarded(op_, node_, [&] { compute(raw); });
   }
 
  private:
+  // The decoded weights in the SIMD path's layout (simd.h).
+  void pack_weights(const int16_t* decoded, PackedWeights* out) const {
+    if (simd_->conv_expand) {
+      pack_conv_weights_tiles(state_.attrs(), decoded, group_, kh_, kw_, act_offset_, out);
+    } else {
+      pack_conv_weights(state_.attrs(), decoded, group_, kh_, kw_, act_offset_, out);
+    }
+  }
+
+  enum class Quantizer { kNone, kLsq, kAsq };
+
+  // The fused op's output quantizer (attributes quantizer, q_bits, q_signed, q_step) and, when
+  // they are constant, the shapes of its adapter inputs.
+  void init_fused(const OrtKernelInfo* info) {
+    Attributes attrs(info, op_);
+    const std::string kind = attrs.get_string("quantizer", "none");
+    if (kind == "none") {
+      quantizer_ = Quantizer::kNone;
+      return;
+    }
+    if (kind == "lsq") {
+      quantizer_ = Quantizer::kLsq;
+    } else if (kind == "asq") {
+      quantizer_ = Quantizer::kAsq;
+    } else {
+      invalid(op_, "attribute 'quantizer'='", kind, "' must be none, lsq or asq");
+    }
+    q_ = read_quant_params(info, op_, "q_");
+    if (quantizer_ != Quantizer::kAsq) return;
+    ConstantInput in[4];
+    for (size_t i = 0; i < 4; ++i) in[i] = constant_input(info, 6 + i);
+    if (in[0].is_constant && in[1].is_constant && in[2].is_constant && in[3].is_constant) {
+      for (size_t i = 0; i < 4; ++i)
+        if (in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) invalid(op_, "input '", kAdapterNames[i], "' must be float32");
+      check_adapters(op_, kAdapterNames, in[0].shape, in[1].shape, in[2].shape, in[3].shape,
+                     state_.attrs().out_channels);
+      // Constant initializers live as long as the session: read once, not at every Compute.
+      adapter_.constant = true;
+      adapter_.w1 = static_cast<const float*>(in[0].data);
+      adapter_.b1 = static_cast<const float*>(in[1].data);
+      adapter_.w2 = static_cast<const float*>(in[2].data);
+      adapter_.b2 = static_cast<const float*>(in[3].data)[0];
+      adapter_.hidden = in[0].shape[0];
+    }
+  }
+
+  // The output quantizer's ASQ adapter when its four inputs are constant initializers.
+  struct ConstantAdapter {
+    bool constant = false;
+    const float* w1 = nullptr;
+    const float* b1 = nullptr;
+    const float* w2 = nullptr;
+    float b2 = 0.0f;
+    int64_t hidden = 0;
+  };
+
   // Reads and checks the attributes (before WeightedState decodes constant weights).
   WeightedState init(const OrtKernelInfo* info, const char* op, WeightFormat fmt) {
     WeightedAttrs a = read_weighted_attrs(info, op, fmt, 4);
@@ -70,16 +180,16 @@ class ConvKernel {
   void compute(OrtKernelContext* raw) {
     Ort::KernelContext ctx(raw);
     const WeightedAttrs& a = state_.attrs();
-    const Input x = get_input(op_, ctx, 0, "X", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8);
-    if (x.shape.size() != 4)
-      invalid(op_, "input 'X' must be (N, C, H, W), got rank ", x.shape.size(), " shape ", shape_str(x.shape));
-    const int64_t n = x.shape[0], c = x.shape[1], h = x.shape[2], w = x.shape[3];
+    const InputView x = input_view(op_, raw, 0, "X", ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8);
+    if (x.rank != 4)
+      invalid(op_, "input 'X' must be (N, C, H, W), got rank ", x.rank, " shape ", shape_str(x.shape()));
+    const int64_t n = x.dims[0], c = x.dims[1], h = x.dims[2], w = x.dims[3];
     if (c != group_ * cg_)
       invalid(op_, "input 'X' has ", c, " channels, expected group * weight_shape[1] = ", group_, " * ", cg_, " = ",
               group_ * cg_);
     const WeightedState::Scales sc = state_.scales(ctx, n);
     const uint8_t* xd = static_cast<const uint8_t*>(x.data);
-    state_.check_codes(xd, x.count);
+    state_.check_codes(xd, x.count, simd_);
     const int64_t oh = conv_out(op_, h, kh_, sh_, pt_, pb_, dh_);
     const int64_t ow = conv_out(op_, w, kw_, sw_, pl_, pr_, dw_);
     if (oh < 1 || ow < 1)
@@ -89,11 +199,28 @@ class ConvKernel {
     std::vector<int16_t> w_scratch;
     const int16_t* wts = state_.weights(ctx, w_scratch);
     const int64_t o = a.out_channels;
-    float* y = ctx.GetOutput(0, std::vector<int64_t>{n, o, oh, ow}).GetTensorMutableData<float>();
-    if (n == 0) return;
+    const int64_t yshape[4] = {n, o, oh, ow};
+    Extras ex;
+    if (fused_) {
+      read_fused(raw, yshape, &ex);
+    } else {
+      ex.y = ctx.GetOutput(0, yshape, 4).GetTensorMutableData<float>();
+    }
+    const bool quantize = ex.q != nullptr;
+    if (n == 0 || (ex.y == nullptr && !quantize)) return;
+    if (fast_ && compute_fast(ctx, xd, sc, wts, n, h, w, oh, ow, ex)) return;
 
+    // The portable path: the conv into Y (or a scratch tensor), then the residual and ReLU, then
+    // the quantizer per sample.
+    std::vector<float> y_scratch;
+    float* y = ex.y;
+    if (y == nullptr) {
+      y_scratch.resize(static_cast<size_t>(n * o * oh * ow));
+      y = y_scratch.data();
+    }
     Geometry g;
     g.x = xd, g.y = y, g.w = wts, g.sc = sc;
+    g.relu = a.relu && ex.residual == nullptr;
     g.n = n, g.c = c, g.h = h, g.wd = w, g.oh = oh, g.ow = ow, g.o = o, g.og = o / group_;
     g.p = oh * ow;
     const int64_t macs_per_pixel = a.k_padded * g.og;
@@ -110,6 +237,248 @@ class ConvKernel {
     } else {
       parallel_for(ctx, tasks, [&](size_t t) { run_task<int32_t>(g, static_cast<int64_t>(t)); });
     }
+    const int64_t sample = o * oh * ow;
+    parallel_for(ctx, static_cast<size_t>(n), [&](size_t i) {
+      const int64_t ni = static_cast<int64_t>(i);
+      float* yn = y + ni * sample;
+      if (ex.residual != nullptr) {
+        const float* rn = ex.residual + ni * sample;
+        for (int64_t k = 0; k < sample; ++k) {
+          float v = yn[k] + rn[k];
+          if (a.relu) v = (v < 0.0f) ? 0.0f : v;
+          yn[k] = v;
+        }
+      }
+      if (quantize) quantize_sample(yn, ni, o, oh * ow, ex);
+    });
+  }
+
+  // The fused op's optional inputs and outputs.
+  struct Extras {
+    const float* residual = nullptr;  // R: (N, O, OH, OW)
+    const float* w1 = nullptr;        // QW1 .. QB2: the ASQ adapter
+    const float* b1 = nullptr;
+    const float* w2 = nullptr;
+    float b2 = 0.0f;
+    int64_t hidden = 0;
+    float* y = nullptr;        // Y, or nullptr when the node does not use it
+    uint8_t* q = nullptr;      // Q, or nullptr (no quantizer, or the node does not use it)
+    float* q_scale = nullptr;  // Q_scale
+  };
+
+  void read_fused(OrtKernelContext* raw, const int64_t yshape[4], Extras* ex) const {
+    constexpr ONNXTensorElementDataType kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    const InputView r = input_view(op_, raw, 5, "R", kF32, /*optional=*/true);
+    if (r.present) {
+      if (r.rank != 4 || r.dims[0] != yshape[0] || r.dims[1] != yshape[1] || r.dims[2] != yshape[2] ||
+          r.dims[3] != yshape[3])
+        invalid(op_, "input 'R' has shape ", shape_str(r.shape()), ", expected the conv's output shape ",
+                shape_str(std::vector<int64_t>(yshape, yshape + 4)));
+      ex->residual = static_cast<const float*>(r.data);
+    }
+    if (adapter_.constant) {  // checked once, at kernel creation
+      ex->w1 = adapter_.w1, ex->b1 = adapter_.b1, ex->w2 = adapter_.w2, ex->b2 = adapter_.b2;
+      ex->hidden = adapter_.hidden;
+    } else {
+      InputView ad[4];
+      for (size_t i = 0; i < 4; ++i) ad[i] = input_view(op_, raw, 6 + i, kAdapterNames[i], kF32, /*optional=*/true);
+      if (quantizer_ == Quantizer::kAsq) {
+        for (size_t i = 0; i < 4; ++i)
+          if (!ad[i].present) invalid(op_, "input '", kAdapterNames[i], "' is missing (quantizer='asq')");
+        check_adapters(op_, kAdapterNames, ad[0].shape(), ad[1].shape(), ad[2].shape(), ad[3].shape(), yshape[1]);
+        ex->w1 = static_cast<const float*>(ad[0].data);
+        ex->b1 = static_cast<const float*>(ad[1].data);
+        ex->w2 = static_cast<const float*>(ad[2].data);
+        ex->b2 = static_cast<const float*>(ad[3].data)[0];
+        ex->hidden = ad[0].dims[0];
+      } else {
+        for (size_t i = 0; i < 4; ++i)
+          if (ad[i].present) invalid(op_, "input '", kAdapterNames[i], "' is only used with quantizer='asq'");
+      }
+    }
+    ex->y = static_cast<float*>(optional_output(raw, 0, yshape, 4));
+    if (quantizer_ == Quantizer::kNone) {
+      if (optional_output(raw, 1, yshape, 4) != nullptr || optional_output(raw, 2, yshape, 1) != nullptr)
+        invalid(op_, "outputs 'Q' and 'Q_scale' need attribute quantizer='lsq' or 'asq'");
+      return;
+    }
+    ex->q = static_cast<uint8_t*>(optional_output(raw, 1, yshape, 4));
+    ex->q_scale = static_cast<float*>(optional_output(raw, 2, yshape, 1));
+    if ((ex->q == nullptr) != (ex->q_scale == nullptr)) invalid(op_, "outputs 'Q' and 'Q_scale' go together");
+  }
+
+  // Codes and scale of sample ni from its conv output yn (o planes of `plane` values), exactly
+  // as LsqQuantize / AsqQuantize.
+  void quantize_sample(const float* yn, int64_t ni, int64_t o, int64_t plane, const Extras& ex) const {
+    float s = q_.step;
+    if (quantizer_ == Quantizer::kAsq) {
+      thread_local std::vector<double> p;
+      p.resize(static_cast<size_t>(o));
+      simd_->plane_means(yn, static_cast<size_t>(o), static_cast<size_t>(plane), p.data());
+      s = asq_scale(p.data(), o, ex.w1, ex.b1, ex.w2, ex.b2, ex.hidden, q_.step);
+    }
+    ex.q_scale[ni] = s;
+    simd_->quantize(yn, ex.q + ni * o * plane, static_cast<size_t>(o * plane), s, q_);
+  }
+
+  // The SIMD path; false (nothing done) when the re-laid-out input would be too large for it.
+  bool compute_fast(Ort::KernelContext& ctx, const uint8_t* x, const WeightedState::Scales& sc, const int16_t* wts,
+                    int64_t n, int64_t h, int64_t w, int64_t oh, int64_t ow, const Extras& ex) const {
+    const WeightedAttrs& a = state_.attrs();
+    const int64_t lanes = simd_->conv_lanes;
+    ConvGeometry g;
+    g.cg = cg_, g.cg4 = (cg_ + 3) / 4;
+    g.kh = kh_, g.kw = kw_, g.sh = sh_, g.sw = sw_, g.dh = dh_, g.dw = dw_, g.pt = pt_, g.pl = pl_;
+    g.h = h, g.w = w, g.oh = oh, g.ow = ow;
+    g.expand = simd_->conv_expand;
+    g.row_max = ((kh_ - 1) * dh_) / sh_;
+    g.hs = oh + g.row_max;
+    g.phases = sh_ * sw_;
+    // Cell layout: tap (i, j) reads column x + (j*dw)/sw of its phase plane. Expanded layout:
+    // each kernel column has its own (shifted) plane, so the planes need only ow columns.
+    const int64_t col_max = g.expand ? 0 : ((kw_ - 1) * dw_) / sw_;
+    g.ws = ow + col_max;
+    if (g.expand) {
+      g.chunks = (kw_ * g.cg4 + 15) / 16;
+      g.planes = sh_ * g.chunks * 16;
+      g.steps = kh_ * g.chunks;
+    } else {
+      g.planes = g.cg4 * g.phases;
+      g.steps = g.cg4 * kh_ * kw_;
+    }
+    const double cells = static_cast<double>(g.hs) * static_cast<double>(g.ws) + static_cast<double>(lanes + col_max);
+    if (cells * static_cast<double>(g.planes) * 4.0 > static_cast<double>(INT32_MAX) / 2) return false;
+    g.plane_pos = (g.hs * g.ws + lanes + col_max + 15) / 16 * 16;
+    g.buf_bytes = static_cast<size_t>(g.planes * g.plane_pos * 4);
+    const int64_t flat = (oh * g.ws + lanes - 1) / lanes, by_row = oh * ((ow + lanes - 1) / lanes);
+    g.row_mode = by_row <= flat;
+    g.vectors = g.row_mode ? by_row : flat;
+    // Per-call tables (thread_local: no allocation once they have grown; the tasks of this call
+    // read the calling thread's copies).
+    thread_local std::vector<int32_t> off, vstart, vseg;
+    thread_local std::vector<ConvSegment> segs;
+    build_vectors(g, lanes, &vstart, &vseg, &segs);
+    g.vstart = vstart.data(), g.vseg = vseg.data(), g.seg = segs.data();
+    off.resize(static_cast<size_t>(g.steps));
+    if (g.expand) {
+      for (int64_t i = 0; i < kh_; ++i)
+        for (int64_t ci = 0; ci < g.chunks; ++ci) {
+          const int64_t plane = ((i * dh_) % sh_) * g.chunks * 16 + ci * 16;
+          const int64_t cell = plane * g.plane_pos + ((i * dh_) / sh_) * g.ws;
+          off[static_cast<size_t>(i * g.chunks + ci)] = static_cast<int32_t>(cell * 4);
+        }
+    } else {
+      for (int64_t g4 = 0; g4 < g.cg4; ++g4)
+        for (int64_t i = 0; i < kh_; ++i)
+          for (int64_t j = 0; j < kw_; ++j) {
+            const int64_t phase = ((i * dh_) % sh_) * sw_ + (j * dw_) % sw_;
+            const int64_t cell = (g4 * g.phases + phase) * g.plane_pos + ((i * dh_) / sh_) * g.ws + (j * dw_) / sw_;
+            off[static_cast<size_t>((g4 * kh_ + i) * kw_ + j)] = static_cast<int32_t>(cell * 4);
+          }
+    }
+    g.off = off.data();
+
+    PackedWeights local;
+    const PackedWeights* pw = &packed_;
+    if (!state_.weights_constant()) {
+      pack_weights(wts, &local);
+      pw = &local;
+    }
+    const int64_t og = a.out_channels / group_;
+    const int64_t cb = simd_->conv_block;
+    const int64_t nob = (og + cb - 1) / cb;
+    const int64_t plane_in = h * w, plane_out = oh * ow;
+    const int64_t c = group_ * cg_, o = a.out_channels, sample = o * plane_out;
+    const bool quantize = ex.q != nullptr;
+    ConvTask proto;
+    proto.g = &g;
+    proto.pad_code = static_cast<uint8_t>(a.act_zero_point ^ act_offset_);
+    proto.act_offset = act_offset_;
+    proto.og = og;
+    proto.relu = a.relu;
+    proto.safe16 = safe16_;
+    // The task of sample ni, group gi, writing the sample's output at yn.
+    auto make_task = [&](int64_t ni, int64_t gi, float* yn, uint8_t* buf) {
+      ConvTask t = proto;
+      t.x = x + (ni * c + gi * cg_) * plane_in;
+      t.w = pw->w.data() + gi * nob * g.steps * cb * (g.expand ? 64 : 4);
+      t.init = pw->init.data() + gi * nob * cb;
+      t.x_scale = sc.x_scale[sc.x_scale_per_sample ? ni : 0];
+      t.w_scale = sc.w_scale + gi * og;
+      t.bias = sc.bias + gi * og;
+      t.residual = ex.residual != nullptr ? ex.residual + ni * sample + gi * og * plane_out : nullptr;
+      t.y = yn + gi * og * plane_out;
+      t.buf = buf;
+      return t;
+    };
+    // Y, or a scratch plane set of one sample when only the codes are wanted.
+    auto sample_out = [&](int64_t ni, std::vector<float>& scratch) {
+      if (ex.y != nullptr) return ex.y + ni * sample;
+      if (scratch.size() < static_cast<size_t>(sample)) scratch.resize(static_cast<size_t>(sample));
+      return scratch.data();
+    };
+
+    if (n > 1) {
+      // One task per sample: for each group, re-layout and every vector and channel block; then
+      // the quantizer while the output is in cache.
+      parallel_for(ctx, static_cast<size_t>(n), [&](size_t i) {
+        const int64_t ni = static_cast<int64_t>(i);
+        thread_local std::vector<uint8_t> buf;
+        thread_local std::vector<float> scratch;
+        if (buf.size() < g.buf_bytes) buf.resize(g.buf_bytes);
+        float* yn = sample_out(ni, scratch);
+        for (int64_t gi = 0; gi < group_; ++gi) {
+          ConvTask task = make_task(ni, gi, yn, buf.data());
+          simd_->relayout(task);
+          task.v0 = 0, task.v1 = g.vectors, task.b0 = 0, task.b1 = nob;
+          simd_->conv(task);
+        }
+        if (quantize) quantize_sample(yn, ni, o, plane_out, ex);
+      });
+      return true;
+    }
+    thread_local std::vector<float> scratch;
+    float* y0 = sample_out(0, scratch);
+    if (group_ > 1) {
+      parallel_for(ctx, static_cast<size_t>(group_), [&](size_t gi) {
+        thread_local std::vector<uint8_t> buf;
+        if (buf.size() < g.buf_bytes) buf.resize(g.buf_bytes);
+        ConvTask task = make_task(0, static_cast<int64_t>(gi), y0, buf.data());
+        simd_->relayout(task);
+        task.v0 = 0, task.v1 = g.vectors, task.b0 = 0, task.b1 = nob;
+        simd_->conv(task);
+      });
+    } else {
+      // A single image: re-layout once, then split its vectors (pairs) and channel blocks into
+      // tasks of at least kFastTaskMacs multiply-adds.
+      thread_local std::vector<uint8_t> buf;
+      if (buf.size() < g.buf_bytes) buf.resize(g.buf_bytes);
+      const ConvTask base = make_task(0, 0, y0, buf.data());
+      simd_->relayout(base);
+      const int64_t vg = simd_->conv_group;
+      const int64_t pairs = (g.vectors + vg - 1) / vg;
+      const int64_t unit = vg * lanes * cb * a.k;  // one vector group x one channel block
+      const int64_t task_macs = kFastTaskMacs * simd_->conv_speed;
+      const int64_t per_task = (task_macs + unit - 1) / unit;
+      int64_t pair_chunk = 1, block_chunk = nob;
+      if (per_task >= nob) {
+        pair_chunk = (per_task + nob - 1) / nob;
+      } else {
+        block_chunk = per_task;
+      }
+      const int64_t npc = (pairs + pair_chunk - 1) / pair_chunk, nbc = (nob + block_chunk - 1) / block_chunk;
+      parallel_for(ctx, static_cast<size_t>(npc * nbc), [&](size_t ti) {
+        const int64_t t = static_cast<int64_t>(ti);
+        ConvTask task = base;
+        task.v0 = (t / nbc) * pair_chunk * vg;
+        task.v1 = task.v0 + pair_chunk * vg < g.vectors ? task.v0 + pair_chunk * vg : g.vectors;
+        task.b0 = (t % nbc) * block_chunk;
+        task.b1 = task.b0 + block_chunk < nob ? task.b0 + block_chunk : nob;
+        simd_->conv(task);
+      });
+    }
+    if (quantize) quantize_sample(y0, 0, o, plane_out, ex);
+    return true;
   }
 
   struct Geometry {
@@ -118,6 +487,7 @@ class ConvKernel {
     const int16_t* w;
     WeightedState::Scales sc;
     int64_t n, c, h, wd, oh, ow, o, og, p, block, nblocks;
+    bool relu;  // in the epilogue (with a residual, the ReLU comes after it)
   };
 
   // Builds the im2col rows of output pixels [p0, p1) of sample `ni`, group `gi`.
@@ -194,21 +564,70 @@ class ConvKernel {
       for (int64_t p = p0; p < p1; ++p) {
         Acc acc[4];
         dot_rows<Acc>(cols.data() + (p - p0) * kp, wrow, kp, static_cast<size_t>(rows), kp, chunk, acc);
-        for (int64_t r = 0; r < rows; ++r) out[r][p] = epilogue(acc[r], m[r], b[r], a.relu);
+        for (int64_t r = 0; r < rows; ++r) out[r][p] = epilogue(acc[r], m[r], b[r], g.relu);
       }
     }
   }
 
+  static constexpr const char* kAdapterNames[4] = {"QW1", "QB1", "QW2", "QB2"};
+
   const char* op_;
   std::string node_;
+  bool fused_ = false;
+  Quantizer quantizer_ = Quantizer::kNone;
+  QuantParams q_;
+  ConstantAdapter adapter_;
   int64_t sh_ = 1, sw_ = 1, pt_ = 0, pl_ = 0, pb_ = 0, pr_ = 0, dh_ = 1, dw_ = 1, group_ = 1;
   int64_t cg_ = 1, kh_ = 1, kw_ = 1;
-  WeightedState state_;  // declared last: initialised by init(), which sets the fields above
+  WeightedState state_;  // initialised by init(), which sets the fields above
+  const SimdKernels* simd_ = nullptr;
+  bool fast_ = false;      // the SIMD path (else the portable one)
+  uint8_t act_offset_ = 0;
+  bool safe16_ = false;
+  PackedWeights packed_;   // constant weights, packed for the SIMD path
 };
 
-using PostConvOp = WeightedOp<ConvKernel, WeightFormat::kPost>;
-using PotConvOp = WeightedOp<ConvKernel, WeightFormat::kPot>;
-using UniformConvOp = WeightedOp<ConvKernel, WeightFormat::kUniform>;
+// The plain conv ops construct ConvKernel(info, name, fmt): a conv kernel that is not fused.
+template <WeightFormat Fmt>
+struct PlainConv : ConvKernel {
+  PlainConv(const OrtKernelInfo* info, const char* op, WeightFormat fmt) : ConvKernel(info, op, fmt, false) {}
+};
+
+// <Fmt>ConvFused: inputs X, X_scale, W, W_scale, B, then the optional R, QW1, QB1, QW2, QB2;
+// optional outputs Y (float), Q (uint8 codes), Q_scale (float).
+template <WeightFormat Fmt>
+struct FusedConvOp : Ort::CustomOpBase<FusedConvOp<Fmt>, ConvKernel, /*WithStatus=*/true> {
+  explicit FusedConvOp(const char* name) : name_(name) {}
+
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
+    *kernel = nullptr;
+    return guarded(name_, node_name(info), [&] { *kernel = new ConvKernel(info, name_, Fmt, true); });
+  }
+
+  const char* GetName() const { return name_; }
+  size_t GetInputTypeCount() const { return 10; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return (index == 0 || index == 2) ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index < 5 ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetOutputType(size_t index) const {
+    return index == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t) const { return INPUT_OUTPUT_OPTIONAL; }
+
+ private:
+  const char* name_;
+};
+
+using PostConvOp = WeightedOp<PlainConv<WeightFormat::kPost>, WeightFormat::kPost>;
+using PotConvOp = WeightedOp<PlainConv<WeightFormat::kPot>, WeightFormat::kPot>;
+using UniformConvOp = WeightedOp<PlainConv<WeightFormat::kUniform>, WeightFormat::kUniform>;
+using PostConvFusedOp = FusedConvOp<WeightFormat::kPost>;
+using PotConvFusedOp = FusedConvOp<WeightFormat::kPot>;
+using UniformConvFusedOp = FusedConvOp<WeightFormat::kUniform>;
 
 }  // namespace
 }  // namespace qexport
@@ -216,3 +635,6 @@ using UniformConvOp = WeightedOp<ConvKernel, WeightFormat::kUniform>;
 QEXPORT_DEFINE_OP(PostConv, qexport::PostConvOp)
 QEXPORT_DEFINE_OP(PotConv, qexport::PotConvOp)
 QEXPORT_DEFINE_OP(UniformConv, qexport::UniformConvOp)
+QEXPORT_DEFINE_OP(PostConvFused, qexport::PostConvFusedOp)
+QEXPORT_DEFINE_OP(PotConvFused, qexport::PotConvFusedOp)
+QEXPORT_DEFINE_OP(UniformConvFused, qexport::UniformConvFusedOp)

@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "qexport/common.h"
+#include "qexport/isa.h"
 #include "qexport/ops.h"
+#include "qexport/simd.h"
 #include "qexport/weights.h"
 
 namespace qexport {
@@ -18,7 +20,16 @@ constexpr int64_t kTaskMacs = int64_t{1} << 18;  // target multiply-adds per par
 class GemmKernel {
  public:
   GemmKernel(const OrtKernelInfo* info, const char* op, WeightFormat fmt)
-      : op_(op), node_(node_name(info)), state_(info, op, read_weighted_attrs(info, op, fmt, 2)) {}
+      : op_(op), node_(node_name(info)), state_(info, op, read_weighted_attrs(info, op, fmt, 2)) {
+    const WeightedAttrs& a = state_.attrs();
+    simd_ = simd_kernels(select_isa(op));
+    fast_ = simd_->gemm != nullptr && !a.int64_acc;
+    if (!fast_) return;
+    act_offset_ = act_offset_for(*simd_, a.act_bits);
+    safe16_ = 2 * ((int64_t{1} << a.act_bits) - 1) * a.lut.wmax <= 32767;
+    if (state_.weights_constant())
+      pack_gemm_weights(a, state_.weights_at_creation(), simd_->gemm_block, act_offset_, &packed_);
+  }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     return guarded(op_, node_, [&] { compute(raw); });
@@ -36,12 +47,16 @@ class GemmKernel {
       invalid(op_, "input 'X' has ", x.shape[1], " features, expected K = weight_shape[1] = ", a.k);
     const WeightedState::Scales sc = state_.scales(ctx, n);
     const uint8_t* xd = static_cast<const uint8_t*>(x.data);
-    state_.check_codes(xd, x.count);
+    state_.check_codes(xd, x.count, simd_);
     std::vector<int16_t> w_scratch;
     const int16_t* wts = state_.weights(ctx, w_scratch);
     const int64_t o = a.out_channels;
     float* y = ctx.GetOutput(0, std::vector<int64_t>{n, o}).GetTensorMutableData<float>();
     if (n == 0) return;
+    if (fast_) {
+      compute_fast(ctx, xd, sc, wts, y, n);
+      return;
+    }
 
     const int64_t rows = n < kRowBlock ? n : kRowBlock;
     int64_t ob = (kTaskMacs + a.k_padded * rows - 1) / (a.k_padded * rows);
@@ -55,6 +70,45 @@ class GemmKernel {
     } else {
       parallel_for(ctx, tasks, [&](size_t i) { run_task<int32_t>(t, static_cast<int64_t>(i)); });
     }
+  }
+
+  // The SIMD path: tasks of kRowBlock samples x a range of output-channel blocks.
+  void compute_fast(Ort::KernelContext& ctx, const uint8_t* x, const WeightedState::Scales& sc, const int16_t* wts,
+                    float* y, int64_t n) const {
+    const WeightedAttrs& a = state_.attrs();
+    PackedWeights local;
+    const PackedWeights* pw = &packed_;
+    if (!state_.weights_constant()) {
+      pack_gemm_weights(a, wts, simd_->gemm_block, act_offset_, &local);
+      pw = &local;
+    }
+    const int64_t gb = simd_->gemm_block, o = a.out_channels;
+    const int64_t kp = (a.k + 3) / 4 * 4, nob = (o + gb - 1) / gb;
+    const int64_t rows = n < kRowBlock ? n : kRowBlock;
+    int64_t bpt = (kTaskMacs + kp * rows * gb - 1) / (kp * rows * gb);  // blocks per task
+    if (bpt > nob) bpt = nob;
+    const int64_t nrb = (n + kRowBlock - 1) / kRowBlock, nbt = (nob + bpt - 1) / bpt;
+    GemmTask proto;
+    proto.x = x, proto.k = a.k, proto.kp = kp, proto.o = o;
+    proto.act_offset = act_offset_;
+    proto.w = pw->w.data(), proto.init = pw->init.data();
+    proto.x_scale = sc.x_scale, proto.x_scale_per_sample = sc.x_scale_per_sample;
+    proto.w_scale = sc.w_scale, proto.bias = sc.bias;
+    proto.relu = a.relu, proto.safe16 = safe16_;
+    proto.y = y;
+    parallel_for(ctx, static_cast<size_t>(nrb * nbt), [&](size_t i) {
+      const int64_t t = static_cast<int64_t>(i);
+      GemmTask task = proto;
+      task.n0 = (t / nbt) * kRowBlock;
+      task.n1 = task.n0 + kRowBlock < n ? task.n0 + kRowBlock : n;
+      task.b0 = (t % nbt) * bpt;
+      task.b1 = task.b0 + bpt < nob ? task.b0 + bpt : nob;
+      thread_local std::vector<uint8_t> buf;
+      const size_t need = static_cast<size_t>((task.n1 - task.n0) * kp);
+      if (buf.size() < need) buf.resize(need);
+      task.buf = buf.data();
+      simd_->gemm(task);
+    });
   }
 
   struct Task {
@@ -99,6 +153,11 @@ class GemmKernel {
   const char* op_;
   std::string node_;
   WeightedState state_;
+  const SimdKernels* simd_ = nullptr;
+  bool fast_ = false;  // the SIMD path (else the portable one)
+  uint8_t act_offset_ = 0;
+  bool safe16_ = false;
+  PackedWeights packed_;  // constant weights, packed for the SIMD path
 };
 
 using PostGemmOp = WeightedOp<GemmKernel, WeightFormat::kPost>;

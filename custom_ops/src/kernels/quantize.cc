@@ -1,35 +1,30 @@
 // AsqQuantize and LsqQuantize: float32 activations -> uint8 codes + per-sample float32 scale.
-// Reproduces reference.asq_quantize / reference.lsq_quantize bit for bit (docs/ops.md).
+// Reproduces reference.asq_quantize / reference.lsq_quantize bit for bit (docs/ops.md). The
+// spatial means and the codes loop come from the kernel's path (simd.h): the means keep the
+// defined sequential order per plane, the codes are the float32-division result.
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "qexport/common.h"
+#include "qexport/isa.h"
 #include "qexport/ops.h"
+#include "qexport/quantize.h"
+#include "qexport/simd.h"
 
 namespace qexport {
-namespace {
 
-constexpr size_t kQuantizeChunk = size_t{1} << 16;  // elements per parallel task
-
-struct QuantParams {
-  int bits = 0;
-  bool is_signed = false;
-  float step = 0;
-  int zero_point = 0;
-  float lo = 0, hi = 0;  // integer range before the zero-point offset
-};
-
-QuantParams read_quant_params(const OrtKernelInfo* info, const char* op) {
+QuantParams read_quant_params(const OrtKernelInfo* info, const char* op, const std::string& prefix) {
   Attributes attrs(info, op);
   QuantParams q;
-  const int64_t bits = attrs.get_int("bits");
-  if (bits < 2 || bits > 8) invalid(op, "attribute 'bits'=", bits, " is out of range (2..8)");
-  const int64_t is_signed = attrs.get_int("signed");
-  if (is_signed != 0 && is_signed != 1) invalid(op, "attribute 'signed'=", is_signed, " must be 0 or 1");
-  const float step = attrs.get_float("step");
-  if (!std::isfinite(step) || !(step > 0.0f)) invalid(op, "attribute 'step'=", step, " must be finite and > 0");
+  const std::string nb = prefix + "bits", ns = prefix + "signed", nst = prefix + "step";
+  const int64_t bits = attrs.get_int(nb.c_str());
+  if (bits < 2 || bits > 8) invalid(op, "attribute '", nb, "'=", bits, " is out of range (2..8)");
+  const int64_t is_signed = attrs.get_int(ns.c_str());
+  if (is_signed != 0 && is_signed != 1) invalid(op, "attribute '", ns, "'=", is_signed, " must be 0 or 1");
+  const float step = attrs.get_float(nst.c_str());
+  if (!std::isfinite(step) || !(step > 0.0f)) invalid(op, "attribute '", nst, "'=", step, " must be finite and > 0");
   q.bits = static_cast<int>(bits);
   q.is_signed = is_signed == 1;
   q.step = step;
@@ -39,31 +34,48 @@ QuantParams read_quant_params(const OrtKernelInfo* info, const char* op) {
   return q;
 }
 
-// clamp(rint(x / s), lo, hi) + zero_point with a float32 division and NaN -> zero point.
-//
-// Clamping before rounding gives the same integer as rounding first (lo and hi are integers and
-// rint is monotonic), and for |v| <= 255 adding and subtracting 1.5 * 2^23 rounds v to an integer
-// half to even in the default rounding mode: exactly std::nearbyint, but branch-free and
-// vectorizable (the build has -ffp-contract=off and no -ffast-math, so the two additions stay).
-inline uint8_t quantize_one(float x, float s, float lo, float hi, int zero_point) {
-  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
-  float v = x / s;
-  v = (v != v) ? 0.0f : v;
-  v = v < lo ? lo : v;
-  v = v > hi ? hi : v;
-  const float r = (v + kRound) - kRound;
-  return static_cast<uint8_t>(static_cast<int>(r) + zero_point);
+void check_adapters(const char* op, const char* const names[4], const std::vector<int64_t>& w1,
+                    const std::vector<int64_t>& b1, const std::vector<int64_t>& w2, const std::vector<int64_t>& b2,
+                    int64_t c) {
+  if (w1.size() != 2 || (c >= 0 && w1[1] != c)) {
+    if (c >= 0) invalid(op, "input '", names[0], "' must be (H, C) = (H, ", c, "), got ", shape_str(w1));
+    invalid(op, "input '", names[0], "' must be (H, C), got ", shape_str(w1));
+  }
+  const int64_t h = w1[0];
+  if (b1 != std::vector<int64_t>{h}) invalid(op, "input '", names[1], "' must be (", h, ",), got ", shape_str(b1));
+  if (w2 != std::vector<int64_t>{1, h}) invalid(op, "input '", names[2], "' must be (1, ", h, "), got ", shape_str(w2));
+  if (b2 != std::vector<int64_t>{1}) invalid(op, "input '", names[3], "' must be (1,), got ", shape_str(b2));
 }
 
-void quantize_span(const float* x, uint8_t* y, size_t n, float s, const QuantParams& q) {
-  const float lo = q.lo, hi = q.hi;
-  const int zp = q.zero_point;
-  for (size_t i = 0; i < n; ++i) y[i] = quantize_one(x[i], s, lo, hi, zp);
+float asq_scale(const double* p, int64_t c, const float* w1, const float* b1, const float* w2, float b2, int64_t h,
+                float step) {
+  // 2. h[j] = relu(sum_c W1[j, c] * p[c] + B1[j]); 3. z = sum_j W2[0, j] * h[j] + B2[0], fused
+  // into one loop over j (each h[j] is final before it is used; z keeps its order).
+  double z = 0.0;
+  for (int64_t j = 0; j < h; ++j) {
+    const float* row = w1 + j * c;
+    double acc = 0.0;
+    for (int64_t ci = 0; ci < c; ++ci) acc += static_cast<double>(row[ci]) * p[ci];
+    acc = acc + static_cast<double>(b1[j]);
+    const double hj = acc > 0.0 ? acc : 0.0;
+    z += static_cast<double>(w2[j]) * hj;
+  }
+  z = z + static_cast<double>(b2);
+  // 4.-5. beta = 2 / (1 + exp(-z)); scale = float32(step * beta).
+  const double beta = 2.0 / (1.0 + std::exp(-z));
+  return static_cast<float>(static_cast<double>(step) * beta);
 }
+
+namespace {
+
+constexpr const char* kAdapterNames[4] = {"W1", "B1", "W2", "B2"};
+
+constexpr size_t kQuantizeChunk = size_t{1} << 16;  // elements per parallel task
 
 // ------------------------------------------------------------------------------ LsqQuantize
 struct LsqKernel {
-  LsqKernel(const OrtKernelInfo* info, const char* op) : op_(op), node_(node_name(info)), q_(read_quant_params(info, op)) {}
+  LsqKernel(const OrtKernelInfo* info, const char* op)
+      : op_(op), node_(node_name(info)), q_(read_quant_params(info, op)), simd_(simd_kernels(select_isa(op))) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     return guarded(op_, node_, [&] { compute(raw); });
@@ -84,35 +96,24 @@ struct LsqKernel {
     parallel_for(ctx, tasks, [&](size_t t) {
       const size_t begin = t * kQuantizeChunk;
       const size_t len = count - begin < kQuantizeChunk ? count - begin : kQuantizeChunk;
-      quantize_span(xd + begin, y + begin, len, q_.step, q_);
+      simd_->quantize(xd + begin, y + begin, len, q_.step, q_);
     });
   }
 
   const char* op_;
   std::string node_;
   QuantParams q_;
+  const SimdKernels* simd_;
 };
 
 // ------------------------------------------------------------------------------ AsqQuantize
-// Checks the adapter shapes W1 (H, C), B1 (H,), W2 (1, H), B2 (1,); c < 0 skips the C check.
-void check_adapters(const char* op, const std::vector<int64_t>& w1, const std::vector<int64_t>& b1,
-                    const std::vector<int64_t>& w2, const std::vector<int64_t>& b2, int64_t c) {
-  if (w1.size() != 2 || (c >= 0 && w1[1] != c)) {
-    if (c >= 0) invalid(op, "input 'W1' must be (H, C) = (H, ", c, "), got ", shape_str(w1));
-    invalid(op, "input 'W1' must be (H, C), got ", shape_str(w1));
-  }
-  const int64_t h = w1[0];
-  if (b1 != std::vector<int64_t>{h}) invalid(op, "input 'B1' must be (", h, ",), got ", shape_str(b1));
-  if (w2 != std::vector<int64_t>{1, h}) invalid(op, "input 'W2' must be (1, ", h, "), got ", shape_str(w2));
-  if (b2 != std::vector<int64_t>{1}) invalid(op, "input 'B2' must be (1,), got ", shape_str(b2));
-}
-
 struct AsqKernel {
-  AsqKernel(const OrtKernelInfo* info, const char* op) : op_(op), node_(node_name(info)), q_(read_quant_params(info, op)) {
+  AsqKernel(const OrtKernelInfo* info, const char* op)
+      : op_(op), node_(node_name(info)), q_(read_quant_params(info, op)), simd_(simd_kernels(select_isa(op))) {
     ConstantInput in[4];
     for (size_t i = 0; i < 4; ++i) in[i] = constant_input(info, 1 + i);
     if (in[0].is_constant && in[1].is_constant && in[2].is_constant && in[3].is_constant)
-      check_adapters(op_, in[0].shape, in[1].shape, in[2].shape, in[3].shape, -1);
+      check_adapters(op_, kAdapterNames, in[0].shape, in[1].shape, in[2].shape, in[3].shape, -1);
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
@@ -132,7 +133,7 @@ struct AsqKernel {
     const Input b1 = get_input(op_, ctx, 2, "B1", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     const Input w2 = get_input(op_, ctx, 3, "W2", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     const Input b2 = get_input(op_, ctx, 4, "B2", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    check_adapters(op_, w1.shape, b1.shape, w2.shape, b2.shape, c);
+    check_adapters(op_, kAdapterNames, w1.shape, b1.shape, w2.shape, b2.shape, c);
     const int64_t h = w1.shape[0];
 
     uint8_t* y = ctx.GetOutput(0, x.shape).GetTensorMutableData<uint8_t>();
@@ -142,38 +143,26 @@ struct AsqKernel {
     const float* b1d = static_cast<const float*>(b1.data);
     const float* w2d = static_cast<const float*>(w2.data);
     const float b2v = static_cast<const float*>(b2.data)[0];
-    const double step = static_cast<double>(q_.step);
     const size_t plane = static_cast<size_t>(s), sample = static_cast<size_t>(c) * plane;
 
     parallel_for(ctx, static_cast<size_t>(n), [&](size_t ni) {
       const float* xn = xd + ni * sample;
       // 1. p[c]: sequential float64 sum over the spatial positions, divided by S.
-      std::vector<double> p(static_cast<size_t>(c)), hid(static_cast<size_t>(h));
-      for (int64_t ci = 0; ci < c; ++ci) p[ci] = plane_mean(xn + static_cast<size_t>(ci) * plane, plane);
-      // 2. h[j] = relu(sum_c W1[j, c] * p[c] + B1[j]).
-      for (int64_t j = 0; j < h; ++j) {
-        const float* row = w1d + j * c;
-        double acc = 0.0;
-        for (int64_t ci = 0; ci < c; ++ci) acc += static_cast<double>(row[ci]) * p[ci];
-        acc = acc + static_cast<double>(b1d[j]);
-        hid[j] = acc > 0.0 ? acc : 0.0;
-      }
-      // 3. z = sum_j W2[0, j] * h[j] + B2[0].
-      double z = 0.0;
-      for (int64_t j = 0; j < h; ++j) z += static_cast<double>(w2d[j]) * hid[j];
-      z = z + static_cast<double>(b2v);
-      // 4.-5. beta = 2 / (1 + exp(-z)); scale = float32(step * beta).
-      const double beta = 2.0 / (1.0 + std::exp(-z));
-      const float sc = static_cast<float>(step * beta);
+      thread_local std::vector<double> p;
+      p.resize(static_cast<size_t>(c));
+      simd_->plane_means(xn, static_cast<size_t>(c), plane, p.data());
+      // 2.-5.
+      const float sc = asq_scale(p.data(), c, w1d, b1d, w2d, b2v, h, q_.step);
       scale[ni] = sc;
       // 6. codes, float32 division.
-      quantize_span(xn, y + ni * sample, sample, sc, q_);
+      simd_->quantize(xn, y + ni * sample, sample, sc, q_);
     });
   }
 
   const char* op_;
   std::string node_;
   QuantParams q_;
+  const SimdKernels* simd_;
 };
 
 // ------------------------------------------------------------------------------ op objects

@@ -146,6 +146,86 @@ void decode_weights(const char* op, const WeightedAttrs& a, const uint8_t* packe
     invalid(op, "input 'W' has non-zero padding bits after the last of ", a.count, " codes of ", bits, " bits");
 }
 
+namespace {
+int32_t wrap_i32(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(static_cast<uint64_t>(v))); }
+}  // namespace
+
+void pack_conv_weights(const WeightedAttrs& a, const int16_t* decoded, int64_t group, int64_t kh, int64_t kw,
+                       int act_offset, PackedWeights* out) {
+  const int64_t og = a.out_channels / group, cg = a.weight_shape[1], taps = kh * kw;
+  const int64_t cg4 = (cg + 3) / 4, steps = cg4 * taps, nob = (og + kConvBlock - 1) / kConvBlock;
+  out->w.assign(static_cast<size_t>(group * nob * steps * kConvBlock * 4), 0);
+  out->init.assign(static_cast<size_t>(group * nob * kConvBlock), 0);
+  const int64_t zp_eff = a.act_zero_point - act_offset;
+  for (int64_t gi = 0; gi < group; ++gi) {
+    for (int64_t oi = 0; oi < og; ++oi) {
+      const int64_t o = gi * og + oi, b = oi / kConvBlock, lane = oi % kConvBlock;
+      const int16_t* row = decoded + o * a.k_padded;
+      int8_t* blk = out->w.data() + ((gi * nob + b) * steps) * kConvBlock * 4;
+      int64_t sum = 0;
+      for (int64_t c = 0; c < cg; ++c) {
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const int16_t v = row[c * taps + tap];
+          sum += v;
+          const int64_t s = (c / 4) * taps + tap;
+          blk[(s * kConvBlock + lane) * 4 + c % 4] = static_cast<int8_t>(v);
+        }
+      }
+      out->init[static_cast<size_t>((gi * nob + b) * kConvBlock + lane)] = wrap_i32(-zp_eff * sum);
+    }
+  }
+}
+
+void pack_conv_weights_tiles(const WeightedAttrs& a, const int16_t* decoded, int64_t group, int64_t kh, int64_t kw,
+                             int act_offset, PackedWeights* out) {
+  constexpr int64_t kBlock = 16;
+  const int64_t og = a.out_channels / group, cg = a.weight_shape[1], taps = kh * kw;
+  const int64_t cg4 = (cg + 3) / 4, chunks = (kw * cg4 + 15) / 16, steps = kh * chunks;
+  const int64_t nob = (og + kBlock - 1) / kBlock;
+  out->w.assign(static_cast<size_t>(group * nob * steps * kBlock * 64), 0);
+  out->init.assign(static_cast<size_t>(group * nob * kBlock), 0);
+  const int64_t zp_eff = a.act_zero_point - act_offset;
+  for (int64_t gi = 0; gi < group; ++gi) {
+    for (int64_t oi = 0; oi < og; ++oi) {
+      const int64_t o = gi * og + oi, b = oi / kBlock, lane = oi % kBlock;
+      const int16_t* row = decoded + o * a.k_padded;
+      int8_t* blk = out->w.data() + (gi * nob + b) * steps * kBlock * 64;
+      int64_t sum = 0;
+      for (int64_t c = 0; c < cg; ++c) {
+        for (int64_t i = 0; i < kh; ++i) {
+          for (int64_t j = 0; j < kw; ++j) {
+            const int16_t v = row[c * taps + i * kw + j];
+            sum += v;
+            const int64_t plane = j * cg4 + c / 4;  // expanded plane within kernel row i
+            const int64_t s = i * chunks + plane / 16;
+            blk[(s * kBlock + lane) * 64 + (plane % 16) * 4 + c % 4] = static_cast<int8_t>(v);
+          }
+        }
+      }
+      out->init[static_cast<size_t>((gi * nob + b) * kBlock + lane)] = wrap_i32(-zp_eff * sum);
+    }
+  }
+}
+
+void pack_gemm_weights(const WeightedAttrs& a, const int16_t* decoded, int block, int act_offset,
+                       PackedWeights* out) {
+  const int64_t o = a.out_channels, k = a.k, kg = (k + 3) / 4, nob = (o + block - 1) / block;
+  out->w.assign(static_cast<size_t>(nob * kg * block * 4), 0);
+  out->init.assign(static_cast<size_t>(nob * block), 0);
+  const int64_t zp_eff = a.act_zero_point - act_offset;
+  for (int64_t oc = 0; oc < o; ++oc) {
+    const int64_t b = oc / block, lane = oc % block;
+    const int16_t* row = decoded + oc * a.k_padded;
+    int8_t* blk = out->w.data() + b * kg * block * 4;
+    int64_t sum = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      sum += row[j];
+      blk[((j / 4) * block + lane) * 4 + j % 4] = static_cast<int8_t>(row[j]);
+    }
+    out->init[static_cast<size_t>(oc)] = wrap_i32(-zp_eff * sum);
+  }
+}
+
 WeightedState::WeightedState(const OrtKernelInfo* info, const char* op, WeightedAttrs attrs)
     : op_(op), a_(std::move(attrs)) {
   const ConstantInput w = constant_input(info, 2);
@@ -175,27 +255,28 @@ const int16_t* WeightedState::weights(Ort::KernelContext& ctx, std::vector<int16
 
 WeightedState::Scales WeightedState::scales(Ort::KernelContext& ctx, int64_t n) const {
   Scales s;
-  const Input xs = get_input(op_, ctx, 1, "X_scale", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  constexpr ONNXTensorElementDataType kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  const OrtKernelContext* raw = ctx.GetOrtKernelContext();
+  const InputView xs = input_view(op_, raw, 1, "X_scale", kF32);
   const int64_t nxs = static_cast<int64_t>(xs.count);
   if (nxs != n && nxs != 1)
     invalid(op_, "input 'X_scale' has ", nxs, " entries for a batch of ", n, " (expected ", n, " or 1)");
   s.x_scale = static_cast<const float*>(xs.data);
   s.x_scale_per_sample = nxs != 1;
-  const Input ws = get_input(op_, ctx, 3, "W_scale", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  const InputView ws = input_view(op_, raw, 3, "W_scale", kF32);
   if (static_cast<int64_t>(ws.count) != a_.out_channels)
     invalid(op_, "input 'W_scale' has ", ws.count, " entries for ", a_.out_channels, " output channels");
   s.w_scale = static_cast<const float*>(ws.data);
-  const Input b = get_input(op_, ctx, 4, "B", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  const InputView b = input_view(op_, raw, 4, "B", kF32);
   if (static_cast<int64_t>(b.count) != a_.out_channels)
     invalid(op_, "input 'B' has ", b.count, " entries for ", a_.out_channels, " output channels");
   s.bias = static_cast<const float*>(b.data);
   return s;
 }
 
-void WeightedState::check_codes(const uint8_t* x, size_t count) const {
+void WeightedState::check_codes(const uint8_t* x, size_t count, const SimdKernels* simd) const {
   const unsigned limit = (1u << a_.act_bits) - 1u;
-  unsigned mx = 0;
-  for (size_t i = 0; i < count; ++i) mx = x[i] > mx ? x[i] : mx;
+  const unsigned mx = simd->max_code(x, count);
   if (mx > limit)
     invalid(op_, "input 'X' holds code ", mx, " above 2^act_bits - 1 = ", limit, " (act_bits=", a_.act_bits, ")");
 }

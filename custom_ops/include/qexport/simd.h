@@ -1,0 +1,174 @@
+// The interface between the ops (portable C++: attributes, validation, planning, threads) and
+// the instruction-set specific kernels (src/kernels/simd_*.cc, each compiled with its own ISA
+// flags and selected at run time, see isa.h).
+//
+// Every path computes exactly the integers of the reference (docs/ops.md):
+// * activations are the uint8 codes c; a path whose dot product is signed x signed (ARM sdot)
+//   stores them as c - act_offset (act_offset = 128 for 8-bit codes, else 0) so they fit int8;
+// * acc = sum (c - act_offset) * w + init[o] with init[o] = -(zp - act_offset) * sum_k w[o, k],
+//   which equals sum (c - zp) * w; padded input positions hold the code zp (stored as
+//   zp - act_offset), so the correction is the same for every output position;
+// * the sums wrap modulo 2^32 (vpdpbusd, sdot, vpaddd), so the result is exact whenever the
+//   true value fits int32, which the op's overflow bound guarantees (ops with a larger bound
+//   use the portable int64 path);
+// * the epilogue is y = float(acc) * (x_scale * w_scale[o]); y = y + b[o]; relu: y < 0 ? 0 : y,
+//   each one IEEE float32 operation (no fused multiply-add).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "qexport/isa.h"
+
+namespace qexport {
+
+// An activation quantizer: codes = clamp(rint(x / s), lo, hi) + zero_point (docs/ops.md).
+struct QuantParams {
+  int bits = 0;
+  bool is_signed = false;
+  float step = 0;
+  int zero_point = 0;
+  float lo = 0, hi = 0;  // integer range before the zero-point offset
+};
+
+// ------------------------------------------------------------------------------ conv
+// Output channels per packed weight block of the conv kernels.
+constexpr int kConvBlock = 8;
+
+// Lanes [lane, lane + n) of a conv vector go to output indices out, out + 1, ... (out = y * ow + x).
+struct ConvSegment {
+  int32_t lane = 0;
+  int32_t n = 0;
+  int64_t out = 0;
+};
+
+// Geometry of one conv call, shared by its tasks. The input of one sample and group is re-laid
+// out into a buffer of planes of hs rows x ws columns of 4-byte cells (the codes of 4 channels),
+// padded with the zero-point code; output position (y, x) is the flat position q = y * ws + x,
+// so a vector of consecutive q is one contiguous load (im2col-free direct convolution). Vectors
+// either run over the flat positions (dropping the ws - ow extra columns of each row) or stay
+// within a row, whichever needs fewer.
+//
+// Cell layout (expand = false): one plane per group of 4 input channels g4 and stride phase
+// (py, px); tap (i, j) of channel group g4 is step s = g4*kh*kw + i*kw + j and reads cell
+// q + off[s] / 4.
+// Expanded layout (expand = true, the AMX path): for each row phase py, kernel column j and
+// channel group g4 a plane holding the cells of phase (py, (j*dw) % sw) shifted left by
+// (j*dw) / sw columns; the planes of one py are in order (j, g4), padded with unused planes to a
+// multiple of 16, so that the rows of an AMX tile (16 planes at the same position) are evenly
+// spaced. Step s = chunk of 16 planes of kernel row i: s = i * chunks + c, reading tile rows at
+// q*4 + off[s] + r * plane_pos*4.
+struct ConvGeometry {
+  int64_t cg = 0, cg4 = 0;                      // channels per group, and in groups of 4
+  int64_t kh = 0, kw = 0, sh = 0, sw = 0, dh = 0, dw = 0, pt = 0, pl = 0;
+  int64_t h = 0, w = 0, oh = 0, ow = 0;
+  int64_t ws = 0;         // columns of a phase plane: ow + ((kw-1)*dw)/sw
+  int64_t row_max = 0;    // ((kh-1)*dh)/sh
+  int64_t hs = 0;         // rows of a phase plane: oh + row_max
+  int64_t phases = 0;     // sh*sw
+  int64_t plane_pos = 0;  // cells per plane, with slack for the last vector's reads
+  int64_t planes = 0;     // planes in the buffer
+  bool expand = false;    // the expanded layout
+  int64_t chunks = 0;     // expanded: chunks of 16 planes per kernel row, ceil(kw*cg4 / 16)
+  int64_t steps = 0;      // cells: cg4 * kh * kw steps of 4 channels; expanded: kh * chunks
+  int64_t vectors = 0;    // vectors covering the output plane
+  bool row_mode = false;  // vectors stay within a row (else they run over flat positions)
+  size_t buf_bytes = 0;   // planes * plane_pos * 4
+  const int32_t* off = nullptr;     // [steps] byte offset of each step's cell for q = 0
+  const int32_t* vstart = nullptr;  // [vectors] first flat position of each vector
+  const int32_t* vseg = nullptr;    // [vectors + 1] each vector's segments: seg[vseg[v] .. vseg[v+1])
+  const ConvSegment* seg = nullptr;
+};
+
+struct ConvTask {
+  const ConvGeometry* g = nullptr;
+  const uint8_t* x = nullptr;  // codes of this sample and group: channel plane 0, (H, W) each
+  int64_t v0 = 0, v1 = 0;      // conv: vectors [v0, v1) ...
+  int64_t b0 = 0, b1 = 0;      // ... of output-channel blocks [b0, b1)
+  uint8_t pad_code = 0;        // zp - act_offset
+  uint8_t act_offset = 0;
+  const int8_t* w = nullptr;   // this group's packed weights: [ceil(og/B)][steps][B*4], B = conv_block
+  const int32_t* init = nullptr;  // this group's accumulator start values, [ceil(og/B)*B]
+  float x_scale = 0;
+  const float* w_scale = nullptr;  // this group's [og]
+  const float* bias = nullptr;     // this group's [og]
+  int64_t og = 0;
+  bool relu = false;    // after the residual, when there is one
+  bool safe16 = false;  // 2 * max code * max |w| <= 32767: u8 x s8 pair sums fit int16 (AVX2)
+  // y = float(acc) * (x_scale * w_scale[o]); y = y + bias[o]; [y = y + residual]; [relu]
+  const float* residual = nullptr;  // same layout as y, or nullptr
+  float* y = nullptr;   // output of this sample, first channel of the group, row 0: (og, oh, ow)
+  uint8_t* buf = nullptr;  // the re-laid-out input, g->buf_bytes
+};
+
+// ------------------------------------------------------------------------------ gemm
+struct GemmTask {
+  const uint8_t* x = nullptr;  // (N, k) codes
+  int64_t k = 0, kp = 0;       // K and K padded to a multiple of 4
+  int64_t n0 = 0, n1 = 0;      // samples [n0, n1)
+  int64_t o = 0;               // output channels
+  int64_t b0 = 0, b1 = 0;      // output-channel blocks [b0, b1) of SimdKernels::gemm_block
+  uint8_t act_offset = 0;
+  const int8_t* w = nullptr;      // packed: [ceil(o/gb)][kp/4][gb][4]
+  const int32_t* init = nullptr;  // [ceil(o/gb)*gb]
+  const float* x_scale = nullptr;
+  bool x_scale_per_sample = false;
+  const float* w_scale = nullptr;  // [o]
+  const float* bias = nullptr;     // [o]
+  bool relu = false;
+  bool safe16 = false;
+  float* y = nullptr;        // (N, o)
+  uint8_t* buf = nullptr;    // (n1 - n0) * kp bytes of scratch
+};
+
+// ------------------------------------------------------------------------------ dispatch
+struct SimdKernels {
+  Isa isa = Isa::kScalar;
+  int conv_lanes = 0;    // output positions per vector (slack of the phase planes)
+  int gemm_block = 0;    // output channels per gemm weight block
+  bool s8_acts = false;  // signed x signed dot product: 8-bit codes are stored minus 128
+  // relayout fills task.buf from task.x; conv computes the task's vectors and channel blocks
+  // from task.buf. nullptr: the portable conv (qconv.cc).
+  void (*relayout)(const ConvTask&) = nullptr;
+  void (*conv)(const ConvTask&) = nullptr;
+  void (*gemm)(const GemmTask&) = nullptr;  // nullptr: the portable gemm (qgemm.cc)
+  // out[c] = the float64 sequential mean of plane c (docs/ops.md, AsqQuantize step 1).
+  void (*plane_means)(const float* x, size_t channels, size_t plane, double* out) = nullptr;
+  // y[i] = clamp(rint(x[i] / scale), lo, hi) + zero_point, float32 division semantics.
+  void (*quantize)(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q) = nullptr;
+  // The largest of count codes (0 for count 0).
+  uint8_t (*max_code)(const uint8_t* x, size_t count) = nullptr;
+  // The conv's data layout: output channels per packed weight block (8: [steps][8][4] blocks;
+  // 16: AMX tiles [chunks][16][64]), whether the input planes are expanded per kernel column
+  // (see ConvGeometry), and how many vectors the conv handles together (task granularity).
+  int conv_block = kConvBlock;
+  bool conv_expand = false;
+  int conv_group = 2;
+  // Relative speed of the conv's dot products (multiply-adds per unit of time, 1 for the VNNI
+  // class): a single image is split into tasks of at least this many times the base task size,
+  // so that a task stays long against the thread pool's cost per task.
+  int conv_speed = 1;
+};
+
+// The kernels of a path; nullptr when the path is not compiled into this library. The scalar
+// path always exists (its conv and gemm are nullptr: the ops' own portable code).
+const SimdKernels* simd_kernels(Isa isa) noexcept;
+
+// The act_offset a path uses for codes of `act_bits` bits.
+inline uint8_t act_offset_for(const SimdKernels& k, int act_bits) {
+  return (k.s8_acts && act_bits == 8) ? 128 : 0;
+}
+
+// Defined in the ISA files (only those compiled for the target).
+const SimdKernels* simd_kernels_avx2() noexcept;
+const SimdKernels* simd_kernels_avx512vnni() noexcept;
+const SimdKernels* simd_kernels_amx() noexcept;  // conv only; simd_kernels() adds the avx512vnni rest
+const SimdKernels* simd_kernels_neon() noexcept;
+const SimdKernels* simd_kernels_dotprod() noexcept;
+
+// The portable versions (also the reference for the others).
+void plane_means_portable(const float* x, size_t channels, size_t plane, double* out);
+void quantize_portable(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q);
+uint8_t max_code_portable(const uint8_t* x, size_t count);
+
+}  // namespace qexport

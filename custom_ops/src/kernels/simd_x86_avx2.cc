@@ -1,0 +1,317 @@
+// The avx2 path: AVX2 (x86-64-v3 without FMA), for x86 CPUs without AVX-512 VNNI. Compiled
+// with -mavx2; used only when the CPU has it (isa.cc).
+//
+// Dot products: vpmaddubsw (u8 x s8 -> int16 pair sums, which SATURATE) then vpmaddwd with ones
+// (-> int32) and vpaddd (wraps modulo 2^32). The pair sums are exact only when
+// 2 * max code * max |w| <= 32767 (ConvTask::safe16: e.g. 4-bit codes with any weight format, 8-bit
+// codes with |w| <= 64); otherwise each code is split into its nibbles, c = 16 c_hi + c_lo, and
+// both halves (pair sums <= 2 * 15 * 128) are multiplied separately.
+//
+// Conv: the cell layout of simd.h, 8 positions per vector (a 32-byte load per step) and the 8
+// output channels of a weight block in 8 accumulators. Gemm: 8 output channels per block.
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "qexport/simd.h"
+#include "qexport/simd_impl.h"
+
+namespace qexport {
+namespace {
+
+using simd::load_i32;
+
+constexpr int VL = 8;
+
+inline __m256 relu_ps(__m256 y) {
+  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
+
+// sum over 4 bytes of (u8 a) * (s8 w) per int32 lane, exactly (see above).
+template <bool kSafe16>
+inline __m256i dot4(__m256i a, __m256i w, __m256i ones) {
+  if (kSafe16) return _mm256_madd_epi16(_mm256_maddubs_epi16(a, w), ones);
+  const __m256i nib = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_and_si256(a, nib);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(a, 4), nib);
+  const __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, w), ones);
+  const __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, w), ones);
+  return _mm256_add_epi32(plo, _mm256_slli_epi32(phi, 4));
+}
+
+// ------------------------------------------------------------------------------ conv
+#define QX_ACC(o) __m256i c##o = _mm256_set1_epi32(init[o]);
+#define QX_DOT(o) c##o = _mm256_add_epi32(c##o, dot4<kSafe16>(a, _mm256_set1_epi32(load_i32(wp + 4 * (o))), ones));
+#define QX_OUT(o) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (o) * VL), c##o);
+#define QX_ALL(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+
+template <bool kSafe16>
+__attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_t steps, const int8_t* wp,
+                                   const int32_t* init, int32_t* out) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  QX_ALL(QX_ACC)
+  for (int64_t s = 0; s < steps; ++s, wp += kConvBlock * 4) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + off[s]));
+    QX_ALL(QX_DOT)
+  }
+  QX_ALL(QX_OUT)
+}
+#undef QX_ACC
+#undef QX_DOT
+#undef QX_OUT
+#undef QX_ALL
+
+template <bool kRes, bool kRelu>
+void conv_t(const ConvTask& t) {
+  const ConvGeometry& g = *t.g;
+  const int64_t plane = g.oh * g.ow;
+  alignas(32) int32_t acc[kConvBlock * VL];
+  alignas(32) float tmp[VL];
+  for (int64_t b = t.b0; b < t.b1; ++b) {
+    const int64_t o0 = b * kConvBlock;
+    const int64_t nvalid = simd::min64(kConvBlock, t.og - o0);
+    float m[kConvBlock], bias[kConvBlock];
+    for (int64_t o = 0; o < nvalid; ++o) {
+      m[o] = t.x_scale * t.w_scale[o0 + o];
+      bias[o] = t.bias[o0 + o];
+    }
+    const int8_t* wb = t.w + b * g.steps * (kConvBlock * 4);
+    for (int64_t v = t.v0; v < t.v1; ++v) {
+      if (t.safe16) {
+        dot<true>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
+      } else {
+        dot<false>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
+      }
+      const ConvSegment* seg = g.seg + g.vseg[v];
+      const int ns = g.vseg[v + 1] - g.vseg[v];
+      const bool full = ns == 1 && seg[0].lane == 0 && seg[0].n == VL;
+      for (int64_t o = 0; o < nvalid; ++o) {
+        __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + o * VL))),
+                                 _mm256_set1_ps(m[o]));
+        y = _mm256_add_ps(y, _mm256_set1_ps(bias[o]));
+        float* yo = t.y + (o0 + o) * plane;
+        const float* ro = kRes ? t.residual + (o0 + o) * plane : nullptr;
+        if (full) {
+          if (kRes) y = _mm256_add_ps(y, _mm256_loadu_ps(ro + seg[0].out));
+          if (kRelu) y = relu_ps(y);
+          _mm256_storeu_ps(yo + seg[0].out, y);
+          continue;
+        }
+        if (!kRes && kRelu) y = relu_ps(y);
+        _mm256_store_ps(tmp, y);
+        for (int s = 0; s < ns; ++s) {
+          for (int l = 0; l < seg[s].n; ++l) {
+            float u = tmp[seg[s].lane + l];
+            if (kRes) {
+              u = u + ro[seg[s].out + l];
+              if (kRelu) u = (u < 0.0f) ? 0.0f : u;
+            }
+            yo[seg[s].out + l] = u;
+          }
+        }
+      }
+    }
+  }
+}
+
+void conv(const ConvTask& t) {
+  if (t.residual != nullptr) {
+    if (t.relu) {
+      conv_t<true, true>(t);
+    } else {
+      conv_t<true, false>(t);
+    }
+  } else if (t.relu) {
+    conv_t<false, true>(t);
+  } else {
+    conv_t<false, false>(t);
+  }
+}
+
+// Re-layout rows with stride 1 (16 cells per iteration; the rest is done by the caller).
+struct Interleave {
+  static int64_t row(const uint8_t* s0, const uint8_t* s1, const uint8_t* s2, const uint8_t* s3, uint32_t* dst,
+                     int64_t len, int64_t st, uint32_t flip) {
+    if (st != 1) return 0;
+    const __m128i f = _mm_set1_epi32(static_cast<int>(flip));
+    int64_t q = 0;
+    for (; q + 16 <= len; q += 16) {
+      const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s0 + q));
+      const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s1 + q));
+      const __m128i r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s2 + q));
+      const __m128i r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s3 + q));
+      const __m128i a = _mm_unpacklo_epi8(r0, r1), b = _mm_unpackhi_epi8(r0, r1);
+      const __m128i c = _mm_unpacklo_epi8(r2, r3), d = _mm_unpackhi_epi8(r2, r3);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q), _mm_xor_si128(_mm_unpacklo_epi16(a, c), f));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q + 4), _mm_xor_si128(_mm_unpackhi_epi16(a, c), f));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q + 8), _mm_xor_si128(_mm_unpacklo_epi16(b, d), f));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q + 12), _mm_xor_si128(_mm_unpackhi_epi16(b, d), f));
+    }
+    return q;
+  }
+
+  static void copy(uint32_t* dst, const uint32_t* src, int64_t n) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(uint32_t));
+  }
+};
+
+void relayout(const ConvTask& t) { simd::conv_relayout<Interleave>(t); }
+
+// ------------------------------------------------------------------------------ gemm
+template <bool kSafe16>
+void gemm_t(const GemmTask& t) {
+  simd::gemm_rows(t);
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t kg = t.kp / 4;
+  alignas(32) float tmp[VL];
+  for (int64_t b = t.b0; b < t.b1; ++b) {
+    const int8_t* wb = t.w + b * kg * (VL * 4);
+    const int64_t o0 = b * VL;
+    const int64_t nvalid = simd::min64(VL, t.o - o0);
+    float ws[VL] = {}, bs[VL] = {};
+    for (int64_t o = 0; o < nvalid; ++o) ws[o] = t.w_scale[o0 + o], bs[o] = t.bias[o0 + o];
+    const __m256 wsv = _mm256_loadu_ps(ws), bias = _mm256_loadu_ps(bs);
+    const __m256i i0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.init + o0));
+    for (int64_t n = t.n0; n < t.n1; ++n) {
+      const uint8_t* xr = t.buf + (n - t.n0) * t.kp;
+      __m256i acc = i0;
+      for (int64_t k = 0; k < kg; ++k) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + k * (VL * 4)));
+        acc = _mm256_add_epi32(acc, dot4<kSafe16>(_mm256_set1_epi32(load_i32(xr + 4 * k)), w, ones));
+      }
+      const __m256 m = _mm256_mul_ps(_mm256_set1_ps(t.x_scale[t.x_scale_per_sample ? n : 0]), wsv);
+      __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), m), bias);
+      if (t.relu) y = relu_ps(y);
+      float* out = t.y + n * t.o + o0;
+      if (nvalid == VL) {
+        _mm256_storeu_ps(out, y);
+      } else {
+        _mm256_store_ps(tmp, y);
+        for (int64_t o = 0; o < nvalid; ++o) out[o] = tmp[o];
+      }
+    }
+  }
+}
+
+void gemm(const GemmTask& t) {
+  if (t.safe16) {
+    gemm_t<true>(t);
+  } else {
+    gemm_t<false>(t);
+  }
+}
+
+// ------------------------------------------------------------------------------ means
+// Means of 8 planes at once: each of the two accumulators holds 4 planes (float64 lanes), and each
+// lane adds its plane's values one by one in memory order, exactly as the scalar sum does.
+inline void means8(const float* x, size_t plane, double* out) {
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  size_t i = 0;
+  for (; i + 4 <= plane; i += 4) {
+    __m128 r0 = _mm_loadu_ps(x + 0 * plane + i), r1 = _mm_loadu_ps(x + 1 * plane + i);
+    __m128 r2 = _mm_loadu_ps(x + 2 * plane + i), r3 = _mm_loadu_ps(x + 3 * plane + i);
+    __m128 r4 = _mm_loadu_ps(x + 4 * plane + i), r5 = _mm_loadu_ps(x + 5 * plane + i);
+    __m128 r6 = _mm_loadu_ps(x + 6 * plane + i), r7 = _mm_loadu_ps(x + 7 * plane + i);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _MM_TRANSPOSE4_PS(r4, r5, r6, r7);
+    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(r0));
+    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(r4));
+    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(r1));
+    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(r5));
+    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(r2));
+    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(r6));
+    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(r3));
+    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(r7));
+  }
+  for (; i < plane; ++i) {
+    acc0 = _mm256_add_pd(acc0, _mm256_setr_pd(x[i], x[plane + i], x[2 * plane + i], x[3 * plane + i]));
+    acc1 = _mm256_add_pd(acc1, _mm256_setr_pd(x[4 * plane + i], x[5 * plane + i], x[6 * plane + i], x[7 * plane + i]));
+  }
+  const __m256d count = _mm256_set1_pd(static_cast<double>(plane));
+  _mm256_storeu_pd(out, _mm256_div_pd(acc0, count));
+  _mm256_storeu_pd(out + 4, _mm256_div_pd(acc1, count));
+}
+
+void plane_means(const float* x, size_t channels, size_t plane, double* out) {
+  size_t c = 0;
+  for (; c + 8 <= channels; c += 8) means8(x + c * plane, plane, out + c);
+  if (c < channels) plane_means_portable(x + c * plane, channels - c, plane, out + c);
+}
+
+// ------------------------------------------------------------------------------ quantize
+// As the avx512vnni quantizer (x * (1/s), and the division for vectors that come within
+// simd::quantize_margin of a rounding boundary), 32 codes per iteration; the tail is portable.
+template <bool kSigned>
+inline __m256i codes8(const float* x, __m256 vr, __m256 vs, __m256 lo, __m256 hi, __m256 near) {
+  const __m256 xv = _mm256_loadu_ps(x);
+  __m256 v = _mm256_mul_ps(xv, vr);
+  const __m256 rq = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 dist = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(v, rq));
+  if (_mm256_movemask_ps(_mm256_cmp_ps(dist, near, _CMP_GE_OQ))) v = _mm256_div_ps(xv, vs);
+  if (kSigned) v = _mm256_blendv_ps(v, _mm256_setzero_ps(), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);  // max(NaN, lo) is lo: 0 for unsigned codes
+  return _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+template <bool kSigned>
+void quantize_t(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q) {
+  const float r = 1.0f / scale;
+  if (!std::isnormal(scale) || !std::isnormal(r)) {
+    quantize_portable(x, y, count, scale, q);
+    return;
+  }
+  const __m256 vr = _mm256_set1_ps(r), vs = _mm256_set1_ps(scale);
+  const __m256 lo = _mm256_set1_ps(q.lo), hi = _mm256_set1_ps(q.hi);
+  const __m256 near = _mm256_set1_ps(0.5f - simd::quantize_margin(q));
+  const __m256i zp = _mm256_set1_epi32(q.zero_point);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  size_t i = 0;
+  for (; i + 32 <= count; i += 32) {
+    __m256i c0 = codes8<kSigned>(x + i, vr, vs, lo, hi, near);
+    __m256i c1 = codes8<kSigned>(x + i + 8, vr, vs, lo, hi, near);
+    __m256i c2 = codes8<kSigned>(x + i + 16, vr, vs, lo, hi, near);
+    __m256i c3 = codes8<kSigned>(x + i + 24, vr, vs, lo, hi, near);
+    if (kSigned) {
+      c0 = _mm256_add_epi32(c0, zp), c1 = _mm256_add_epi32(c1, zp);
+      c2 = _mm256_add_epi32(c2, zp), c3 = _mm256_add_epi32(c3, zp);
+    }
+    // Codes are 0..255: the saturating packs are exact; they interleave 128-bit lanes.
+    const __m256i w01 = _mm256_packs_epi32(c0, c1), w23 = _mm256_packs_epi32(c2, c3);
+    const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(w01, w23), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), bytes);
+  }
+  if (i < count) quantize_portable(x + i, y + i, count - i, scale, q);
+}
+
+void quantize(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q) {
+  if (q.is_signed) {
+    quantize_t<true>(x, y, count, scale, q);
+  } else {
+    quantize_t<false>(x, y, count, scale, q);
+  }
+}
+
+uint8_t max_code(const uint8_t* x, size_t count) {
+  __m256i mx = _mm256_setzero_si256();
+  size_t i = 0;
+  for (; i + 32 <= count; i += 32) mx = _mm256_max_epu8(mx, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
+  alignas(32) uint8_t lanes[32];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), mx);
+  uint8_t m = 0;
+  for (uint8_t v : lanes) m = v > m ? v : m;
+  for (; i < count; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// Constant-initialized (no code runs when the library loads: this file may hold instructions
+// the CPU lacks).
+constexpr SimdKernels kKernels{Isa::kAvx2, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code,
+                               kConvBlock, false, 1};
+
+}  // namespace
+
+const SimdKernels* simd_kernels_avx2() noexcept { return &kKernels; }
+
+}  // namespace qexport

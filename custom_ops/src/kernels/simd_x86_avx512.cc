@@ -1,0 +1,277 @@
+// The avx512vnni path: AVX-512 F/BW/DQ/VL + VNNI (vpdpbusd: u8 x s8 -> int32, 4 products per
+// lane, no intermediate saturation). Compiled with -mavx512f -mavx512bw -mavx512dq -mavx512vl
+// -mavx512vnni; used only when the CPU has them (isa.cc).
+//
+// Conv: 16 consecutive output positions per vector (pixels in lanes); each step (4 input
+// channels x 1 tap) is one 64-byte load of the re-laid-out codes and one vpdpbusd per output
+// channel with that channel's 4 weights broadcast; 8 output channels x 2 vectors = 16
+// accumulators. Gemm: output channels in lanes (16 per block), the sample's 4 codes broadcast.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "qexport/simd.h"
+#include "qexport/simd_impl.h"
+#include "simd_x86_common.h"
+
+namespace qexport {
+namespace {
+
+using simd::load_i32;
+
+// The dot products of one channel block for 2 (or 1) vectors: out[p][o][lane] = init[o] +
+// sum over steps of the 4 codes at cell base[p] + off[s] times the block's 4 weights of
+// channel o. Named accumulators (not arrays) keep GCC's register allocation clean: 16
+// accumulators, 2 code vectors and one broadcast weight stay in registers for the whole loop.
+#define QX_ACC(o) __m512i c0##o = _mm512_set1_epi32(init[o]), c1##o = c0##o;
+#define QX_ACC1(o) __m512i c0##o = _mm512_set1_epi32(init[o]);
+#define QX_DOT2(o)                                                   \
+  {                                                                  \
+    const __m512i w = _mm512_set1_epi32(load_i32(wp + 4 * (o)));     \
+    c0##o = _mm512_dpbusd_epi32(c0##o, a0, w);                       \
+    c1##o = _mm512_dpbusd_epi32(c1##o, a1, w);                       \
+  }
+#define QX_DOT1(o) c0##o = _mm512_dpbusd_epi32(c0##o, a0, _mm512_set1_epi32(load_i32(wp + 4 * (o))));
+#define QX_OUT2(o)                                                   \
+  _mm512_storeu_si512(out + (o) * VL, c0##o);                        \
+  _mm512_storeu_si512(out + (kConvBlock + (o)) * VL, c1##o);
+#define QX_OUT1(o) _mm512_storeu_si512(out + (o) * VL, c0##o);
+#define QX_ALL(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
+
+__attribute__((noinline)) void dot2(const uint8_t* b0, const uint8_t* b1, const int32_t* off, int64_t steps,
+                                    const int8_t* wp, const int32_t* init, int32_t* out) {
+  QX_ALL(QX_ACC)
+  for (int64_t s = 0; s < steps; ++s, wp += kConvBlock * 4) {
+    const __m512i a0 = _mm512_loadu_si512(b0 + off[s]);
+    const __m512i a1 = _mm512_loadu_si512(b1 + off[s]);
+    QX_ALL(QX_DOT2)
+  }
+  QX_ALL(QX_OUT2)
+}
+
+__attribute__((noinline)) void dot1(const uint8_t* b0, const int32_t* off, int64_t steps, const int8_t* wp,
+                                    const int32_t* init, int32_t* out) {
+  QX_ALL(QX_ACC1)
+  for (int64_t s = 0; s < steps; ++s, wp += kConvBlock * 4) {
+    const __m512i a0 = _mm512_loadu_si512(b0 + off[s]);
+    QX_ALL(QX_DOT1)
+  }
+  QX_ALL(QX_OUT1)
+}
+#undef QX_ACC
+#undef QX_ACC1
+#undef QX_DOT2
+#undef QX_DOT1
+#undef QX_OUT2
+#undef QX_OUT1
+#undef QX_ALL
+
+template <bool kRes, bool kRelu, int PB>
+inline void conv_block(const ConvTask& t, const BlockEpilogue& e, int64_t v, int64_t b) {
+  const ConvGeometry& g = *t.g;
+  const int8_t* wb = t.w + b * g.steps * (kConvBlock * 4);
+  const int32_t* init = t.init + b * kConvBlock;
+  alignas(64) int32_t acc[PB * kConvBlock * VL];
+  if (PB == 2) {
+    dot2(t.buf + g.vstart[v] * 4, t.buf + g.vstart[v + PB - 1] * 4, g.off, g.steps, wb, init, acc);
+  } else {
+    dot1(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, init, acc);
+  }
+  for (int p = 0; p < PB; ++p)
+    finish_vector<kRes, kRelu>(acc + p * kConvBlock * VL, e, g.seg + g.vseg[v + p], g.vseg[v + p + 1] - g.vseg[v + p]);
+}
+
+template <bool kRes, bool kRelu>
+void conv_t(const ConvTask& t) {
+  const int64_t plane = t.g->oh * t.g->ow;
+  for (int64_t b = t.b0; b < t.b1; ++b) {
+    BlockEpilogue e;
+    const int64_t o0 = b * kConvBlock;
+    e.nvalid = simd::min64(kConvBlock, t.og - o0);
+    for (int64_t o = 0; o < e.nvalid; ++o) {
+      e.m[o] = t.x_scale * t.w_scale[o0 + o];
+      e.b[o] = t.bias[o0 + o];
+      e.y[o] = t.y + (o0 + o) * plane;
+      e.r[o] = kRes ? t.residual + (o0 + o) * plane : nullptr;
+    }
+    int64_t v = t.v0;
+    for (; v + 2 <= t.v1; v += 2) conv_block<kRes, kRelu, 2>(t, e, v, b);
+    if (v < t.v1) conv_block<kRes, kRelu, 1>(t, e, v, b);
+  }
+}
+
+void conv(const ConvTask& t) {
+  if (t.residual != nullptr) {
+    if (t.relu) {
+      conv_t<true, true>(t);
+    } else {
+      conv_t<true, false>(t);
+    }
+  } else if (t.relu) {
+    conv_t<false, true>(t);
+  } else {
+    conv_t<false, false>(t);
+  }
+}
+
+void relayout(const ConvTask& t) { simd::conv_relayout<Interleave>(t); }
+
+uint8_t max_code(const uint8_t* x, size_t count) {
+  __m512i mx = _mm512_setzero_si512();
+  size_t i = 0;
+  for (; i + 64 <= count; i += 64) mx = _mm512_max_epu8(mx, _mm512_loadu_si512(x + i));
+  if (i < count) mx = _mm512_max_epu8(mx, _mm512_maskz_loadu_epi8((~__mmask64{0}) >> (64 - (count - i)), x + i));
+  __m256i m = _mm256_max_epu8(_mm512_castsi512_si256(mx), _mm512_extracti64x4_epi64(mx, 1));
+  __m128i v = _mm_max_epu8(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+  v = _mm_max_epu8(v, _mm_srli_si128(v, 8));
+  v = _mm_max_epu8(v, _mm_srli_si128(v, 4));
+  v = _mm_max_epu8(v, _mm_srli_si128(v, 2));
+  v = _mm_max_epu8(v, _mm_srli_si128(v, 1));
+  return static_cast<uint8_t>(_mm_cvtsi128_si32(v) & 0xFF);
+}
+
+// ------------------------------------------------------------------------------ gemm
+template <int PB>
+inline void gemm_block(const GemmTask& t, int64_t n, int64_t b) {
+  const int64_t kg = t.kp / 4;
+  const int8_t* wb = t.w + b * kg * (VL * 4);
+  __m512i acc[PB];
+  const __m512i i0 = _mm512_loadu_si512(t.init + b * VL);
+  for (int p = 0; p < PB; ++p) acc[p] = i0;
+  const uint8_t* xr[PB];
+  for (int p = 0; p < PB; ++p) xr[p] = t.buf + (n + p - t.n0) * t.kp;
+  for (int64_t k = 0; k < kg; ++k) {
+    const __m512i w = _mm512_loadu_si512(wb + k * (VL * 4));
+    for (int p = 0; p < PB; ++p) acc[p] = _mm512_dpbusd_epi32(acc[p], _mm512_set1_epi32(load_i32(xr[p] + 4 * k)), w);
+  }
+  const int64_t o0 = b * VL;
+  const int64_t nvalid = simd::min64(VL, t.o - o0);
+  const __mmask16 mask = static_cast<__mmask16>((1u << nvalid) - 1u);
+  const __m512 ws = _mm512_maskz_loadu_ps(mask, t.w_scale + o0);
+  const __m512 bias = _mm512_maskz_loadu_ps(mask, t.bias + o0);
+  for (int p = 0; p < PB; ++p) {
+    const float xs = t.x_scale[t.x_scale_per_sample ? n + p : 0];
+    const __m512 m = _mm512_mul_ps(_mm512_set1_ps(xs), ws);
+    _mm512_mask_storeu_ps(t.y + (n + p) * t.o + o0, mask, epilogue(acc[p], m, bias, t.relu));
+  }
+}
+
+void gemm(const GemmTask& t) {
+  simd::gemm_rows(t);
+  for (int64_t b = t.b0; b < t.b1; ++b) {
+    int64_t n = t.n0;
+    for (; n + 4 <= t.n1; n += 4) gemm_block<4>(t, n, b);
+    for (; n < t.n1; ++n) gemm_block<1>(t, n, b);
+  }
+}
+
+// ------------------------------------------------------------------------------ means
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Means of G*8 planes at once: lane c of accumulator j is plane 8j + c, and each lane adds its
+// plane's values one by one in memory order, exactly as the sequential scalar sum does.
+template <int G>
+inline void means8(const float* x, size_t plane, double* out) {
+  __m512d acc[G];
+  for (int j = 0; j < G; ++j) acc[j] = _mm512_setzero_pd();
+  size_t i = 0;
+  for (; i + 8 <= plane; i += 8) {
+    for (int j = 0; j < G; ++j) {
+      __m256 r[8];
+      for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_ps(x + (8 * j + c) * plane + i);
+      transpose8(r);
+      for (int k = 0; k < 8; ++k) acc[j] = _mm512_add_pd(acc[j], _mm512_cvtps_pd(r[k]));
+    }
+  }
+  for (; i < plane; ++i) {
+    for (int j = 0; j < G; ++j) {
+      alignas(32) float v[8];
+      for (int c = 0; c < 8; ++c) v[c] = x[(8 * j + c) * plane + i];
+      acc[j] = _mm512_add_pd(acc[j], _mm512_cvtps_pd(_mm256_load_ps(v)));
+    }
+  }
+  const __m512d count = _mm512_set1_pd(static_cast<double>(plane));
+  for (int j = 0; j < G; ++j) _mm512_storeu_pd(out + 8 * j, _mm512_div_pd(acc[j], count));
+}
+
+void plane_means(const float* x, size_t channels, size_t plane, double* out) {
+  size_t c = 0;
+  for (; c + 16 <= channels; c += 16) means8<2>(x + c * plane, plane, out + c);
+  for (; c + 8 <= channels; c += 8) means8<1>(x + c * plane, plane, out + c);
+  if (c < channels) plane_means_portable(x + c * plane, channels - c, plane, out + c);
+}
+
+// ------------------------------------------------------------------------------ quantize
+// codes = clamp(rint(x / s), lo, hi) + zp with x * (1/s) in place of the division, recomputed
+// with the division for the rare vectors where the two could round differently: a lane whose
+// x * (1/s) lies within simd::quantize_margin of a half-integer (vreduceps gives the distance
+// to the nearest integer). Lanes beyond the clamp range may be flagged or not: they clamp
+// either way.
+template <bool kSigned>
+void quantize_t(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q) {
+  const float r = 1.0f / scale;
+  if (!std::isnormal(scale) || !std::isnormal(r)) {
+    quantize_portable(x, y, count, scale, q);
+    return;
+  }
+  const __m512 vr = _mm512_set1_ps(r), vs = _mm512_set1_ps(scale);
+  const __m512 lo = _mm512_set1_ps(q.lo), hi = _mm512_set1_ps(q.hi);
+  const __m512 near = _mm512_set1_ps(0.5f - simd::quantize_margin(q));
+  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i zp = _mm512_set1_epi32(q.zero_point);
+  for (size_t i = 0; i < count; i += VL) {
+    const size_t n = count - i < static_cast<size_t>(VL) ? count - i : VL;
+    const __mmask16 mask = static_cast<__mmask16>((n == VL) ? 0xFFFFu : ((1u << n) - 1u));
+    const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i);
+    __m512 v = _mm512_mul_ps(xv, vr);
+    const __m512 frac = _mm512_reduce_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // v - rint(v)
+    const __m512 dist = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(frac), abs_mask));
+    if (_mm512_cmp_ps_mask(dist, near, _CMP_GE_OQ)) v = _mm512_div_ps(xv, vs);
+    // NaN -> 0: max(NaN, lo) is lo, which is 0 for unsigned codes; signed codes need the blend.
+    if (kSigned) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_setzero_ps());
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    __m512i c = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // half to even
+    if (kSigned) c = _mm512_add_epi32(c, zp);
+    const __m128i b = _mm512_cvtepi32_epi8(c);
+    if (n == VL) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), b);
+    } else {
+      _mm_mask_storeu_epi8(y + i, mask, b);
+    }
+  }
+}
+
+void quantize(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q) {
+  if (q.is_signed) {
+    quantize_t<true>(x, y, count, scale, q);
+  } else {
+    quantize_t<false>(x, y, count, scale, q);
+  }
+}
+
+// Constant-initialized (no code runs when the library loads: this file may hold instructions
+// the CPU lacks).
+constexpr SimdKernels kKernels{Isa::kAvx512Vnni, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code};
+
+}  // namespace
+
+const SimdKernels* simd_kernels_avx512vnni() noexcept { return &kKernels; }
+
+}  // namespace qexport
