@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--float-batch-size", type=int, default=64)
     ap.add_argument("--float-seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=32, help="small_cnn width")
+    ap.add_argument("--rescore", action="store_true",
+                    help="first re-score every finished cell's ONNX file with the installed op library "
+                         "(onnx_top1; and the agreement with PyTorch where the cell's checkpoint is in work/)")
     ap.add_argument("--distill", action="store_true", help="QAT with distillation from the float model")
     ap.add_argument("--limit-train", type=int, default=None, help="smoke tests only")
     ap.add_argument("--limit-test", type=int, default=None, help="smoke tests only")
@@ -158,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                 "calib_refine_samples": 128, "distill": a.distill},
         "seeds": {"3-4 bits": seeds, "2 bits": seeds2},
         "limit_train": a.limit_train, "limit_test": a.limit_test,
-        "command": "python benchmarks/ablation.py " + " ".join(shlex.quote(s) for s in (argv if argv is not None else sys.argv[1:])),
+        "command": "python benchmarks/ablation.py " + " ".join(
+            shlex.quote(s) for s in (argv if argv is not None else sys.argv[1:]) if s not in ("--rescore", "--report-only")),
         "torch_version": str(torch.__version__),
     }
     cells = [("float", None, a.float_seed)]
@@ -182,6 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     records = load_records(json_path)
     done = {(r["method"], r["bits"], r["seed"]) for r in records if (ROOT / r["onnx_path"]).is_file()
             or Path(r["onnx_path"]).is_file()}
+    if a.rescore:
+        for r in records:
+            path = ROOT / r["onnx_path"] if (ROOT / r["onnx_path"]).is_file() else Path(r["onnx_path"])
+            if not path.is_file():
+                continue
+            top1, pred = onnx_top1(path, xte, yte)
+            name = cell_name(r["method"], r["bits"] if r["method"] != "float" else None, r["seed"])
+            ckpt_path = work / f"{name}.pt"
+            if r["method"] != "float" and ckpt_path.is_file():
+                t_pred = torch_predictions(build_model_from_checkpoint(load_checkpoint(ckpt_path)), xte)
+                r["onnx_torch_agreement"] = float((t_pred == pred).mean())
+            log(f"{name}: re-scored onnx {r['onnx_top1']:.2f}% -> {top1:.2f}%")
+            r["onnx_top1"] = top1
+        for r in records:
+            if r["method"] != "float":
+                r["float_onnx_top1"] = next((f["onnx_top1"] for f in records if f["method"] == "float"), None)
+        save_records(json_path, records, settings)
     float_ckpt = work / f"float_s{a.float_seed}.pt"  # the float run's checkpoint (with its training state)
     float_model = out / f"float_s{a.float_seed}.pt"  # a model-only copy, kept with the results: QAT starts here
     if not float_model.is_file():

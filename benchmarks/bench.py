@@ -16,7 +16,7 @@ the shipped trained) weights:
 Then, in this one process, it times them interleaved (qexport.runtime.bench.time_variants:
 every round runs each variant once untimed and then ``per_round`` timed runs; the result is the
 median) for every (batch, intra-op threads), measures peak memory (a fresh subprocess per
-configuration, getrusage ru_maxrss), profiles ResNet-20 per op (ONNX Runtime's profiler) and
+configuration, the VmHWM of /proc/self/status), profiles ResNet-20 per op (ONNX Runtime's profiler) and
 the per-core instruction peaks (benchmarks/peak.cc), and writes
 ``benchmarks/results/performance.json`` (one record per network, bits, batch, threads) and
 ``docs/performance.md``. The ResNet-20 files are kept in benchmarks/results/models/perf/
@@ -332,7 +332,7 @@ def write_markdown(doc: Path, result: dict) -> None:
         "process, interleaved: each round runs every model once untimed, then 3 timed runs (1 at large batches); the "
         "table gives the median over all rounds. Inputs are random in [0, 1). Weights are random-init (ResNets) or "
         "the shipped trained model (CNN); calibration inputs as described in benchmarks/bench.py. Peak memory: a "
-        "fresh process loads onnxruntime, creates the session and runs it 3 times; its ru_maxrss (getrusage).",
+        "fresh process loads onnxruntime, creates the session and runs it 3 times; its peak resident set (VmHWM of /proc/self/status; getrusage's ru_maxrss is useless here: it survives execve, so a child forked from the benchmark reported the benchmark's size).",
         "",
         "## ResNet-20: the targets of issue 4",
         "",
@@ -410,17 +410,30 @@ NOTES = [
     "* What limits further gains at batch 1: the dot products are no longer the main cost (AMX does them at a "
     "small fraction of the time); what remains per layer is work on every activation that the definition "
     "requires and ONNX Runtime's int8 path does not do: the float32 output and its ReLU/residual epilogue, the "
-    "ASQ adapter's spatial means (float64 sums in a defined sequential order per channel, so they cannot be "
-    "reassociated across SIMD lanes: the kernels transpose planes into lanes instead, and the sums stay bound "
-    "by the add latency on 1024-long chains in the first stage), the quantizer's division-exact rounding, and "
-    "the re-layout of the codes; plus ONNX Runtime's fixed cost per node and per run, which is the same for all "
-    "three models and is a large share of a 0.2-0.5 ms run.",
+    "ASQ adapter's spatial means (float64, in the 8-lane order of docs/ops.md: defining the sum that way "
+    "instead of as one running sum per channel took ResNet-20 at 1 thread from 0.93x to 0.83x ONNX Runtime "
+    "int8's time at batch 1 and from 0.89x to 0.67x at batch 32, in interleaved runs), the quantizer's "
+    "division-exact rounding, and the re-layout of the codes; plus ONNX Runtime's fixed cost per node and per "
+    "run, which is the same for all three models and is a large share of a 0.2-0.5 ms run.",
     "* At batch 32 the activations of a layer (2 MB float at 16x32x32) no longer fit the core's L2 cache; each "
     "sample is computed by one task from its re-layout to its codes, so a sample's data stays in cache between "
     "the conv, the epilogue and the quantizer.",
-    "* With 2 threads at batch 1 the layers are split into tasks over ONNX Runtime's thread pool "
-    "(KernelContext_ParallelFor); the ASQ statistics of a single image (one sequential float64 sum per channel) "
-    "are computed after the parallel conv, in the calling thread.",
+    "* With 2 threads at batch 1, a conv of fewer than 4M multiply-adds (32M on the AMX path) runs in the "
+    "calling thread: splitting ResNet-20's 2.4M-MAC convs over ONNX Runtime's thread pool "
+    "(KernelContext_ParallelFor) made the model 1.4x slower than 1 thread (measured: 0.33 ms against 0.22 ms), "
+    "because each conv takes about 10 us and the re-layout and the quantizer of a single image are serial. So "
+    "qexport gets no speed-up from a second thread at batch 1 on ResNet-20, while ONNX Runtime's float gets "
+    "about 1.3x: that is the 2-thread batch-1 gap to the float target. Larger convs (ResNet-18) are split.",
+    "* Run-to-run spread: ONNX Runtime's times repeat within about 2% between runs of this script, qexport's "
+    "did not. Two runs 10 minutes apart, same build, quiet machine (2026-11-24, 09:57 and 10:07): ResNet-20 "
+    "w4 at batch 32, 1 thread, 5.12 and 5.87 ms (0.69x and 0.79x int8); at batch 1, 0.218 and 0.185 ms (0.85x "
+    "and 0.72x int8). Within a run the median of 30 rounds is stable; the cause of the shift between processes "
+    "(memory placement of the re-layout buffers, AMX state) was not found. Read a ratio near a target as "
+    "within that spread.",
+    "* Timing: every session stops its worker threads' spinning when a run returns "
+    "(`session.force_spinning_stop`). Without it, with 2 threads, the idle workers of the sessions timed just "
+    "before kept spinning on both cores and every model ran at 1-thread speed or worse (float 15.4 ms instead "
+    "of 7.4 ms on ResNet-20 at batch 32).",
 ]
 
 

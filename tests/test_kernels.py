@@ -558,3 +558,20 @@ def test_global_avg_pool_rejects_rank_2() -> None:
     model = single_node_model("GlobalAvgPool", {"X": x}, [("Y", TensorProto.FLOAT)], {}, free_shapes=True)
     with pytest.raises(Exception, match="GlobalAvgPool: input 'X' must have rank >= 3"):
         run_single(model, {"X": x}, ())
+
+
+@pytest.mark.parametrize("plane", [1, 3, 7, 8, 9, 15, 16, 17, 49, 64, 100])
+def test_mean_lane_order_is_the_defined_one(plane: int) -> None:
+    # Cancelling magnitudes make every summation order give different bits, so this pins the
+    # 8-lane order (docs/ops.md) on every path, for 1..9 channels (the SIMD paths' groups of 4
+    # and their remainders) and plane sizes around multiples of 8.
+    rng = np.random.default_rng(plane)
+    channels = 9
+    x = np.zeros((1, channels, plane, 1), np.float32)
+    for c in range(channels):
+        x[0, c, :, 0] = rng.standard_normal(plane).astype(np.float32)
+        big = rng.choice(plane, size=min(plane, 3), replace=False)
+        x[0, c, big, 0] = (np.float32(1e20) * np.sign(rng.standard_normal(len(big)))).astype(np.float32)
+    model = single_node_model("GlobalAvgPool", {"X": x}, [("Y", TensorProto.FLOAT)], {})
+    (y,) = run_single(model, {"X": x}, ())
+    assert_bitwise_equal(y, R.global_avg_pool(x), f"GlobalAvgPool lane order, plane {plane}")

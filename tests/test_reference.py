@@ -129,3 +129,29 @@ def test_asq_scale_is_step_at_zero_adapter_and_order_defined():
 def test_accumulator_bound_examples_from_docs():
     assert R.accumulator_bound("post", 4, 4, 0, 2_236_962) <= R.INT32_MAX < R.accumulator_bound("post", 4, 4, 0, 2_236_963)
     assert R.accumulator_bound("uniform", 8, 8, 128, 131_071) <= R.INT32_MAX < R.accumulator_bound("uniform", 8, 8, 128, 131_072)
+
+
+def _lane_mean(values) -> float:
+    """The definition of docs/ops.md (AsqQuantize step 1), written out one addition at a time."""
+    lanes = [0.0] * 8
+    padded = list(values) + [0.0] * (-len(values) % 8)
+    for i, v in enumerate(padded):
+        lanes[i % 8] = lanes[i % 8] + float(v)
+    t = [lanes[k] + lanes[k + 4] for k in range(4)]
+    return ((t[0] + t[2]) + (t[1] + t[3])) / len(values)
+
+
+@pytest.mark.parametrize("plane", [1, 5, 8, 13, 16, 64, 99])
+def test_spatial_mean_is_the_8_lane_sum(plane):
+    rng = np.random.default_rng(plane)
+    x = (rng.standard_normal((2, 3, plane)) * 10.0 ** rng.integers(-20, 20, size=(2, 3, plane))).astype(np.float32)
+    got = R.spatial_mean(x)
+    want = np.array([[_lane_mean(x[n, c]) for c in range(3)] for n in range(2)])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_spatial_mean_order_matters():
+    # 1e20, 1, -1e20: one running sum loses the 1; the lanes keep it (so the order is tested).
+    x = np.array([[[1e20, 1.0, -1e20]]], np.float32)
+    assert R.spatial_mean(x)[0, 0] == 1.0 / 3.0
+    assert np.cumsum(x.astype(np.float64), axis=2)[0, 0, -1] == 0.0

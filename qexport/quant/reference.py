@@ -85,9 +85,18 @@ def lsq_quantize(x: np.ndarray, step: float, bits: int, signed: bool) -> tuple[n
     return quantize_codes(x, scale, bits, signed), scale
 
 
+MEAN_LANES = 8  # lanes of the spatial mean (docs/ops.md, AsqQuantize step 1)
+
+
 def spatial_mean(x: np.ndarray) -> np.ndarray:
-    """float64 mean over the dimensions after (N, C): a sequential sum in row-major order
-    (``np.cumsum`` accumulates strictly left to right), then one division by the count."""
+    """float64 mean over the dimensions after (N, C), summed in 8 lanes (docs/ops.md).
+
+    The S spatial values of a plane, in row-major order and padded with +0.0 to a multiple of 8,
+    go round-robin to 8 float64 lanes: lane j = (((+0.0 + x[j]) + x[j + 8]) + x[j + 16]) + ...,
+    each a sequential sum. The lanes are combined as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
+    (l3 + l7)) (the halving reduction of one 8-wide register), then divided by S once. The order
+    lets a SIMD kernel add 8 positions per instruction and still produce exactly these bits.
+    """
     x = np.asarray(x, dtype=np.float32)
     _check(x.ndim >= 2, f"X must have rank >= 2 (N, C, ...), got rank {x.ndim}")
     n, c = x.shape[:2]
@@ -95,7 +104,14 @@ def spatial_mean(x: np.ndarray) -> np.ndarray:
     _check(s >= 1, "X has an empty spatial extent")
     if n * c == 0:
         return np.zeros((n, c), dtype=np.float64)
-    return np.cumsum(x.reshape(n, c, s).astype(np.float64), axis=2)[..., -1] / float(s)
+    blocks = -(-s // MEAN_LANES)
+    flat = np.zeros((n, c, blocks * MEAN_LANES), dtype=np.float64)
+    flat[:, :, :s] = x.reshape(n, c, s)
+    lanes = np.concatenate([np.zeros((n, c, 1, MEAN_LANES)), flat.reshape(n, c, blocks, MEAN_LANES)], axis=2)
+    lane = np.cumsum(lanes, axis=2)[:, :, -1, :]  # strictly sequential per lane, from +0.0
+    t = lane[..., :4] + lane[..., 4:]
+    u = t[..., :2] + t[..., 2:]
+    return (u[..., 0] + u[..., 1]) / float(s)
 
 
 def global_avg_pool(x: np.ndarray) -> np.ndarray:
@@ -114,8 +130,8 @@ def asq_scale(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2:
     """Per-sample step of AsqQuantize: ``float32(step * 2*sigmoid(adapter(mean_spatial(x))))``.
 
     Everything between the float32 input and the float32 result is float64, with every sum
-    taken sequentially in the order stated in docs/ops.md (spatial positions in row-major
-    order; channels in order; bias added last), so that a C++ loop reproduces it exactly.
+    taken in the order stated in docs/ops.md (spatial positions in the 8 lanes of
+    ``spatial_mean``; channels in order; bias added last), so that C++ reproduces it exactly.
     """
     x = np.asarray(x, dtype=np.float32)
     _check(x.ndim >= 2, f"X must have rank >= 2 (N, C, ...), got rank {x.ndim}")

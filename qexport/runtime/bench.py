@@ -51,13 +51,19 @@ class Timing:
 
 def make_session(variant: Variant, threads: int):
     """An InferenceSession (CPU, ``threads`` intra-op threads, graph optimizations on: what a
-    user gets). The qexport library is registered only for custom models."""
+    user gets, except that worker threads stop spinning when a run returns). The qexport
+    library is registered only for custom models."""
     import onnxruntime as ort
 
     from . import session_options
 
     opts = session_options(threads) if variant.custom else ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    # Several sessions live in one process here. ONNX Runtime's idle worker threads keep spinning
+    # after a run, so with 2 threads on 2 cores the variant timed next shared its cores with the
+    # previous one's spinning workers: measured, every model ran at 1-thread speed or worse.
+    # This stops the spinning when a run returns (it still spins between the nodes of a run).
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(variant.path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -86,12 +92,19 @@ def time_variants(variants: Sequence[Variant], x: np.ndarray, threads: int, *, r
 
 
 _MEMORY_SCRIPT = r"""
-import json, resource, sys
+import json, sys
 import numpy as np
 import onnxruntime as ort
+def hwm_kb():
+    # VmHWM: this process image's peak resident set. (getrusage's ru_maxrss survives execve, so
+    # in a child forked from a large parent it reported the parent's size for every model.)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmHWM in /proc/self/status")
 path, custom, lib, threads, batch, shape = sys.argv[1], sys.argv[2] == "1", sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), json.loads(sys.argv[6])
 x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm_kb()
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = threads
 if custom:
@@ -99,7 +112,7 @@ if custom:
 s = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
 for _ in range(3):
     s.run(None, {s.get_inputs()[0].name: x})
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = hwm_kb()
 print(json.dumps({"before_kb": before, "after_kb": after}))
 """
 
@@ -107,8 +120,8 @@ print(json.dumps({"before_kb": before, "after_kb": after}))
 def peak_memory_mb(variant: Variant, batch: int, threads: int, input_shape: Sequence[int]) -> dict:
     """Peak resident memory of a fresh Python process that loads onnxruntime, creates the
     session and runs it 3 times (``peak_mb``), and how much of it the session added over the
-    process with onnxruntime imported and the input allocated (``session_mb``): getrusage's
-    ru_maxrss, so both are high-water marks."""
+    process with onnxruntime imported and the input allocated (``session_mb``): the process's
+    VmHWM (Linux), so both are high-water marks."""
     from . import library_path
 
     lib = str(library_path()) if variant.custom else ""

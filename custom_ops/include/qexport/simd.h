@@ -166,6 +166,13 @@ const SimdKernels* simd_kernels_amx() noexcept;  // conv only; simd_kernels() ad
 const SimdKernels* simd_kernels_neon() noexcept;
 const SimdKernels* simd_kernels_dotprod() noexcept;
 
+// Combines the 8 lanes of a plane mean (docs/ops.md): ((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
+// (l3 + l7)), divided by the count: the halving reduction of one 8-wide register.
+inline double mean_of_lanes(const double* l, size_t count) {
+  const double t0 = l[0] + l[4], t1 = l[1] + l[5], t2 = l[2] + l[6], t3 = l[3] + l[7];
+  return ((t0 + t2) + (t1 + t3)) / static_cast<double>(count);
+}
+
 // The portable versions (also the reference for the others).
 void plane_means_portable(const float* x, size_t channels, size_t plane, double* out);
 void quantize_portable(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q);

@@ -4,33 +4,22 @@
 
 namespace qexport {
 
-// Sequential float64 sums, one per plane, in memory order (docs/ops.md); four planes are summed
-// in the same loop so that their independent additions overlap.
+// The 8-lane float64 mean of each plane (docs/ops.md, AsqQuantize step 1): position i goes to
+// lane i % 8, each lane a sequential sum from +0.0 (positions past the plane add +0.0), combined
+// as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), divided by the count. The lanes are
+// independent, so this loop already overlaps 8 additions.
 void plane_means_portable(const float* x, size_t channels, size_t plane, double* out) {
-  size_t c = 0;
-  for (; c + 4 <= channels; c += 4) {
-    const float* p0 = x + c * plane;
-    const float* p1 = p0 + plane;
-    const float* p2 = p1 + plane;
-    const float* p3 = p2 + plane;
-    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-    for (size_t i = 0; i < plane; ++i) {
-      s0 += static_cast<double>(p0[i]);
-      s1 += static_cast<double>(p1[i]);
-      s2 += static_cast<double>(p2[i]);
-      s3 += static_cast<double>(p3[i]);
-    }
-    const double n = static_cast<double>(plane);
-    out[c] = s0 / n;
-    out[c + 1] = s1 / n;
-    out[c + 2] = s2 / n;
-    out[c + 3] = s3 / n;
-  }
-  for (; c < channels; ++c) {
+  for (size_t c = 0; c < channels; ++c) {
     const float* p = x + c * plane;
-    double s = 0.0;
-    for (size_t i = 0; i < plane; ++i) s += static_cast<double>(p[i]);
-    out[c] = s / static_cast<double>(plane);
+    double l[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    size_t i = 0;
+    for (; i + 8 <= plane; i += 8) {
+      for (int j = 0; j < 8; ++j) l[j] += static_cast<double>(p[i + j]);
+    }
+    if (i < plane) {
+      for (size_t j = 0; j < 8; ++j) l[j] += (i + j < plane) ? static_cast<double>(p[i + j]) : 0.0;
+    }
+    out[c] = mean_of_lanes(l, plane);
   }
 }
 

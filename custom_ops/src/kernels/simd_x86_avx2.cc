@@ -204,40 +204,41 @@ void gemm(const GemmTask& t) {
 }
 
 // ------------------------------------------------------------------------------ means
-// Means of 8 planes at once: each of the two accumulators holds 4 planes (float64 lanes), and each
-// lane adds its plane's values one by one in memory order, exactly as the scalar sum does.
-inline void means8(const float* x, size_t plane, double* out) {
-  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+// The 8-lane means (docs/ops.md): two 4 x float64 registers per plane hold lanes 0-3 and 4-7,
+// so each pair of instructions adds 8 consecutive positions; 4 planes at a time keep 8
+// independent chains in flight. The tail is a masked load (+0.0 in the missing positions).
+template <int G>
+inline void means_g(const float* x, size_t plane, double* out) {
+  __m256d lo[G], hi[G];
+  for (int j = 0; j < G; ++j) lo[j] = hi[j] = _mm256_setzero_pd();
   size_t i = 0;
-  for (; i + 4 <= plane; i += 4) {
-    __m128 r0 = _mm_loadu_ps(x + 0 * plane + i), r1 = _mm_loadu_ps(x + 1 * plane + i);
-    __m128 r2 = _mm_loadu_ps(x + 2 * plane + i), r3 = _mm_loadu_ps(x + 3 * plane + i);
-    __m128 r4 = _mm_loadu_ps(x + 4 * plane + i), r5 = _mm_loadu_ps(x + 5 * plane + i);
-    __m128 r6 = _mm_loadu_ps(x + 6 * plane + i), r7 = _mm_loadu_ps(x + 7 * plane + i);
-    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-    _MM_TRANSPOSE4_PS(r4, r5, r6, r7);
-    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(r0));
-    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(r4));
-    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(r1));
-    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(r5));
-    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(r2));
-    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(r6));
-    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(r3));
-    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(r7));
+  for (; i + 8 <= plane; i += 8) {
+    for (int j = 0; j < G; ++j) {
+      lo[j] = _mm256_add_pd(lo[j], _mm256_cvtps_pd(_mm_loadu_ps(x + j * plane + i)));
+      hi[j] = _mm256_add_pd(hi[j], _mm256_cvtps_pd(_mm_loadu_ps(x + j * plane + i + 4)));
+    }
   }
-  for (; i < plane; ++i) {
-    acc0 = _mm256_add_pd(acc0, _mm256_setr_pd(x[i], x[plane + i], x[2 * plane + i], x[3 * plane + i]));
-    acc1 = _mm256_add_pd(acc1, _mm256_setr_pd(x[4 * plane + i], x[5 * plane + i], x[6 * plane + i], x[7 * plane + i]));
+  if (i < plane) {
+    const __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(plane - i)), idx);
+    for (int j = 0; j < G; ++j) {
+      const __m256 v = _mm256_maskload_ps(x + j * plane + i, mask);
+      lo[j] = _mm256_add_pd(lo[j], _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+      hi[j] = _mm256_add_pd(hi[j], _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    }
   }
-  const __m256d count = _mm256_set1_pd(static_cast<double>(plane));
-  _mm256_storeu_pd(out, _mm256_div_pd(acc0, count));
-  _mm256_storeu_pd(out + 4, _mm256_div_pd(acc1, count));
+  for (int j = 0; j < G; ++j) {
+    alignas(32) double l[8];
+    _mm256_store_pd(l, lo[j]);
+    _mm256_store_pd(l + 4, hi[j]);
+    out[j] = mean_of_lanes(l, plane);
+  }
 }
 
 void plane_means(const float* x, size_t channels, size_t plane, double* out) {
   size_t c = 0;
-  for (; c + 8 <= channels; c += 8) means8(x + c * plane, plane, out + c);
-  if (c < channels) plane_means_portable(x + c * plane, channels - c, plane, out + c);
+  for (; c + 4 <= channels; c += 4) means_g<4>(x + c * plane, plane, out + c);
+  for (; c < channels; ++c) means_g<1>(x + c * plane, plane, out + c);
 }
 
 // ------------------------------------------------------------------------------ quantize

@@ -166,56 +166,34 @@ void gemm(const GemmTask& t) {
 }
 
 // ------------------------------------------------------------------------------ means
-inline void transpose8(__m256 r[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
-// Means of G*8 planes at once: lane c of accumulator j is plane 8j + c, and each lane adds its
-// plane's values one by one in memory order, exactly as the sequential scalar sum does.
+// The 8-lane means (docs/ops.md): one 8 x float64 register per plane holds its 8 lanes, so each
+// instruction adds 8 consecutive positions; 4 planes at a time keep 4 independent chains in
+// flight. The tail is a masked load (+0.0 in the missing positions, as defined).
 template <int G>
-inline void means8(const float* x, size_t plane, double* out) {
+inline void means_g(const float* x, size_t plane, double* out) {
   __m512d acc[G];
   for (int j = 0; j < G; ++j) acc[j] = _mm512_setzero_pd();
   size_t i = 0;
   for (; i + 8 <= plane; i += 8) {
+    for (int j = 0; j < G; ++j) acc[j] = _mm512_add_pd(acc[j], _mm512_cvtps_pd(_mm256_loadu_ps(x + j * plane + i)));
+  }
+  if (i < plane) {
+    const __mmask8 m = static_cast<__mmask8>((1u << (plane - i)) - 1u);
     for (int j = 0; j < G; ++j) {
-      __m256 r[8];
-      for (int c = 0; c < 8; ++c) r[c] = _mm256_loadu_ps(x + (8 * j + c) * plane + i);
-      transpose8(r);
-      for (int k = 0; k < 8; ++k) acc[j] = _mm512_add_pd(acc[j], _mm512_cvtps_pd(r[k]));
+      acc[j] = _mm512_add_pd(acc[j], _mm512_cvtps_pd(_mm256_maskz_loadu_ps(m, x + j * plane + i)));
     }
   }
-  for (; i < plane; ++i) {
-    for (int j = 0; j < G; ++j) {
-      alignas(32) float v[8];
-      for (int c = 0; c < 8; ++c) v[c] = x[(8 * j + c) * plane + i];
-      acc[j] = _mm512_add_pd(acc[j], _mm512_cvtps_pd(_mm256_load_ps(v)));
-    }
+  for (int j = 0; j < G; ++j) {
+    alignas(64) double l[8];
+    _mm512_store_pd(l, acc[j]);
+    out[j] = mean_of_lanes(l, plane);
   }
-  const __m512d count = _mm512_set1_pd(static_cast<double>(plane));
-  for (int j = 0; j < G; ++j) _mm512_storeu_pd(out + 8 * j, _mm512_div_pd(acc[j], count));
 }
 
 void plane_means(const float* x, size_t channels, size_t plane, double* out) {
   size_t c = 0;
-  for (; c + 16 <= channels; c += 16) means8<2>(x + c * plane, plane, out + c);
-  for (; c + 8 <= channels; c += 8) means8<1>(x + c * plane, plane, out + c);
-  if (c < channels) plane_means_portable(x + c * plane, channels - c, plane, out + c);
+  for (; c + 4 <= channels; c += 4) means_g<4>(x + c * plane, plane, out + c);
+  for (; c < channels; ++c) means_g<1>(x + c * plane, plane, out + c);
 }
 
 // ------------------------------------------------------------------------------ quantize
