@@ -32,12 +32,9 @@ Options: --networks resnet20,small_cnn,resnet18  --rounds N  --no-memory  --no-w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime
-import io
 import json
-import logging
 import os
 import platform
 import shutil
@@ -45,7 +42,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -71,19 +67,11 @@ def say(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- building the models
-@contextlib.contextmanager
 def quiet():
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "root")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels):
-            lg.setLevel(lv)
+    """Silences the exporters and onnxruntime.quantization's root-logger output."""
+    from qexport.export.exporter import quiet_exporter
+
+    return quiet_exporter("root")
 
 
 def float_model(net: str):

@@ -90,7 +90,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     example = example.detach().float()
     if example.shape[0] < 2:  # a batch of 1 would be specialised to a static dimension
         example = example.expand(2, *example.shape[1:]).contiguous()
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet_exporter():
         try:
             program = torch.onnx.export(
                 deploy, (example,), dynamo=True, custom_translation_table=TRANSLATIONS,
@@ -109,9 +109,11 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
 
 
 @contextlib.contextmanager
-def _quiet():
-    """The dynamo exporter prints progress and warns about torchvision: keep the CLI clean."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+def quiet_exporter(*more_loggers: str):
+    """The dynamo exporter prints progress and warns about torchvision: keep the CLI clean
+    (stdout, warnings, and these loggers plus ``more_loggers`` at ERROR, restored after)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript",
+                                               *more_loggers)]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

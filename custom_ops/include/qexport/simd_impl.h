@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 #include <cstring>
 
 #include "qexport/simd.h"
@@ -176,6 +177,40 @@ inline int32_t load_i32(const void* p) {
 // boundary between q and the exact quotient). Lanes with |q| <= hi + 1 closer than this margin
 // to a half-integer are recomputed with the division; farther lanes, and lanes beyond the clamp
 // range, give the same code either way.
+// Calls f(std::bool_constant<residual>, std::bool_constant<relu>) for the task's epilogue, so
+// each path writes `void conv(t) { dispatch_epilogue(t, [&](auto r, auto u) { conv_t<r, u>(t); }); }`.
+template <typename F>
+inline void dispatch_epilogue(const ConvTask& t, F&& f) {
+  if (t.residual != nullptr) {
+    if (t.relu) {
+      f(std::true_type{}, std::true_type{});
+    } else {
+      f(std::true_type{}, std::false_type{});
+    }
+  } else if (t.relu) {
+    f(std::false_type{}, std::true_type{});
+  } else {
+    f(std::false_type{}, std::false_type{});
+  }
+}
+
+// Stores the lanes of one epilogue vector `tmp` (y of one output channel, bias and, without a
+// residual, the ReLU applied) to their output positions (the vector's segments); with a
+// residual, adds it and then applies the ReLU (y < 0 ? 0 : y), one float32 operation each.
+template <bool kRes, bool kRelu>
+inline void store_segments(const float* tmp, const ConvSegment* seg, int ns, float* yo, const float* ro) {
+  for (int s = 0; s < ns; ++s) {
+    for (int l = 0; l < seg[s].n; ++l) {
+      float u = tmp[seg[s].lane + l];
+      if (kRes) {
+        u = u + ro[seg[s].out + l];
+        if (kRelu) u = (u < 0.0f) ? 0.0f : u;
+      }
+      yo[seg[s].out + l] = u;
+    }
+  }
+}
+
 inline float quantize_margin(const QuantParams& q) {
   const float m = (q.hi > -q.lo ? q.hi : -q.lo) + 1.0f;
   return m * 0x1p-20f + 0x1p-20f;

@@ -137,17 +137,7 @@ void conv_t(const ConvTask& t) {
 }
 
 void conv(const ConvTask& t) {
-  if (t.residual != nullptr) {
-    if (t.relu) {
-      conv_t<true, true>(t);
-    } else {
-      conv_t<true, false>(t);
-    }
-  } else if (t.relu) {
-    conv_t<false, true>(t);
-  } else {
-    conv_t<false, false>(t);
-  }
+  simd::dispatch_epilogue(t, [&](auto res, auto relu) { conv_t<decltype(res)::value, decltype(relu)::value>(t); });
 }
 
 void relayout(const ConvTask& t) { simd::conv_relayout<Interleave>(t); }

@@ -101,33 +101,14 @@ void conv_t(const ConvTask& t) {
         }
         if (!kRes && kRelu) y = relu_ps(y);
         _mm256_store_ps(tmp, y);
-        for (int s = 0; s < ns; ++s) {
-          for (int l = 0; l < seg[s].n; ++l) {
-            float u = tmp[seg[s].lane + l];
-            if (kRes) {
-              u = u + ro[seg[s].out + l];
-              if (kRelu) u = (u < 0.0f) ? 0.0f : u;
-            }
-            yo[seg[s].out + l] = u;
-          }
-        }
+        simd::store_segments<kRes, kRelu>(tmp, seg, ns, yo, ro);
       }
     }
   }
 }
 
 void conv(const ConvTask& t) {
-  if (t.residual != nullptr) {
-    if (t.relu) {
-      conv_t<true, true>(t);
-    } else {
-      conv_t<true, false>(t);
-    }
-  } else if (t.relu) {
-    conv_t<false, true>(t);
-  } else {
-    conv_t<false, false>(t);
-  }
+  simd::dispatch_epilogue(t, [&](auto res, auto relu) { conv_t<decltype(res)::value, decltype(relu)::value>(t); });
 }
 
 // Re-layout rows with stride 1 (16 cells per iteration; the rest is done by the caller).
