@@ -410,14 +410,15 @@ NOTES = [
     "calling thread: splitting ResNet-20's 2.4M-MAC convs over ONNX Runtime's thread pool "
     "(KernelContext_ParallelFor) made the model 1.4x slower than 1 thread (measured: 0.33 ms against 0.22 ms), "
     "because each conv takes about 10 us and the re-layout and the quantizer of a single image are serial. So "
-    "qexport gets no speed-up from a second thread at batch 1 on ResNet-20, while ONNX Runtime's float gets "
-    "about 1.3x: that is the 2-thread batch-1 gap to the float target. Larger convs (ResNet-18) are split.",
-    "* Run-to-run spread: ONNX Runtime's times repeat within about 2% between runs of this script, qexport's "
-    "did not. Two runs 10 minutes apart, same build, quiet machine (2026-11-24, 09:57 and 10:07): ResNet-20 "
-    "w4 at batch 32, 1 thread, 5.12 and 5.87 ms (0.69x and 0.79x int8); at batch 1, 0.218 and 0.185 ms (0.85x "
-    "and 0.72x int8). Within a run the median of 30 rounds is stable; the cause of the shift between processes "
-    "(memory placement of the re-layout buffers, AMX state) was not found. Read a ratio near a target as "
-    "within that spread.",
+    "a second thread barely helps qexport at batch 1 on ResNet-20, while ONNX Runtime's float gets about 1.3x "
+    "from it: that is why the 2-thread batch-1 ratio to float is the tightest of the table. Larger convs "
+    "(ResNet-18) are split.",
+    "* Run-to-run spread, found and fixed: two runs of this script 10 minutes apart (same build, quiet machine) "
+    "once gave ResNet-20 w4 at batch 32, 1 thread, 5.12 and 5.87 ms (0.69x and 0.79x int8), while ONNX Runtime's "
+    "times repeated within 2%. The per-thread re-layout buffers came from malloc (16-byte aligned), so where a "
+    "process's heap put them decided how many 64-byte loads split across cache lines. With the buffers on "
+    "64-byte boundaries (`Scratch` in custom_ops/include/qexport/common.h) four separate processes gave "
+    "4.74-4.92 ms at batch 32 and 0.174-0.177 ms at batch 1.",
     "* Timing: every session stops its worker threads' spinning when a run returns "
     "(`session.force_spinning_stop`). Without it, with 2 threads, the idle workers of the sessions timed just "
     "before kept spinning on both cores and every model ran at 1-thread speed or worse (float 15.4 ms instead "

@@ -149,4 +149,22 @@ const void* optional_input(const char* op, const OrtKernelContext* ctx, size_t i
 // rethrown here after every task has finished.
 void parallel_for(Ort::KernelContext& ctx, size_t total, const std::function<void(size_t)>& fn);
 
+// A growable scratch buffer (one per thread, as thread_local) whose storage starts on a 64-byte
+// boundary, the width of a cache line and of an AVX-512 / AMX row load: with malloc's 16-byte
+// alignment, where the buffer landed decided how many vector loads split across two lines, so
+// a model's speed changed from one process to the next.
+template <typename T>
+class Scratch {
+ public:
+  T* get(size_t count) {
+    const size_t bytes = count * sizeof(T) + 64;
+    if (raw_.size() < bytes) raw_.resize(bytes);
+    const auto addr = reinterpret_cast<uintptr_t>(raw_.data());
+    return reinterpret_cast<T*>(raw_.data() + ((64 - addr % 64) % 64));
+  }
+
+ private:
+  std::vector<unsigned char> raw_;
+};
+
 }  // namespace qexport

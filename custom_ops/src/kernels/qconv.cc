@@ -415,10 +415,9 @@ class ConvKernel {
       return t;
     };
     // Y, or a scratch plane set of one sample when only the codes are wanted.
-    auto sample_out = [&](int64_t ni, std::vector<float>& scratch) {
+    auto sample_out = [&](int64_t ni, Scratch<float>& scratch) {
       if (ex.y != nullptr) return ex.y + ni * sample;
-      if (scratch.size() < static_cast<size_t>(sample)) scratch.resize(static_cast<size_t>(sample));
-      return scratch.data();
+      return scratch.get(static_cast<size_t>(sample));
     };
 
     if (n > 1) {
@@ -426,12 +425,12 @@ class ConvKernel {
       // the quantizer while the output is in cache.
       parallel_for(ctx, static_cast<size_t>(n), [&](size_t i) {
         const int64_t ni = static_cast<int64_t>(i);
-        thread_local std::vector<uint8_t> buf;
-        thread_local std::vector<float> scratch;
-        if (buf.size() < g.buf_bytes) buf.resize(g.buf_bytes);
+        thread_local Scratch<uint8_t> buf_scratch;
+        thread_local Scratch<float> scratch;
+        uint8_t* buf = buf_scratch.get(g.buf_bytes);
         float* yn = sample_out(ni, scratch);
         for (int64_t gi = 0; gi < group_; ++gi) {
-          ConvTask task = make_task(ni, gi, yn, buf.data());
+          ConvTask task = make_task(ni, gi, yn, buf);
           simd_->relayout(task);
           task.v0 = 0, task.v1 = g.vectors, task.b0 = 0, task.b1 = nob;
           simd_->conv(task);
@@ -440,13 +439,12 @@ class ConvKernel {
       });
       return true;
     }
-    thread_local std::vector<float> scratch;
+    thread_local Scratch<float> scratch;
     float* y0 = sample_out(0, scratch);
     if (group_ > 1) {
       parallel_for(ctx, static_cast<size_t>(group_), [&](size_t gi) {
-        thread_local std::vector<uint8_t> buf;
-        if (buf.size() < g.buf_bytes) buf.resize(g.buf_bytes);
-        ConvTask task = make_task(0, static_cast<int64_t>(gi), y0, buf.data());
+        thread_local Scratch<uint8_t> buf;
+        ConvTask task = make_task(0, static_cast<int64_t>(gi), y0, buf.get(g.buf_bytes));
         simd_->relayout(task);
         task.v0 = 0, task.v1 = g.vectors, task.b0 = 0, task.b1 = nob;
         simd_->conv(task);
@@ -454,9 +452,8 @@ class ConvKernel {
     } else {
       // A single image: re-layout once, then split its vectors (pairs) and channel blocks into
       // tasks of at least kFastTaskMacs multiply-adds.
-      thread_local std::vector<uint8_t> buf;
-      if (buf.size() < g.buf_bytes) buf.resize(g.buf_bytes);
-      const ConvTask base = make_task(0, 0, y0, buf.data());
+      thread_local Scratch<uint8_t> buf;
+      const ConvTask base = make_task(0, 0, y0, buf.get(g.buf_bytes));
       simd_->relayout(base);
       const int64_t vg = simd_->conv_group;
       const int64_t pairs = (g.vectors + vg - 1) / vg;

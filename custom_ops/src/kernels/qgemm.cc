@@ -103,10 +103,8 @@ class GemmKernel {
       task.n1 = task.n0 + kRowBlock < n ? task.n0 + kRowBlock : n;
       task.b0 = (t % nbt) * bpt;
       task.b1 = task.b0 + bpt < nob ? task.b0 + bpt : nob;
-      thread_local std::vector<uint8_t> buf;
-      const size_t need = static_cast<size_t>((task.n1 - task.n0) * kp);
-      if (buf.size() < need) buf.resize(need);
-      task.buf = buf.data();
+      thread_local Scratch<uint8_t> buf;
+      task.buf = buf.get(static_cast<size_t>((task.n1 - task.n0) * kp));
       simd_->gemm(task);
     });
   }
