@@ -15,15 +15,12 @@
 
 #include "qexport/simd.h"
 #include "qexport/simd_impl.h"
+#include "simd_arm_common.h"
 
 namespace qexport {
 namespace {
 
 using simd::load_i32;
-
-constexpr int VL = 8;
-
-inline float32x4_t relu_f32(float32x4_t y) { return vbslq_f32(vcltq_f32(y, vdupq_n_f32(0.0f)), vdupq_n_f32(0.0f), y); }
 
 __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_t steps, const int8_t* wp,
                                    const int32_t* init, int32_t* out) {
@@ -46,40 +43,7 @@ __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_
   }
 }
 
-template <bool kRes, bool kRelu>
-void conv_t(const ConvTask& t) {
-  const ConvGeometry& g = *t.g;
-  const int64_t plane = g.oh * g.ow;
-  alignas(16) int32_t acc[kConvBlock * VL];
-  alignas(16) float tmp[VL];
-  for (int64_t b = t.b0; b < t.b1; ++b) {
-    const int64_t o0 = b * kConvBlock;
-    const int64_t nvalid = simd::min64(kConvBlock, t.og - o0);
-    const int8_t* wb = t.w + b * g.steps * (kConvBlock * 4);
-    for (int64_t v = t.v0; v < t.v1; ++v) {
-      dot(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
-      const ConvSegment* seg = g.seg + g.vseg[v];
-      const int ns = g.vseg[v + 1] - g.vseg[v];
-      for (int64_t o = 0; o < nvalid; ++o) {
-        const float32x4_t m = vdupq_n_f32(t.x_scale * t.w_scale[o0 + o]);
-        const float32x4_t bias = vdupq_n_f32(t.bias[o0 + o]);
-        for (int h = 0; h < 2; ++h) {
-          float32x4_t y = vmulq_f32(vcvtq_f32_s32(vld1q_s32(acc + o * VL + 4 * h)), m);
-          y = vaddq_f32(y, bias);
-          if (!kRes && kRelu) y = relu_f32(y);
-          vst1q_f32(tmp + 4 * h, y);
-        }
-        float* yo = t.y + (o0 + o) * plane;
-        const float* ro = kRes ? t.residual + (o0 + o) * plane : nullptr;
-        simd::store_segments<kRes, kRelu>(tmp, seg, ns, yo, ro);
-      }
-    }
-  }
-}
-
-void conv(const ConvTask& t) {
-  simd::dispatch_epilogue(t, [&](auto res, auto relu) { conv_t<decltype(res)::value, decltype(relu)::value>(t); });
-}
+void conv(const ConvTask& t) { conv_with<&dot>(t); }
 
 void relayout(const ConvTask& t) { simd::conv_relayout<simd::InterleavePortable>(t); }
 

@@ -1,0 +1,63 @@
+// NEON code shared by the neon and dotprod paths (simd_arm_neon.cc, simd_arm_dotprod.cc),
+// compiled by each with its own flags: the conv loop and its float epilogue, around each path's
+// own dot product. Internal linkage only (see simd_impl.h).
+#pragma once
+
+#include <arm_neon.h>
+
+#include <cstdint>
+
+#include "qexport/simd.h"
+#include "qexport/simd_impl.h"
+
+namespace qexport {
+namespace {  // NOLINT: internal linkage on purpose
+
+constexpr int VL = 8;  // output positions per conv vector
+
+// relu: y < 0 ? 0 : y (keeps -0 and NaN, as the reference does).
+inline float32x4_t relu_f32(float32x4_t y) { return vbslq_f32(vcltq_f32(y, vdupq_n_f32(0.0f)), vdupq_n_f32(0.0f), y); }
+
+// A path's dot product: the int32 accumulators of one vector (8 cells at b0 + off[s]) for the 8
+// channels of a weight block, written to out[o * VL + lane].
+using DotFn = void (*)(const uint8_t* b0, const int32_t* off, int64_t steps, const int8_t* wp, const int32_t* init,
+                       int32_t* out);
+
+template <DotFn kDot, bool kRes, bool kRelu>
+void conv_t(const ConvTask& t) {
+  const ConvGeometry& g = *t.g;
+  const int64_t plane = g.oh * g.ow;
+  alignas(16) int32_t acc[kConvBlock * VL];
+  alignas(16) float tmp[VL];
+  for (int64_t b = t.b0; b < t.b1; ++b) {
+    const int64_t o0 = b * kConvBlock;
+    const int64_t nvalid = simd::min64(kConvBlock, t.og - o0);
+    const int8_t* wb = t.w + b * g.steps * (kConvBlock * 4);
+    for (int64_t v = t.v0; v < t.v1; ++v) {
+      kDot(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
+      const ConvSegment* seg = g.seg + g.vseg[v];
+      const int ns = g.vseg[v + 1] - g.vseg[v];
+      for (int64_t o = 0; o < nvalid; ++o) {
+        const float32x4_t m = vdupq_n_f32(t.x_scale * t.w_scale[o0 + o]);
+        const float32x4_t bias = vdupq_n_f32(t.bias[o0 + o]);
+        for (int h = 0; h < 2; ++h) {
+          float32x4_t y = vmulq_f32(vcvtq_f32_s32(vld1q_s32(acc + o * VL + 4 * h)), m);
+          y = vaddq_f32(y, bias);
+          if (!kRes && kRelu) y = relu_f32(y);
+          vst1q_f32(tmp + 4 * h, y);
+        }
+        float* yo = t.y + (o0 + o) * plane;
+        const float* ro = kRes ? t.residual + (o0 + o) * plane : nullptr;
+        simd::store_segments<kRes, kRelu>(tmp, seg, ns, yo, ro);
+      }
+    }
+  }
+}
+
+template <DotFn kDot>
+void conv_with(const ConvTask& t) {
+  simd::dispatch_epilogue(t, [&](auto res, auto relu) { conv_t<kDot, decltype(res)::value, decltype(relu)::value>(t); });
+}
+
+}  // namespace
+}  // namespace qexport
