@@ -44,18 +44,22 @@ def test_lsq_activation_codes_match_reference():
     assert torch.equal(q(x), torch.from_numpy(codes.astype(np.float32)) * torch.tensor(np.float32(0.173)))
 
 
-def test_asq_starts_at_beta_one_and_gradients_follow_chain_rule():
+def test_asq_starts_near_beta_one_and_gradients_follow_chain_rule():
     torch.manual_seed(1)
     q = _act("asq", 3, 8, False, 0.3)
     x = torch.relu(torch.randn(4, 8, 5, 5)).requires_grad_()
-    assert torch.allclose(q.factor(x), torch.ones(4))
+    # The authors' initialisation: last layer N(0, 0.01) weights and bias 1, so beta is near 1.
+    assert torch.allclose(q.factor(x), torch.ones(4), atol=0.05)
+    assert float(q.fc2.bias.detach()) == 1.0
     with torch.no_grad():  # move the adapter off its initial point so that beta varies per sample
         q.fc2.weight.normal_()
-        q.fc2.bias.fill_(0.1)
+        q.fc2.bias.fill_(1.5)
+        q.fc1.weight.mul_(4)
     upstream = torch.randn(4, 8, 5, 5)
     (q(x) * upstream).sum().backward()
 
     beta = q.factor(x).detach()
+    assert beta.std() > 0.01 and bool((beta > 0.1).all())
     s_prime = 0.3 * beta
     lo, hi = R.act_range(3, False)
     v = x.detach() / s_prime[:, None, None, None]
@@ -63,9 +67,23 @@ def test_asq_starts_at_beta_one_and_gradients_follow_chain_rule():
     g = 1 / math.sqrt(8 * 25 * hi)
     d_sprime = (upstream * local).sum(dim=(1, 2, 3))  # LSQ rule for s' of each sample
     assert torch.allclose(q.step.grad, (d_sprime * beta).sum() * g, rtol=1e-4)
-    # dL/dbeta_n = dL/ds'_n * s * g, then through beta = 2 sigmoid(z): dbeta/dz = beta (1 - beta / 2)
-    z_grad = d_sprime * 0.3 * g * beta * (1 - beta / 2)
+    # dL/dbeta_n = dL/ds'_n * s, NOT scaled by g (the authors' code); beta = relu(z) > 0: dbeta/dz = 1
+    z_grad = d_sprime * 0.3
     assert torch.allclose(q.fc2.bias.grad, z_grad.sum().reshape(1), rtol=1e-4, atol=1e-7)
+
+
+def test_asq_adapter_is_bounded_and_groups_channels():
+    from qexport.quant.asq import adapter_shape
+    assert adapter_shape(32) == (32, 8)  # the authors' C/4 on small layers
+    assert adapter_shape(25088) == (64, 16)  # a VGG classifier input: 1,057 parameters, not 39 M
+    q = _act("asq", 4, 25088, False, 0.1)
+    assert sum(p.numel() for p in q.parameters()) < 1200
+    x = torch.rand(3, 25088)
+    params = q.deploy_params()
+    assert params["groups"] == 64 and params["w1"].shape == (16, 64)
+    ref = R.asq_scale(x.numpy(), params["w1"], params["b1"], params["w2"], params["b2"], params["step"], "relu", 64)
+    got = (q.factor(x) * params["step"]).detach().numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
 
 
 @pytest.mark.parametrize("fmt,bits", [("post", 2), ("post", 3), ("post", 4), ("pot", 3), ("pot", 4), ("uniform", 3), ("uniform", 8)])
@@ -211,9 +229,9 @@ def test_step_gradient_is_the_derivative_of_the_ste_surrogate(kind):
             return ((torch.clamp(x / s, lo, hi) + c) * s * upstream).sum()
 
     assert float(q.step.grad) == pytest.approx(g * float(_fd(surrogate, q.step)), rel=1e-5)
-    if kind == "asq":  # the adapter's gradient is scaled by g too (docs/design.md)
-        assert torch.allclose(q.fc2.weight.grad, g * _fd(surrogate, q.fc2.weight), rtol=1e-5, atol=1e-9)
-        assert torch.allclose(q.fc1.weight.grad, g * _fd(surrogate, q.fc1.weight), rtol=1e-4, atol=1e-9)
+    if kind == "asq":  # the adapter's gradient is NOT scaled by g (the authors' code; docs/design.md)
+        assert torch.allclose(q.fc2.weight.grad, _fd(surrogate, q.fc2.weight), rtol=1e-5, atol=1e-9)
+        assert torch.allclose(q.fc1.weight.grad, _fd(surrogate, q.fc1.weight), rtol=1e-4, atol=1e-9)
 
 
 @pytest.mark.parametrize("fmt,bits", [("post", 3), ("pot", 4), ("uniform", 4)])

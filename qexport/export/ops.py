@@ -43,7 +43,8 @@ _F32, _U8 = "tensor(float)", "tensor(uint8)"
 
 
 def _schema(name: str, doc: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],
-            attributes: list[tuple[str, "OpSchema.AttrType", str]]) -> OpSchema:
+            attributes: list[tuple[str, "OpSchema.AttrType", str]],
+            optional_attributes: list[tuple[str, "OpSchema.AttrType", str]] = ()) -> OpSchema:
     types = {"F": _F32, "U": _U8}
     constraints = sorted({t for _, t in inputs + outputs})
     return OpSchema(
@@ -51,7 +52,8 @@ def _schema(name: str, doc: str, inputs: list[tuple[str, str]], outputs: list[tu
         inputs=[OpSchema.FormalParameter(n, t) for n, t in inputs],
         outputs=[OpSchema.FormalParameter(n, t) for n, t in outputs],
         type_constraints=[(t, [types[t]], {"F": "float32", "U": "uint8 codes"}[t]) for t in constraints],
-        attributes=[OpSchema.Attribute(n, ty, d) for n, ty, d in attributes],
+        attributes=[OpSchema.Attribute(n, ty, d) for n, ty, d in attributes]
+        + [OpSchema.Attribute(n, ty, d, required=False) for n, ty, d in optional_attributes],
         node_determinism=OpSchema.NodeDeterminism.Deterministic,
     )
 
@@ -87,8 +89,12 @@ def _quant_fake(x: torch.Tensor, *rest):
     return torch.empty_like(x, dtype=torch.uint8), x.new_empty((x.shape[0],))
 
 
-def _asq_impl(x, w1, b1, w2, b2, step, bits, signed):
-    codes, scale = R.asq_quantize(_np(x), _np(w1), _np(b1), _np(w2), _np(b2), step, bits, bool(signed))
+_ASQ_ATTRS = [("beta_map", _A.STRING, "adapter output map: relu (max(z, 1e-8)); absent: sigmoid2 (older files)"),
+              ("groups", _A.INT, "adapter input groups G (W1 is (H, G)); absent or 0: one per channel")]
+
+
+def _asq_impl(x, w1, b1, w2, b2, step, bits, signed, beta_map, groups):
+    codes, scale = R.asq_quantize(_np(x), _np(w1), _np(b1), _np(w2), _np(b2), step, bits, bool(signed), beta_map, groups)
     return torch.from_numpy(codes), torch.from_numpy(scale)
 
 
@@ -99,12 +105,14 @@ def _lsq_impl(x, step, bits, signed):
 
 _register(
     OpDef("AsqQuantize", "asq_quantize", "quantize", "asq"),
-    _schema("AsqQuantize", "ASQ: codes of X with a per-sample step s * 2 sigmoid(adapter(mean_spatial(X))).",
-            [("X", "F"), ("W1", "F"), ("B1", "F"), ("W2", "F"), ("B2", "F")], [("Y", "U"), ("scale", "F")], _QUANT_ATTRS),
-    "(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, float step, int bits, int signed) -> (Tensor, Tensor)",
+    _schema("AsqQuantize", "ASQ: codes of X with a per-sample step s * beta(adapter(group_mean(mean_spatial(X)))).",
+            [("X", "F"), ("W1", "F"), ("B1", "F"), ("W2", "F"), ("B2", "F")], [("Y", "U"), ("scale", "F")], _QUANT_ATTRS,
+            _ASQ_ATTRS),
+    "(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, float step, int bits, int signed, str beta_map, "
+    "int groups) -> (Tensor, Tensor)",
     _asq_impl, _quant_fake,
-    lambda x, w1, b1, w2, b2, step, bits, signed: OPSET.AsqQuantize(
-        x, w1, b1, w2, b2, step=step, bits=bits, signed=signed, _outputs=2),
+    lambda x, w1, b1, w2, b2, step, bits, signed, beta_map, groups: OPSET.AsqQuantize(
+        x, w1, b1, w2, b2, step=step, bits=bits, signed=signed, beta_map=beta_map, groups=groups, _outputs=2),
 )
 _register(
     OpDef("LsqQuantize", "lsq_quantize", "quantize", "lsq"),
@@ -198,11 +206,12 @@ _FUSED_OUTPUTS = [("Y", "F"), ("Q", "U"), ("Q_scale", "F")]
 _FUSED_ATTRS = _W_ATTRS + _CONV_ATTRS
 _FUSED_Q_ATTRS = [("quantizer", _A.STRING, "activation quantizer of Y: none, lsq or asq"),
                   ("q_bits", _A.INT, "its bit-width"), ("q_signed", _A.INT, "its signedness"),
-                  ("q_step", _A.FLOAT, "its step")]
+                  ("q_step", _A.FLOAT, "its step"), ("q_beta_map", _A.STRING, "its beta_map (asq)"),
+                  ("q_groups", _A.INT, "its groups (asq)")]
 _FUSED_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, Tensor? residual, Tensor? q_w1, "
               "Tensor? q_b1, Tensor? q_w2, Tensor? q_b2, int bits, int act_bits, int act_zero_point, "
               "int[] weight_shape, int relu, int[] strides, int[] pads, int[] dilations, int group, str quantizer, "
-              "int q_bits, int q_signed, float q_step) -> (Tensor, Tensor, Tensor)")
+              "int q_bits, int q_signed, float q_step, str q_beta_map, int q_groups) -> (Tensor, Tensor, Tensor)")
 
 
 def _fused_schema(name: str, doc: str) -> OpSchema:
@@ -224,18 +233,19 @@ def _make_fused(fmt: str) -> None:
     op = OpDef(onnx_name, f"{fmt}_conv_fused", "conv_fused", fmt)
 
     def impl(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape, relu,
-             strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step):
+             strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step, q_beta_map, q_groups):
         opt = [None if t is None else _np(t) for t in (residual, q_w1, q_b1, q_w2, q_b2)]
         y, q, scale = R.qconv_fused(
             _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), *opt, fmt=fmt, bits=bits, act_bits=act_bits,
             act_zero_point=zp, weight_shape=weight_shape, strides=strides, pads=pads, dilations=dilations,
-            group=group, relu=bool(relu), quantizer=quantizer, q_bits=q_bits, q_signed=bool(q_signed), q_step=q_step)
+            group=group, relu=bool(relu), quantizer=quantizer, q_bits=q_bits, q_signed=bool(q_signed), q_step=q_step,
+            q_beta_map=q_beta_map, q_groups=q_groups)
         if q is None:
             q, scale = np.zeros((0,), np.uint8), np.zeros((0,), np.float32)
         return torch.from_numpy(y), torch.from_numpy(q), torch.from_numpy(scale)
 
     def fake(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape, relu,
-             strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step):
+             strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step, q_beta_map, q_groups):
         y = _conv_fake(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations,
                        group)
         if quantizer == "none":
@@ -243,12 +253,12 @@ def _make_fused(fmt: str) -> None:
         return y, torch.empty_like(y, dtype=torch.uint8), y.new_empty((y.shape[0],))
 
     def translation(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape,
-                    relu, strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step):
+                    relu, strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step, q_beta_map, q_groups):
         return getattr(OPSET, onnx_name)(
             x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits=bits, act_bits=act_bits,
             act_zero_point=zp, weight_shape=list(weight_shape), relu=relu, strides=list(strides), pads=list(pads),
             dilations=list(dilations), group=group, quantizer=quantizer, q_bits=q_bits, q_signed=q_signed,
-            q_step=q_step, _outputs=3)
+            q_step=q_step, q_beta_map=q_beta_map, q_groups=q_groups, _outputs=3)
 
     doc = (f"conv with packed {fmt} weights, then + R, ReLU and the activation quantizer of the result, fused "
            "(docs/ops.md); optional outputs Y (float32), Q (codes), Q_scale.")

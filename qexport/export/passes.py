@@ -137,6 +137,9 @@ def fuse_conv_blocks(proto: onnx.ModelProto) -> int:
                 helper.make_attribute("q_signed", int(qa["signed"])),
                 helper.make_attribute("q_step", float(qa["step"])),
             ])
+            for name in ("beta_map", "groups"):  # AsqQuantize's optional attributes, when present
+                if name in qa:
+                    fused.attribute.append(helper.make_attribute("q_" + name, qa[name]))
             fused.metadata_props.append(onnx.StringStringEntryProto(key=FUSED_QUANTIZE_KEY, value=quant.name))
             absorbed.append(quant)
         removed.update(id(n) for n in absorbed)

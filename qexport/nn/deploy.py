@@ -34,11 +34,13 @@ class DeployQuantize(nn.Module):
         if self.kind == "asq":
             for key in ("w1", "b1", "w2", "b2"):
                 self.register_buffer(key, torch.from_numpy(p[key]))
+            self.beta_map, self.groups = p["beta_map"], int(p["groups"])
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         op = quantize_op(self.kind).torch_op
         if self.kind == "asq":
-            return op(x, self.w1, self.b1, self.w2, self.b2, self.step, self.bits, self.signed)
+            return op(x, self.w1, self.b1, self.w2, self.b2, self.step, self.bits, self.signed, self.beta_map,
+                      self.groups)
         return op(x, self.step, self.bits, self.signed)
 
 

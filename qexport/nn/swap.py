@@ -48,7 +48,8 @@ def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
         in_ch = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
         out_ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
         act_cls = ACT_QUANTIZERS[spec["act"]]
-        kwargs = {"reduction": config.adapter_reduction} if spec["act"] == "asq" else {}
+        kwargs = ({"reduction": config.adapter_reduction, "beta_map": config.adapter,
+                   "max_groups": config.adapter_groups} if spec["act"] == "asq" else {})
         # Quantizer parameters (the ASQ adapter's first layer) are initialised from a generator
         # seeded by the layer's name: the same model quantizes to the same bytes every time,
         # whatever the global RNG state.

@@ -96,7 +96,9 @@ class ActQuantizer(nn.Module):
         s = grad_scale(self.step, g)
         f = self.factor(x)
         if f is not None:
-            s = s * grad_scale(f, g).reshape((-1,) + (1,) * (x.dim() - 1))
+            # LSQ's g scales the step's own gradient only: the per-sample factor gets the full
+            # gradient (grad wrt s' times s), as in the ASQ authors' code.
+            s = s * f.reshape((-1,) + (1,) * (x.dim() - 1))
         return round_pass(torch.clamp(x / s, lo, hi)) * s
 
     # ----------------------------------------------------------------- init / calibration

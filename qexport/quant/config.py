@@ -22,7 +22,12 @@ class QuantConfig:
         first_last_bits: the first and the last Conv2d/Linear (in registration order) use
             uniform LSQ weights and LSQ activations at this width (the papers' 8-bit setup);
             ``None`` quantizes them like the body.
-        adapter_reduction: ASQ adapter hidden size is ``max(1, C // adapter_reduction)``.
+        adapter_reduction: ASQ adapter hidden width is ``G // adapter_reduction`` (1..16) for its
+            ``G = min(C, adapter_groups)`` channel-group inputs (the authors' C/4 when C <= 64).
+        adapter: the ASQ adapter's output map: ``"relu"`` (the authors' form, beta = max(z, 1e-8),
+            beta near 1 at the start) or ``"sigmoid2"`` (qexport's first form, beta = 2 sigmoid(z);
+            what checkpoints written before this field existed hold).
+        adapter_groups: at most this many channel groups feed the adapter (bounds its size).
         skip: module names (as in ``model.named_modules()``) left in float.
 
     Example:
@@ -34,7 +39,9 @@ class QuantConfig:
     bits: int = 4
     act_bits: int | None = None
     first_last_bits: int | None = 8
-    adapter_reduction: int = 16
+    adapter_reduction: int = 4
+    adapter: str = "relu"
+    adapter_groups: int = 64
     skip: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -53,8 +60,10 @@ class QuantConfig:
             raise ValueError(f"activation bits must be in 2..8, got {self.effective_act_bits}")
         if self.first_last_bits is not None and self.first_last_bits not in R.ACT_BITS:
             raise ValueError(f"first_last_bits must be in 2..8 or None, got {self.first_last_bits}")
-        if self.adapter_reduction < 1:
-            raise ValueError("adapter_reduction must be >= 1")
+        if self.adapter_reduction < 1 or self.adapter_groups < 1:
+            raise ValueError("adapter_reduction and adapter_groups must be >= 1")
+        if self.adapter not in R.BETA_MAPS:
+            raise ValueError(f"adapter must be one of {R.BETA_MAPS}, got {self.adapter!r}")
 
     @property
     def act_method(self) -> str:
@@ -79,4 +88,6 @@ class QuantConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown QuantConfig fields {sorted(unknown)}")
+        if "adapter" not in d:  # written before the field existed: qexport's first adapter form
+            d = {**d, "adapter": "sigmoid2", "adapter_reduction": d.get("adapter_reduction", 16)}
         return cls(**d)

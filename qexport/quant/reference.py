@@ -34,7 +34,8 @@ __all__ = [
     "DOMAIN", "DOMAIN_VERSION", "ACT_BITS", "WEIGHT_FORMATS", "WEIGHT_BITS",
     "act_range", "act_zero_point", "post_frac_bits", "post_table", "weight_lut", "weight_max",
     "encode_weights", "pack_codes", "unpack_codes", "decode_weights", "accumulator_bound",
-    "quantize_codes", "lsq_quantize", "spatial_mean", "global_avg_pool", "asq_scale", "asq_quantize", "conv_output_size",
+    "quantize_codes", "lsq_quantize", "spatial_mean", "global_avg_pool", "BETA_MAPS", "adapter_group_bounds",
+    "adapter_inputs", "beta_from_z", "asq_scale", "asq_quantize", "conv_output_size",
     "qconv", "qgemm", "post_product_shift_table", "QUANTIZERS", "qconv_fused",
 ]
 
@@ -125,33 +126,76 @@ def global_avg_pool(x: np.ndarray) -> np.ndarray:
     return spatial_mean(x).astype(np.float32).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
 
 
+BETA_MAPS = ("relu", "sigmoid2")  # AsqQuantize's output map; files without the attribute: "sigmoid2"
+BETA_MIN = 1e-8  # the "relu" map's floor: beta = max(z, 1e-8)
+
+
+def adapter_group_bounds(c: int, groups: int) -> np.ndarray:
+    """Channel boundaries of the adapter's input groups: group g is channels [b[g], b[g+1]),
+    b[g] = floor(g * C / G). ``groups`` 0 means one group per channel (G = C)."""
+    g = c if groups == 0 else int(groups)
+    _check(1 <= g <= c, f"groups must be in 1..C={c} (or 0 for C), got {groups}")
+    return (np.arange(g + 1, dtype=np.int64) * c) // g
+
+
+def adapter_inputs(pooled: np.ndarray, groups: int) -> np.ndarray:
+    """The adapter's input from the spatial means p (N, C): the mean of each channel group, in
+    float64, each a sequential sum from +0.0 in channel order, divided once by the group's size."""
+    n, c = pooled.shape
+    bounds = adapter_group_bounds(c, groups)
+    if len(bounds) - 1 == c:
+        return pooled
+    out = np.zeros((n, len(bounds) - 1), dtype=np.float64)
+    for g in range(len(bounds) - 1):
+        acc = np.zeros((n,), dtype=np.float64)
+        for ch in range(bounds[g], bounds[g + 1]):
+            acc = acc + pooled[:, ch]
+        out[:, g] = acc / float(bounds[g + 1] - bounds[g])
+    return out
+
+
+def beta_from_z(z: np.ndarray, beta_map: str) -> np.ndarray:
+    """The adapter's output map (float64): "relu" beta = z > 1e-8 ? z : 1e-8 (a NaN gives 1e-8);
+    "sigmoid2" beta = 2 / (1 + exp(-z)) (qexport's first definition, kept for older files)."""
+    _check(beta_map in BETA_MAPS, f"beta_map must be one of {BETA_MAPS}, got {beta_map!r}")
+    if beta_map == "relu":
+        return np.where(z > BETA_MIN, z, BETA_MIN)
+    with np.errstate(over="ignore"):
+        return 2.0 / (1.0 + np.exp(-z))
+
+
 def asq_scale(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
-              step: float) -> np.ndarray:
-    """Per-sample step of AsqQuantize: ``float32(step * 2*sigmoid(adapter(mean_spatial(x))))``.
+              step: float, beta_map: str = "sigmoid2", groups: int = 0) -> np.ndarray:
+    """Per-sample step of AsqQuantize: ``float32(step * beta(adapter(group_mean(spatial_mean(x)))))``.
 
     Everything between the float32 input and the float32 result is float64, with every sum
     taken in the order stated in docs/ops.md (spatial positions in the 8 lanes of
     ``spatial_mean``; channels in order; bias added last), so that C++ reproduces it exactly.
+    The defaults of ``beta_map`` and ``groups`` are the op's when the attributes are absent.
     """
     x = np.asarray(x, dtype=np.float32)
     _check(x.ndim >= 2, f"X must have rank >= 2 (N, C, ...), got rank {x.ndim}")
     n, c = x.shape[:2]
     s = int(np.prod(x.shape[2:], dtype=np.int64))
     _check(s >= 1, "X has an empty spatial extent")
+    _check(c >= 1, "X has no channels")
+    g = c if groups == 0 else int(groups)
+    _check(1 <= g <= c, f"groups must be in 1..C={c} (or 0 for C), got {groups}")
     w1 = np.asarray(w1, dtype=np.float32)
     hidden = w1.shape[0] if w1.ndim == 2 else -1
-    _check(w1.ndim == 2 and w1.shape[1] == c, f"W1 must be (H, {c}), got {w1.shape}")
+    _check(w1.ndim == 2 and w1.shape[1] == g, f"W1 must be (H, {g}), got {w1.shape}")
     _check(np.shape(b1) == (hidden,), f"B1 must be ({hidden},), got {np.shape(b1)}")
     _check(np.shape(w2) == (1, hidden), f"W2 must be (1, {hidden}), got {np.shape(w2)}")
     _check(np.shape(b2) == (1,), f"B2 must be (1,), got {np.shape(b2)}")
     step32 = np.float32(step)
     _check(bool(np.isfinite(step32)) and step32 > 0, f"step must be finite and > 0, got {step}")
+    _check(beta_map in BETA_MAPS, f"beta_map must be one of {BETA_MAPS}, got {beta_map!r}")
 
-    pooled = spatial_mean(x)
+    p = adapter_inputs(spatial_mean(x), groups)
     w1d = w1.astype(np.float64)
     h = np.zeros((n, hidden), dtype=np.float64)
-    for ch in range(c):
-        h += pooled[:, ch : ch + 1] * w1d[None, :, ch]
+    for ch in range(g):
+        h += p[:, ch : ch + 1] * w1d[None, :, ch]
     h = h + np.asarray(b1, dtype=np.float32).astype(np.float64)[None, :]
     h = np.where(h > 0.0, h, 0.0)
     w2d = np.asarray(w2, dtype=np.float32).astype(np.float64)
@@ -159,15 +203,14 @@ def asq_scale(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2:
     for j in range(hidden):
         z += h[:, j] * w2d[0, j]
     z = z + np.float64(np.asarray(b2, dtype=np.float32)[0])
-    with np.errstate(over="ignore"):
-        beta = 2.0 / (1.0 + np.exp(-z))
-    return (np.float64(step32) * beta).astype(np.float32)
+    return (np.float64(step32) * beta_from_z(z, beta_map)).astype(np.float32)
 
 
 def asq_quantize(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
-                 step: float, bits: int, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+                 step: float, bits: int, signed: bool, beta_map: str = "sigmoid2", groups: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """AsqQuantize: returns (codes uint8 shaped like x, scale float32 (N,))."""
-    scale = asq_scale(x, w1, b1, w2, b2, step)
+    scale = asq_scale(x, w1, b1, w2, b2, step, beta_map, groups)
     return quantize_codes(x, scale, bits, signed), scale
 
 
@@ -404,7 +447,7 @@ def qconv_fused(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_sc
                 act_zero_point: int, weight_shape: Sequence[int], strides: Sequence[int] = (1, 1),
                 pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1), group: int = 1,
                 relu: bool = False, quantizer: str = "none", q_bits: int = 8, q_signed: bool = False,
-                q_step: float = 1.0):
+                q_step: float = 1.0, q_beta_map: str = "sigmoid2", q_groups: int = 0):
     """PostConvFused / PotConvFused / UniformConvFused: a conv, a residual Add, a ReLU and the next
     layer's activation quantizer as one op (what qexport.export.passes fuses).
 
@@ -429,5 +472,5 @@ def qconv_fused(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_sc
     if quantizer == "lsq":
         q, scale = lsq_quantize(y, q_step, q_bits, bool(q_signed))
     else:
-        q, scale = asq_quantize(y, q_w1, q_b1, q_w2, q_b2, q_step, q_bits, bool(q_signed))
+        q, scale = asq_quantize(y, q_w1, q_b1, q_w2, q_b2, q_step, q_bits, bool(q_signed), q_beta_map, q_groups)
     return y, q, scale

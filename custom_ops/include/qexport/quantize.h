@@ -11,18 +11,21 @@
 
 namespace qexport {
 
-// Reads and checks the attributes <prefix>bits, <prefix>signed, <prefix>step.
+// Reads and checks the attributes <prefix>bits, <prefix>signed, <prefix>step, and the optional
+// <prefix>beta_map ("relu" | "sigmoid2", default "sigmoid2": files written before it existed)
+// and <prefix>groups (>= 0, default 0).
 QuantParams read_quant_params(const OrtKernelInfo* info, const char* op, const std::string& prefix = "");
 
-// Checks the adapter shapes W1 (H, C), B1 (H,), W2 (1, H), B2 (1,) (names: the inputs' names in
-// the op, e.g. {"W1", "B1", "W2", "B2"}); c < 0 skips the C check.
+// Checks the adapter shapes W1 (H, G), B1 (H,), W2 (1, H), B2 (1,) (names: the inputs' names in
+// the op, e.g. {"W1", "B1", "W2", "B2"}), G = groups, or C when groups is 0, and 1 <= groups <= C;
+// c < 0 (not known yet) skips the checks that need C.
 void check_adapters(const char* op, const char* const names[4], const std::vector<int64_t>& w1,
                     const std::vector<int64_t>& b1, const std::vector<int64_t>& w2, const std::vector<int64_t>& b2,
-                    int64_t c);
+                    int64_t c, int64_t groups);
 
-// Steps 2-5 of AsqQuantize (docs/ops.md) from the pooled means p[0..c): float64 sums in the
-// defined order, beta = 2 / (1 + exp(-z)), scale = float32(step * beta).
+// Steps 2-6 of AsqQuantize (docs/ops.md) from the pooled means p[0..c): the group means, float64
+// sums in the defined order, beta by q.beta_relu, scale = float32(q.step * beta).
 float asq_scale(const double* p, int64_t c, const float* w1, const float* b1, const float* w2, float b2, int64_t h,
-                float step);
+                const QuantParams& q);
 
 }  // namespace qexport

@@ -29,6 +29,9 @@ struct QuantParams {
   float step = 0;
   int zero_point = 0;
   float lo = 0, hi = 0;  // integer range before the zero-point offset
+  // AsqQuantize only (docs/ops.md): the adapter's output map and its number of input groups.
+  bool beta_relu = true;  // beta_map "relu": max(z, 1e-8); false: "sigmoid2", 2 / (1 + exp(-z))
+  int64_t groups = 0;     // 0: one group per channel
 };
 
 // ------------------------------------------------------------------------------ conv

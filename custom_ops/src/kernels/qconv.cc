@@ -129,7 +129,7 @@ class ConvKernel {
       for (size_t i = 0; i < 4; ++i)
         if (in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) invalid(op_, "input '", kAdapterNames[i], "' must be float32");
       check_adapters(op_, kAdapterNames, in[0].shape, in[1].shape, in[2].shape, in[3].shape,
-                     state_.attrs().out_channels);
+                     state_.attrs().out_channels, q_.groups);
       // Constant initializers live as long as the session: read once, not at every Compute.
       adapter_.constant = true;
       adapter_.w1 = static_cast<const float*>(in[0].data);
@@ -288,7 +288,8 @@ class ConvKernel {
       if (quantizer_ == Quantizer::kAsq) {
         for (size_t i = 0; i < 4; ++i)
           if (!ad[i].present) invalid(op_, "input '", kAdapterNames[i], "' is missing (quantizer='asq')");
-        check_adapters(op_, kAdapterNames, ad[0].shape(), ad[1].shape(), ad[2].shape(), ad[3].shape(), yshape[1]);
+        check_adapters(op_, kAdapterNames, ad[0].shape(), ad[1].shape(), ad[2].shape(), ad[3].shape(), yshape[1],
+                       q_.groups);
         ex->w1 = static_cast<const float*>(ad[0].data);
         ex->b1 = static_cast<const float*>(ad[1].data);
         ex->w2 = static_cast<const float*>(ad[2].data);
@@ -318,7 +319,7 @@ class ConvKernel {
       thread_local std::vector<double> p;
       p.resize(static_cast<size_t>(o));
       simd_->plane_means(yn, static_cast<size_t>(o), static_cast<size_t>(plane), p.data());
-      s = asq_scale(p.data(), o, ex.w1, ex.b1, ex.w2, ex.b2, ex.hidden, q_.step);
+      s = asq_scale(p.data(), o, ex.w1, ex.b1, ex.w2, ex.b2, ex.hidden, q_);
     }
     ex.q_scale[ni] = s;
     simd_->quantize(yn, ex.q + ni * o * plane, static_cast<size_t>(o * plane), s, q_);

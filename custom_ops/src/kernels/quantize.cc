@@ -31,15 +31,23 @@ QuantParams read_quant_params(const OrtKernelInfo* info, const char* op, const s
   q.zero_point = q.is_signed ? (1 << (q.bits - 1)) : 0;
   q.lo = q.is_signed ? -static_cast<float>(1 << (q.bits - 1)) : 0.0f;
   q.hi = q.is_signed ? static_cast<float>((1 << (q.bits - 1)) - 1) : static_cast<float>((1 << q.bits) - 1);
+  const std::string nm = prefix + "beta_map", ng = prefix + "groups";
+  const std::string map = attrs.get_string(nm.c_str(), "sigmoid2");
+  if (map != "relu" && map != "sigmoid2") invalid(op, "attribute '", nm, "'='", map, "' must be relu or sigmoid2");
+  q.beta_relu = map == "relu";
+  q.groups = attrs.get_int(ng.c_str(), 0);
+  if (q.groups < 0) invalid(op, "attribute '", ng, "'=", q.groups, " must be >= 0");
   return q;
 }
 
 void check_adapters(const char* op, const char* const names[4], const std::vector<int64_t>& w1,
                     const std::vector<int64_t>& b1, const std::vector<int64_t>& w2, const std::vector<int64_t>& b2,
-                    int64_t c) {
-  if (w1.size() != 2 || (c >= 0 && w1[1] != c)) {
-    if (c >= 0) invalid(op, "input '", names[0], "' must be (H, C) = (H, ", c, "), got ", shape_str(w1));
-    invalid(op, "input '", names[0], "' must be (H, C), got ", shape_str(w1));
+                    int64_t c, int64_t groups) {
+  if (c >= 0 && groups > c) invalid(op, "attribute groups=", groups, " exceeds the ", c, " channels of the input");
+  const int64_t g = groups > 0 ? groups : c;  // < 0: not known yet
+  if (w1.size() != 2 || (g >= 0 && w1[1] != g)) {
+    if (g >= 0) invalid(op, "input '", names[0], "' must be (H, G) = (H, ", g, "), got ", shape_str(w1));
+    invalid(op, "input '", names[0], "' must be (H, G), got ", shape_str(w1));
   }
   const int64_t h = w1[0];
   if (b1 != std::vector<int64_t>{h}) invalid(op, "input '", names[1], "' must be (", h, ",), got ", shape_str(b1));
@@ -48,22 +56,36 @@ void check_adapters(const char* op, const char* const names[4], const std::vecto
 }
 
 float asq_scale(const double* p, int64_t c, const float* w1, const float* b1, const float* w2, float b2, int64_t h,
-                float step) {
-  // 2. h[j] = relu(sum_c W1[j, c] * p[c] + B1[j]); 3. z = sum_j W2[0, j] * h[j] + B2[0], fused
+                const QuantParams& q) {
+  // 2. The adapter's inputs: the mean of each channel group [floor(g C / G), floor((g+1) C / G)).
+  const int64_t g = q.groups > 0 ? q.groups : c;
+  const double* in = p;
+  thread_local std::vector<double> grouped;
+  if (g != c) {
+    grouped.resize(static_cast<size_t>(g));
+    for (int64_t gi = 0; gi < g; ++gi) {
+      const int64_t lo = gi * c / g, hi = (gi + 1) * c / g;
+      double acc = 0.0;
+      for (int64_t ci = lo; ci < hi; ++ci) acc += p[ci];
+      grouped[static_cast<size_t>(gi)] = acc / static_cast<double>(hi - lo);
+    }
+    in = grouped.data();
+  }
+  // 3. h[j] = relu(sum_g W1[j, g] * in[g] + B1[j]); 4. z = sum_j W2[0, j] * h[j] + B2[0], fused
   // into one loop over j (each h[j] is final before it is used; z keeps its order).
   double z = 0.0;
   for (int64_t j = 0; j < h; ++j) {
-    const float* row = w1 + j * c;
+    const float* row = w1 + j * g;
     double acc = 0.0;
-    for (int64_t ci = 0; ci < c; ++ci) acc += static_cast<double>(row[ci]) * p[ci];
+    for (int64_t gi = 0; gi < g; ++gi) acc += static_cast<double>(row[gi]) * in[gi];
     acc = acc + static_cast<double>(b1[j]);
     const double hj = acc > 0.0 ? acc : 0.0;
     z += static_cast<double>(w2[j]) * hj;
   }
   z = z + static_cast<double>(b2);
-  // 4.-5. beta = 2 / (1 + exp(-z)); scale = float32(step * beta).
-  const double beta = 2.0 / (1.0 + std::exp(-z));
-  return static_cast<float>(static_cast<double>(step) * beta);
+  // 5. beta; 6. scale = float32(step * beta).
+  const double beta = q.beta_relu ? (z > 1e-8 ? z : 1e-8) : 2.0 / (1.0 + std::exp(-z));
+  return static_cast<float>(static_cast<double>(q.step) * beta);
 }
 
 namespace {
@@ -113,7 +135,7 @@ struct AsqKernel {
     ConstantInput in[4];
     for (size_t i = 0; i < 4; ++i) in[i] = constant_input(info, 1 + i);
     if (in[0].is_constant && in[1].is_constant && in[2].is_constant && in[3].is_constant)
-      check_adapters(op_, kAdapterNames, in[0].shape, in[1].shape, in[2].shape, in[3].shape, -1);
+      check_adapters(op_, kAdapterNames, in[0].shape, in[1].shape, in[2].shape, in[3].shape, -1, q_.groups);
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
@@ -133,7 +155,7 @@ struct AsqKernel {
     const Input b1 = get_input(op_, ctx, 2, "B1", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     const Input w2 = get_input(op_, ctx, 3, "W2", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     const Input b2 = get_input(op_, ctx, 4, "B2", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    check_adapters(op_, kAdapterNames, w1.shape, b1.shape, w2.shape, b2.shape, c);
+    check_adapters(op_, kAdapterNames, w1.shape, b1.shape, w2.shape, b2.shape, c, q_.groups);
     const int64_t h = w1.shape[0];
 
     uint8_t* y = ctx.GetOutput(0, x.shape).GetTensorMutableData<uint8_t>();
@@ -151,10 +173,10 @@ struct AsqKernel {
       thread_local std::vector<double> p;
       p.resize(static_cast<size_t>(c));
       simd_->plane_means(xn, static_cast<size_t>(c), plane, p.data());
-      // 2.-5.
-      const float sc = asq_scale(p.data(), c, w1d, b1d, w2d, b2v, h, q_.step);
+      // 2.-6.
+      const float sc = asq_scale(p.data(), c, w1d, b1d, w2d, b2v, h, q_);
       scale[ni] = sc;
-      // 6. codes, float32 division.
+      // 7. codes, float32 division.
       simd_->quantize(xn, y + ni * sample, sample, sc, q_);
     });
   }
