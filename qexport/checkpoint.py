@@ -75,13 +75,26 @@ def _torch_load_safe(path: Path) -> Any:
         detail = _unpickler_detail(exc)
         if "global" in detail.lower():  # a class or function reference: Python objects, maybe code
             raise _UnsafePickle(detail) from exc
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (the safe loader stopped: {detail}). If it "
-                              f"is a plain pickle from a source you trust, --trust-pickle loads it.") from exc
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint: it cannot be read as a torch.save file (the safe "
+                              f"loader stopped: {detail}). {_expected_pt(path, pickle_note=True)}") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
         text = str(exc)
         if "failed finding central directory" in text or "zip archive" in text or isinstance(exc, (EOFError, zipfile.BadZipFile)):
             raise CheckpointError(f"{path}: truncated or corrupt (not a complete torch.save archive): {_first_line(exc)}") from exc
+        if isinstance(exc, (KeyError, IndexError)):  # bytes that are no pickle at all (e.g. text): the detail is a bare number
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint: it cannot be read as a torch.save file. "
+                                  f"{_expected_pt(path)}") from exc
         raise CheckpointError(f"{path}: cannot be read as a PyTorch file: {_first_line(exc)}") from exc
+
+
+def _expected_pt(path: Path, pickle_note: bool = False) -> str:
+    """What to pass instead of a file that is not a PyTorch checkpoint."""
+    if path.suffix.lower() == ".onnx":
+        return ("It looks like an ONNX model; this argument takes the .pt checkpoint (`qexport convert` writes "
+                "one beside the .onnx).")
+    return ("Pass a .pt file written by torch.save, `qexport train` or `qexport convert`."
+            + (" A pickle not written by torch.save cannot be loaded, not even with `qexport convert --trust-pickle`."
+               if pickle_note else ""))
 
 
 class _UnsafePickle(Exception):
@@ -110,8 +123,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except _UnsafePickle as exc:
         raise CheckpointError(
             f"{path}: contains pickled Python objects (a whole nn.Module or arbitrary code), not a qexport checkpoint. "
-            f"Refusing to unpickle it: loading it could run code from the file. If you trust its origin, pass "
-            f"--trust-pickle (trust_pickle=True). Detail: {exc}") from None
+            f"Refusing to unpickle it: loading it could run code from the file. Pass a qexport checkpoint (written by "
+            f"`qexport train` or `qexport convert`). Detail: {exc}") from None
     return validate_checkpoint(obj, path)
 
 

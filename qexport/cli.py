@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: click's plain help. Typer's rich help panel prints a type after every
+# option, flags included ("--help <bool>"); the plain one does not, and reads the same in a log.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Quantize PyTorch models to low-bit ASQ/POST, export them to ONNX with ai.qexport ops, "
                        "and prove that ONNX Runtime computes what PyTorch computed.")
 # Not a terminal (a log, CI): wide enough that layer names in tables are not cut.
@@ -27,13 +29,53 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qexport")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        from . import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"qexport {_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                       help="Print qexport's version and exit.")) -> None:
+    pass
+
+
+def _method(method: str | None) -> str | None:
+    """--method as the user typed it: case and spaces do not matter ('ASQ + POST' is asq+post)."""
+    return None if method is None else "".join(method.split()).lower()
+
+
+def _check_bits(bits: int | None) -> None:
+    """--bits outside every method's range: say the ranges (QuantConfig's message suggests uniform
+    weights, which cannot help here)."""
+    if bits is not None and not 2 <= bits <= 8:
+        _fail(f"--bits {bits} is out of range: weights take 2..8 bits with --method lsq or asq (uniform weights), "
+              f"2..4 with +pot or +post")
+
+
 def _load_data(spec: str, limit: int | None):
     from .data import load_dataset
 
+    if limit is not None and limit < 1:
+        _fail(f"--limit {limit} leaves no samples: give 1 or more (or leave --limit out to use all of --data)")
     try:
         x, y = load_dataset(spec)
     except (ValueError, FileNotFoundError, OSError) as exc:
         _fail(str(exc))
+    if len(x) == 0:
+        _fail(f"no samples in --data {spec}: it holds 0 inputs; give data with at least one sample")
     if limit is not None:
         x, y = x[:limit], (None if y is None else y[:limit])
     return x, y
@@ -95,6 +137,8 @@ def convert(
     from .convert import ConvertError, convert as run
     from .export import ExportError
 
+    method = _method(method)
+    _check_bits(bits)
     x, y = _load_data(data, limit)
     try:
         result = run(model, x=x, y=y, output=output, method=method, bits=bits, act_bits=act_bits,
@@ -146,6 +190,8 @@ def validate(
         qmodel = build_model_from_checkpoint(ckpt)
     except CheckpointError as exc:
         _fail(str(exc))
+    context = {"onnx": str(onnx_model), "model": str(model), "data": data,
+               "method": ckpt["quant"].get("method"), "bits": ckpt["quant"].get("bits")}
     try:
         proto = onnx.load(str(onnx_model))
         onnx.checker.check_model(proto)
@@ -155,7 +201,7 @@ def validate(
     if target != "x86_64":
         _validate_on_target(qmodel, proto, x, y, target=target, cpus=cpu, threads=threads, dist=dist,
                             batch_size=batch_size, tolerances=_tolerances(max_mismatch_rate, min_agreement),
-                            report=report, context={"onnx": str(onnx_model), "model": str(model), "data": data})
+                            report=report, context=context)
         return
     try:
         from .runtime import make_session
@@ -166,7 +212,7 @@ def validate(
         _fail(str(exc))
     print_report(result)
     if report:
-        write_report(result, report, {"onnx": str(onnx_model), "model": str(model), "data": data})
+        write_report(result, report, context)
     if not result.passed:
         raise typer.Exit(1)
 
@@ -280,6 +326,9 @@ def train(
     from .checkpoint import CheckpointError
     from .train import TrainConfig, train as run
 
+    method = _method(method)
+    if method != "float":
+        _check_bits(bits)
     quant_args = {"first_last_bits": first_last_bits}
     if act_bits is not None:
         quant_args["act_bits"] = act_bits
@@ -328,18 +377,37 @@ def bench(
                               rounds=rounds, memory=memory, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(str(exc))
+    # Columns only for what was measured; why the others are missing is said below the table.
+    label = "qexport" if records[0]["qexport_ops"] else "plain ONNX"
+    cols = [("batch", "batch", "d"), ("threads", "threads", "d"), (label, "qexport_ms", ".3f"),
+            ("ORT float", "ort_float_ms", ".3f"), ("ORT int8", "ort_int8_ms", ".3f"),
+            ("vs float", "qexport_vs_float", ".2f"), ("vs int8", "qexport_vs_int8", ".2f"),
+            ("GOPS", "qexport_gops", ".1f")]
+    cols = [c for c in cols if all(c[1] in r for r in records)]
     table = Table(title=f"{model.name}: median latency (ms), interleaved in one process")
-    cols = ["batch", "threads", "qexport", "ORT float", "ORT int8", "vs float", "vs int8", "GOPS", "peak MB"]
-    for col in cols:
-        table.add_column(col, justify="right")
+    for name, _, _ in cols:
+        table.add_column(name, justify="right")
+    if memory:
+        table.add_column("peak MB", justify="right")
     for r in records:
-        fmt = lambda k, spec=".3f": format(r[k], spec) if k in r else "-"  # noqa: E731
-        mem = r.get("qexport_memory", {}).get("peak_mb")
-        table.add_row(str(r["batch"]), str(r["threads"]), fmt("qexport_ms"), fmt("ort_float_ms"), fmt("ort_int8_ms"),
-                      fmt("qexport_vs_float", ".2f"), fmt("qexport_vs_int8", ".2f"), fmt("qexport_gops", ".1f"),
-                      "-" if mem is None else f"{mem:.0f}")
+        cells = [format(r[key], spec) for _, key, spec in cols]
+        if memory:
+            cells.append(f"{r['qexport_memory']['peak_mb']:.0f}")
+        table.add_row(*cells)
     out.print(table)
-    out.print(f"file sizes: qexport {model.stat().st_size:,} B"
+    if not records[0]["qexport_ops"]:
+        out.print(f"note: {model.name} has no ai.qexport ops, so it was timed as a plain ONNX Runtime model (column "
+                  f"'{label}'); GOPS are counted from ai.qexport convs and gemms only")
+    elif not any("qexport_gops" in r for r in records):
+        out.print("note: no GOPS: the graph does not record the input shapes of its ai.qexport convs")
+    missing = {kind: flag for kind, flag, path in (("float", "--float FLOAT.onnx (the same network in float)", float_model),
+                                                   ("int8", "--int8 INT8.onnx (ONNX Runtime's int8 QDQ model of it)", int8_model))
+               if path is None}
+    if missing:
+        out.print(f"note: no ONNX Runtime {' or '.join(missing)} column: `qexport bench` does not build those models "
+                  f"itself yet; pass {' and '.join(missing.values())} to time them alongside. benchmarks/bench.py "
+                  f"builds both for the zoo models (docs/performance.md)")
+    out.print(f"file sizes: {label} {model.stat().st_size:,} B"
               + (f", float {float_model.stat().st_size:,} B" if float_model else "")
               + (f", int8 {int8_model.stat().st_size:,} B" if int8_model else ""))
     if json_out:

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 __all__ = ["Variant", "Timing", "make_session", "time_variants", "peak_memory_mb", "profile_ops", "onnx_macs",
-           "bench_model"]
+           "load_onnx", "qexport_op_count", "bench_model"]
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,29 @@ def onnx_macs(path: str | os.PathLike, batch: int) -> int | None:
     return total
 
 
+def load_onnx(path: str | os.PathLike):
+    """The ONNX model in ``path`` (external data not loaded); ValueError if the file is not one."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends: not an ONNX file
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ValueError(f"{path}: not an ONNX model ({detail}); pass an .onnx file, e.g. one written by "
+                         f"`qexport convert`") from None
+    if not model.graph.node or not model.graph.input:
+        raise ValueError(f"{path}: not an ONNX model (no graph nodes or inputs); pass an .onnx file, e.g. one "
+                         f"written by `qexport convert`")
+    return model
+
+
+def qexport_op_count(path: str | os.PathLike) -> int:
+    """How many nodes of the model are ai.qexport ops (0: a plain ONNX model)."""
+    from ..quant import reference as R
+
+    return sum(node.domain == R.DOMAIN for node in load_onnx(path).graph.node)
+
+
 def input_shape(path: str | os.PathLike) -> list[int]:
     """The per-sample shape of the model's first input (its dimensions after the batch)."""
     import onnx
@@ -228,9 +251,18 @@ def bench_model(model: str | os.PathLike, *, float_model: str | os.PathLike | No
 
     Returns one record per (batch, threads): ``qexport_ms`` / ``ort_float_ms`` / ``ort_int8_ms``
     (medians), the ratios, GMAC/s and GOPS (2 ops per multiply-accumulate) of the qexport model,
-    file sizes and, with ``memory``, peak memory per variant.
+    file sizes, ``qexport_ops`` (the model's ai.qexport node count; 0: a plain ONNX model) and,
+    with ``memory``, peak memory per variant. A file that is not an ONNX model, or a batch size,
+    thread count or round count below 1, raises ValueError.
     """
     say = progress or (lambda msg: None)
+    for what, values in (("batch sizes", batches), ("thread counts", threads), ("rounds", [rounds])):
+        if not values or min(values) < 1:
+            raise ValueError(f"{what} must be >= 1, got {', '.join(map(str, values)) or 'none'}")
+    for path in (model, float_model, int8_model):
+        if path is not None:
+            load_onnx(path)
+    qexport_ops = qexport_op_count(model)
     variants = [Variant("qexport", Path(model), custom=True)]
     if float_model is not None:
         variants.append(Variant("ort_float", Path(float_model)))
@@ -246,7 +278,7 @@ def bench_model(model: str | os.PathLike, *, float_model: str | os.PathLike | No
             say(f"timing batch {b}, {t} thread(s)")
             timing = time_variants(variants, x, t, rounds=rounds if b < 8 else max(4, rounds // 3),
                                    per_round=3 if b < 8 else 1)
-            rec = {"batch": b, "threads": t, "macs": macs}
+            rec = {"batch": b, "threads": t, "macs": macs, "qexport_ops": qexport_ops}
             for v in variants:
                 rec[f"{v.name}_ms"] = timing.median(v.name)
                 rec[f"{v.name}_bytes"] = v.path.stat().st_size

@@ -12,8 +12,10 @@ to both PyTorch models (max abs/rel error, top-1 agreement, SQNR).
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
@@ -91,20 +93,56 @@ class ParityReport:
     accuracy: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     tolerances: dict = field(default_factory=dict)
+    quant: dict = field(default_factory=dict)  # method, bits, act_bits of the ONNX model (its qexport.config)
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     def to_dict(self) -> dict:
+        """Plain JSON: with the versions that produced it, the method/bits (when known) and the UTC
+        time it was written. An infinite SQNR (identical outputs) is ``null`` with
+        ``sqnr_infinite: true``, so that strict JSON readers accept the file."""
+        from .. import __version__
+
         d = asdict(self)
+        quant = d.pop("quant")
         d["passed"] = self.passed
         for layer, src in zip(d["layers"], self.layers):
             layer["mismatch_rate"] = src.rate
         for block in (d["vs_deploy"], d["vs_trained"]):
-            if math.isinf(block.get("sqnr_db", 0)):
-                block["sqnr_db"] = "inf"
+            infinite = isinstance(block.get("sqnr_db"), float) and math.isinf(block["sqnr_db"])
+            block["sqnr_infinite"] = infinite
+            if infinite:
+                block["sqnr_db"] = None
+        d.update({k: quant[k] for k in ("method", "bits", "act_bits") if quant.get(k) is not None})
+        d["qexport_version"] = __version__
+        d["onnxruntime_version"] = _onnxruntime_version()
+        d["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return d
+
+
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:  # pragma: no cover - onnxruntime is a dependency
+        return None
+
+
+def _quant_of(proto: onnx.ModelProto) -> dict:
+    """method/bits/act_bits from the model's ``qexport.config`` metadata (written by export); {} if absent."""
+    meta = {p.key: p.value for p in proto.metadata_props}
+    try:
+        config = json.loads(meta.get("qexport.config", "{}"))
+    except ValueError:
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    if config.get("bits") is not None and config.get("act_bits") is None:
+        config["act_bits"] = config["bits"]
+    return {k: config[k] for k in ("method", "bits", "act_bits") if config.get(k) is not None}
 
 
 def _onnx_with_code_outputs(proto: onnx.ModelProto, layers: list[str]) -> tuple[bytes, dict[str, str]]:
@@ -162,6 +200,8 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
     """Compare the quantized PyTorch model with the ONNX model on inputs ``x`` (labels ``y``)."""
     from ..runtime import make_session
 
+    if len(x) == 0:
+        raise ValueError("no samples to compare: x is empty, and parity on zero samples proves nothing")
     tol = tolerances or Tolerances()
     model = model.eval()
     deploy = to_deploy(model)
@@ -172,7 +212,8 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
     invalid = _check_weights(proto, deploy, rows)
     if invalid:  # nothing to run: ONNX Runtime would refuse these weights at session creation
         empty = OutputCompare().summary()
-        return ParityReport(0, list(rows.values()), empty, empty, failures=invalid, tolerances=asdict(tol))
+        return ParityReport(0, list(rows.values()), empty, empty, failures=invalid, tolerances=asdict(tol),
+                            quant=_quant_of(proto))
     data, code_outputs = _onnx_with_code_outputs(proto, list(layers))
     session = (session_factory or make_session)(data)
     input_name = session.get_inputs()[0].name
@@ -214,7 +255,7 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
             h.remove()
 
     report = ParityReport(len(x), list(rows.values()), vs_deploy.summary(), vs_trained.summary(),
-                          tolerances=asdict(tol))
+                          tolerances=asdict(tol), quant=_quant_of(proto))
     if y is not None and len(x):
         report.accuracy = {k: v / len(x) for k, v in correct.items()}
     for row in rows.values():
