@@ -18,10 +18,11 @@ QuantParams read_quant_params(const OrtKernelInfo* info, const char* op, const s
 
 // Checks the adapter shapes W1 (H, G), B1 (H,), W2 (1, H), B2 (1,) (names: the inputs' names in
 // the op, e.g. {"W1", "B1", "W2", "B2"}), G = groups, or C when groups is 0, and 1 <= groups <= C;
-// c < 0 (not known yet) skips the checks that need C.
+// c < 0 (not known yet) skips the checks that need C. groups_name: the attribute's name in the op
+// ("groups", or "q_groups" in a fused conv), for the messages.
 void check_adapters(const char* op, const char* const names[4], const std::vector<int64_t>& w1,
                     const std::vector<int64_t>& b1, const std::vector<int64_t>& w2, const std::vector<int64_t>& b2,
-                    int64_t c, int64_t groups);
+                    int64_t c, int64_t groups, const char* groups_name);
 
 // Steps 2-6 of AsqQuantize (docs/ops.md) from the pooled means p[0..c): the group means, float64
 // sums in the defined order, beta by q.beta_relu, scale = float32(q.step * beta).

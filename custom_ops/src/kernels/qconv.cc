@@ -129,7 +129,7 @@ class ConvKernel {
       for (size_t i = 0; i < 4; ++i)
         if (in[i].type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) invalid(op_, "input '", kAdapterNames[i], "' must be float32");
       check_adapters(op_, kAdapterNames, in[0].shape, in[1].shape, in[2].shape, in[3].shape,
-                     state_.attrs().out_channels, q_.groups);
+                     state_.attrs().out_channels, q_.groups, "q_groups");
       // Constant initializers live as long as the session: read once, not at every Compute.
       adapter_.constant = true;
       adapter_.w1 = static_cast<const float*>(in[0].data);
@@ -289,7 +289,7 @@ class ConvKernel {
         for (size_t i = 0; i < 4; ++i)
           if (!ad[i].present) invalid(op_, "input '", kAdapterNames[i], "' is missing (quantizer='asq')");
         check_adapters(op_, kAdapterNames, ad[0].shape(), ad[1].shape(), ad[2].shape(), ad[3].shape(), yshape[1],
-                       q_.groups);
+                       q_.groups, "q_groups");
         ex->w1 = static_cast<const float*>(ad[0].data);
         ex->b1 = static_cast<const float*>(ad[1].data);
         ex->w2 = static_cast<const float*>(ad[2].data);

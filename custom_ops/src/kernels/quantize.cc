@@ -42,12 +42,16 @@ QuantParams read_quant_params(const OrtKernelInfo* info, const char* op, const s
 
 void check_adapters(const char* op, const char* const names[4], const std::vector<int64_t>& w1,
                     const std::vector<int64_t>& b1, const std::vector<int64_t>& w2, const std::vector<int64_t>& b2,
-                    int64_t c, int64_t groups) {
-  if (c >= 0 && groups > c) invalid(op, "attribute groups=", groups, " exceeds the ", c, " channels of the input");
-  const int64_t g = groups > 0 ? groups : c;  // < 0: not known yet
-  if (w1.size() != 2 || (g >= 0 && w1[1] != g)) {
-    if (g >= 0) invalid(op, "input '", names[0], "' must be (H, G) = (H, ", g, "), got ", shape_str(w1));
-    invalid(op, "input '", names[0], "' must be (H, G), got ", shape_str(w1));
+                    int64_t c, int64_t groups, const char* groups_name) {
+  if (c >= 0 && groups > c)
+    invalid(op, "attribute '", groups_name, "'=", groups, " exceeds the ", c, " channels of the quantized tensor");
+  if (groups > 0) {  // W1 is (H, G)
+    if (w1.size() != 2 || w1[1] != groups)
+      invalid(op, "input '", names[0], "' must be (H, G) = (H, ", groups, ") (attribute '", groups_name, "'=", groups,
+              "), got ", shape_str(w1));
+  } else if (w1.size() != 2 || (c >= 0 && w1[1] != c)) {  // one group per channel: W1 is (H, C)
+    if (c >= 0) invalid(op, "input '", names[0], "' must be (H, C) = (H, ", c, "), got ", shape_str(w1));
+    invalid(op, "input '", names[0], "' must be (H, C), got ", shape_str(w1));
   }
   const int64_t h = w1[0];
   if (b1 != std::vector<int64_t>{h}) invalid(op, "input '", names[1], "' must be (", h, ",), got ", shape_str(b1));
@@ -135,7 +139,8 @@ struct AsqKernel {
     ConstantInput in[4];
     for (size_t i = 0; i < 4; ++i) in[i] = constant_input(info, 1 + i);
     if (in[0].is_constant && in[1].is_constant && in[2].is_constant && in[3].is_constant)
-      check_adapters(op_, kAdapterNames, in[0].shape, in[1].shape, in[2].shape, in[3].shape, -1, q_.groups);
+      check_adapters(op_, kAdapterNames, in[0].shape, in[1].shape, in[2].shape, in[3].shape, -1, q_.groups,
+                     "groups");
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
@@ -151,11 +156,12 @@ struct AsqKernel {
     int64_t s = 1;
     for (size_t i = 2; i < x.shape.size(); ++i) s = checked_mul(op_, s, x.shape[i], "input 'X'");
     if (s < 1) invalid(op_, "input 'X' has an empty spatial extent, shape ", shape_str(x.shape));
+    if (c < 1) invalid(op_, "input 'X' has no channels, shape ", shape_str(x.shape));
     const Input w1 = get_input(op_, ctx, 1, "W1", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     const Input b1 = get_input(op_, ctx, 2, "B1", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     const Input w2 = get_input(op_, ctx, 3, "W2", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     const Input b2 = get_input(op_, ctx, 4, "B2", ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    check_adapters(op_, kAdapterNames, w1.shape, b1.shape, w2.shape, b2.shape, c, q_.groups);
+    check_adapters(op_, kAdapterNames, w1.shape, b1.shape, w2.shape, b2.shape, c, q_.groups, "groups");
     const int64_t h = w1.shape[0];
 
     uint8_t* y = ctx.GetOutput(0, x.shape).GetTensorMutableData<uint8_t>();
