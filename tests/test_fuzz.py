@@ -10,8 +10,11 @@ initializers. The only acceptable outcomes are:
 * it succeeds and its outputs are bit-identical to the numpy reference, which must accept the
   same inputs.
 
-An unmutated case must succeed. A crash (or a sanitizer report, under the ASan/UBSan build of
-.ci/sanitize.sh) kills the process and fails the run. QEXPORT_FUZZ_CASES sets the number of
+An unmutated case must succeed, and so must a case whose mutations left the node unchanged: a
+mutation that changes nothing (codes_range on float inputs, w_* without W, deleting an optional
+attribute that holds its default, a value replaced by itself) is drawn again, and mutations that
+undo each other do not count (node_key, apply_mutations). A crash (or a sanitizer report, under
+the ASan/UBSan build of .ci/sanitize.sh) kills the process and fails the run. QEXPORT_FUZZ_CASES sets the number of
 cases (default 300; the sanitizer job runs more), QEXPORT_FUZZ_SEED the first seed. Case i runs
 on kernel path i mod len(kernel_isas()) (QEXPORT_KERNEL_ISA), so every path is fuzzed.
 """
@@ -33,6 +36,8 @@ N_CASES = int(os.environ.get("QEXPORT_FUZZ_CASES", "300"))
 KERNEL_ISAS = kernel_isas()
 FIRST_SEED = int(os.environ.get("QEXPORT_FUZZ_SEED", "0"))
 OPTIONAL = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0}
+# AsqQuantize's optional attributes (q_-prefixed in a fused conv) and their values when absent.
+ADAPTER_DEFAULTS = {"beta_map": "sigmoid2", "groups": 0}
 FORMAT_OF = {"Post": "post", "Pot": "pot", "Uniform": "uniform"}
 
 
@@ -81,9 +86,23 @@ def quantize_case(rng, op: str) -> tuple[str, dict, dict]:
     if op == "LsqQuantize":
         return op, {"X": x}, attrs
     hidden = int(rng.integers(1, 4))
-    c = shape[1]
-    return op, {"X": x, "W1": rng.normal(size=(hidden, c)).astype(np.float32), "B1": rng.normal(size=hidden).astype(np.float32),
+    adapter_attrs, g = adapter_case(rng, shape[1])
+    attrs.update(adapter_attrs)
+    return op, {"X": x, "W1": rng.normal(size=(hidden, g)).astype(np.float32), "B1": rng.normal(size=hidden).astype(np.float32),
                 "W2": rng.normal(size=(1, hidden)).astype(np.float32), "B2": rng.normal(size=1).astype(np.float32)}, attrs
+
+
+def adapter_case(rng, c: int, prefix: str = "") -> tuple[dict, int]:
+    """beta_map absent, relu or sigmoid2; groups absent, 0 or 1..C (G = C when absent or 0)."""
+    attrs = {}
+    beta_map = [None, "relu", "sigmoid2"][int(rng.integers(0, 3))]
+    if beta_map is not None:
+        attrs[prefix + "beta_map"] = beta_map
+    r = int(rng.integers(0, 3))
+    g = int(rng.integers(1, c + 1)) if r == 2 else c
+    if r:
+        attrs[prefix + "groups"] = g if r == 2 else 0
+    return attrs, g
 
 
 def pool_case(rng) -> tuple[str, dict, dict]:
@@ -106,8 +125,10 @@ def fused_case(rng) -> tuple[str, dict, dict]:
         attrs.update(quantizer=quantizer, q_bits=int(rng.integers(2, 9)), q_signed=int(rng.integers(0, 2)),
                      q_step=float(rng.uniform(0.05, 1.0)))
     if quantizer == "asq":
-        hidden, c = int(rng.integers(1, 4)), y.shape[1]
-        inputs.update(QW1=rng.normal(size=(hidden, c)).astype(np.float32), QB1=rng.normal(size=hidden).astype(np.float32),
+        hidden = int(rng.integers(1, 4))
+        adapter_attrs, g = adapter_case(rng, y.shape[1], prefix="q_")
+        attrs.update(adapter_attrs)
+        inputs.update(QW1=rng.normal(size=(hidden, g)).astype(np.float32), QB1=rng.normal(size=hidden).astype(np.float32),
                       QW2=rng.normal(size=(1, hidden)).astype(np.float32), QB2=rng.normal(size=1).astype(np.float32))
     return op + "Fused", inputs, attrs
 
@@ -127,6 +148,8 @@ def make_case(rng) -> tuple[str, dict, dict]:
 
 # --------------------------------------------------------------------------- mutations
 ODD_INTS = [-(2**40), -7, -1, 0, 1, 2, 3, 5, 8, 9, 16, 255, 256, 1000]
+# Strings for the string attributes (quantizer, beta_map): valid ones of either, near misses.
+ODD_STRINGS = ["", "none", "lsq", "asq", "relu", "sigmoid2", "RELU", "sigmoid", "relu ", "relu\x00", "sigmoid2x"]
 
 
 def mutate(rng, op: str, inputs: dict, attrs: dict) -> str:
@@ -147,6 +170,8 @@ def mutate(rng, op: str, inputs: dict, attrs: dict) -> str:
                 value = value[:-1] if value and rng.random() < 0.5 else value + [1]
         elif isinstance(value, float):
             value = float(rng.choice([0.0, -1.0, np.inf, np.nan, 1e-30, 1e30]))
+        elif isinstance(value, str):
+            value = str(rng.choice(ODD_STRINGS))
         else:
             value = int(rng.choice(ODD_INTS))
         attrs[key] = value
@@ -192,6 +217,52 @@ def mutate(rng, op: str, inputs: dict, attrs: dict) -> str:
     return kind
 
 
+def node_key(op: str, inputs: dict, attrs: dict) -> tuple:
+    """What a node computes, to tell a mutation that changed it from one that did not: its inputs
+    (dtype, shape, bytes), its attributes as ONNX stores them (floats as float32), optional ones
+    that hold their default treated as absent, and groups = C (O in a fused conv) as groups = 0
+    (both mean one group per channel)."""
+    defaults = dict(OPTIONAL, quantizer="none", **ADAPTER_DEFAULTS,
+                    **{"q_" + k: v for k, v in ADAPTER_DEFAULTS.items()})
+    x = np.asarray(inputs.get("X"))
+    channels = {"groups": x.shape[1] if x.ndim >= 2 else None}
+    ws = attrs.get("weight_shape")
+    if isinstance(ws, list) and ws and isinstance(ws[0], int):
+        channels["q_groups"] = ws[0]
+
+    def canon(name, v):
+        if isinstance(v, float):
+            return ("float", np.float32(v).tobytes())
+        if isinstance(v, list):
+            return ("list",) + tuple(canon(name, e) for e in v)
+        if isinstance(v, int) and not isinstance(v, bool) and name in channels and v == channels[name]:
+            return ("int", 0)
+        return (type(v).__name__, v)
+
+    key_attrs = tuple(sorted((k, canon(k, v)) for k, v in attrs.items()
+                             if k not in defaults or canon(k, v) != canon(k, defaults[k])))
+    key_inputs = tuple(sorted((k, np.asarray(v).dtype.str, np.asarray(v).shape, np.asarray(v).tobytes())
+                              for k, v in inputs.items()))
+    return op, key_attrs, key_inputs
+
+
+def apply_mutations(rng, op: str, inputs: dict, attrs: dict, count: int, attempts: int = 20) -> list[str]:
+    """``count`` mutations, each drawn again (up to ``attempts`` times) while it leaves the node as
+    it was; returns the kinds of those that changed it, or [] if together they changed nothing."""
+    original = node_key(op, inputs, attrs)
+    kinds = []
+    for _ in range(count):
+        for _attempt in range(attempts):
+            before = node_key(op, inputs, attrs)
+            kind = mutate(rng, op, inputs, attrs)
+            if node_key(op, inputs, attrs) != before:
+                kinds.append(kind)
+                break
+    if node_key(op, inputs, attrs) == original:  # e.g. a value changed and changed back
+        return []
+    return kinds
+
+
 # --------------------------------------------------------------------------- the reference
 def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
     def need(name, kind):
@@ -210,6 +281,17 @@ def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
             raise Malformed(f"{name} has the wrong type")
         return v
 
+    def adapter(prefix):
+        """beta_map and groups (absent: the defaults), refused as read_quant_params refuses them
+        (wrong type, an unknown map, groups < 0; groups > C is the reference's own check)."""
+        beta_map = need(prefix + "beta_map", str) if prefix + "beta_map" in attrs else ADAPTER_DEFAULTS["beta_map"]
+        groups = need(prefix + "groups", int) if prefix + "groups" in attrs else ADAPTER_DEFAULTS["groups"]
+        if beta_map not in R.BETA_MAPS:
+            raise ValueError(f"{prefix}beta_map={beta_map!r}")
+        if groups < 0:
+            raise ValueError(f"{prefix}groups={groups}")
+        return beta_map, groups
+
     if op == "GlobalAvgPool":
         if inputs["X"].ndim < 3:
             raise ValueError("rank")
@@ -218,9 +300,11 @@ def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
         bits, signed, step = need("bits", int), need("signed", int), need("step", float)
         if signed not in (0, 1):
             raise ValueError("signed")
+        beta_map, groups = adapter("")  # the kernels read them for both ops
         if op == "LsqQuantize":
             return list(R.lsq_quantize(inputs["X"], step, bits, bool(signed)))
-        return list(R.asq_quantize(inputs["X"], inputs["W1"], inputs["B1"], inputs["W2"], inputs["B2"], step, bits, bool(signed)))
+        return list(R.asq_quantize(inputs["X"], inputs["W1"], inputs["B1"], inputs["W2"], inputs["B2"], step, bits,
+                                   bool(signed), beta_map, groups))
     fused = op.endswith("ConvFused")
     kind = "ConvFused" if fused else "Conv" if op.endswith("Conv") else "Gemm"
     fmt = FORMAT_OF[op[: -len(kind)]]
@@ -241,6 +325,7 @@ def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
         q = dict(q_bits=need("q_bits", int), q_signed=need("q_signed", int), q_step=need("q_step", float))
         if q["q_signed"] not in (0, 1):
             raise ValueError("q_signed")
+        q["q_beta_map"], q["q_groups"] = adapter("q_")  # read (and checked) for lsq too, used by asq
     extra = [inputs.get(n) for n in ("R", "QW1", "QB1", "QW2", "QB2")]
     y, codes, scale = R.qconv_fused(*args, *extra, **common, **conv, quantizer=quantizer, **q)
     return [y] if codes is None else [y, codes, scale]
@@ -260,14 +345,14 @@ def test_fuzz_case(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(seed)
     op, inputs, attrs = make_case(rng)
     outputs = _outputs(op, attrs)
-    mutations = [mutate(rng, op, inputs, attrs) for _ in range(int(rng.choice([0, 1, 1, 2, 3])))]
+    mutations = apply_mutations(rng, op, inputs, attrs, int(rng.choice([0, 1, 1, 2, 3])))
     constant = tuple(n for n in ("W", "W_scale", "B", "W1", "B1", "W2", "B2", "QW1", "QB1", "QW2", "QB2")
                      if n in inputs and rng.random() < 0.7)
     model = single_node_model(op, inputs, outputs, attrs, constant, free_shapes=True)
     try:
         outs = make_session(serialize(model)).run(None, feeds(inputs, constant))
     except Exception as exc:  # noqa: BLE001 - a clean refusal is an acceptable outcome
-        assert mutations, f"case {seed} ({op}) is valid but was refused: {exc}"
+        assert mutations, f"case {seed} ({op}, {attrs}) is valid (or its mutations changed nothing) but was refused: {exc}"
         return
     try:
         expected = reference(op, {k: np.asarray(v) for k, v in inputs.items()}, attrs)
@@ -275,3 +360,30 @@ def test_fuzz_case(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.fail(f"case {seed} ({op}, mutations {mutations}): ONNX Runtime accepted what the reference refuses: {exc}")
     for i, (got, want) in enumerate(zip(outs, expected)):
         assert_bitwise_equal(got, want, f"case {seed} ({op}, mutations {mutations}) output {i}")
+
+
+def test_node_key_sees_through_no_op_mutations() -> None:
+    """node_key (which decides whether a mutation counts) equates what the kernels cannot tell apart."""
+    x = np.zeros((2, 3, 4), np.float32)
+    adapter = {"X": x, "W1": np.ones((1, 3), np.float32), "B1": np.zeros(1, np.float32),
+               "W2": np.ones((1, 1), np.float32), "B2": np.zeros(1, np.float32)}
+    base = dict(bits=4, signed=0, step=0.1)
+    key = node_key("AsqQuantize", adapter, base)
+    for same in (dict(base, groups=0), dict(base, groups=3), dict(base, beta_map="sigmoid2"),
+                 dict(base, step=float(np.float32(0.1)))):
+        assert node_key("AsqQuantize", adapter, same) == key, same
+    for other in (dict(base, groups=1), dict(base, beta_map="relu"), dict(base, beta_map=""), dict(base, groups=[3]),
+                  dict(base, bits=5)):
+        assert node_key("AsqQuantize", adapter, other) != key, other
+    assert node_key("AsqQuantize", dict(adapter, X=x + 1), base) != key
+    op, inputs, attrs = weighted_case(np.random.default_rng(0), "Conv")
+    assert node_key(op, inputs, dict(attrs, strides=[1, 1], relu=0)) == node_key(
+        op, inputs, {k: v for k, v in attrs.items() if k not in ("strides", "relu")})
+    # A mutation that cannot apply (codes_range on float32 X, w_* without W) changes nothing and is redrawn.
+    rng = np.random.default_rng(1)
+    before = node_key("AsqQuantize", adapter, base)
+    for _ in range(50):
+        inputs, attrs = dict(adapter), dict(base)
+        kinds = apply_mutations(rng, "AsqQuantize", inputs, attrs, 1)
+        assert kinds and node_key("AsqQuantize", inputs, attrs) != before
+        assert kinds[0] not in ("codes_range", "w_truncate", "w_extend", "w_flip", "w_scale_special")

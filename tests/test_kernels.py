@@ -215,8 +215,12 @@ def fused_case(seed: int) -> dict:
     extra = {"R": (rng.normal(size=y.shape) * rng.uniform(0.1, 3)).astype(np.float32) if residual else None}
     if quantizer == "asq":
         hidden = int(rng.integers(1, 5))
-        extra.update(QW1=rng.normal(size=(hidden, o)).astype(np.float32), QB1=rng.normal(size=hidden).astype(np.float32),
+        adapter_attrs, g = random_adapter_attrs(np.random.default_rng(60000 + seed), o, prefix="q_")
+        a.update(adapter_attrs)
+        extra.update(QW1=rng.normal(size=(hidden, g)).astype(np.float32), QB1=rng.normal(size=hidden).astype(np.float32),
                      QW2=rng.normal(size=(1, hidden)).astype(np.float32), QB2=rng.normal(size=1).astype(np.float32))
+        if adapter_attrs.get("q_beta_map") == "relu" and rng.random() < 0.5:  # mostly z > 1e-8: beta = z
+            extra["QB2"] = np.abs(extra["QB2"]) + np.float32(1)
     if quantizer != "none":
         a.update(quantizer=quantizer, q_bits=int(rng.integers(2, 9)), q_signed=int(rng.integers(0, 2)),
                  q_step=float(np.float32(10.0 ** rng.uniform(-2, 0))))
@@ -260,7 +264,8 @@ def test_fused_conv_matches_reference(seed: int) -> None:
         e.get("QB2"), fmt=case["fmt"], bits=a["bits"], act_bits=a["act_bits"], act_zero_point=a["act_zero_point"],
         weight_shape=a["weight_shape"], strides=a["strides"], pads=a["pads"], dilations=a["dilations"],
         group=a["group"], relu=bool(a["relu"]), quantizer=a.get("quantizer", "none"), q_bits=a.get("q_bits", 8),
-        q_signed=bool(a.get("q_signed", 0)), q_step=a.get("q_step", 1.0))
+        q_signed=bool(a.get("q_signed", 0)), q_step=a.get("q_step", 1.0), q_beta_map=a.get("q_beta_map", "sigmoid2"),
+        q_groups=a.get("q_groups", 0))
     what = f"fused case {seed} ({case['fmt']}, {a}, R={e['R'] is not None}, outputs={case['outputs']})"
     if "Y" in got:
         assert_bitwise_equal(got["Y"], y, what + " Y")
@@ -272,11 +277,12 @@ def test_fused_conv_matches_reference(seed: int) -> None:
 def test_fused_conv_equals_the_unfused_ops() -> None:
     """conv -> Add -> Relu -> AsqQuantize as four nodes and as one PostConvFused: identical bits."""
     case = fused_case(3)
-    case["attrs"].update(quantizer="asq", q_bits=4, q_signed=0, q_step=0.05, relu=1)
-    rng = np.random.default_rng(5)
     o = case["attrs"]["weight_shape"][0]
-    case["extra"].update(QW1=rng.normal(size=(2, o)).astype(np.float32), QB1=rng.normal(size=2).astype(np.float32),
-                         QW2=rng.normal(size=(1, 2)).astype(np.float32), QB2=rng.normal(size=1).astype(np.float32))
+    g = max(1, (2 * o) // 3)  # groups that (mostly) do not divide O
+    case["attrs"].update(quantizer="asq", q_bits=4, q_signed=0, q_step=0.05, relu=1, q_beta_map="relu", q_groups=g)
+    rng = np.random.default_rng(5)
+    case["extra"].update(QW1=rng.normal(size=(2, g)).astype(np.float32), QB1=rng.normal(size=2).astype(np.float32),
+                         QW2=rng.normal(size=(1, 2)).astype(np.float32), QB2=np.array([1.5], np.float32))
     y_conv = reference_conv(dict(case, attrs=dict(case["attrs"], relu=0)))
     case["extra"]["R"] = rng.normal(size=y_conv.shape).astype(np.float32)
     case["outputs"] = ("Y", "Q", "Q_scale")
@@ -289,7 +295,8 @@ def test_fused_conv_equals_the_unfused_ops() -> None:
     y1 = np.maximum(y0 + case["extra"]["R"], np.float32(0))
     e = case["extra"]
     adapter = {"X": y1, "W1": e["QW1"], "B1": e["QB1"], "W2": e["QW2"], "B2": e["QB2"]}
-    q1, s1 = run_single(quantize_model("AsqQuantize", adapter, dict(bits=4, signed=0, step=0.05)), adapter, ())
+    q1, s1 = run_single(quantize_model("AsqQuantize", adapter, dict(bits=4, signed=0, step=0.05, beta_map="relu",
+                                                                    groups=g)), adapter, ())
     assert_bitwise_equal(y, y1, "fused Y vs conv + Add + Relu")
     assert_bitwise_equal(scale, s1, "fused scale vs AsqQuantize")
     assert_bitwise_equal(q, q1, "fused codes vs AsqQuantize")
@@ -409,24 +416,48 @@ def random_activations(rng: np.random.Generator, shape, special: bool) -> np.nda
     return x
 
 
+def random_adapter_attrs(rng: np.random.Generator, c: int, prefix: str = "") -> tuple[dict, int]:
+    """AsqQuantize's optional attributes (prefix "q_" in a fused conv) and the adapter's input
+    count G: beta_map absent (= sigmoid2), relu or sigmoid2; groups absent, 0 (both G = C) or 1..C."""
+    attrs = {}
+    beta_map = (None, "relu", "sigmoid2")[int(rng.integers(0, 3))]
+    if beta_map is not None:
+        attrs[prefix + "beta_map"] = beta_map
+    r = rng.random()
+    g = c if r < 0.4 else int(rng.integers(1, c + 1))
+    if r >= 0.2:  # 0.2..0.4: groups=0
+        attrs[prefix + "groups"] = 0 if r < 0.4 else g
+    return attrs, g
+
+
 def asq_case(seed: int) -> dict:
     rng = np.random.default_rng(9000 + seed)
     rank = [2, 3, 4, 4, 4, 5][int(rng.integers(0, 6))]
     n, c = int(rng.integers(1, 5)), int(rng.integers(1, 17))
     spatial = tuple(int(v) for v in rng.integers(1, 10, size=rank - 2))
     hidden = int(rng.integers(1, 9))
+    adapter_attrs, g = random_adapter_attrs(np.random.default_rng(19000 + seed), c)
     x = random_activations(rng, (n, c) + spatial, special=rng.random() < 0.2)
     scale = 10.0 ** rng.uniform(-2, 1)
-    zero_adapter = rng.random() < 0.1  # beta = 1, as at initialisation
-    w1 = (rng.normal(size=(hidden, c)) * scale * (0 if zero_adapter else 1)).astype(np.float32)
+    zero_adapter = rng.random() < 0.1  # z = 0: beta = 1 (sigmoid2, as at its initialisation) or 1e-8 (relu)
+    w1 = (rng.normal(size=(hidden, g)) * scale * (0 if zero_adapter else 1)).astype(np.float32)
     b1 = (rng.normal(size=(hidden,)) * (0 if zero_adapter else 1)).astype(np.float32)
     w2 = (rng.normal(size=(1, hidden)) * (0 if zero_adapter else 1)).astype(np.float32)
     b2 = (rng.normal(size=(1,)) * (0 if zero_adapter else 1)).astype(np.float32)
+    if adapter_attrs.get("beta_map") == "relu" and not zero_adapter and rng.random() < 0.5:
+        b2 = np.abs(b2) + np.float32(1)  # mostly z > 1e-8 (beta = z), as the authors' bias-1 initialisation
     step = float(np.float32(10.0 ** rng.uniform(-3, 0)))
-    attrs = dict(bits=int(rng.integers(2, 9)), signed=int(rng.integers(0, 2)), step=step)
+    attrs = dict(bits=int(rng.integers(2, 9)), signed=int(rng.integers(0, 2)), step=step, **adapter_attrs)
     inputs = {"X": x, "W1": w1, "B1": b1, "W2": w2, "B2": b2}
     constant = ("W1", "B1", "W2", "B2") if rng.random() < 0.7 else ()
     return dict(inputs=inputs, attrs=attrs, constant=constant)
+
+
+def reference_asq(inputs: dict, attrs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """R.asq_quantize with the node's attributes; absent beta_map / groups take the op's defaults."""
+    i, a = inputs, attrs
+    return R.asq_quantize(i["X"], i["W1"], i["B1"], i["W2"], i["B2"], a["step"], a["bits"], bool(a["signed"]),
+                          a.get("beta_map", "sigmoid2"), a.get("groups", 0))
 
 
 @pytest.mark.parametrize("seed", range(N_ASQ_CASES))
@@ -435,10 +466,10 @@ def test_asq_quantize_matches_reference(seed: int) -> None:
     i, a = case["inputs"], case["attrs"]
     model = quantize_model("AsqQuantize", i, a, case["constant"])
     codes, scale = run_single(model, i, case["constant"])
-    ref_codes, ref_scale = R.asq_quantize(i["X"], i["W1"], i["B1"], i["W2"], i["B2"], a["step"], a["bits"],
-                                          bool(a["signed"]))
-    assert_bitwise_equal(scale, ref_scale, f"asq case {seed} scale")
-    assert_bitwise_equal(codes, ref_codes, f"asq case {seed} codes")
+    ref_codes, ref_scale = reference_asq(i, a)
+    what = f"asq case {seed} (C={i['X'].shape[1]}, W1 {i['W1'].shape}, {a})"
+    assert_bitwise_equal(scale, ref_scale, what + " scale")
+    assert_bitwise_equal(codes, ref_codes, what + " codes")
 
 
 def lsq_case(seed: int) -> dict:
@@ -499,6 +530,161 @@ def test_asq_quantize_nan_inf_inputs() -> None:
         assert_bitwise_equal(scale, ref_scale, "asq nan/inf scale")
         assert_bitwise_equal(codes, ref_codes, "asq nan/inf codes")
         assert (codes[3] == R.act_zero_point(4, bool(signed))).all()
+
+
+def _adapter_with_z(z: float, c: int) -> dict:
+    """W1, B1, W2, B2 whose output is exactly the float64 ``z`` for any finite X: W1 = 0, so
+    h = relu(B1), and z = ((0 + W2[0] B1[0]) + W2[1] B1[1]) + B2 with three float32 parts of z."""
+    a = np.float32(z)
+    b = np.float32(z - np.float64(a))
+    r = np.float32(z - np.float64(a) - np.float64(b))
+    assert (np.float64(a) + np.float64(b)) + np.float64(r) == z  # the kernel's order, exactly z
+    return {"W1": np.zeros((2, c), np.float32), "B1": np.abs(np.array([a, b], np.float32)),
+            "W2": np.array([[1.0 if a >= 0 else -1.0, 1.0 if b >= 0 else -1.0]], np.float32),
+            "B2": np.array([r], np.float32)}
+
+
+_BELOW_FLOOR = float(np.nextafter(1e-8, 0.0))
+_ABOVE_FLOOR = float(np.nextafter(1e-8, 1.0))
+
+
+@pytest.mark.parametrize("z", [1e-8, _BELOW_FLOOR, _ABOVE_FLOOR, 5e-9, 2.5e-8, 0.0, -3.0, 0.75])
+def test_asq_relu_map_floor(z: float) -> None:
+    """beta_map='relu': beta = z > 1e-8 ? z : 1e-8, z exactly at, just below and just above the floor
+    (which give the same float32 scale), and clearly below (5e-9: the floor, not z) or above it."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 4, 2, 3)).astype(np.float32)
+    inputs = {"X": x, **_adapter_with_z(z, 4)}
+    step = 0.3
+    attrs = dict(bits=4, signed=1, step=step, beta_map="relu")
+    codes, scale = run_single(quantize_model("AsqQuantize", inputs, attrs), inputs, ())
+    beta = z if z > 1e-8 else 1e-8
+    want = np.full(3, np.float32(np.float64(np.float32(step)) * beta), np.float32)
+    assert_bitwise_equal(scale, want, f"relu map scale at z={z!r}")
+    ref_codes, ref_scale = reference_asq(inputs, attrs)
+    assert_bitwise_equal(ref_scale, want, f"reference relu map scale at z={z!r}")
+    assert_bitwise_equal(codes, ref_codes, f"relu map codes at z={z!r}")
+
+
+@pytest.mark.parametrize("z_kind", ["nan", "+inf", "-inf"])
+@pytest.mark.parametrize("beta_map", ["relu", "sigmoid2", None])
+def test_asq_beta_map_of_nonfinite_z(z_kind: str, beta_map: str | None) -> None:
+    """A +inf mean through W1 = 1 makes h = inf: z = inf - inf (NaN), inf or -inf. relu: NaN and
+    -inf give the floor, scale = float32(step * 1e-8); sigmoid2 (also when absent): NaN, 2 step, 0."""
+    x = np.ones((2, 1, 3), np.float32)
+    x[0, 0, 1] = np.inf  # sample 0: non-finite z; sample 1: z finite
+    w2 = {"nan": [[1.0, -1.0]], "+inf": [[1.0, 0.5]], "-inf": [[-1.0, -0.5]]}[z_kind]
+    inputs = {"X": x, "W1": np.ones((2, 1), np.float32), "B1": np.zeros(2, np.float32),
+              "W2": np.array(w2, np.float32), "B2": np.zeros(1, np.float32)}
+    step = np.float32(0.2)
+    attrs = dict(bits=3, signed=0, step=float(step), beta_map=beta_map)
+    codes, scale = run_single(quantize_model("AsqQuantize", inputs, attrs), inputs, ())
+    ref_codes, ref_scale = reference_asq(inputs, {k: v for k, v in attrs.items() if v is not None})
+    assert_bitwise_equal(scale, ref_scale, f"{beta_map} map, z {z_kind}: scale")
+    assert_bitwise_equal(codes, ref_codes, f"{beta_map} map, z {z_kind}: codes")
+    floor = np.float32(np.float64(step) * 1e-8)
+    expected = {("relu", "nan"): floor, ("relu", "-inf"): floor, ("relu", "+inf"): np.float32(np.inf)}.get(
+        (beta_map, z_kind), {"nan": np.float32(np.nan), "+inf": np.float32(2 * step), "-inf": np.float32(0)}[z_kind])
+    got = scale[0]
+    assert (np.isnan(got) and np.isnan(expected)) or got == expected, f"{beta_map}, z {z_kind}: {got!r} != {expected!r}"
+
+
+def test_asq_groups_not_dividing_channels() -> None:
+    """C = 7, G = 3: groups [0, 2), [2, 4), [4, 7). Group 2's channel means 1e20, 1, -1e20 sum to 0
+    in the defined order (channels in order from +0.0), to 1 in others: the scale pins the order."""
+    assert R.adapter_group_bounds(7, 3).tolist() == [0, 2, 4, 7]
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(2, 7, 3, 3)).astype(np.float32)
+    big = np.float32(1e20)
+    x[0, 4], x[0, 5], x[0, 6] = big, 1.0, -big  # constant planes: p = 1e20, 1, -1e20 exactly
+    inputs = {"X": x, "W1": np.array([[0, 0, 1], [0.5, -2, 0.25]], np.float32), "B1": np.array([0.5, 0.1], np.float32),
+              "W2": np.array([[1, 0.125]], np.float32), "B2": np.zeros(1, np.float32)}
+    for constant in ((), ("W1", "B1", "W2", "B2")):
+        for beta_map in ("relu", "sigmoid2"):
+            attrs = dict(bits=5, signed=1, step=0.25, beta_map=beta_map, groups=3)
+            codes, scale = run_single(quantize_model("AsqQuantize", inputs, attrs, constant), inputs, constant)
+            ref_codes, ref_scale = reference_asq(inputs, attrs)
+            assert_bitwise_equal(scale, ref_scale, f"C=7, G=3, {beta_map}: scale")
+            assert_bitwise_equal(codes, ref_codes, f"C=7, G=3, {beta_map}: codes")
+    # Pinned directly: W1 = [[0, 0, 1]], so z = h[0] = group 2's mean + 0.5 = 0.5 exactly (1/3 + 0.5
+    # in another order) and the relu map's scale is step * 0.5.
+    only = {"X": x, "W1": np.array([[0, 0, 1]], np.float32), "B1": np.array([0.5], np.float32),
+            "W2": np.ones((1, 1), np.float32), "B2": np.zeros(1, np.float32)}
+    attrs = dict(bits=5, signed=1, step=0.25, beta_map="relu", groups=3)
+    _, scale = run_single(quantize_model("AsqQuantize", only, attrs), only, ())
+    assert scale[0] == np.float32(0.125), f"group mean of 1e20, 1, -1e20 in another order: scale {scale[0]!r}"
+
+
+@pytest.mark.parametrize("constant", [(), ("W1", "B1", "W2", "B2")])
+def test_asq_groups_out_of_range_and_wrong_w1_are_refused(constant: tuple[str, ...]) -> None:
+    x = np.ones((2, 3, 4), np.float32)
+    adapter = {"B1": np.zeros(2, np.float32), "W2": np.ones((1, 2), np.float32), "B2": np.zeros(1, np.float32)}
+    attrs = dict(bits=4, signed=0, step=0.1)
+    cases = [  # (groups, W1 columns, fragments of the message)
+        (4, 4, ("attribute 'groups'=4", "exceeds the 3 channels")),
+        (5, 3, ("attribute 'groups'=5",)),
+        (2, 3, ("input 'W1' must be (H, G) = (H, 2)", "got (2, 3)")),
+        (0, 2, ("input 'W1' must be (H, C) = (H, 3)", "got (2, 2)")),
+        (None, 1, ("input 'W1' must be (H, C) = (H, 3)", "got (2, 1)")),
+        (-1, 3, ("attribute 'groups'=-1 must be >= 0",)),
+    ]
+    for groups, cols, fragments in cases:
+        inputs = {"X": x, "W1": np.ones((2, cols), np.float32), **adapter}
+        model = quantize_model("AsqQuantize", inputs, dict(attrs, groups=groups), constant)
+        with pytest.raises(Exception) as info:
+            run_single(model, inputs, constant)
+        for fragment in ("AsqQuantize: ",) + fragments:
+            assert fragment in str(info.value), f"groups={groups}, W1 (2, {cols}): {fragment!r} not in {info.value}"
+        with pytest.raises(ValueError):  # the reference refuses the same node
+            reference_asq(inputs, dict(attrs, groups=groups) if groups is not None else attrs)
+
+
+@pytest.mark.parametrize("beta_map", ["", "RELU", "sigmoid", "relu ", "none"])
+def test_asq_unknown_beta_map_is_refused(beta_map: str) -> None:
+    inputs = {"X": np.ones((1, 2, 3), np.float32), "W1": np.ones((1, 2), np.float32), "B1": np.zeros(1, np.float32),
+              "W2": np.ones((1, 1), np.float32), "B2": np.zeros(1, np.float32)}
+    attrs = dict(bits=4, signed=0, step=0.1, beta_map=beta_map)
+    with pytest.raises(Exception, match=f"AsqQuantize: attribute 'beta_map'='{beta_map}' must be relu or sigmoid2"):
+        run_single(quantize_model("AsqQuantize", inputs, attrs), inputs, ())
+    with pytest.raises(ValueError, match="beta_map"):
+        reference_asq(inputs, attrs)
+
+
+def test_asq_no_channels_is_refused() -> None:
+    """C = 0 has no group (1 <= G <= C): refused, as by the reference, even with W1 (H, 0)."""
+    inputs = {"X": np.ones((2, 0, 3), np.float32), "W1": np.ones((1, 0), np.float32), "B1": np.ones(1, np.float32),
+              "W2": np.ones((1, 1), np.float32), "B2": np.zeros(1, np.float32)}
+    attrs = dict(bits=4, signed=0, step=0.1)
+    with pytest.raises(Exception, match="AsqQuantize: input 'X' has no channels"):
+        run_single(quantize_model("AsqQuantize", inputs, attrs), inputs, ())
+    with pytest.raises(ValueError, match="no channels"):
+        reference_asq(inputs, attrs)
+
+
+def test_fused_asq_attributes_are_checked() -> None:
+    """q_groups > O, a QW1 of the wrong width and an unknown q_beta_map are refused, naming q_*."""
+    base = next(c for c in map(fused_case, range(40)) if c["attrs"].get("quantizer") == "asq")
+    o = base["attrs"]["weight_shape"][0]
+    hidden = base["extra"]["QB1"].shape[0]
+    cases = [  # (attrs, QW1 columns, fragments)
+        (dict(q_groups=o + 1), o + 1, ("attribute 'q_groups'=", "exceeds the")),
+        (dict(q_groups=1), 2, ("input 'QW1' must be (H, G) = (H, 1)", "'q_groups'=1")),
+        (dict(q_groups=0), o + 1, (f"input 'QW1' must be (H, C) = (H, {o})",)),
+        (dict(q_groups=-2), o, ("attribute 'q_groups'=-2 must be >= 0",)),
+        (dict(q_beta_map="sigmoid"), o, ("attribute 'q_beta_map'='sigmoid' must be relu or sigmoid2",)),
+    ]
+    for extra_attrs, cols, fragments in cases:
+        for constant_adapter in (False, True):
+            case = dict(base, attrs={k: v for k, v in base["attrs"].items() if k not in ("q_groups", "q_beta_map")})
+            case["attrs"].update(extra_attrs)
+            case["extra"] = dict(base["extra"], QW1=np.ones((hidden, cols), np.float32))
+            adapter = ("QW1", "QB1", "QW2", "QB2")
+            case["constant"] = tuple(k for k in base["constant"] if k not in adapter) + (adapter if constant_adapter else ())
+            model, everything = fused_model(case)
+            with pytest.raises(Exception) as info:
+                run_single(model, everything, case["constant"])
+            for fragment in (case["fmt"].capitalize() + "ConvFused: ",) + fragments:
+                assert fragment in str(info.value), f"{extra_attrs}, QW1 (H, {cols}): {fragment!r} not in {info.value}"
 
 
 def test_post_levels_follow_the_shift_and_table_identity() -> None:

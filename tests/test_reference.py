@@ -1,4 +1,6 @@
 """The numpy integer reference: packing, decoding, the POST table and conv/gemm against torch."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -155,3 +157,108 @@ def test_spatial_mean_order_matters():
     x = np.array([[[1e20, 1.0, -1e20]]], np.float32)
     assert R.spatial_mean(x)[0, 0] == 1.0 / 3.0
     assert np.cumsum(x.astype(np.float64), axis=2)[0, 0, -1] == 0.0
+
+
+# --------------------------------------------------------------------------- ASQ adapter: groups, beta maps
+def _sequential_group_mean(values) -> float:
+    """A group's mean as defined (AsqQuantize step 2): one float64 addition at a time from +0.0,
+    channels in order, then one division by the group's size."""
+    acc = 0.0
+    for v in values:
+        acc = acc + float(v)
+    return acc / len(values)
+
+
+def test_adapter_group_bounds():
+    assert R.adapter_group_bounds(7, 3).tolist() == [0, 2, 4, 7]  # floor(g C / G): sizes 2, 2, 3
+    assert R.adapter_group_bounds(10, 4).tolist() == [0, 2, 5, 7, 10]
+    assert R.adapter_group_bounds(5, 1).tolist() == [0, 5]
+    assert R.adapter_group_bounds(5, 0).tolist() == R.adapter_group_bounds(5, 5).tolist() == list(range(6))
+    for c, g in ((3, 4), (3, -1), (0, 0), (0, 1)):
+        with pytest.raises(ValueError, match="groups must be in"):
+            R.adapter_group_bounds(c, g)
+
+
+def test_group_means_are_sequential_sums_in_channel_order():
+    # C = 6, G = 2: groups [0, 3) and [3, 6). 1e20, 1, -1e20 sum to 0 in the defined order (the 1
+    # is lost in 1e20 + 1) but to 1 exactly (math.fsum) or largest first, so the bits pin the order.
+    big = 1e20
+    pooled = np.array([[big, 1.0, -big, 1.0, big, -big],
+                       [big, -big, 1.0, -big, big, 1.0],
+                       [0.1, 0.2, 0.3, 3.0, -0.5, 7.25]])
+    got = R.adapter_inputs(pooled, 2)
+    want = np.array([[_sequential_group_mean(row[:3]), _sequential_group_mean(row[3:])] for row in pooled])
+    np.testing.assert_array_equal(got, want)
+    assert got[0].tolist() == [0.0, 0.0] and got[1].tolist() == [1.0 / 3.0, 1.0 / 3.0]
+    for group in (pooled[0, :3], pooled[0, 3:]):  # other orders give other bits
+        assert math.fsum(group) / 3 == 1.0 / 3.0
+        assert _sequential_group_mean(sorted(group, key=abs, reverse=True)) == 1.0 / 3.0
+    # Divided once by the group's size, not a sum of c / size terms.
+    assert got[2, 0] == ((0.1 + 0.2) + 0.3) / 3 != (0.1 / 3 + 0.2 / 3) + 0.3 / 3
+    # Uneven groups (C = 7, G = 3: sizes 2, 2, 3) and G = C (or 0): the spatial means themselves.
+    p7 = np.arange(14, dtype=np.float64).reshape(2, 7) * 0.1
+    np.testing.assert_array_equal(R.adapter_inputs(p7, 3), [[_sequential_group_mean(r[0:2]), _sequential_group_mean(r[2:4]),
+                                                            _sequential_group_mean(r[4:7])] for r in p7])
+    assert R.adapter_inputs(p7, 7) is p7 and R.adapter_inputs(p7, 0) is p7
+
+
+def test_asq_scale_with_groups_follows_the_definition():
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(3, 7, 2, 3)) * 10.0 ** rng.integers(-3, 4, size=(3, 7, 1, 1))).astype(np.float32)
+    w1, b1 = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    w2, b2 = rng.normal(size=(1, 4)).astype(np.float32), np.array([0.7], np.float32)
+    step = np.float32(0.3)
+    for beta_map in R.BETA_MAPS:
+        got = R.asq_scale(x, w1, b1, w2, b2, float(step), beta_map, 3)
+        for n in range(3):
+            p = [_lane_mean(x[n, c].reshape(-1)) for c in range(7)]
+            g = [_sequential_group_mean(p[lo:hi]) for lo, hi in ((0, 2), (2, 4), (4, 7))]
+            z = 0.0
+            for j in range(4):
+                h = 0.0
+                for k in range(3):
+                    h = h + float(w1[j, k]) * g[k]
+                h = h + float(b1[j])
+                z = z + float(w2[0, j]) * (h if h > 0.0 else 0.0)
+            z = z + float(b2[0])
+            beta = max(z, 1e-8) if beta_map == "relu" else 2.0 / (1.0 + np.exp(-z))
+            assert got[n] == np.float32(float(step) * beta), (beta_map, n)
+    with pytest.raises(ValueError, match=r"W1 must be \(H, 3\)"):
+        R.asq_scale(x, w1[:, :2], b1, w2, b2, 0.3, "relu", 3)
+    with pytest.raises(ValueError, match="groups must be in"):
+        R.asq_scale(x, np.ones((4, 8), np.float32), b1, w2, b2, 0.3, "relu", 8)
+    with pytest.raises(ValueError, match="no channels"):
+        R.asq_scale(np.ones((2, 0, 3), np.float32), np.ones((4, 0), np.float32), b1, w2, b2, 0.3)
+
+
+def test_beta_maps():
+    assert R.BETA_MAPS == ("relu", "sigmoid2")
+    below = np.nextafter(1e-8, 0.0)
+    z = np.array([2.0, 1e-8, np.nextafter(1e-8, 1.0), below, 0.0, -0.0, -5.0, np.nan, np.inf, -np.inf])
+    relu = R.beta_from_z(z, "relu")
+    assert relu.dtype == np.float64
+    assert relu.tolist() == [2.0, 1e-8, float(np.nextafter(1e-8, 1.0)), 1e-8, 1e-8, 1e-8, 1e-8, 1e-8, np.inf, 1e-8]
+    sig = R.beta_from_z(np.array([0.0, np.inf, -np.inf, -1000.0, 1000.0, np.nan]), "sigmoid2")
+    assert sig[:5].tolist() == [1.0, 2.0, 0.0, 0.0, 2.0] and np.isnan(sig[5])
+    assert R.beta_from_z(np.array([1.5]), "sigmoid2")[0] == 2.0 / (1.0 + np.exp(-1.5))
+    for bad in ("", "RELU", "sigmoid", "none"):
+        with pytest.raises(ValueError, match="beta_map must be one of"):
+            R.beta_from_z(z, bad)
+
+
+def test_asq_scale_beta_map_default_is_sigmoid2_and_relu_floor():
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    w1, b1 = rng.normal(size=(3, 5)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    w2, b2 = rng.normal(size=(1, 3)).astype(np.float32), rng.normal(size=1).astype(np.float32)
+    default = R.asq_scale(x, w1, b1, w2, b2, 0.25)
+    np.testing.assert_array_equal(default, R.asq_scale(x, w1, b1, w2, b2, 0.25, "sigmoid2", 0))
+    codes, scale = R.asq_quantize(x, w1, b1, w2, b2, 0.25, 4, False)
+    np.testing.assert_array_equal(scale, default)
+    assert not np.array_equal(default, R.asq_scale(x, w1, b1, w2, b2, 0.25, "relu", 0))
+    # A zero adapter: z = 0, beta = 1 (sigmoid2) or the floor 1e-8 (relu).
+    zeros = (np.zeros((3, 5), np.float32), np.zeros(3, np.float32), np.zeros((1, 3), np.float32), np.zeros(1, np.float32))
+    assert R.asq_scale(x, *zeros, 0.25).tolist() == [0.25] * 4
+    assert R.asq_scale(x, *zeros, 0.25, "relu").tolist() == [float(np.float32(0.25 * 1e-8))] * 4
+    with pytest.raises(ValueError, match="beta_map must be one of"):
+        R.asq_scale(x, w1, b1, w2, b2, 0.25, "Relu")
