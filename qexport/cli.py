@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -109,6 +110,43 @@ def print_report(report, title: str = "parity") -> None:
             out.print(f"  - {f}")
 
 
+@contextmanager
+def _step_progress(label: str):
+    """A rich progress bar on stderr fed by ``callback(step, total, loss)``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn(f"[dim]{label}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = None
+
+        def callback(step: int, total: int, loss: float) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task(label, total=total, status="")
+            bar.update(task, completed=step, status=f"loss {loss:.4f}")
+
+        yield callback
+
+
+def print_fidelity(fid: dict) -> None:
+    """The float -> calibrated -> fitted fidelity of a convert, and its warning."""
+    if not fid:
+        return
+
+    def fmt(d: dict) -> str:
+        sq = "inf" if d["sqnr_db"] is None else f"{d['sqnr_db']:.1f} dB"
+        return f"top-1 agreement {d['top1_agreement']:.2%}, SQNR {sq}"
+
+    held = fid["held_out"]
+    where = "held-out" if held["disjoint_from_calibration"] else "calibration (no held-out data)"
+    line = f"fidelity to the float model on {held['samples']} {where} samples: calibrated {fmt(fid['calibrated'])}"
+    if "fitted" in fid:
+        line += f"; fitted {fmt(fid['fitted'])}"
+    out.print(line, highlight=False)
+    if fid.get("warning"):
+        out.print(f"[bold yellow]warning:[/] {fid['warning']}")
+
+
 def _tolerances(max_mismatch_rate: float, min_agreement: float):
     from .validate import Tolerances
 
@@ -126,7 +164,9 @@ def convert(
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture of a plain state dict (see `qexport models`)."),
     data: str = typer.Option("samples", "--data", help=DATA_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
-    calib_samples: int = typer.Option(512, "--calib-samples", help="Samples used to calibrate a float model."),
+    calib_samples: int = typer.Option(512, "--calib-samples", help="Samples used to calibrate and fit a float model (the rest of --data, or else its last eighth, measures fidelity)."),
+    fit_steps: int = typer.Option(200, "--fit-steps", help="Steps of the post-training fit to the float model (steps, adapters, scales, weight rounding); 0 skips it."),
+    fit_batch: int = typer.Option(32, "--fit-batch-size", help="Samples per fitting step."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file: only for files you trust)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity with PyTorch after export (default on)."),
     max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
@@ -137,16 +177,24 @@ def convert(
     from .convert import ConvertError, convert as run
     from .export import ExportError
 
+    from .nn.fit import FitOptions
+
     method = _method(method)
     _check_bits(bits)
+    if calib_samples < 1 or fit_steps < 0 or fit_batch < 1:
+        _fail("--calib-samples and --fit-batch-size must be >= 1, --fit-steps >= 0")
     x, y = _load_data(data, limit)
-    try:
-        result = run(model, x=x, y=y, output=output, method=method, bits=bits, act_bits=act_bits,
-                     first_last_bits=first_last_bits, arch=arch, trust_pickle=trust_pickle, calib_samples=calib_samples,
-                     validate=validate, data_name=data, tolerances=_tolerances(max_mismatch_rate, min_agreement),
-                     progress=lambda msg: console.print(f"[dim]{msg}[/]"))
-    except (CheckpointError, ConvertError, ExportError) as exc:
-        _fail(str(exc))
+    with _step_progress("fitting") as fit_progress:
+        try:
+            result = run(model, x=x, y=y, output=output, method=method, bits=bits, act_bits=act_bits,
+                         first_last_bits=first_last_bits, arch=arch, trust_pickle=trust_pickle,
+                         calib_samples=calib_samples, validate=validate, data_name=data,
+                         tolerances=_tolerances(max_mismatch_rate, min_agreement),
+                         fit_options=FitOptions(steps=fit_steps, batch_size=fit_batch),
+                         progress=lambda msg: console.print(f"[dim]{msg}[/]"), fit_progress=fit_progress)
+        except (CheckpointError, ConvertError, ExportError) as exc:
+            _fail(str(exc))
+    print_fidelity(result.fidelity)
     size = result.onnx_path.stat().st_size
     out.print(f"wrote {result.onnx_path} ({size:,} bytes; {result.config.method}, {result.config.bits}-bit weights)")
     if result.checkpoint_path:

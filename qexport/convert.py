@@ -1,9 +1,10 @@
 """The main job: model file -> quantized (calibrated) model -> ONNX -> parity report."""
 from __future__ import annotations
 
+import copy
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ from .checkpoint import LoadedModel, load_model, save_checkpoint
 from .export import export_onnx
 from .io import atomic_write_text
 from .nn import calibrate, quantize_
+from .nn.fit import FitOptions, fit
 from .quant.config import QuantConfig
 from .validate import ParityReport, Tolerances, check_parity, top1
 
@@ -31,6 +33,7 @@ class ConvertResult:
     report: ParityReport | None
     config: QuantConfig
     loaded: LoadedModel
+    fidelity: dict = field(default_factory=dict)  # convert of a float model: see ``fidelity``
 
 
 def _method_tag(method: str) -> str:
@@ -80,17 +83,74 @@ def quantize_model(model: nn.Module, config: QuantConfig, x: np.ndarray, calib_s
     return model.eval()
 
 
+def split_calibration(n: int, calib_samples: int) -> tuple[int, slice]:
+    """(number of calibration samples, the held-out samples) out of ``n`` inputs.
+
+    The first ``calib_samples`` calibrate and fit; the rest measure the fidelity to the float
+    model. When there is no rest, the last eighth is held out (at least one sample when n >= 2),
+    so that fidelity is never measured on the samples that were fitted.
+    """
+    if n > calib_samples:
+        return calib_samples, slice(calib_samples, n)
+    held = n // 8 if n >= 16 else (1 if n >= 2 else 0)
+    return n - held, slice(n - held, n) if held else slice(0, n)
+
+
+@torch.no_grad()
+def fidelity(model: nn.Module, reference: nn.Module, x: np.ndarray, batch_size: int = 256) -> dict:
+    """How closely ``model`` reproduces ``reference`` (the float model) on ``x``, no labels needed:
+    top-1 agreement of the predictions and the output SQNR in dB."""
+    model.eval()
+    reference.eval()
+    agree, sq_ref, sq_err = 0, 0.0, 0.0
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32))
+        a, b = model(xb).double(), reference(xb).double()
+        if a.dim() == 2:
+            agree += int((a.argmax(1) == b.argmax(1)).sum())
+        sq_ref += float((b ** 2).sum())
+        sq_err += float(((a - b) ** 2).sum())
+    sqnr = None if sq_err == 0 else float(10 * np.log10(max(sq_ref, 1e-300) / sq_err))
+    return {"samples": int(len(x)), "top1_agreement": agree / max(1, len(x)), "sqnr_db": sqnr}
+
+
+# Below these, convert warns that the quantized model is not the float model any more.
+POOR_AGREEMENT = 0.90
+POOR_SQNR_DB = 10.0
+
+
+def fidelity_warning(fid: dict, config: QuantConfig) -> str | None:
+    """A loud, specific warning when the fitted model's fidelity to the float model is poor."""
+    agreement, sqnr = fid["top1_agreement"], fid["sqnr_db"]
+    if agreement >= POOR_AGREEMENT and (sqnr is None or sqnr >= POOR_SQNR_DB):
+        return None
+    tips = []
+    if config.bits < 8:
+        tips.append(f"more bits (--bits {config.bits + 1})")
+    tips += ["quantization-aware training (`qexport train --from <float model> --method "
+             f"{config.method} --bits {config.bits}`)", "more calibration data (--data, --calib-samples)",
+             "a longer fit (--fit-steps)"]
+    sqnr_txt = "inf" if sqnr is None else f"{sqnr:.1f}"
+    return (f"the quantized model agrees with the float model on only {agreement:.1%} of {fid['samples']} held-out "
+            f"samples (output SQNR {sqnr_txt} dB): parity checks ONNX against this quantized model, not "
+            f"against the float one. Try " + ", ".join(tips) + ".")
+
+
 def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | None = None, output: str | os.PathLike | None = None,
             method: str | None = None, bits: int | None = None, act_bits: int | None = None, first_last_bits: int | None = 8,
             arch: str | None = None, trust_pickle: bool = False, calib_samples: int = 512, validate: bool = True,
-            data_name: str = "", tolerances: Tolerances | None = None,
-            progress: Callable[[str], None] | None = None) -> ConvertResult:
+            data_name: str = "", tolerances: Tolerances | None = None, fit_options: FitOptions | None = None,
+            progress: Callable[[str], None] | None = None,
+            fit_progress: Callable[[int, int, float], None] | None = None) -> ConvertResult:
     """Convert a model file to ONNX with ai.qexport ops, and check parity.
 
     A float model (qexport checkpoint, state dict + ``arch``, or trusted pickle) is quantized
-    with ``method``/``bits`` and calibrated on ``x``; the calibrated model is saved beside the
-    ONNX file (``.pt``) so ``qexport validate`` can re-check it later. A quantized checkpoint is
-    exported as it is.
+    with ``method``/``bits``, calibrated on the first ``calib_samples`` inputs of ``x`` and then
+    fitted to reproduce the float model on them (``qexport.nn.fit``; ``fit_options.steps`` = 0
+    skips it). The fidelity to the float model (top-1 agreement, SQNR) is measured on the inputs
+    not used for that (``split_calibration``) and stored in the report with a warning when poor.
+    The fitted model is saved beside the ONNX file (``.pt``) so ``qexport validate`` can re-check
+    it later. A quantized checkpoint is exported as it is.
     """
     say = progress or (lambda msg: None)
     model_path = Path(model_path)
@@ -104,16 +164,36 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     check_input(loaded.model, x)
     model = loaded.model
     ckpt_path = None
-    float_top1 = None
+    accuracy: dict = {}
+    fid: dict = {}
     if not loaded.is_quantized:
+        fit_opts = fit_options or FitOptions()
+        n_cal, held = split_calibration(len(x), calib_samples)
+        teacher = copy.deepcopy(model).eval()
         if validate and y is not None:
-            float_top1 = top1(model, x, y)
-        say(f"quantizing ({config.method}, {config.bits}-bit) and calibrating on {min(len(x), calib_samples)} samples")
-        model = quantize_model(model, config, x, calib_samples)
+            accuracy["float"] = top1(teacher, x, y)
+        say(f"quantizing ({config.method}, {config.bits}-bit) and calibrating on {n_cal} samples")
+        model = quantize_model(model, config, x, n_cal)
+        fid["calibrated"] = fidelity(model, teacher, x[held])
+        if validate and y is not None:
+            accuracy["calibrated"] = top1(model, x, y)
+        if fit_opts.steps > 0:
+            say(f"fitting to the float model on {n_cal} samples ({fit_opts.steps} steps of {fit_opts.batch_size})")
+            xc = torch.from_numpy(np.ascontiguousarray(x[:n_cal], dtype=np.float32))
+            fit_summary = fit(model, teacher, xc, fit_opts, progress=fit_progress)
+            model.eval()
+            fid["fitted"] = fidelity(model, teacher, x[held])
+            fid["fit"] = fit_summary
+        fid["held_out"] = {"first": int(held.start), "samples": int(held.stop - held.start),
+                           "disjoint_from_calibration": bool(held.start >= n_cal)}
+        final = fid.get("fitted", fid["calibrated"])
+        warning = fidelity_warning(final, config)
+        if warning:
+            fid["warning"] = warning
         if loaded.arch is not None:
             ckpt_path = out.with_suffix(".pt")
             save_checkpoint(ckpt_path, model=model, arch=loaded.arch, arch_args=loaded.arch_args, quant=config,
-                            metrics={"calibrated_on": data_name, "calib_samples": int(min(len(x), calib_samples))},
+                            metrics={"calibrated_on": data_name, "calib_samples": int(n_cal), "fidelity": fid},
                             extra={"source": str(model_path), "source_sha256": loaded.sha256})
     say(f"exporting {out}")
     meta = {"qexport.method": config.method, "qexport.source": loaded.sha256,
@@ -125,11 +205,11 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     if validate:
         say(f"validating on {len(x)} samples")
         report = check_parity(model, proto, x, y, tolerances=tolerances)
-        if float_top1 is not None:
-            report.accuracy = {"float": float_top1, **report.accuracy}
+        report.accuracy = {**accuracy, **report.accuracy}
+        report.fidelity = fid
         report_path = out.with_suffix(".parity.json")
         write_report(report, report_path, {"onnx": str(out), "model": str(model_path), "data": data_name})
-    return ConvertResult(out, ckpt_path, report_path, report, config, loaded)
+    return ConvertResult(out, ckpt_path, report_path, report, config, loaded, fid)
 
 
 def write_report(report: ParityReport, path: Path, context: dict) -> None:

@@ -78,7 +78,11 @@ class AsqActQuantizer(ActQuantizer):
         return group_mean(pooled, self.groups)
 
     def factor(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.fc2(torch.relu(self.fc1(self.adapter_input(x)))).squeeze(1)
+        return self.beta(self.adapter_input(x))
+
+    def beta(self, features: torch.Tensor) -> torch.Tensor:
+        """beta (N,) from the adapter's input features (N, G)."""
+        z = self.fc2(torch.relu(self.fc1(features))).squeeze(1)
         if self.beta_map == "sigmoid2":
             return 2.0 * torch.sigmoid(z)
         return torch.clamp(torch.relu(z), min=R.BETA_MIN)

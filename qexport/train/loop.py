@@ -26,9 +26,11 @@ from torch import nn
 from ..data import batches, has_split, load_dataset
 from ..models import build_model, default_arch_args
 from .config import DEFAULT_ARCH, RUNTIME_FIELDS, TrainConfig
+from ..validate.steps import torch_step_stats
 from .distributed import DistContext, shard_order
 
 EVAL_BATCH = 500
+STEP_STATS_SAMPLES = 2000  # test images over which each epoch reports the ASQ step spread
 
 
 def _progress(enabled: bool):
@@ -457,6 +459,9 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
             row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                    "test_acc": last_acc, "test_loss": test_loss, "train_time_s": t_train,
                    "time_s": time.perf_counter() - t0}
+            steps = torch_step_stats(model, xte[:STEP_STATS_SAMPLES])
+            if steps:  # what the ASQ adapters learned: the per-sample spread of each step
+                row["asq_step_spread"] = steps
             metrics["epochs"].append(row)
             progress.remove_task(task)
             improved = last_acc > best_acc
@@ -473,6 +478,10 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
             write_metrics()
             log(f"epoch {epoch}/{config.epochs}: loss {train_loss:.4f}, train {train_acc:.2f}%, "
                 f"test {last_acc:.2f}%, {row['time_s']:.0f} s")
+            if steps:
+                log("  ASQ per-sample step over test images, std/mean [min, max] of beta: " + "; ".join(
+                    f"{n.removesuffix('.act_quant')} {v['cv']:.2%} [{v['min']:.3g}, {v['max']:.3g}]"
+                    for n, v in steps.items()))
 
     if last_acc is None:  # epochs=0 on a fresh float model: still report its accuracy
         last_acc = evaluate_loss(model, xte, yte, ctx=ctx)[0]

@@ -26,6 +26,7 @@ from torch import nn
 from ..export.passes import quantize_codes_tensor
 from ..nn.deploy import DeployQuantize, deploy_layers, to_deploy
 from ..quant import reference as R
+from .steps import asq_scale_outputs, spread
 
 
 @dataclass
@@ -94,6 +95,11 @@ class ParityReport:
     failures: list[str] = field(default_factory=list)
     tolerances: dict = field(default_factory=dict)
     quant: dict = field(default_factory=dict)  # method, bits, act_bits of the ONNX model (its qexport.config)
+    # ONNX side: {AsqQuantize node: spread of its per-sample step over these samples} (validate.steps)
+    asq_steps: dict = field(default_factory=dict)
+    # Fidelity to the float model (convert of a float model): top-1 agreement and output SQNR on
+    # samples not used to calibrate/fit, for the calibrated and the fitted model.
+    fidelity: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -146,10 +152,15 @@ def _quant_of(proto: onnx.ModelProto) -> dict:
 
 
 def _onnx_with_code_outputs(proto: onnx.ModelProto, layers: list[str]) -> tuple[bytes, dict[str, str]]:
-    """A copy of the model that also outputs each layer's activation codes."""
+    """A copy of the model that also outputs each layer's activation codes and every ASQ
+    quantizer's per-sample step."""
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     outputs, existing = {}, {o.name for o in model.graph.output}
+    for scale in asq_scale_outputs(model).values():
+        if scale not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(scale, onnx.TensorProto.FLOAT, None))
+            existing.add(scale)
     for layer in layers:
         codes = quantize_codes_tensor(model.graph, f"{layer}/quantize")  # also inside a fused conv
         if codes is None:
@@ -225,6 +236,8 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
              for name, m in deploy.named_modules() if isinstance(m, DeployQuantize)]
     vs_deploy, vs_trained = OutputCompare(), OutputCompare()
     correct = {"torch": 0, "deploy": 0, "onnx": 0}
+    scale_outputs = asq_scale_outputs(proto)
+    scales: dict[str, list[np.ndarray]] = {node: [] for node in scale_outputs}
     try:
         for start in range(0, len(x), batch_size):
             xb = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
@@ -242,6 +255,8 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
                 row.codes += diff.size
                 row.mismatches += int(np.count_nonzero(diff))
                 row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
+            for node, output in scale_outputs.items():
+                scales[node].append(results[output])
             vs_deploy.update(y_deploy, y_onnx)
             vs_trained.update(y_trained, y_onnx)
             if y is not None and y_onnx.ndim == 2:
@@ -255,7 +270,8 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
             h.remove()
 
     report = ParityReport(len(x), list(rows.values()), vs_deploy.summary(), vs_trained.summary(),
-                          tolerances=asdict(tol), quant=_quant_of(proto))
+                          tolerances=asdict(tol), quant=_quant_of(proto),
+                          asq_steps={node: spread(np.concatenate(v)) for node, v in scales.items() if v})
     if y is not None and len(x):
         report.accuracy = {k: v / len(x) for k, v in correct.items()}
     for row in rows.values():

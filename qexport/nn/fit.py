@@ -1,0 +1,237 @@
+"""Post-training fitting: after calibration, learn the quantization parameters from unlabelled data.
+
+Calibration sets every step from statistics; that is blind to what a layer's error does
+downstream and never trains an ASQ adapter (its beta stays at the initial ~1). ``fit`` fixes
+both with the float model as the teacher, on the calibration inputs only (no labels):
+
+1. ``init_adapters``: every ASQ adapter is regressed onto the per-sample step that minimises
+   that sample's own quantization error (relative to the layer's calibrated step), so beta
+   follows each input's scale from the start.
+2. Reconstruction: the quantized model is trained to reproduce the float model, loss = the sum
+   over quantized layers of their output's squared error normalised by the float output's
+   energy, plus the same on the logits (the layer outputs are read with forward hooks, so any
+   module tree works). Trainable: activation steps, ASQ adapters, weight scales, biases and,
+   unless ``weights=False``, the latent float weights (through the STE, with a small learning
+   rate, so that each weight may move to a neighbouring level: the rounding choice of
+   AdaRound/BRECQ, learned end to end). BatchNorm stays in eval mode (its statistics are the
+   float model's).
+
+The float model is the teacher; validation of the result (agreement with the float model on
+held-out samples) is the caller's job (``qexport.convert`` does it).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..quant.asq import AsqActQuantizer
+from ..quant.base import ActQuantizer, WeightQuantizer
+from .layers import QuantMixin
+
+
+@dataclass
+class FitOptions:
+    """Budget and learning rates of :func:`fit`.
+
+    steps: optimiser steps of the reconstruction (0: only the adapter initialisation).
+    batch_size: samples per step (drawn from the calibration inputs, seeded).
+    lr: Adam learning rate of steps, scales, adapters and biases (cosine decay to 0).
+    weight_lr: Adam learning rate of the latent weights, relative to each layer's weight
+        scale (a weight moves by about ``weight_lr`` of a level per step at most); 0 freezes
+        the weights.
+    seed: the order of the batches.
+    """
+
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_lr: float = 1e-3
+    seed: int = 0
+
+
+def _act_quantizers(model: nn.Module) -> list[ActQuantizer]:
+    return [m.act_quant for m in model.modules() if isinstance(m, QuantMixin)]
+
+
+@torch.no_grad()
+def _quant_inputs(model: nn.Module, x: torch.Tensor, batch_size: int) -> dict[int, torch.Tensor]:
+    """The input each ASQ quantizer sees on ``x`` (with every layer quantized)."""
+    seen: dict[int, list[torch.Tensor]] = {}
+    hooks = [q.register_forward_pre_hook(lambda mod, inp: seen.setdefault(id(mod), []).append(inp[0].detach()))
+             for q in _act_quantizers(model) if isinstance(q, AsqActQuantizer)]
+    try:
+        for xb in torch.split(x, batch_size):
+            model(xb)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: torch.cat(v) for k, v in seen.items()}
+
+
+_TARGET_VALUES = 4096  # values per sample that decide its best step
+
+
+def _best_sample_steps(x: torch.Tensor, step: float, lo: int, hi: int,
+                       ratios: torch.Tensor) -> torch.Tensor:
+    """Per sample, the step among ``step * ratios`` with the least squared quantization error."""
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] > _TARGET_VALUES:  # a fixed, evenly spaced subsample of each sample's values
+        flat = flat[:, torch.linspace(0, flat.shape[1] - 1, _TARGET_VALUES).long()]
+    errs = []
+    for r in ratios.tolist():
+        s = step * r
+        errs.append(((torch.clamp(torch.round(flat / s), lo, hi) * s - flat) ** 2).mean(dim=1))
+    best = torch.stack(errs, dim=1).argmin(dim=1)
+    return ratios[best]
+
+
+def init_adapters(model: nn.Module, x: torch.Tensor, *, iters: int = 200, batch_size: int = 128) -> dict[str, float]:
+    """Regress each ASQ adapter's beta onto the per-sample error-minimising step ratio.
+
+    Returns {quantizer name: std/mean of the target ratios} (how much the best step varies
+    between the samples). Quantizers are fitted in forward order, each on the inputs it sees
+    with the previous layers quantized and already fitted.
+    """
+    names = {id(m): n for n, m in model.named_modules()}
+    spread: dict[str, float] = {}
+    ratios = torch.exp(torch.linspace(math.log(0.25), math.log(4.0), 25))  # 12% apart
+    was_training = model.training
+    model.eval()
+    order: list[AsqActQuantizer] = []
+    hooks = [q.register_forward_pre_hook(lambda mod, inp: order.append(mod))
+             for q in _act_quantizers(model) if isinstance(q, AsqActQuantizer) and q.beta_map == "relu"]
+    with torch.no_grad():
+        model(x[:2])
+    for h in hooks:
+        h.remove()
+    for q in dict.fromkeys(order):
+        inputs = _quant_inputs(model, x, batch_size)[id(q)]
+        lo, hi = q.qrange()
+        target = _best_sample_steps(inputs, float(q.step.detach()), lo, hi, ratios)
+        # Relative to the samples' mean: the calibrated step keeps the level, beta the variation.
+        target = target / target.mean()
+        spread[names[id(q)]] = float(target.std())
+        feats = q.adapter_input(inputs).detach()
+        opt = torch.optim.Adam([q.fc1.weight, q.fc1.bias, q.fc2.weight, q.fc2.bias], lr=1e-2)
+        with torch.enable_grad():
+            for _ in range(iters):
+                opt.zero_grad(set_to_none=True)
+                loss = ((torch.log(q.beta(feats).clamp_min(1e-6)) - torch.log(target)) ** 2).mean()
+                loss.backward()
+                opt.step()
+    model.train(was_training)
+    return spread
+
+
+def _layer_outputs(model: nn.Module, names: list[str]) -> tuple[dict[str, torch.Tensor], list]:
+    store: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in names:
+        mod = model.get_submodule(name)
+        hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: store.__setitem__(name, o)))
+    return store, hooks
+
+
+def fit(model: nn.Module, teacher: nn.Module, x: torch.Tensor, options: FitOptions | None = None, *,
+        weights: bool = True, progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """Fit ``model`` (quantized and calibrated) to reproduce ``teacher`` (its float original) on ``x``.
+
+    ``teacher`` must have the float layers under the same module names as ``model``'s quantized
+    ones. ``progress(step, steps, loss)`` is called after every step. Returns a summary: the
+    reconstruction loss before and after, and the adapter initialisation's spread of targets.
+    """
+    opts = options or FitOptions()
+    names = [n for n, m in model.named_modules() if isinstance(m, QuantMixin)]
+    if not names:
+        raise ValueError("model has no quantized layers: quantize_() and calibrate() it first")
+    missing = [n for n in names if not isinstance(_get(teacher, n), (nn.Conv2d, nn.Linear))]
+    if missing:
+        raise ValueError(f"the teacher has no float layer named {missing[0]!r}: pass the float model that was quantized")
+    teacher = copy.deepcopy(teacher).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    summary = {"steps": opts.steps, "samples": int(len(x))}
+    if opts.steps <= 0:
+        return summary
+
+    t_store, t_hooks = _layer_outputs(teacher, names)
+    s_store, s_hooks = _layer_outputs(model, names)
+    params, weight_params = _trainable(model, weights)
+    groups = [{"params": params, "lr": opts.lr}]
+    if weight_params:
+        groups += [{"params": [p], "lr": opts.weight_lr * lr_scale} for p, lr_scale in weight_params]
+    opt = torch.optim.Adam(groups)
+    base = [g["lr"] for g in opt.param_groups]
+    gen = torch.Generator().manual_seed(opts.seed)
+    was_training = model.training
+    model.eval()  # BatchNorm keeps the float model's statistics; quantizers run as in training
+
+    def loss_on(xb: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_out = teacher(xb)
+            targets = {n: t_store[n].detach() for n in names}
+        s_out = model(xb)
+        loss = _nmse(s_out, t_out)
+        for n in names:
+            loss = loss + _nmse(s_store[n], targets[n])
+        return loss / (len(names) + 1)
+
+    probe = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(opts.seed + 1))[: min(len(x), 256)]]
+    try:
+        with torch.no_grad():
+            summary["loss_before"] = float(loss_on(probe))
+        for step in range(opts.steps):
+            idx = torch.randint(0, len(x), (min(opts.batch_size, len(x)),), generator=gen)
+            loss = loss_on(x[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            factor = 0.5 * (1 + math.cos(math.pi * (step + 1) / opts.steps))
+            for g, b in zip(opt.param_groups, base):
+                g["lr"] = b * factor
+            if progress is not None:
+                progress(step + 1, opts.steps, float(loss.detach()))
+        with torch.no_grad():
+            summary["loss_after"] = float(loss_on(probe))
+    finally:
+        for h in t_hooks + s_hooks:
+            h.remove()
+        model.train(was_training)
+    return summary
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
+def _nmse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((out - target) ** 2).sum() / (target ** 2).sum().clamp_min(1e-12)
+
+
+def _trainable(model: nn.Module, weights: bool) -> tuple[list[nn.Parameter], list[tuple[nn.Parameter, float]]]:
+    """(quantizer parameters and biases, [(latent weight, its per-layer learning-rate scale)])."""
+    params: list[nn.Parameter] = []
+    weight_params: list[tuple[nn.Parameter, float]] = []
+    for m in model.modules():
+        if isinstance(m, (ActQuantizer, WeightQuantizer)):
+            params += [p for p in m.parameters(recurse=True)]
+        elif isinstance(m, QuantMixin):
+            if m.bias is not None:
+                params.append(m.bias)
+            if weights:
+                # Adam moves each weight by about lr per step: scale it to the layer's level spacing.
+                scale = float(m.weight_quant.param.detach().abs().mean())
+                weight_params.append((m.weight, max(scale, 1e-8)))
+    seen: set[int] = set()
+    unique = [p for p in params if not (id(p) in seen or seen.add(id(p)))]
+    return unique, weight_params
