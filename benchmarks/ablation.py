@@ -82,6 +82,7 @@ from qexport.data import load_dataset  # noqa: E402
 from qexport.export import export_onnx  # noqa: E402
 from qexport.io import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: E402
 from qexport.runtime import make_session  # noqa: E402
+from qexport.validate.steps import asq_scale_outputs, median_of, onnx_step_stats  # noqa: E402,F401
 from qexport.train import TrainConfig, evaluate, train  # noqa: E402,F401  (evaluate: part of the script's API)
 
 METHODS = ("lsq", "lsq+pot", "lsq+post", "asq", "asq+post")
@@ -177,86 +178,20 @@ def test_sets(limit_test: int | None) -> dict[str, tuple[np.ndarray, np.ndarray,
 
 
 # --------------------------------------------------------------------------- ONNX scoring
-def _attr(node: onnx.NodeProto, name: str):
-    for a in node.attribute:
-        if a.name == name:
-            v = onnx.helper.get_attribute_value(a)
-            return v.decode() if isinstance(v, bytes) else v
-    return None
-
-
-def asq_scale_outputs(model: onnx.ModelProto) -> dict[str, dict]:
-    """{node name: {"output", "op_type", "beta_map"}} for every ASQ quantizer of the graph: output 1
-    ("scale") of AsqQuantize, output 2 ("Q_scale") of a fused conv (op type *ConvFused) with
-    quantizer "asq". Outputs with an empty name (not produced) are left out."""
-    found: dict[str, dict] = {}
-    for i, node in enumerate(model.graph.node):
-        if node.op_type == "AsqQuantize":
-            idx, beta_map = 1, _attr(node, "beta_map")
-        elif node.op_type.endswith("ConvFused") and _attr(node, "quantizer") == "asq":
-            idx, beta_map = 2, _attr(node, "q_beta_map")
-        else:
-            continue
-        if len(node.output) <= idx or not node.output[idx]:
-            continue
-        name = node.name or node.output[idx]
-        if name in found:
-            name = f"{name}#{i}"
-        # No beta_map attribute: a file written before it existed, i.e. the 2*sigmoid adapter.
-        found[name] = {"output": node.output[idx], "op_type": node.op_type, "beta_map": beta_map or "sigmoid2"}
-    return found
-
-
-def _scale_stats(s: np.ndarray, brightness: np.ndarray | None) -> dict:
-    s = s.astype(np.float64)
-    mean, std = float(s.mean()), float(s.std())
-    d = {"mean": mean, "std": std, "cv": std / mean if mean > 0 else None, "min": float(s.min()),
-         "max": float(s.max()), "p05": float(np.percentile(s, 5)), "p95": float(np.percentile(s, 95))}
-    if brightness is not None:
-        d["corr_brightness"] = float(np.corrcoef(s, brightness)[0, 1]) if std > 0 else None
-    return d
-
-
-def _median(values: list) -> float | None:
-    values = [v for v in values if v is not None]
-    return float(np.median(values)) if values else None
-
-
 def onnx_eval(onnx_path: str | os.PathLike | onnx.ModelProto, x: np.ndarray,
               brightness: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Run an exported model on ``x`` with every ASQ quantizer's per-sample step as an extra output.
 
     Returns the logits (N, classes) and the step statistics (see asq_step_stats)."""
     model = onnx_path if isinstance(onnx_path, onnx.ModelProto) else onnx.load(os.fspath(onnx_path))
-    quant = asq_scale_outputs(model)
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {o.name for o in probe.graph.output}
-    for q in quant.values():
-        if q["output"] not in outputs:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(q["output"], onnx.TensorProto.FLOAT, None))
-            outputs.add(q["output"])
-    sess = make_session(probe.SerializeToString())
-    in_name, logits_name = sess.get_inputs()[0].name, model.graph.output[0].name
-    fetch = [logits_name] + [q["output"] for q in quant.values()]
-    logits, scales = [], [[] for _ in quant]
-    for i in range(0, len(x), EVAL_BATCH):
-        res = sess.run(fetch, {in_name: np.ascontiguousarray(x[i:i + EVAL_BATCH], dtype=np.float32)})
-        logits.append(res[0])
-        for k, s in enumerate(res[1:]):
-            scales[k].append(np.asarray(s).reshape(-1))
-    per_q = {}
-    for (name, q), s in zip(quant.items(), scales):
-        s = np.concatenate(s)
-        if len(s) != len(x):
-            raise ValueError(f"{name}: output {q['output']} has {len(s)} values for {len(x)} samples; "
-                             f"expected one step per sample")
-        per_q[name] = {"op_type": q["op_type"], "beta_map": q["beta_map"], **_scale_stats(s, brightness)}
-    stats = {"samples": int(len(x)), "quantizers": per_q,
-             "cv_median": _median([v["cv"] for v in per_q.values()])}
+    logits, per_q = onnx_step_stats(model, x, brightness, batch_size=EVAL_BATCH)
+    for q in per_q.values():
+        if "corr" in q:
+            q["corr_brightness"] = q.pop("corr")
+    stats = {"samples": int(len(x)), "quantizers": per_q, "cv_median": median_of(per_q)}
     if brightness is not None:
-        stats["corr_brightness_median"] = _median([v.get("corr_brightness") for v in per_q.values()])
-    return np.concatenate(logits), stats
+        stats["corr_brightness_median"] = median_of(per_q, "corr_brightness")
+    return logits, stats
 
 
 def asq_step_stats(onnx_path: str | os.PathLike | onnx.ModelProto, x: np.ndarray,

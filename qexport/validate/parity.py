@@ -157,7 +157,7 @@ def _onnx_with_code_outputs(proto: onnx.ModelProto, layers: list[str]) -> tuple[
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     outputs, existing = {}, {o.name for o in model.graph.output}
-    for scale in asq_scale_outputs(model).values():
+    for scale in (q["output"] for q in asq_scale_outputs(model).values()):
         if scale not in existing:
             model.graph.output.append(onnx.helper.make_tensor_value_info(scale, onnx.TensorProto.FLOAT, None))
             existing.add(scale)
@@ -255,8 +255,8 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
                 row.codes += diff.size
                 row.mismatches += int(np.count_nonzero(diff))
                 row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
-            for node, output in scale_outputs.items():
-                scales[node].append(results[output])
+            for node, q in scale_outputs.items():
+                scales[node].append(results[q["output"]])
             vs_deploy.update(y_deploy, y_onnx)
             vs_trained.update(y_trained, y_onnx)
             if y is not None and y_onnx.ndim == 2:
