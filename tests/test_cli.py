@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from qexport.cli import app
 from qexport.models import build_model
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 from qexport.runtime import make_session
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,7 @@ from qexport.export import OPS, export_onnx
 from qexport.models import build_model
 from qexport.nn.deploy import deploy_layers, to_deploy
 from qexport.quant import QuantConfig
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
 
 from kernel_graphs import feeds, serialize, single_node_model

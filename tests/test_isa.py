@@ -6,7 +6,7 @@ import platform
 import numpy as np
 import pytest
 
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
 
 from kernel_graphs import feeds, serialize, weighted_model

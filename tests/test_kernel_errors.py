@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 from qexport.runtime import make_session
 
 from kernel_graphs import feeds, quantize_model, serialize, weighted_model

@@ -3,7 +3,7 @@
 Every case draws its shapes, bit-widths and data from a seeded numpy generator (the seed is the
 test id, so a failure is reproducible alone: ``pytest tests/test_kernels.py -k "conv and 17"``),
 runs one single-node model and compares the uint8 codes and the float32 outputs *bitwise* with
-qexport.quant.reference (the definition of the ops).
+qexport.spec.reference (the definition of the ops).
 
 Every test runs once per kernel path this CPU supports (qexport.runtime.kernel_isas(): the
 portable "scalar" code always, plus e.g. avx2, avx512vnni, amx or neon, dotprod), forced with
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
 
 from kernel_graphs import feeds, quantize_model, serialize, single_node_model, weighted_model

@@ -20,7 +20,7 @@ from qexport.models.common import ConvBNReLU
 from qexport.models.resnet import ResNet
 from qexport.nn.deploy import deploy_layers, to_deploy
 from qexport.quant import QuantConfig
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
 from qexport.validate import check_parity
 

@@ -9,7 +9,7 @@ from torch import nn
 from qexport.nn import calibrate, layer_plan, quant_parameters, quantize_
 from qexport.nn.layers import QConv2d, QLinear
 from qexport.quant import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, QuantConfig
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 
 
 def _act(kind, bits, channels, signed, step):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 
 
 def test_post_tables_and_shift_table_identity():

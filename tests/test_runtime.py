@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qexport.runtime as runtime
-from qexport.quant import reference as R
+from qexport.spec import reference as R
 
 EXPECTED_OPS = ["AsqQuantize", "LsqQuantize", "PostConv", "PotConv", "UniformConv", "PostGemm", "PotGemm",
                 "UniformGemm", "GlobalAvgPool", "PostConvFused", "PotConvFused", "UniformConvFused"]

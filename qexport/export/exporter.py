@@ -15,7 +15,7 @@ from torch import nn
 from .. import __version__
 from ..io import atomic_write_bytes
 from ..nn.deploy import deploy_layers, to_deploy
-from ..quant import reference as R
+from ..spec import reference as R
 from .ops import OPS, TRANSLATIONS
 from .passes import fuse_conv_blocks
 

@@ -1,6 +1,6 @@
 """Every ai.qexport op, named once: ONNX schema, torch.library op, onnxscript translation.
 
-The torch ops' implementations call qexport.quant.reference, so running the deploy model in
+The torch ops' implementations call qexport.spec.reference, so running the deploy model in
 PyTorch *is* running the integer definition; the dynamo exporter turns each call into one
 custom-domain node through ``TRANSLATIONS``. The same schemas serve onnx.checker and shape
 inference (see docs/ops.md for the contract in words).
@@ -16,7 +16,7 @@ import onnxscript
 import torch
 from onnx.defs import OpSchema
 
-from ..quant import reference as R
+from ..spec import reference as R
 
 LIB = "qexport"
 OPSET = onnxscript.values.Opset(R.DOMAIN, R.DOMAIN_VERSION)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import onnx
 from onnx import helper
 
-from ..quant import reference as R
+from ..spec import reference as R
 
 __all__ = ["FUSED_QUANTIZE_KEY", "fuse_conv_blocks", "quantize_codes_tensor"]
 

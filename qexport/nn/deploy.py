@@ -17,7 +17,7 @@ import torch.fx
 from torch import nn
 
 from ..export.ops import OPS, quantize_op, weighted_op
-from ..quant import reference as R
+from ..spec import reference as R
 from ..quant.base import ActQuantizer
 from .layers import QConv2d, QLinear, QuantMixin
 from .swap import _set_submodule

@@ -1,5 +1,5 @@
 """Quantizers (one file per method) and the numpy integer reference (the definition)."""
-from . import reference
+from ..spec import reference
 from .base import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, ActQuantizer, WeightQuantizer
 from . import asq, lsq, pot, post  # noqa: F401  (fill the registries)
 from .config import METHODS, QuantConfig

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import reference as R
+from ..spec import reference as R
 from .base import ActQuantizer, register_act
 
 # The adapter's size rule (docs/ops.md, "Adapter size"): at most MAX_GROUPS inputs (channel

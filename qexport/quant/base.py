@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import reference as R
+from ..spec import reference as R
 
 ACT_QUANTIZERS: dict[str, type["ActQuantizer"]] = {}
 WEIGHT_QUANTIZERS: dict[str, type["WeightQuantizer"]] = {}

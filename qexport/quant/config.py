@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from . import reference as R
+from ..spec import reference as R
 from .base import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 
 METHODS = ("lsq", "asq", "lsq+pot", "lsq+post", "asq+pot", "asq+post")

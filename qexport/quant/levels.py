@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import reference as R
+from ..spec import reference as R
 from .base import WeightQuantizer
 
 

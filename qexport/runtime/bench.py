@@ -182,7 +182,7 @@ def onnx_macs(path: str | os.PathLike, batch: int) -> int | None:
     import onnx
     from onnx import helper
 
-    from ..quant import reference as R
+    from ..spec import reference as R
 
     model = onnx.load(str(path), load_external_data=False)
     shapes = {vi.name: _shape(vi) for vi in list(model.graph.value_info) + list(model.graph.input)}
@@ -226,7 +226,7 @@ def load_onnx(path: str | os.PathLike):
 
 def qexport_op_count(path: str | os.PathLike) -> int:
     """How many nodes of the model are ai.qexport ops (0: a plain ONNX model)."""
-    from ..quant import reference as R
+    from ..spec import reference as R
 
     return sum(node.domain == R.DOMAIN for node in load_onnx(path).graph.node)
 

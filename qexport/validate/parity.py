@@ -25,7 +25,7 @@ from torch import nn
 
 from ..export.passes import quantize_codes_tensor
 from ..nn.deploy import DeployQuantize, deploy_layers, to_deploy
-from ..quant import reference as R
+from ..spec import reference as R
 from .steps import asq_scale_outputs, spread
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..export.passes import FUSED_QUANTIZE_KEY
-from ..quant import reference as R
+from ..spec import reference as R
 
 
 def spread(values: np.ndarray, against: np.ndarray | None = None) -> dict:

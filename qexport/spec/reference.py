@@ -1,0 +1,476 @@
+"""The integer arithmetic of every ``ai.qexport`` op, defined once, in numpy.
+
+This module *is* the definition (docs/ops.md describes it in words). The C++ kernels in
+custom_ops/ must reproduce it bit for bit, and the PyTorch deploy path (qexport.export.ops)
+calls these functions directly, so PyTorch, numpy and ONNX Runtime share one semantics.
+
+Conventions (docs/ops.md has the full contract):
+
+* Rounding is half to even (``np.rint``); a NaN quantizes to the zero point.
+* Activation codes are ``uint8``: ``code = q + zero_point`` with ``zero_point = 2**(b-1)`` for
+  signed quantizers and 0 for unsigned ones.
+* Weight codes are ``bits``-bit unsigned integers packed LSB-first into a little-endian bit
+  stream, in row-major order of the weight shape; padding bits are zero.
+* Accumulation is exact integer arithmetic; the epilogue is float32:
+  ``y = float32(acc) * (x_scale[n] * w_scale[o]) + bias[o]``, then optionally ReLU
+  (``y < 0 -> 0``). Each float32 operation is one IEEE operation, never fused.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+DOMAIN = "ai.qexport"
+DOMAIN_VERSION = 1
+
+ACT_BITS = range(2, 9)
+WEIGHT_FORMATS = ("uniform", "pot", "post")
+WEIGHT_BITS = {"uniform": range(2, 9), "pot": range(2, 5), "post": range(2, 5)}
+INT32_MAX = 2**31 - 1
+
+__all__ = [
+    "DOMAIN", "DOMAIN_VERSION", "ACT_BITS", "WEIGHT_FORMATS", "WEIGHT_BITS",
+    "act_range", "act_zero_point", "post_frac_bits", "post_table", "weight_lut", "weight_max",
+    "encode_weights", "pack_codes", "unpack_codes", "decode_weights", "accumulator_bound",
+    "quantize_codes", "lsq_quantize", "spatial_mean", "global_avg_pool", "BETA_MAPS", "adapter_group_bounds",
+    "adapter_inputs", "beta_from_z", "asq_scale", "asq_quantize", "conv_output_size",
+    "qconv", "qgemm", "post_product_shift_table", "QUANTIZERS", "qconv_fused",
+]
+
+
+class ReferenceError_(ValueError):
+    """Invalid input to a reference op (the kernels refuse the same inputs)."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ReferenceError_(msg)
+
+
+# --------------------------------------------------------------------------- activations
+def act_range(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer range (lo, hi) of an activation quantizer, before the zero-point offset."""
+    _check(bits in ACT_BITS, f"activation bits must be in 2..8, got {bits}")
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def act_zero_point(bits: int, signed: bool) -> int:
+    """Offset added to a signed code so that it is stored as uint8 (0 for unsigned)."""
+    return 2 ** (bits - 1) if signed else 0
+
+
+def quantize_codes(x: np.ndarray, scale: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """``clamp(rint(x / scale[n]), lo, hi) + zero_point`` as uint8; float32 division."""
+    x = np.asarray(x, dtype=np.float32)
+    scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+    _check(x.ndim >= 1, "X must have a batch dimension")
+    _check(scale.shape[0] in (1, x.shape[0]), f"scale has {scale.shape[0]} entries for a batch of {x.shape[0]}")
+    lo, hi = act_range(bits, signed)
+    s = scale.reshape((-1,) + (1,) * (x.ndim - 1))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = np.rint(x / s)
+    r = np.where(np.isnan(r), 0.0, r)
+    q = np.clip(r, lo, hi).astype(np.int16) + act_zero_point(bits, signed)
+    return q.astype(np.uint8)
+
+
+def lsq_quantize(x: np.ndarray, step: float, bits: int, signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """LsqQuantize: a fixed step for every sample. Returns (codes uint8, scale float32 (N,))."""
+    step32 = np.float32(step)
+    _check(bool(np.isfinite(step32)) and step32 > 0, f"step must be finite and > 0, got {step}")
+    x = np.asarray(x, dtype=np.float32)
+    _check(x.ndim >= 1, "X must have a batch dimension")
+    scale = np.full((x.shape[0],), step32, dtype=np.float32)
+    return quantize_codes(x, scale, bits, signed), scale
+
+
+MEAN_LANES = 8  # lanes of the spatial mean (docs/ops.md, AsqQuantize step 1)
+
+
+def spatial_mean(x: np.ndarray) -> np.ndarray:
+    """float64 mean over the dimensions after (N, C), summed in 8 lanes (docs/ops.md).
+
+    The S spatial values of a plane, in row-major order and padded with +0.0 to a multiple of 8,
+    go round-robin to 8 float64 lanes: lane j = (((+0.0 + x[j]) + x[j + 8]) + x[j + 16]) + ...,
+    each a sequential sum. The lanes are combined as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) +
+    (l3 + l7)) (the halving reduction of one 8-wide register), then divided by S once. The order
+    lets a SIMD kernel add 8 positions per instruction and still produce exactly these bits.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    _check(x.ndim >= 2, f"X must have rank >= 2 (N, C, ...), got rank {x.ndim}")
+    n, c = x.shape[:2]
+    s = int(np.prod(x.shape[2:], dtype=np.int64))
+    _check(s >= 1, "X has an empty spatial extent")
+    if n * c == 0:
+        return np.zeros((n, c), dtype=np.float64)
+    blocks = -(-s // MEAN_LANES)
+    flat = np.zeros((n, c, blocks * MEAN_LANES), dtype=np.float64)
+    flat[:, :, :s] = x.reshape(n, c, s)
+    lanes = np.concatenate([np.zeros((n, c, 1, MEAN_LANES)), flat.reshape(n, c, blocks, MEAN_LANES)], axis=2)
+    lane = np.cumsum(lanes, axis=2)[:, :, -1, :]  # strictly sequential per lane, from +0.0
+    t = lane[..., :4] + lane[..., 4:]
+    u = t[..., :2] + t[..., 2:]
+    return (u[..., 0] + u[..., 1]) / float(s)
+
+
+def global_avg_pool(x: np.ndarray) -> np.ndarray:
+    """GlobalAvgPool: ``float32(spatial_mean(X))`` shaped (N, C, 1, ..., 1).
+
+    Exists because float32 sums in another order (PyTorch's mean vs ONNX Runtime's
+    ReduceMean) differ in the last bit about half the time, which would flip the codes of the
+    quantizer that follows; a defined order makes the pooled features identical everywhere.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    return spatial_mean(x).astype(np.float32).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+
+
+BETA_MAPS = ("relu", "sigmoid2")  # AsqQuantize's output map; files without the attribute: "sigmoid2"
+BETA_MIN = 1e-8  # the "relu" map's floor: beta = max(z, 1e-8)
+
+
+def adapter_group_bounds(c: int, groups: int) -> np.ndarray:
+    """Channel boundaries of the adapter's input groups: group g is channels [b[g], b[g+1]),
+    b[g] = floor(g * C / G). ``groups`` 0 means one group per channel (G = C)."""
+    g = c if groups == 0 else int(groups)
+    _check(1 <= g <= c, f"groups must be in 1..C={c} (or 0 for C), got {groups}")
+    return (np.arange(g + 1, dtype=np.int64) * c) // g
+
+
+def adapter_inputs(pooled: np.ndarray, groups: int) -> np.ndarray:
+    """The adapter's input from the spatial means p (N, C): the mean of each channel group, in
+    float64, each a sequential sum from +0.0 in channel order, divided once by the group's size."""
+    n, c = pooled.shape
+    bounds = adapter_group_bounds(c, groups)
+    if len(bounds) - 1 == c:
+        return pooled
+    out = np.zeros((n, len(bounds) - 1), dtype=np.float64)
+    for g in range(len(bounds) - 1):
+        acc = np.zeros((n,), dtype=np.float64)
+        for ch in range(bounds[g], bounds[g + 1]):
+            acc = acc + pooled[:, ch]
+        out[:, g] = acc / float(bounds[g + 1] - bounds[g])
+    return out
+
+
+def beta_from_z(z: np.ndarray, beta_map: str) -> np.ndarray:
+    """The adapter's output map (float64): "relu" beta = z > 1e-8 ? z : 1e-8 (a NaN gives 1e-8);
+    "sigmoid2" beta = 2 / (1 + exp(-z)) (qexport's first definition, kept for older files)."""
+    _check(beta_map in BETA_MAPS, f"beta_map must be one of {BETA_MAPS}, got {beta_map!r}")
+    if beta_map == "relu":
+        return np.where(z > BETA_MIN, z, BETA_MIN)
+    with np.errstate(over="ignore"):
+        return 2.0 / (1.0 + np.exp(-z))
+
+
+def asq_scale(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+              step: float, beta_map: str = "sigmoid2", groups: int = 0) -> np.ndarray:
+    """Per-sample step of AsqQuantize: ``float32(step * beta(adapter(group_mean(spatial_mean(x)))))``.
+
+    Everything between the float32 input and the float32 result is float64, with every sum
+    taken in the order stated in docs/ops.md (spatial positions in the 8 lanes of
+    ``spatial_mean``; channels in order; bias added last), so that C++ reproduces it exactly.
+    The defaults of ``beta_map`` and ``groups`` are the op's when the attributes are absent.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    _check(x.ndim >= 2, f"X must have rank >= 2 (N, C, ...), got rank {x.ndim}")
+    n, c = x.shape[:2]
+    s = int(np.prod(x.shape[2:], dtype=np.int64))
+    _check(s >= 1, "X has an empty spatial extent")
+    _check(c >= 1, "X has no channels")
+    g = c if groups == 0 else int(groups)
+    _check(1 <= g <= c, f"groups must be in 1..C={c} (or 0 for C), got {groups}")
+    w1 = np.asarray(w1, dtype=np.float32)
+    hidden = w1.shape[0] if w1.ndim == 2 else -1
+    _check(w1.ndim == 2 and w1.shape[1] == g, f"W1 must be (H, {g}), got {w1.shape}")
+    _check(np.shape(b1) == (hidden,), f"B1 must be ({hidden},), got {np.shape(b1)}")
+    _check(np.shape(w2) == (1, hidden), f"W2 must be (1, {hidden}), got {np.shape(w2)}")
+    _check(np.shape(b2) == (1,), f"B2 must be (1,), got {np.shape(b2)}")
+    step32 = np.float32(step)
+    _check(bool(np.isfinite(step32)) and step32 > 0, f"step must be finite and > 0, got {step}")
+    _check(beta_map in BETA_MAPS, f"beta_map must be one of {BETA_MAPS}, got {beta_map!r}")
+
+    p = adapter_inputs(spatial_mean(x), groups)
+    w1d = w1.astype(np.float64)
+    h = np.zeros((n, hidden), dtype=np.float64)
+    for ch in range(g):
+        h += p[:, ch : ch + 1] * w1d[None, :, ch]
+    h = h + np.asarray(b1, dtype=np.float32).astype(np.float64)[None, :]
+    h = np.where(h > 0.0, h, 0.0)
+    w2d = np.asarray(w2, dtype=np.float32).astype(np.float64)
+    z = np.zeros((n,), dtype=np.float64)
+    for j in range(hidden):
+        z += h[:, j] * w2d[0, j]
+    z = z + np.float64(np.asarray(b2, dtype=np.float32)[0])
+    return (np.float64(step32) * beta_from_z(z, beta_map)).astype(np.float32)
+
+
+def asq_quantize(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+                 step: float, bits: int, signed: bool, beta_map: str = "sigmoid2", groups: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """AsqQuantize: returns (codes uint8 shaped like x, scale float32 (N,))."""
+    scale = asq_scale(x, w1, b1, w2, b2, step, beta_map, groups)
+    return quantize_codes(x, scale, bits, signed), scale
+
+
+# --------------------------------------------------------------------------- weights
+def _check_weight_format(fmt: str, bits: int) -> None:
+    _check(fmt in WEIGHT_FORMATS, f"unknown weight format {fmt!r}; expected one of {WEIGHT_FORMATS}")
+    allowed = WEIGHT_BITS[fmt]
+    _check(bits in allowed, f"{fmt} weights support {allowed.start}..{allowed.stop - 1} bits, got {bits}")
+
+
+def post_frac_bits(bits: int) -> int:
+    """F of the POST table: the largest entry T[M-1] is 64, so every entry fits int8."""
+    m = 2 ** (bits - 1) - 1
+    return 6 - (m - 1) // 2
+
+
+@lru_cache(maxsize=None)
+def _post_table(bits: int) -> tuple[int, ...]:
+    _check_weight_format("post", bits)
+    f, m = post_frac_bits(bits), 2 ** (bits - 1) - 1
+    # Even e: exactly 1 << (F + e/2). Odd e: 2^(F+e/2) is irrational, so rint never meets a tie.
+    return tuple((1 << (f + e // 2)) if e % 2 == 0 else int(np.rint(2.0 ** (f + e / 2))) for e in range(m))
+
+
+def post_table(bits: int) -> np.ndarray:
+    """T[e] = round(2^(F + e/2)), e = 0 .. M-1 (4-bit: 8 11 16 23 32 45 64)."""
+    return np.array(_post_table(bits), dtype=np.int64)
+
+
+@lru_cache(maxsize=None)
+def _weight_lut(fmt: str, bits: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    _check_weight_format(fmt, bits)
+    values, valid = [], []
+    half = 2 ** (bits - 1)
+    for code in range(2**bits):
+        if fmt == "uniform":
+            values.append(code - 2**bits if code >= half else code)
+            valid.append(True)
+            continue
+        sign, mag = code >> (bits - 1), code & (half - 1)
+        if mag == 0:
+            values.append(0)
+            valid.append(sign == 0)  # "-0" is not a canonical code
+            continue
+        level = (1 << (mag - 1)) if fmt == "pot" else _post_table(bits)[mag - 1]
+        values.append(-level if sign else level)
+        valid.append(True)
+    return tuple(values), tuple(valid)
+
+
+def weight_lut(fmt: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, valid): the integer weight of every b-bit code, and which codes are canonical."""
+    values, valid = _weight_lut(fmt, bits)
+    return np.array(values, dtype=np.int64), np.array(valid, dtype=bool)
+
+
+def weight_max(fmt: str, bits: int) -> int:
+    """Largest |integer weight|: 2^(b-1) (uniform), 2^(M-1) (pot), 64 (post)."""
+    return int(np.abs(weight_lut(fmt, bits)[0]).max())
+
+
+def encode_weights(w_int: np.ndarray, fmt: str, bits: int) -> np.ndarray:
+    """Inverse of the LUT: integer weights (which must be representable) -> b-bit codes."""
+    values, valid = weight_lut(fmt, bits)
+    inverse = {int(v): code for code, v in enumerate(values) if valid[code]}
+    flat = np.asarray(w_int).reshape(-1)
+    uniq = np.unique(flat)
+    bad = [int(u) for u in uniq if int(u) not in inverse]
+    _check(not bad, f"integer weights {bad[:5]} are not {bits}-bit {fmt} levels")
+    lookup = np.vectorize(lambda v: inverse[int(v)], otypes=[np.int64])
+    return lookup(flat).astype(np.uint8).reshape(np.shape(w_int))
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack b-bit codes LSB-first into a little-endian bit stream (uint8, zero padding)."""
+    flat = np.asarray(codes, dtype=np.int64).reshape(-1)
+    _check(1 <= bits <= 8, f"bits must be in 1..8, got {bits}")
+    _check(bool(np.all((flat >= 0) & (flat < 2**bits))), f"codes out of range for {bits} bits")
+    stream = ((flat[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(stream, bitorder="little")
+
+
+def packed_length(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of pack_codes; checks the exact length and that padding bits are zero."""
+    packed = np.asarray(packed)
+    _check(packed.dtype == np.uint8 and packed.ndim == 1, f"packed weights must be 1-D uint8, got {packed.dtype} rank {packed.ndim}")
+    need = packed_length(count, bits)
+    _check(packed.shape[0] == need, f"packed weights hold {packed.shape[0]} bytes, expected {need} for {count} codes of {bits} bits")
+    stream = np.unpackbits(packed, bitorder="little")
+    _check(not stream[count * bits :].any(), "packed weights have non-zero padding bits")
+    bitmat = stream[: count * bits].reshape(count, bits).astype(np.int64)
+    return (bitmat << np.arange(bits)).sum(axis=1).astype(np.uint8)
+
+
+def decode_weights(packed: np.ndarray, fmt: str, bits: int, shape: Sequence[int]) -> np.ndarray:
+    """Packed codes -> integer weights (int64) of the given shape; refuses non-canonical codes."""
+    _check(all(int(d) >= 1 for d in shape), f"weight_shape must be positive, got {list(shape)}")
+    count = int(np.prod(shape, dtype=np.int64))
+    codes = unpack_codes(packed, bits, count)
+    values, valid = weight_lut(fmt, bits)
+    _check(bool(valid[codes].all()), f"packed weights contain a non-canonical {fmt} code (negative zero)")
+    return values[codes].reshape(tuple(int(d) for d in shape))
+
+
+def post_product_shift_table(a: np.ndarray, codes: np.ndarray, bits: int) -> np.ndarray:
+    """a * w computed the POST way: a shift for even exponents, a table entry for odd ones.
+
+    Exists to show (and test) that multiplying by T[e] is the same integer as Eq. 18's
+    shift-and-table arithmetic, which is what lets kernels use a plain integer dot product.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    codes = np.asarray(codes, dtype=np.int64)
+    half = 2 ** (bits - 1)
+    sign = np.where(codes >= half, -1, 1)
+    e = (codes & (half - 1)) - 1
+    f = post_frac_bits(bits)
+    table = post_table(bits)
+    shifted = np.left_shift(a, np.where(e >= 0, f + e // 2, 0))
+    looked = a * table[np.clip(e, 0, None)]
+    prod = np.where(e % 2 == 0, shifted, looked)
+    return np.where(e < 0, 0, sign * prod)
+
+
+# --------------------------------------------------------------------------- conv / gemm
+def accumulator_bound(fmt: str, bits: int, act_bits: int, act_zero_point: int, k: int) -> int:
+    """Largest possible |acc| of a dot product of length k: decides int32 vs int64 in kernels."""
+    amax = max(act_zero_point, 2**act_bits - 1 - act_zero_point)
+    return k * amax * weight_max(fmt, bits)
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_end: int, dilation: int) -> int:
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_act(codes: np.ndarray, act_bits: int, act_zero_point: int) -> np.ndarray:
+    _check(codes.dtype == np.uint8, f"X must be uint8 codes, got {codes.dtype}")
+    _check(act_bits in ACT_BITS, f"act_bits must be in 2..8, got {act_bits}")
+    _check(0 <= act_zero_point < 2**act_bits, f"act_zero_point must be in 0..{2**act_bits - 1}, got {act_zero_point}")
+    _check(codes.size == 0 or int(codes.max()) < 2**act_bits, f"X holds a code above {2**act_bits - 1} (act_bits={act_bits})")
+    return codes.astype(np.float64) - act_zero_point
+
+
+def _epilogue(acc: np.ndarray, x_scale: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
+    n, o = acc.shape[:2]
+    x_scale = np.asarray(x_scale, dtype=np.float32).reshape(-1)
+    w_scale = np.asarray(w_scale, dtype=np.float32).reshape(-1)
+    bias = np.asarray(bias, dtype=np.float32).reshape(-1)
+    _check(x_scale.shape[0] in (1, n), f"X_scale has {x_scale.shape[0]} entries for a batch of {n}")
+    _check(w_scale.shape[0] == o, f"W_scale has {w_scale.shape[0]} entries for {o} output channels")
+    _check(bias.shape[0] == o, f"B has {bias.shape[0]} entries for {o} output channels")
+    tail = (1,) * (acc.ndim - 2)
+    mult = (x_scale[:, None] * w_scale[None, :]).reshape((x_scale.shape[0], o) + tail)
+    y = acc.astype(np.float32) * mult + bias.reshape((1, o) + tail)
+    if relu:
+        y = np.where(y < 0, np.float32(0), y)
+    return y.astype(np.float32)
+
+
+def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, *,
+          fmt: str, bits: int, act_bits: int, act_zero_point: int, weight_shape: Sequence[int],
+          strides: Sequence[int] = (1, 1), pads: Sequence[int] = (0, 0, 0, 0),
+          dilations: Sequence[int] = (1, 1), group: int = 1, relu: bool = False,
+          return_acc: bool = False):
+    """PostConv / PotConv / UniformConv: 2-D convolution of activation codes with packed weights.
+
+    pads are ONNX-style (top, left, bottom, right); padded positions hold the zero point,
+    i.e. contribute 0. Returns float32 (N, O, OH, OW), and the int64 accumulator if asked.
+    """
+    codes = np.asarray(codes)
+    _check(codes.ndim == 4, f"X must be (N, C, H, W), got rank {codes.ndim}")
+    _check(len(weight_shape) == 4, f"weight_shape must have 4 entries, got {list(weight_shape)}")
+    _check(len(strides) == 2 and min(strides) >= 1, f"strides must be 2 values >= 1, got {list(strides)}")
+    _check(len(dilations) == 2 and min(dilations) >= 1, f"dilations must be 2 values >= 1, got {list(dilations)}")
+    _check(len(pads) == 4 and min(pads) >= 0, f"pads must be 4 values >= 0, got {list(pads)}")
+    o, cg, kh, kw = (int(v) for v in weight_shape)
+    _check(group >= 1 and o % group == 0, f"group={group} must be >= 1 and divide out channels {o}")
+    n, c, h, w = codes.shape
+    _check(c == group * cg, f"X has {c} channels, expected group*weight_shape[1] = {group * cg}")
+    a = _check_act(codes, act_bits, act_zero_point)
+    wq = decode_weights(packed, fmt, bits, weight_shape).astype(np.float64)
+    (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads
+    oh = conv_output_size(h, kh, sh, pt, pb, dh)
+    ow = conv_output_size(w, kw, sw, pl, pr, dw)
+    _check(oh >= 1 and ow >= 1, f"output would be empty ({oh}x{ow}) for input {h}x{w}")
+
+    og = o // group
+    wg = wq.reshape(group, og, cg * kh * kw).transpose(0, 2, 1)  # (G, K, Og)
+    acc = np.empty((n, o, oh, ow), dtype=np.int64)
+    # Chunk the batch so that the float64 im2col buffer stays near 64 MB.
+    per_sample = max(1, oh * ow * c * kh * kw * 8)
+    chunk = max(1, (64 << 20) // per_sample)
+    for start in range(0, n, chunk):
+        ap = np.pad(a[start : start + chunk], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        win = np.lib.stride_tricks.sliding_window_view(ap, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+        win = win[:, :, : (oh - 1) * sh + 1 : sh, : (ow - 1) * sw + 1 : sw, ::dh, ::dw]  # (n, C, OH, OW, kh, kw)
+        nb = win.shape[0]
+        cols = win.reshape(nb, group, cg, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
+        cols = cols.reshape(group, nb * oh * ow, cg * kh * kw)
+        # float64 GEMM is exact: every product and partial sum is an integer far below 2^53.
+        out = np.matmul(cols, wg)  # (G, nb*OH*OW, Og)
+        out = out.reshape(group, nb, oh, ow, og).transpose(1, 0, 4, 2, 3).reshape(nb, o, oh, ow)
+        acc[start : start + nb] = out.astype(np.int64)
+    y = _epilogue(acc, x_scale, w_scale, bias, relu)
+    return (y, acc) if return_acc else y
+
+
+def qgemm(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, *,
+          fmt: str, bits: int, act_bits: int, act_zero_point: int, weight_shape: Sequence[int],
+          relu: bool = False, return_acc: bool = False):
+    """PostGemm / PotGemm / UniformGemm: Y = X W^T with X (N, K) codes, W (O, K) packed."""
+    codes = np.asarray(codes)
+    _check(codes.ndim == 2, f"X must be (N, K), got rank {codes.ndim}")
+    _check(len(weight_shape) == 2, f"weight_shape must have 2 entries, got {list(weight_shape)}")
+    o, k = (int(v) for v in weight_shape)
+    _check(codes.shape[1] == k, f"X has {codes.shape[1]} features, expected {k}")
+    a = _check_act(codes, act_bits, act_zero_point)
+    wq = decode_weights(packed, fmt, bits, weight_shape).astype(np.float64)
+    acc = np.matmul(a, wq.T).astype(np.int64)
+    y = _epilogue(acc, x_scale, w_scale, bias, relu)
+    return (y, acc) if return_acc else y
+
+
+# --------------------------------------------------------------------------- fused conv
+QUANTIZERS = ("none", "lsq", "asq")
+
+
+def qconv_fused(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: np.ndarray, bias: np.ndarray,
+                residual: np.ndarray | None = None, q_w1: np.ndarray | None = None, q_b1: np.ndarray | None = None,
+                q_w2: np.ndarray | None = None, q_b2: np.ndarray | None = None, *, fmt: str, bits: int, act_bits: int,
+                act_zero_point: int, weight_shape: Sequence[int], strides: Sequence[int] = (1, 1),
+                pads: Sequence[int] = (0, 0, 0, 0), dilations: Sequence[int] = (1, 1), group: int = 1,
+                relu: bool = False, quantizer: str = "none", q_bits: int = 8, q_signed: bool = False,
+                q_step: float = 1.0, q_beta_map: str = "sigmoid2", q_groups: int = 0):
+    """PostConvFused / PotConvFused / UniformConvFused: a conv, a residual Add, a ReLU and the next
+    layer's activation quantizer as one op (what qexport.export.passes fuses).
+
+    Exactly the composition of the unfused ops:
+    ``y = qconv(...)`` (with ``relu`` applied here only when there is no residual), then with a
+    residual ``y = float32(y + residual)`` and, if ``relu``, ``y = y < 0 ? 0 : y``; then
+    ``codes, scale = lsq_quantize(y, q_step, ...)`` or ``asq_quantize(y, q_w1, q_b1, q_w2, q_b2,
+    q_step, ...)``. Returns ``(y, codes, scale)``; codes and scale are None without a quantizer.
+    """
+    _check(quantizer in QUANTIZERS, f"quantizer must be one of {QUANTIZERS}, got {quantizer!r}")
+    y = qconv(codes, x_scale, packed, w_scale, bias, fmt=fmt, bits=bits, act_bits=act_bits,
+              act_zero_point=act_zero_point, weight_shape=weight_shape, strides=strides, pads=pads,
+              dilations=dilations, group=group, relu=bool(relu) and residual is None)
+    if residual is not None:
+        residual = np.asarray(residual, dtype=np.float32)
+        _check(residual.shape == y.shape, f"residual has shape {residual.shape}, expected {y.shape}")
+        y = (y + residual).astype(np.float32)
+        if relu:
+            y = np.where(y < 0, np.float32(0), y).astype(np.float32)
+    if quantizer == "none":
+        return y, None, None
+    if quantizer == "lsq":
+        q, scale = lsq_quantize(y, q_step, q_bits, bool(q_signed))
+    else:
+        q, scale = asq_quantize(y, q_w1, q_b1, q_w2, q_b2, q_step, q_bits, bool(q_signed), q_beta_map, q_groups)
+    return y, q, scale
