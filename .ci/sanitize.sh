@@ -16,4 +16,4 @@ echo "sanitized library: $lib"
 export LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export QEXPORT_OPS_LIBRARY="$lib" QEXPORT_FUZZ_CASES="$cases" OMP_NUM_THREADS=1
-python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_kernel_errors.py tests/test_fuzz.py
+python -m pytest -q -p no:cacheprovider tests/kernels/test_kernels.py tests/kernels/test_kernel_errors.py tests/kernels/test_fuzz.py

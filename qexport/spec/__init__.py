@@ -2,7 +2,7 @@
 
 ``reference`` is the numpy definition of every op (docs/ops.md describes it in words); the C++
 kernels in custom_ops/ reproduce it bit for bit, and the PyTorch deploy path calls it. Nothing in
-this package imports torch (tests/test_dependencies.py checks), so a runtime-only install can
+this package imports torch (tests/spec/test_dependencies.py checks), so a runtime-only install can
 check an ONNX Runtime result against the definition.
 """
 from . import reference

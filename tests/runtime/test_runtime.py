@@ -17,7 +17,7 @@ from qexport.spec import reference as R
 
 EXPECTED_OPS = ["AsqQuantize", "LsqQuantize", "PostConv", "PotConv", "UniformConv", "PostGemm", "PotGemm",
                 "UniformGemm", "GlobalAvgPool", "PostConvFused", "PotConvFused", "UniformConvFused"]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_library_path_exists_and_loads() -> None:

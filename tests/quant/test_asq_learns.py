@@ -18,6 +18,8 @@ from qexport.nn import calibrate, quantize_
 from qexport.quant.config import QuantConfig
 from qexport.validate.steps import median_cv, torch_step_stats
 
+pytestmark = pytest.mark.slow  # three small trainings
+
 CLASSES = 8
 
 

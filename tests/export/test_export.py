@@ -29,7 +29,7 @@ def _quantized(calib, method="asq+post", bits=3, width=16):
 def test_every_quantized_layer_is_two_custom_nodes(tmp_path, calib, method, bits):
     model = _quantized(calib, method, bits)
     # fuse=False: the exporter's own output, before qexport.export.passes folds each conv's ReLU and
-    # the next quantizer into one node (tests/test_passes.py checks the fused form).
+    # the next quantizer into one node (tests/export/test_passes.py checks the fused form).
     proto = export_onnx(model, torch.from_numpy(calib[:2]), tmp_path / "m.onnx", meta={"qexport.method": method},
                         fuse=False)
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")), full_check=True)

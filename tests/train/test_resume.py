@@ -18,7 +18,7 @@ from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
 from qexport.data.loaders import FASHION_MNIST_DIR
 from qexport.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_MODEL = ROOT / "samples" / "small_cnn_float.pt"
 DATA = "fashion-mnist" if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() else "samples"
 # QAT of the shipped float model (ASQ adapters, POST alphas, BatchNorm, momentum: every kind of
@@ -49,6 +49,7 @@ def _epoch_of(path: Path) -> int | None:
         return None
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     # The uninterrupted run.
     full = subprocess.run([sys.executable, *ARGS, "-o", "full.pt", "--metrics-json", "full.json"], cwd=tmp_path,

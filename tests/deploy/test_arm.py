@@ -24,7 +24,9 @@ from qexport.deploy import (AARCH64_SYSROOT, DeployError, RunnerSession, build_o
                             fetch_qemu, validate_on_runner)
 from qexport.runtime import make_session
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.arm
+
+REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples" / "fashion_mnist_512.npz"
 SKIP_QEMU = os.environ.get("QEXPORT_SKIP_ARM") == "1"
 needs_qemu = pytest.mark.skipif(SKIP_QEMU, reason="QEXPORT_SKIP_ARM=1")

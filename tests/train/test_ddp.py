@@ -27,7 +27,9 @@ import pytest
 from qexport.checkpoint import load_checkpoint
 from qexport.data.loaders import FASHION_MNIST_DIR
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_MODEL = ROOT / "samples" / "small_cnn_float.pt"
 DATA = "fashion-mnist" if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() else "samples"
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import ablation  # noqa: E402
 
 from qexport.export import export_onnx  # noqa: E402

@@ -1,7 +1,7 @@
 """ONNX Runtime + libqexport_ops against the numpy reference, bit for bit.
 
 Every case draws its shapes, bit-widths and data from a seeded numpy generator (the seed is the
-test id, so a failure is reproducible alone: ``pytest tests/test_kernels.py -k "conv and 17"``),
+test id, so a failure is reproducible alone: ``pytest tests/kernels/test_kernels.py -k "conv and 17"``),
 runs one single-node model and compares the uint8 codes and the float32 outputs *bitwise* with
 qexport.spec.reference (the definition of the ops).
 

@@ -15,7 +15,7 @@ from qexport.models import build_model
 from qexport.spec import reference as R
 from qexport.runtime import make_session
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE_MODEL = REPO / "samples" / "small_cnn_float.pt"
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from qexport.cli import app
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
 SAMPLE_MODEL = REPO / "samples" / "small_cnn_float.pt"
 DEFAULT_NAME = "small_cnn_float_asq-post_w3"  # convert's default output name for --bits 3, asq+post

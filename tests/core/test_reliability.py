@@ -14,7 +14,7 @@ from qexport.io import atomic_save, atomic_write_bytes
 from qexport.models import build_model
 from qexport.runtime import make_session
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE_MODEL = REPO / "samples" / "small_cnn_float.pt"
 X = np.load(REPO / "samples" / "fashion_mnist_512.npz")["x"]
 
