@@ -5,7 +5,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -64,6 +64,20 @@ def _check_bits(bits: int | None) -> None:
     if bits is not None and not 2 <= bits <= 8:
         _fail(f"--bits {bits} is out of range: weights take 2..8 bits with --method lsq or asq (uniform weights), "
               f"2..4 with +pot or +post")
+
+
+OVERRIDE_HELP = ("Per-layer settings, repeatable: PATTERN:key=value[,key=value] or PATTERN:skip, keys bits, act_bits, "
+                 "method; PATTERN matches module names (fnmatch), later overrides win. E.g. --override 'features.4.*:bits=8' "
+                 "--override 'fc:skip'.")
+
+
+def _overrides(texts: list[str] | None) -> tuple:
+    from .quant.config import parse_override
+
+    try:
+        return tuple(parse_override(t) for t in texts or ())
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _load_data(spec: str, limit: int | None):
@@ -160,6 +174,7 @@ def convert(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post (default asq+post)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers (default: --bits)."),
     first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers (uniform LSQ)."),
+    override: Optional[List[str]] = typer.Option(None, "--override", help=OVERRIDE_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx to write (default: <model>_<method>_w<bits>.onnx here)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture of a plain state dict (see `qexport models`)."),
     data: str = typer.Option("samples", "--data", help=DATA_HELP),
@@ -183,6 +198,7 @@ def convert(
     _check_bits(bits)
     if calib_samples < 1 or fit_steps < 0 or fit_batch < 1:
         _fail("--calib-samples and --fit-batch-size must be >= 1, --fit-steps >= 0")
+    overrides = _overrides(override)
     x, y = _load_data(data, limit)
     with _step_progress("fitting") as fit_progress:
         try:
@@ -190,7 +206,7 @@ def convert(
                          first_last_bits=first_last_bits, arch=arch, trust_pickle=trust_pickle,
                          calib_samples=calib_samples, validate=validate, data_name=data,
                          tolerances=_tolerances(max_mismatch_rate, min_agreement),
-                         fit_options=FitOptions(steps=fit_steps, batch_size=fit_batch),
+                         fit_options=FitOptions(steps=fit_steps, batch_size=fit_batch), overrides=overrides,
                          progress=lambda msg: console.print(f"[dim]{msg}[/]"), fit_progress=fit_progress)
         except (CheckpointError, ConvertError, ExportError) as exc:
             _fail(str(exc))
@@ -340,6 +356,7 @@ def train(
     bits: int = typer.Option(4, "--bits", "-b", help="Weight bit-width of the body layers (activations too unless --act-bits)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers."),
     first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers."),
+    override: Optional[List[str]] = typer.Option(None, "--override", help=OVERRIDE_HELP),
     epochs: int = typer.Option(3, "--epochs", "-e"),
     batch_size: int = typer.Option(128, "--batch-size", help="Global batch; under torchrun each of N processes takes batch-size/N."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate; default 0.01 with --from, else 0.1."),
@@ -380,6 +397,8 @@ def train(
     quant_args = {"first_last_bits": first_last_bits}
     if act_bits is not None:
         quant_args["act_bits"] = act_bits
+    if override:
+        quant_args["overrides"] = [list(o) for o in _overrides(override)]
     try:
         model_args = json.loads(arch_args) if arch_args else {}
         if not isinstance(model_args, dict):

@@ -45,13 +45,14 @@ def default_output(model_path: Path, config: QuantConfig) -> Path:
 
 
 def resolve_config(loaded: LoadedModel, method: str | None, bits: int | None, act_bits: int | None,
-                   first_last_bits: int | None) -> QuantConfig:
+                   first_last_bits: int | None, overrides: tuple = ()) -> QuantConfig:
     """A quantized checkpoint keeps its own config (explicit conflicting options are an error);
     a float model gets the options given (default asq+post, 4 bits)."""
     if loaded.is_quantized:
         cfg = QuantConfig.from_dict(loaded.quant)
         for name, given, have in (("--method", method, cfg.method), ("--bits", bits, cfg.bits),
-                                  ("--act-bits", act_bits, cfg.effective_act_bits)):
+                                  ("--act-bits", act_bits, cfg.effective_act_bits),
+                                  ("--override", tuple(overrides) or None, cfg.overrides)):
             if given is not None and given != have:
                 raise ConvertError(f"the checkpoint is already quantized ({cfg.method}, {cfg.bits}-bit weights, "
                                    f"{cfg.effective_act_bits}-bit activations); {name} {given} conflicts. Convert the "
@@ -59,7 +60,7 @@ def resolve_config(loaded: LoadedModel, method: str | None, bits: int | None, ac
         return cfg
     try:
         return QuantConfig(method=method or "asq+post", bits=4 if bits is None else bits, act_bits=act_bits,
-                           first_last_bits=first_last_bits)
+                           first_last_bits=first_last_bits, overrides=tuple(overrides))
     except ValueError as exc:
         raise ConvertError(str(exc)) from exc
 
@@ -140,6 +141,7 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
             method: str | None = None, bits: int | None = None, act_bits: int | None = None, first_last_bits: int | None = 8,
             arch: str | None = None, trust_pickle: bool = False, calib_samples: int = 512, validate: bool = True,
             data_name: str = "", tolerances: Tolerances | None = None, fit_options: FitOptions | None = None,
+            overrides: tuple = (),
             progress: Callable[[str], None] | None = None,
             fit_progress: Callable[[int, int, float], None] | None = None) -> ConvertResult:
     """Convert a model file to ONNX with ai.qexport ops, and check parity.
@@ -155,7 +157,7 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     say = progress or (lambda msg: None)
     model_path = Path(model_path)
     loaded = load_model(model_path, arch=arch, trust_pickle=trust_pickle)
-    config = resolve_config(loaded, method, bits, act_bits, first_last_bits)
+    config = resolve_config(loaded, method, bits, act_bits, first_last_bits, overrides)
     out = Path(output) if output else default_output(model_path, config)
     if out.suffix != ".onnx":
         raise ConvertError(f"output must end in .onnx, got {out}")
@@ -173,7 +175,10 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
         if validate and y is not None:
             accuracy["float"] = top1(teacher, x, y)
         say(f"quantizing ({config.method}, {config.bits}-bit) and calibrating on {n_cal} samples")
-        model = quantize_model(model, config, x, n_cal)
+        try:
+            model = quantize_model(model, config, x, n_cal)
+        except ValueError as exc:  # e.g. an override that matches no layer, or bits its format refuses
+            raise ConvertError(str(exc)) from exc
         fid["calibrated"] = fidelity(model, teacher, x[held])
         if validate and y is not None:
             accuracy["calibrated"] = top1(model, x, y)

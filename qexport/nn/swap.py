@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import zlib
+from fnmatch import fnmatchcase
 from typing import Iterable
 
 import torch
@@ -18,21 +19,22 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, dict]:
-    """For every Conv2d/Linear to quantize: its act method, weight format and bit-widths.
+    """For every Conv2d/Linear to quantize: its act method, weight format and bit-widths
+    (``QuantConfig.layer_spec``: the defaults, the first/last-layer rule, the overrides).
 
     First and last are taken in registration order (the order of ``named_modules``), which is
     the forward order for the zoo models and for most hand-written ones.
     """
     names = [n for n, m in model.named_modules() if type(m) in QUANT_LAYERS and n not in config.skip]
+    unmatched = [p for p, _ in config.overrides if not any(fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(f"override pattern {unmatched[0]!r} matches no Conv2d/Linear of the model; its layers: "
+                         f"{', '.join(names[:12])}{' ...' if len(names) > 12 else ''}")
     plan = {}
     for i, name in enumerate(names):
-        edge = config.first_last_bits is not None and (i == 0 or i == len(names) - 1)
-        plan[name] = {
-            "act": "lsq" if edge else config.act_method,
-            "weights": "uniform" if edge else config.weight_format,
-            "bits": config.first_last_bits if edge else config.bits,
-            "act_bits": config.first_last_bits if edge else config.effective_act_bits,
-        }
+        spec = config.layer_spec(name, edge=i == 0 or i == len(names) - 1)
+        if spec is not None:
+            plan[name] = spec
     return plan
 
 

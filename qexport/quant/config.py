@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from fnmatch import fnmatchcase
+from typing import Any
 
 from ..spec import reference as R
 from .base import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
@@ -29,6 +31,12 @@ class QuantConfig:
             what checkpoints written before this field existed hold).
         adapter_groups: at most this many channel groups feed the adapter (bounds its size).
         skip: module names (as in ``model.named_modules()``) left in float.
+        overrides: per-layer settings, ``[(pattern, {key: value}), ...]``: every Conv2d/Linear
+            whose module name matches ``pattern`` (``fnmatch``: ``*``, ``?``, ``[...]``; an exact
+            name matches itself) takes these keys instead of the defaults above: ``method``,
+            ``bits``, ``act_bits`` (follows ``bits`` unless given here or in the config), or
+            ``skip: True`` (stays float). Matching overrides apply in order, later ones win, and
+            they win over the first/last-layer rule. Like torchao's ModuleFqnToConfig.
 
     Example:
         >>> cfg = QuantConfig(method="asq+post", bits=4)
@@ -43,9 +51,12 @@ class QuantConfig:
     adapter: str = "relu"
     adapter_groups: int = 64
     skip: tuple[str, ...] = field(default_factory=tuple)
+    overrides: tuple[tuple[str, dict], ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip", tuple(self.skip))
+        items = self.overrides.items() if isinstance(self.overrides, dict) else self.overrides
+        object.__setattr__(self, "overrides", tuple((str(p), _check_override(str(p), dict(o))) for p, o in items))
         act, _, weights = self.method.partition("+")
         if act not in ACT_QUANTIZERS:
             raise ValueError(f"unknown method {self.method!r}: activations must be one of {sorted(ACT_QUANTIZERS)}; methods: {', '.join(METHODS)}")
@@ -65,6 +76,35 @@ class QuantConfig:
         if self.adapter not in R.BETA_MAPS:
             raise ValueError(f"adapter must be one of {R.BETA_MAPS}, got {self.adapter!r}")
 
+    def layer_spec(self, name: str, edge: bool) -> dict[str, Any] | None:
+        """The settings of the layer called ``name`` (``edge``: it is the first or the last one):
+        {"act", "weights", "bits", "act_bits"}, or None when it stays float."""
+        if name in self.skip:
+            return None
+        flb = self.first_last_bits if edge else None
+        spec = {"act": "lsq" if flb else self.act_method, "weights": "uniform" if flb else self.weight_format,
+                "bits": flb or self.bits, "act_bits": flb or self.effective_act_bits}
+        for pattern, o in self.overrides:
+            if not fnmatchcase(name, pattern):
+                continue
+            if o.get("skip"):
+                return None
+            if "method" in o:
+                act, _, weights = o["method"].partition("+")
+                spec["act"], spec["weights"] = act, weights or "uniform"
+            if "bits" in o:
+                spec["bits"] = o["bits"]
+                if "act_bits" not in o and self.act_bits is None:
+                    spec["act_bits"] = o["bits"]
+            if "act_bits" in o:
+                spec["act_bits"] = o["act_bits"]
+        allowed = R.WEIGHT_BITS[spec["weights"]]
+        if spec["bits"] not in allowed:
+            raise ValueError(f"layer {name!r}: {spec['weights']} weights support {allowed.start}..{allowed.stop - 1} bits, "
+                             f"got {spec['bits']} (from the overrides that match it: "
+                             f"{[p for p, _ in self.overrides if fnmatchcase(name, p)] or 'none'})")
+        return spec
+
     @property
     def act_method(self) -> str:
         return self.method.partition("+")[0]
@@ -80,6 +120,7 @@ class QuantConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["skip"] = list(self.skip)
+        d["overrides"] = [[p, dict(o)] for p, o in self.overrides]
         return d
 
     @classmethod
@@ -88,6 +129,49 @@ class QuantConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown QuantConfig fields {sorted(unknown)}")
+        if isinstance(d.get("overrides"), list):
+            d = {**d, "overrides": tuple((p, o) for p, o in d["overrides"])}
         if "adapter" not in d:  # written before the field existed: qexport's first adapter form
             d = {**d, "adapter": "sigmoid2", "adapter_reduction": d.get("adapter_reduction", 16)}
         return cls(**d)
+
+
+OVERRIDE_KEYS = ("method", "bits", "act_bits", "skip")
+
+
+def _check_override(pattern: str, o: dict) -> dict:
+    """Validate one override's keys and values (bit ranges per format are checked per layer)."""
+    unknown = set(o) - set(OVERRIDE_KEYS)
+    if unknown:
+        raise ValueError(f"override {pattern!r}: unknown keys {sorted(unknown)}; use {', '.join(OVERRIDE_KEYS)}")
+    if "method" in o:
+        act, _, weights = str(o["method"]).partition("+")
+        if act not in ACT_QUANTIZERS or (weights and weights not in WEIGHT_QUANTIZERS) or weights == "uniform":
+            raise ValueError(f"override {pattern!r}: unknown method {o['method']!r}; methods: {', '.join(METHODS)}")
+    for key in ("bits", "act_bits"):
+        if key in o and (not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] not in R.ACT_BITS):
+            raise ValueError(f"override {pattern!r}: {key} must be an integer in 2..8, got {o[key]!r}")
+    if "skip" in o and not isinstance(o["skip"], bool):
+        raise ValueError(f"override {pattern!r}: skip must be true or false, got {o['skip']!r}")
+    return o
+
+
+def parse_override(text: str) -> tuple[str, dict]:
+    """``"PATTERN:key=value,key=value"`` or ``"PATTERN:skip"`` (the CLI's ``--override``) ->
+    (pattern, {key: value}). Example: ``"features.4.*:bits=8,method=lsq"``."""
+    pattern, sep, body = text.partition(":")
+    if not sep or not pattern or not body:
+        raise ValueError(f"--override {text!r}: expected PATTERN:key=value[,key=value] or PATTERN:skip, "
+                         f"e.g. 'features.4.*:bits=8' or 'fc:skip'")
+    o: dict = {}
+    for item in body.split(","):
+        key, eq, value = (s.strip() for s in item.partition("="))
+        if key == "skip" and not eq:
+            o["skip"] = True
+        elif key in ("bits", "act_bits") and eq and value.isdigit():
+            o[key] = int(value)
+        elif key == "method" and eq:
+            o[key] = "".join(value.split()).lower()
+        else:
+            raise ValueError(f"--override {text!r}: cannot read {item!r}; keys: bits=N, act_bits=N, method=M, skip")
+    return pattern, _check_override(pattern, o)
