@@ -114,6 +114,10 @@ def print_report(report, title: str = "parity") -> None:
         sq_txt = "inf" if sq == float("inf") else f"{sq:.1f} dB"
         out.print(f"ONNX {label}: max abs err {block['max_abs_err']:.3g}, max rel err {block['max_rel_err']:.3g}, "
                   f"top-1 agreement {block['top1_agreement']:.2%}, SQNR {sq_txt}")
+    if report.asq_steps:
+        out.print("ASQ per-sample step (ONNX Runtime), std/mean (min..max): " + "; ".join(
+            f"{name.removesuffix('/quantize')} {v['cv']:.2%} ({v['min']:.3g}..{v['max']:.3g})"
+            for name, v in report.asq_steps.items() if v.get("cv") is not None), highlight=False)
     if report.accuracy:
         out.print("accuracy on these samples: " + ", ".join(f"{k} {v:.2%}" for k, v in report.accuracy.items()))
     if report.passed:

@@ -479,9 +479,9 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
             log(f"epoch {epoch}/{config.epochs}: loss {train_loss:.4f}, train {train_acc:.2f}%, "
                 f"test {last_acc:.2f}%, {row['time_s']:.0f} s")
             if steps:
-                log("  ASQ per-sample step over test images, std/mean [min, max] of beta: " + "; ".join(
-                    f"{n.removesuffix('.act_quant')} {v['cv']:.2%} [{v['min']:.3g}, {v['max']:.3g}]"
-                    for n, v in steps.items()))
+                log("  ASQ per-sample step over test images, std/mean (min..max) of beta: " + "; ".join(
+                    f"{n.removesuffix('.act_quant')} {v['cv']:.2%} ({v['min']:.3g}..{v['max']:.3g})"
+                    for n, v in steps.items()), highlight=False)
 
     if last_acc is None:  # epochs=0 on a fresh float model: still report its accuracy
         last_acc = evaluate_loss(model, xte, yte, ctx=ctx)[0]
