@@ -184,7 +184,7 @@ def convert(
     data: str = typer.Option("samples", "--data", help=DATA_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
     calib_samples: int = typer.Option(512, "--calib-samples", help="Samples used to calibrate and fit a float model (the rest of --data, or else its last eighth, measures fidelity)."),
-    fit_steps: int = typer.Option(200, "--fit-steps", help="Steps of the post-training fit to the float model (steps, adapters, scales, weight rounding); 0 skips it."),
+    fit_steps: Optional[int] = typer.Option(None, "--fit-steps", help="Steps of the post-training fit to the float model (steps, adapters, scales, weight rounding); 0 skips it. Default 200 (or $QEXPORT_FIT_STEPS)."),
     fit_batch: int = typer.Option(32, "--fit-batch-size", help="Samples per fitting step."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file: only for files you trust)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity with PyTorch after export (default on)."),
@@ -200,7 +200,7 @@ def convert(
 
     method = _method(method)
     _check_bits(bits)
-    if calib_samples < 1 or fit_steps < 0 or fit_batch < 1:
+    if calib_samples < 1 or (fit_steps is not None and fit_steps < 0) or fit_batch < 1:
         _fail("--calib-samples and --fit-batch-size must be >= 1, --fit-steps >= 0")
     overrides = _overrides(override)
     x, y = _load_data(data, limit)
@@ -210,7 +210,8 @@ def convert(
                          first_last_bits=first_last_bits, arch=arch, trust_pickle=trust_pickle,
                          calib_samples=calib_samples, validate=validate, data_name=data,
                          tolerances=_tolerances(max_mismatch_rate, min_agreement),
-                         fit_options=FitOptions(steps=fit_steps, batch_size=fit_batch), overrides=overrides,
+                         fit_options=FitOptions(batch_size=fit_batch, **({} if fit_steps is None else {"steps": fit_steps})),
+                         overrides=overrides,
                          progress=lambda msg: console.print(f"[dim]{msg}[/]"), fit_progress=fit_progress)
         except (CheckpointError, ConvertError, ExportError) as exc:
             _fail(str(exc))

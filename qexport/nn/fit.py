@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -36,11 +37,19 @@ from ..quant.base import ActQuantizer, WeightQuantizer
 from .layers import QuantMixin
 
 
+FIT_STEPS_ENV = "QEXPORT_FIT_STEPS"  # overrides the default number of steps (the test suite sets it low)
+
+
+def _default_steps() -> int:
+    value = os.environ.get(FIT_STEPS_ENV, "")
+    return int(value) if value.strip().isdigit() else 200
+
+
 @dataclass
 class FitOptions:
     """Budget and learning rates of :func:`fit`.
 
-    steps: optimiser steps of the reconstruction (0: only the adapter initialisation).
+    steps: optimiser steps of the reconstruction (0: none). Default 200, or $QEXPORT_FIT_STEPS.
     batch_size: samples per step (drawn from the calibration inputs, seeded).
     lr: Adam learning rate of steps, scales, adapters and biases (cosine decay to 0).
     weight_lr: Adam learning rate of the latent weights, relative to each layer's weight
@@ -49,8 +58,8 @@ class FitOptions:
     seed: the order of the batches.
     """
 
-    steps: int = 300
-    batch_size: int = 64
+    steps: int = field(default_factory=_default_steps)
+    batch_size: int = 32
     lr: float = 1e-3
     weight_lr: float = 1e-3
     seed: int = 0
