@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from qexport.models import build_model  # noqa: E402
+from qexport.models.common import count_macs  # noqa: E402
 from qexport.nn import quantize_  # noqa: E402
 from qexport.nn.layers import QuantMixin  # noqa: E402
 from qexport.quant.asq import AsqActQuantizer  # noqa: E402
@@ -31,26 +31,9 @@ from qexport.quant.config import QuantConfig  # noqa: E402
 MODELS = {"small_cnn": (1, 28, 28), "resnet20": (3, 32, 32), "resnet18": (3, 224, 224)}
 
 
-def conv_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
-    total = 0
-
-    def hook(mod, inp, out):
-        nonlocal total
-        if isinstance(mod, nn.Conv2d):
-            total += out.numel() // out.shape[0] * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-        elif isinstance(mod, nn.Linear):
-            total += mod.in_features * mod.out_features
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model.eval()(torch.zeros((1,) + shape))
-    for h in hooks:
-        h.remove()
-    return total
-
-
 def measure(name: str, shape: tuple[int, ...], bits: int) -> dict:
     model = build_model(name)
-    macs = conv_macs(model, shape)
+    macs = count_macs(model, torch.zeros((1,) + shape))
     quantize_(model, QuantConfig(method="asq+post" if bits <= 4 else "asq", bits=bits))
     adapters = [m for m in model.modules() if isinstance(m, AsqActQuantizer)]
     adapter_params = sum(p.numel() for a in adapters for p in (*a.fc1.parameters(), *a.fc2.parameters()))

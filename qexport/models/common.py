@@ -104,3 +104,25 @@ def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
         for m in model.modules():
             if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on ``x``, per sample: every Conv2d
+    (output positions x input channels per group x kernel area x output channels) and Linear."""
+    total = 0
+
+    def hook(m: nn.Module, inp, out) -> None:
+        nonlocal total
+        if isinstance(m, nn.Conv2d):
+            total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.Linear):
+            total += m.in_features * m.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
