@@ -12,8 +12,13 @@ the quick subset.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# convert's post-training fit (200 steps by default) is the subject of tests/nn/test_fit.py; every
+# other conversion in the suite fits briefly, or a CLI test would cost a minute on shared cores.
+os.environ.setdefault("QEXPORT_FIT_STEPS", "10")
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # pytest's default import mode adds it too; --import-mode=importlib does not
