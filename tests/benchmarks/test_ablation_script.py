@@ -57,12 +57,6 @@ def test_a_run_with_another_recipe_is_refused():
         ablation.merge_settings(base, {**more, "qat": {"epochs": 1}}, "plain")
 
 
-@pytest.fixture(scope="module")
-def calib():
-    torch.manual_seed(0)
-    return torch.rand(64, 1, 28, 28).numpy()
-
-
 def _exported(tmp_path, calib, config: QuantConfig) -> Path:
     torch.manual_seed(0)
     model = build_model("small_cnn", width=8)

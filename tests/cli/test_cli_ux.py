@@ -12,28 +12,16 @@ import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, helper
-from typer.testing import CliRunner
 
-from qexport.cli import app
+from shared import REPO, SAMPLE_MODEL
+from shared import run_cli as run  # an exception that escapes a command fails the test (a traceback for the user)
 
-REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
-SAMPLE_MODEL = REPO / "samples" / "small_cnn_float.pt"
 DEFAULT_NAME = "small_cnn_float_asq-post_w3"  # convert's default output name for --bits 3, asq+post
-runner = CliRunner()
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
-    # an exception that escaped the command is a traceback for the user
-    assert result.exception is None or isinstance(result.exception, SystemExit), (result.exception, text)
-    assert "Traceback" not in text, text
-    return result.exit_code, text
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def readme_converted(tmp_path_factory):
     """The README's first command, from another folder, with the method spelled as the README does."""
     import os
 
@@ -85,8 +73,8 @@ def test_readme_two_commands_make_a_venv_and_say_how_long_tests_take():
     assert re.search(r"about [\d.]+ minutes on a quiet 2-core machine", section)
 
 
-def test_readme_python_example_runs_as_written(converted, capsys):
-    folder, _ = converted
+def test_readme_python_example_runs_as_written(readme_converted, capsys):
+    folder, _ = readme_converted
     assert (folder / f"{DEFAULT_NAME}.onnx").is_file()
     samples = folder / "samples"
     if not samples.exists():
@@ -147,8 +135,8 @@ def test_convert_refuses_no_samples(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_validate_refuses_zero_samples(converted, tmp_path):
-    folder, _ = converted
+def test_validate_refuses_zero_samples(readme_converted, tmp_path):
+    folder, _ = readme_converted
     onnx_path, ckpt = folder / f"{DEFAULT_NAME}.onnx", folder / f"{DEFAULT_NAME}.pt"
     code, text = run("validate", ckpt, onnx_path, "--limit", 0)
     assert code == 2 and "no samples" in text and "PASS" not in text, text
@@ -156,17 +144,6 @@ def test_validate_refuses_zero_samples(converted, tmp_path):
     np.savez(empty, x=np.zeros((0, 1, 28, 28), np.float32))
     code, text = run("validate", ckpt, onnx_path, "--data", empty)
     assert code == 2 and "no samples" in text and "PASS" not in text, text
-
-
-def test_check_parity_refuses_zero_samples(converted):
-    from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
-    from qexport.validate import check_parity
-
-    folder, _ = converted
-    model = build_model_from_checkpoint(load_checkpoint(folder / f"{DEFAULT_NAME}.pt"))
-    proto = onnx.load(str(folder / f"{DEFAULT_NAME}.onnx"))
-    with pytest.raises(ValueError, match="no samples"):
-        check_parity(model, proto, np.zeros((0, 1, 28, 28), np.float32))
 
 
 # --- 3. advice that fits the command ------------------------------------------------------------
@@ -192,8 +169,8 @@ def test_text_file_named_pt(plain_onnx, tmp_path, cmd):
 
 # --- 4. options -----------------------------------------------------------------------------------
 
-def test_method_is_case_and_space_insensitive(converted):
-    folder, text = converted
+def test_method_is_case_and_space_insensitive(readme_converted):
+    folder, text = readme_converted
     assert "asq+post, 3-bit weights" in text
     assert (folder / f"{DEFAULT_NAME}.onnx").is_file()
 
@@ -241,15 +218,15 @@ def _check_provenance(report: dict) -> None:
     assert isinstance(report["vs_trained"]["sqnr_db"], float) and report["vs_trained"]["sqnr_infinite"] is False
 
 
-def test_convert_report_has_versions_method_and_time(converted):
-    folder, _ = converted
+def test_convert_report_has_versions_method_and_time(readme_converted):
+    folder, _ = readme_converted
     report = _strict_json(folder / f"{DEFAULT_NAME}.parity.json")
     assert report["passed"] and report["samples"] == 64
     _check_provenance(report)
 
 
-def test_validate_report_has_versions_method_and_time(converted, tmp_path):
-    folder, _ = converted
+def test_validate_report_has_versions_method_and_time(readme_converted, tmp_path):
+    folder, _ = readme_converted
     out = tmp_path / "report.json"
     code, text = run("validate", folder / f"{DEFAULT_NAME}.pt", folder / f"{DEFAULT_NAME}.onnx", "--limit", 16,
                      "--report", out)
@@ -269,8 +246,8 @@ def test_bench_labels_a_plain_onnx_file_and_explains_missing_columns(plain_onnx)
     assert "ORT float" not in text and "does not build those models" in text and "--float" in text, text
 
 
-def test_bench_labels_a_qexport_model(converted):
-    folder, _ = converted
+def test_bench_labels_a_qexport_model(readme_converted):
+    folder, _ = readme_converted
     code, text = run("bench", folder / f"{DEFAULT_NAME}.onnx", "--batch", 1, "--threads", 1, "--rounds", 1,
                      "--no-memory")
     assert code == 0, text

@@ -13,22 +13,24 @@ from qexport.convert import convert
 from qexport.io import atomic_save, atomic_write_bytes
 from qexport.models import build_model
 from qexport.runtime import make_session
-
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE_MODEL = REPO / "samples" / "small_cnn_float.pt"
-X = np.load(REPO / "samples" / "fashion_mnist_512.npz")["x"]
+from shared import SAMPLE_MODEL, run_cli
 
 
 @pytest.fixture(scope="module")
-def onnx_w4(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rel") / "w4.onnx"
-    convert(SAMPLE_MODEL, x=X[:128], output=out, bits=4, validate=False)
-    return out
+def onnx_w4(converted_sample):
+    return converted_sample(4)[0]
 
 
-def test_converting_the_same_checkpoint_twice_is_byte_identical(tmp_path, onnx_w4):
+@pytest.fixture(scope="module")
+def X(samples):
+    return samples[0]
+
+
+def test_converting_the_same_checkpoint_twice_is_byte_identical(tmp_path, onnx_w4, X):
+    # the shared conversion ran `qexport convert samples/small_cnn_float.pt --bits 4` (with parity)
     again = tmp_path / "again.onnx"
-    convert(SAMPLE_MODEL, x=X[:128], output=again, bits=4, validate=False)
+    code, text = run_cli("convert", SAMPLE_MODEL, "--bits", 4, "--no-validate", "-o", again)
+    assert code == 0, text
     assert again.read_bytes() == onnx_w4.read_bytes()
     # from the quantized checkpoint convert wrote: the same graph (only qexport.source, the
     # sha256 of the input file, differs)
@@ -40,7 +42,7 @@ def test_converting_the_same_checkpoint_twice_is_byte_identical(tmp_path, onnx_w
         {m.key: m.value for m in b.metadata_props if m.key != "qexport.source"}
 
 
-def test_one_session_from_eight_threads_and_four_sessions_agree(onnx_w4):
+def test_one_session_from_eight_threads_and_four_sessions_agree(onnx_w4, X):
     batches = [X[i * 16 : (i + 1) * 16] for i in range(8)]
     single = make_session(str(onnx_w4))
     expected = [single.run(None, {"input": b})[0] for b in batches]

@@ -9,10 +9,9 @@ import pytest
 
 from qexport.data import (batches, load_dataset, load_fashion_mnist, load_npz,
                           load_samples, read_idx, samples_dir)
-from qexport.data.loaders import FASHION_MNIST_DIR
+from shared import HAVE_FASHION_MNIST
 
-HAVE_FMNIST = (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file()
-needs_fmnist = pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+needs_fmnist = pytest.mark.skipif(not HAVE_FASHION_MNIST, reason="apt-get install dataset-fashion-mnist")
 
 
 def _write_idx(path, arr: np.ndarray, code: int = 0x08, compress: bool = True) -> None:

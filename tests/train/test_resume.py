@@ -4,7 +4,6 @@ uninterrupted run with the same seed."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,31 +14,14 @@ import pytest
 import torch
 
 from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
-from qexport.data.loaders import FASHION_MNIST_DIR
 from qexport.train import TrainConfig, train
-
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLE_MODEL = ROOT / "samples" / "small_cnn_float.pt"
-DATA = "fashion-mnist" if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() else "samples"
+from shared import CHANCE, SAMPLE_MODEL, subprocess_env, timeless
+from shared import TRAIN_DATA as DATA
 # QAT of the shipped float model (ASQ adapters, POST alphas, BatchNorm, momentum: every kind of
 # state), 3 epochs of 1,536 samples: an epoch takes a few seconds, long enough to kill inside one.
 ARGS = ["-m", "qexport.cli", "train", "--from", str(SAMPLE_MODEL), "--method", "asq+post", "--bits", "3",
         "--epochs", "3", "--data", DATA, "--limit-train", "1536", "--limit-test", "300", "--batch-size", "64",
         "--calib-batches", "2", "--no-progress"]
-
-
-def _timeless(obj):
-    if isinstance(obj, dict):
-        return {k: _timeless(v) for k, v in obj.items() if not k.endswith("_s") and k != "config"}
-    if isinstance(obj, list):
-        return [_timeless(v) for v in obj]
-    return obj
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return env
 
 
 def _epoch_of(path: Path) -> int | None:
@@ -53,12 +35,12 @@ def _epoch_of(path: Path) -> int | None:
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     # The uninterrupted run.
     full = subprocess.run([sys.executable, *ARGS, "-o", "full.pt", "--metrics-json", "full.json"], cwd=tmp_path,
-                          env=_env(), capture_output=True, text=True, timeout=300)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-3000:]
 
     # The same run, killed with SIGKILL once epoch 1's checkpoint exists and epoch 2 is under way.
     victim = subprocess.Popen([sys.executable, *ARGS, "-o", "run.pt", "--metrics-json", "run.json"], cwd=tmp_path,
-                              env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while _epoch_of(tmp_path / "run.pt") != 1:
@@ -80,12 +62,13 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
 
     # Resume: continues with epoch 2 and ends where the uninterrupted run ended.
     resumed = subprocess.run([sys.executable, *ARGS, "-o", "run.pt", "--metrics-json", "run.json", "--resume"],
-                             cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+                             cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = json.loads((tmp_path / "full.json").read_text())
     b = json.loads((tmp_path / "run.json").read_text())
     assert [e["epoch"] for e in b["epochs"]] == [1, 2, 3]
-    assert _timeless(b) == _timeless(a)  # accuracies, losses, learning rates: identical
+    assert timeless(b, drop=("config",)) == timeless(a, drop=("config",))  # accuracies, losses, learning rates: identical
+    assert b["final_test_acc"] > 7 * CHANCE, b["epochs"]  # a run worth resuming: 3-bit QAT of the shipped model
     ca, cb = load_checkpoint(tmp_path / "full.pt"), load_checkpoint(tmp_path / "run.pt")
     assert cb["extra"]["train_state"]["complete"] and cb["extra"]["train_state"]["resumes"] == [1]
     assert ca["state_dict"].keys() == cb["state_dict"].keys()

@@ -7,22 +7,14 @@ import pytest
 import torch
 
 from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
-from qexport.data.loaders import FASHION_MNIST_DIR
 from qexport.train import TrainConfig, make_optimizer, train
+from shared import CHANCE
+from shared import TRAIN_DATA as DATA
+from shared import timeless as _timeless
 
-# Tiny runs: the real Fashion-MNIST when installed (CI installs it), else the shipped samples.
-DATA = "fashion-mnist" if (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file() else "samples"
-TINY = dict(data=DATA, epochs=1, limit_train=512, limit_test=256, batch_size=64, progress=False,
+# One epoch of 32 steps: the float small CNN (width 8) goes from chance (10%) to about 38% top-1.
+TINY = dict(data=DATA, epochs=1, limit_train=512, limit_test=256, batch_size=16, progress=False,
             arch_args={"width": 8})
-
-
-def _timeless(metrics: dict) -> dict:
-    """Metrics without wall times (keys ending in _s), which differ between identical runs."""
-    if isinstance(metrics, dict):
-        return {k: _timeless(v) for k, v in metrics.items() if not k.endswith("_s")}
-    if isinstance(metrics, list):
-        return [_timeless(v) for v in metrics]
-    return metrics
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,8 @@ def test_float_run_writes_checkpoint(float_run):
     assert m["final_test_acc"] == m["epochs"][0]["test_acc"] == metrics["final_test_acc"]
     assert m["best_test_acc"] >= m["final_test_acc"] and m["wall_time_s"] > 0
     assert m["config"] == TrainConfig(**TINY, output=str(out)).to_dict()
-    assert 0.0 <= m["final_test_acc"] <= 100.0 and m["epochs"][0]["train_loss"] < math.log(10) + 0.5
+    # it learned: well above chance (about 38%), and the loss fell below guessing's log(10)
+    assert m["final_test_acc"] > 2.5 * CHANCE and m["epochs"][0]["train_loss"] < math.log(10) - 0.1, m["epochs"]
     model = build_model_from_checkpoint(ckpt)
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
@@ -74,7 +67,8 @@ def test_qat_from_float_checkpoint(float_run, qat_run):
     cfg, metrics = qat_run
     assert metrics["lr"] == 0.01  # QAT from a checkpoint defaults to the fine-tuning rate
     assert metrics["init_float_test_acc"] == pytest.approx(float_metrics["final_test_acc"])
-    assert metrics["calibrated_test_acc"] is not None and math.isfinite(metrics["final_test_acc"])
+    # QAT learns: above the calibrated start (about 37% -> 47%) and well above chance
+    assert metrics["final_test_acc"] > max(metrics["calibrated_test_acc"], 3 * CHANCE), metrics["epochs"]
     ckpt = load_checkpoint(cfg.output)
     assert ckpt["quant"]["method"] == "asq+post" and ckpt["quant"]["bits"] == 4
     assert ckpt["arch_args"]["width"] == 8 and ckpt["metrics"]["final_test_acc"] == metrics["final_test_acc"]
@@ -196,7 +190,9 @@ def test_qat_with_distillation_and_no_refinement(float_run):
     src, _ = float_run
     m = train(TrainConfig(**{**TINY, "arch_args": {}}, method="lsq", bits=4, from_checkpoint=str(src), distill=True,
                           calib_batches=2, calib_refine_samples=0))
-    assert m["config"]["distill"] and math.isfinite(m["epochs"][0]["train_loss"])
+    assert m["config"]["distill"]
+    # learns from the teacher: above the calibrated start (about 38% -> 43%) and well above chance
+    assert m["final_test_acc"] > max(m["calibrated_test_acc"], 3 * CHANCE), m["epochs"]
     with pytest.raises(ValueError, match="teacher"):
         TrainConfig(method="lsq", distill=True)
     assert TrainConfig(method="lsq", teacher="t.pt").distill  # a teacher implies distillation
@@ -242,6 +238,7 @@ def test_training_on_user_data(tmp_path, fmt):
     xt, yt = load_dataset(str(root), "test")
     assert x.shape == (80, 1, 12, 12) and xt.shape == (40, 1, 12, 12) and x.dtype.name == "float32"
     assert 0.0 <= x.min() and x.max() <= 1.0 and sorted(set(y.tolist())) == list(range(10))
-    m = train(TrainConfig(data=str(root), arch_args={"width": 4}, epochs=3, batch_size=16, progress=False))
+    m = train(TrainConfig(data=str(root), arch_args={"width": 4}, epochs=3, batch_size=8, progress=False))
     assert m["arch_args"]["num_classes"] == 10 and m["data"]["test_samples"] == 40
     assert "test_is_train" not in m["data"]
+    assert m["final_test_acc"] >= 7 * CHANCE, m["epochs"]  # it learns the bright row (about 90%)
