@@ -1,4 +1,6 @@
-"""Single-node ONNX models of the ``ai.qexport`` ops, built with onnx.helper, for kernel tests.
+"""Single-node ONNX models of the ``ai.qexport`` ops, built with onnx.helper, for kernel tests;
+the bitwise comparison of their outputs; what QEXPORT_KERNEL_TRACE must report for each op and
+path (docs/ops.md, "Kernel paths").
 
 No onnx.checker: the op schemas are registered elsewhere (qexport.export), and these tests must
 also build deliberately invalid nodes. Constant inputs become initializers (which the kernels
@@ -10,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 DOMAIN = "ai.qexport"
@@ -78,3 +81,66 @@ def quantize_model(op_type: str, inputs: Mapping[str, np.ndarray], attrs: Mappin
 
 def serialize(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString()
+
+
+def assert_bitwise_equal(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
+    """Same shape, dtype and bits: stronger than np.array_equal (it also tells -0.0 from +0.0).
+
+    Only NaN payloads are not compared (a NaN is a NaN; its sign bit depends on the CPU).
+    """
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    if actual.dtype == np.float32:
+        both_nan = np.isnan(actual) & np.isnan(expected)
+        differ = (actual.view(np.uint32) != expected.view(np.uint32)) & ~both_nan
+    else:
+        differ = actual != expected
+    if differ.any():
+        first = tuple(np.argwhere(differ)[0])
+        pytest.fail(f"{what}: {int(differ.sum())} elements differ, first at {first}: got {actual[first]!r}, "
+                    f"expected {expected[first]!r}")
+
+
+# --------------------------------------------------------------------------- kernel paths
+#: The code each part of an op runs when a path is selected (docs/ops.md, "Kernel paths"):
+#: (conv, gemm, means and quantizer). A part run by another path's code reports reason=not_in_path.
+PATH_PARTS = {
+    "scalar": ("scalar", "scalar", "scalar"),
+    "avx2": ("avx2", "avx2", "avx2"),
+    "avx512vnni": ("avx512vnni", "avx512vnni", "avx512vnni"),
+    "amx": ("amx", "avx512vnni", "avx512vnni"),
+    "neon": ("neon", "scalar", "scalar"),
+    "dotprod": ("dotprod", "dotprod", "scalar"),
+}
+#: Why a node runs the portable code whatever the path: these depend on the node, not on the path.
+PORTABLE_REASONS = ("int64_accumulator", "input_too_large")
+
+
+def op_part(op_type: str) -> int:
+    """The part of PATH_PARTS an op's kernel reports: 0 conv (<Fmt>Conv, <Fmt>ConvFused), 1 gemm,
+    2 means and quantizer (the quantize ops, GlobalAvgPool)."""
+    if op_type.endswith(("Conv", "ConvFused")):
+        return 0
+    if op_type.endswith("Gemm"):
+        return 1
+    if op_type.endswith(("Quantize", "Pool")):
+        return 2
+    raise ValueError(f"not an ai.qexport op: {op_type}")
+
+
+def expected_path(selected: str, op_type: str) -> str:
+    """The path whose code a kernel of ``op_type`` runs when ``selected`` is forced (or chosen)."""
+    return PATH_PARTS[selected][op_part(op_type)]
+
+
+def check_trace(lines: Sequence[Any], selected: str) -> None:
+    """Every kernel-path line (qexport.runtime.parse_kernel_trace) says that its kernel ran the
+    selected path's code for its part, or the portable code for a reason of its node, and says why
+    whenever the path it ran is not the selected one."""
+    for line in lines:
+        assert line.selected == selected, f"{line}: forced {selected}"
+        want = expected_path(selected, line.op)
+        if line.path == want:
+            assert line.reason == (None if want == selected else "not_in_path"), line
+        else:
+            assert line.path == "scalar" and line.reason in PORTABLE_REASONS, f"{line}: expected path={want}"

@@ -102,6 +102,7 @@ class RunnerSession:
             self.prefix = [str(qemu), *(["-cpu", cpu] if cpu else []), "-L", str(root)]
         self.cpu = cpu
         self.last_stdout = ""
+        self.last_stderr = ""  # e.g. the kernel-path lines of QEXPORT_KERNEL_TRACE=1
         self.last_wall_s = 0.0
         self.last_median_ms: float | None = None
         self.runs = 0
@@ -143,7 +144,7 @@ class RunnerSession:
         self.last_wall_s = time.perf_counter() - t0
         self.total_wall_s += self.last_wall_s
         self.runs += 1
-        self.last_stdout = proc.stdout
+        self.last_stdout, self.last_stderr = proc.stdout, proc.stderr
         if proc.returncode != 0:
             msg = proc.stderr.strip() or proc.stdout.strip()[-2000:] or f"exit status {proc.returncode}"
             raise RunnerError(f"qexport-run failed{f' (-cpu {self.cpu})' if self.cpu else ''}: {msg}")

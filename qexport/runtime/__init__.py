@@ -9,16 +9,18 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import os
+import re
 import sys
 from functools import lru_cache
+from typing import NamedTuple
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnxruntime
 
-__all__ = ["LIBRARY_ENV", "KERNEL_ISA_ENV", "library_name", "library_path", "op_names", "kernel_isas",
-           "session_options", "make_session"]
+__all__ = ["LIBRARY_ENV", "KERNEL_ISA_ENV", "KERNEL_TRACE_ENV", "KernelPath", "library_name", "library_path",
+           "op_names", "kernel_isas", "parse_kernel_trace", "session_options", "make_session"]
 
 #: Environment variable that, when set, names the custom-op library to use.
 LIBRARY_ENV = "QEXPORT_OPS_LIBRARY"
@@ -26,6 +28,35 @@ LIBRARY_ENV = "QEXPORT_OPS_LIBRARY"
 #: Environment variable that forces the kernels' instruction-set path (read when a session
 #: creates its kernels): one of kernel_isas(), or "auto" / unset for the fastest.
 KERNEL_ISA_ENV = "QEXPORT_KERNEL_ISA"
+
+#: Environment variable: "1" when a session creates its kernels makes each kernel write the path it
+#: ran to stderr, once per path (parse_kernel_trace reads those lines; docs/ops.md, "Kernel paths").
+KERNEL_TRACE_ENV = "QEXPORT_KERNEL_TRACE"
+
+_TRACE_LINE = re.compile(r"^qexport: (\S+) (\S+) path=(\S+) selected=(\S+)(?: reason=(\S+))?$")
+
+
+class KernelPath(NamedTuple):
+    """One line of the kernel-path trace: the node (None if unnamed), its op, the path whose code
+    it ran, the path selected for it, and why those differ (None when they do not)."""
+
+    node: str | None
+    op: str
+    path: str
+    selected: str
+    reason: str | None
+
+
+def parse_kernel_trace(text: str) -> list[KernelPath]:
+    """The kernel-path lines (``qexport: <node> <op> path=... selected=...[ reason=...]``) in a
+    process's stderr, in order; other lines are ignored."""
+    out = []
+    for line in text.splitlines():
+        m = _TRACE_LINE.match(line.strip())
+        if m:
+            node, op, path, selected, reason = m.groups()
+            out.append(KernelPath(None if node == "-" else node, op, path, selected, reason))
+    return out
 
 
 def library_name() -> str:

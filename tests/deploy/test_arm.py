@@ -20,14 +20,13 @@ from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
 from qexport.cli import app
-from qexport.deploy import (AARCH64_SYSROOT, DeployError, RunnerSession, build_ops, dist_files, elf_machine,
-                            fetch_qemu, validate_on_runner)
-from qexport.runtime import make_session
+from qexport.deploy import (AARCH64_SYSROOT, DeployError, RunnerError, RunnerSession, build_ops, dist_files,
+                            elf_machine, fetch_qemu, validate_on_runner)
+from qexport.runtime import KERNEL_ISA_ENV, KERNEL_TRACE_ENV, make_session, parse_kernel_trace
+from shared import REPO
 
 pytestmark = pytest.mark.arm
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "samples" / "fashion_mnist_512.npz"
 SKIP_QEMU = os.environ.get("QEXPORT_SKIP_ARM") == "1"
 needs_qemu = pytest.mark.skipif(SKIP_QEMU, reason="QEXPORT_SKIP_ARM=1")
 
@@ -58,21 +57,16 @@ def qemu():
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A 3-bit ASQ+POST export of the shipped float sample (calibrated on a few samples) and its checkpoint."""
-    from qexport.convert import convert
-
-    d = np.load(SAMPLES)
-    out = tmp_path_factory.mktemp("model") / "w3.onnx"
-    result = convert(REPO / "samples" / "small_cnn_float.pt", x=d["x"][:32], y=d["y"][:32], output=out, bits=3,
-                     validate=False, calib_samples=32)
-    return out, result.checkpoint_path
+def model(converted_sample):
+    """The 3-bit ASQ+POST export of the shipped float sample (tests/conftest.py) and its checkpoint."""
+    path, _ = converted_sample(3)
+    return path, path.with_suffix(".pt")
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, samples):
     d = tmp_path_factory.mktemp("inputs")
-    x = np.load(SAMPLES)["x"][:8]
+    x = samples[0][:8]
     files = {"x": d / "x.npy", "f64": d / "f64.npy", "shape": d / "shape.npy", "rank": d / "rank.npy",
              "fortran": d / "fortran.npy", "bigendian": d / "be.npy", "notnpy": d / "not.npy", "truncated": d / "trunc.npy"}
     np.save(files["x"], x)
@@ -250,14 +244,14 @@ def test_runner_reads_and_writes_integer_npy(x86_dist, tmp_path):
     assert proc.returncode == 1 and "name each one" in proc.stderr
 
 
-def test_runner_session_native_parity(x86_dist, model):
+def test_runner_session_native_parity(x86_dist, model, samples):
     """The RunnerSession behind check_parity, natively on x86: exact parity."""
     from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
 
     onnx_path, ckpt = model
-    d = np.load(SAMPLES)
+    x, y = samples
     qmodel = build_model_from_checkpoint(load_checkpoint(ckpt))
-    (run,) = validate_on_runner(qmodel, onnx.load(str(onnx_path)), d["x"][:16], d["y"][:16], runner=x86_dist.runner,
+    (run,) = validate_on_runner(qmodel, onnx.load(str(onnx_path)), x[:16], y[:16], runner=x86_dist.runner,
                                 ops=x86_dist.ops, ort=x86_dist.ort, threads=1)
     assert run.report.passed, run.report.failures
     assert all(layer.mismatches == 0 and layer.codes > 0 for layer in run.report.layers)
@@ -321,3 +315,35 @@ def test_kernel_error_comes_back_as_a_message_under_qemu(qemu, a64_dist, tmp_pat
     proc = _run([qemu, "-cpu", "cortex-a53", "-L", AARCH64_SYSROOT, a64_dist.runner, path, "--input", tmp_path / "x.npy"])
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "inference failed" in proc.stderr and "must have rank >= 3" in proc.stderr, proc.stderr
+
+
+@needs_qemu
+@pytest.mark.parametrize("cpu,fastest,other", [("cortex-a76", "dotprod", "neon"), ("cortex-a53", "neon", "dotprod")])
+def test_kernel_paths_under_qemu(cpu, fastest, other, qemu, a64_dist, model, inputs, monkeypatch):
+    """Each emulated CPU runs its fastest path: every node of the model reports it through the runner
+    (QEXPORT_KERNEL_TRACE=1), or, for a part that path has no kernel of its own for, the path
+    docs/ops.md names, with reason=not_in_path. Forcing the other path runs it where the CPU has
+    it (cortex-a76) and is refused where it does not (cortex-a53 has no dotprod)."""
+    from kernel_graphs import expected_path
+
+    onnx_path, _ = model
+    nodes = {n.name: n.op_type for n in onnx.load(str(onnx_path)).graph.node if n.domain == "ai.qexport"}
+    monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
+    for forced in (None, other):
+        if forced is not None:
+            monkeypatch.setenv(KERNEL_ISA_ENV, forced)
+        selected = forced or fastest
+        with RunnerSession(onnx_path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu, cpu=cpu,
+                           threads=2) as sess:
+            if forced == "dotprod":  # on cortex-a53
+                with pytest.raises(RunnerError, match="QEXPORT_KERNEL_ISA='dotprod' is not available on this CPU"):
+                    sess.run(None, {"input": inputs[0]})
+                continue
+            sess.run(None, {"input": inputs[0]})
+            lines = parse_kernel_trace(sess.last_stderr)
+        assert sorted(line.node for line in lines) == sorted(nodes), sess.last_stderr  # every node, once
+        for line in lines:
+            want = expected_path(selected, line.op)
+            assert line.op == nodes[line.node] and line.selected == selected, line
+            assert (line.path, line.reason) == (want, None if want == selected else "not_in_path"), line
+        assert {line.path for line in lines if line.op.endswith(("Conv", "ConvFused"))} == {selected}

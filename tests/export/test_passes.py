@@ -1,38 +1,24 @@
 """qexport.export.passes.fuse_conv_blocks: the fused graph computes the same bits as the unfused one.
 
-A small ResNet (BasicBlocks with an identity and a projection shortcut) is exported fused (the
-exporter's default) and unfused; both run in ONNX Runtime on every kernel path, and every output
-and every layer's activation codes must be bit-identical. qexport.validate must find the codes of
-quantizers folded into fused convs.
+A small ResNet (BasicBlocks with an identity and a projection shortcut; the tiny_resnet fixture of
+tests/conftest.py) is exported fused (the exporter's default) and unfused; both run in ONNX Runtime
+on every kernel path, and every output and every layer's activation codes must be bit-identical.
+(tests/validate/test_parity.py: qexport.validate finds the codes of quantizers folded into fused
+convs.)
 """
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto, helper
 
-from qexport.convert import quantize_model
-from qexport.export import export_onnx
 from qexport.export.passes import FUSED_QUANTIZE_KEY, fuse_conv_blocks, quantize_codes_tensor
-from qexport.models.common import ConvBNReLU
-from qexport.models.resnet import ResNet
 from qexport.nn.deploy import deploy_layers, to_deploy
-from qexport.quant import QuantConfig
+from qexport.runtime import KERNEL_ISA_ENV, KERNEL_TRACE_ENV, kernel_isas, make_session, parse_kernel_trace
 from qexport.spec import reference as R
-from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
-from qexport.validate import check_parity
 
-
-@pytest.fixture(scope="module")
-def tiny_resnet():
-    torch.manual_seed(0)
-    model = ResNet(ConvBNReLU(3, 8, 3), (8, 16), (1, 1), 8, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    x = torch.rand(40, 3, 12, 12).numpy()
-    q = quantize_model(model, QuantConfig("asq+post", 4), x, 32)
-    example = torch.from_numpy(x[:2])
-    return q, x, export_onnx(q, example), export_onnx(q, example, fuse=False)
+from kernel_graphs import check_trace
 
 
 def _with_code_outputs(proto: onnx.ModelProto, layers) -> tuple[bytes, list[str]]:
@@ -67,9 +53,10 @@ def test_fused_graph_structure(tiny_resnet):
 
 
 @pytest.mark.parametrize("isa", kernel_isas())
-def test_fused_and_unfused_give_identical_bits(tiny_resnet, isa, monkeypatch):
+def test_fused_and_unfused_give_identical_bits(tiny_resnet, isa, monkeypatch, capfd):
     q, x, fused, unfused = tiny_resnet
     monkeypatch.setenv(KERNEL_ISA_ENV, isa)
+    monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
     layers = list(deploy_layers(to_deploy(q)))
     results = []
     for proto in (fused, unfused):
@@ -83,13 +70,10 @@ def test_fused_and_unfused_give_identical_bits(tiny_resnet, isa, monkeypatch):
     for a, b in zip(results[:n], results[n:]):
         for i, (u, v) in enumerate(zip(a, b)):
             assert u.dtype == v.dtype and np.array_equal(u.view(np.uint8), v.view(np.uint8)), f"output {i} differs"
-
-
-def test_validate_finds_the_codes_of_fused_quantizers(tiny_resnet):
-    q, x, fused, _ = tiny_resnet
-    report = check_parity(q, fused, x[:16])
-    assert report.passed, report.failures
-    assert all(row.mismatches == 0 and row.codes > 0 for row in report.layers)
+    lines = parse_kernel_trace(capfd.readouterr().err)  # every node of both graphs ran the forced path
+    assert {line.node for line in lines} == {node.name for g in (fused, unfused) for node in g.graph.node
+                                             if node.domain == R.DOMAIN}
+    check_trace(lines, isa)
 
 
 def _graph(nodes, inputs, outputs, value_info=(), initializers=()):

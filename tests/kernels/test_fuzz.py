@@ -16,7 +16,8 @@ attribute that holds its default, a value replaced by itself) is drawn again, an
 undo each other do not count (node_key, apply_mutations). A crash (or a sanitizer report, under
 the ASan/UBSan build of .ci/sanitize.sh) kills the process and fails the run. QEXPORT_FUZZ_CASES sets the number of
 cases (default 300; the sanitizer job runs more), QEXPORT_FUZZ_SEED the first seed. Case i runs
-on kernel path i mod len(kernel_isas()) (QEXPORT_KERNEL_ISA), so every path is fuzzed.
+on kernel path i mod len(kernel_isas()) (QEXPORT_KERNEL_ISA), so every path is fuzzed, and a case
+that runs must report that path (QEXPORT_KERNEL_TRACE, kernel_graphs.check_trace).
 """
 from __future__ import annotations
 
@@ -26,11 +27,10 @@ import numpy as np
 import pytest
 from onnx import TensorProto
 
+from qexport.runtime import KERNEL_ISA_ENV, KERNEL_TRACE_ENV, kernel_isas, make_session, parse_kernel_trace
 from qexport.spec import reference as R
-from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
 
-from kernel_graphs import feeds, serialize, single_node_model
-from test_kernels import assert_bitwise_equal
+from kernel_graphs import assert_bitwise_equal, check_trace, feeds, serialize, single_node_model
 
 N_CASES = int(os.environ.get("QEXPORT_FUZZ_CASES", "300"))
 KERNEL_ISAS = kernel_isas()
@@ -38,7 +38,7 @@ FIRST_SEED = int(os.environ.get("QEXPORT_FUZZ_SEED", "0"))
 OPTIONAL = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0}
 # AsqQuantize's optional attributes (q_-prefixed in a fused conv) and their values when absent.
 ADAPTER_DEFAULTS = {"beta_map": "sigmoid2", "groups": 0}
-FORMAT_OF = {"Post": "post", "Pot": "pot", "Uniform": "uniform"}
+FORMAT_OF = {fmt.capitalize(): fmt for fmt in R.WEIGHT_FORMATS}  # op name prefix -> weight format
 
 
 class Malformed(Exception):
@@ -340,8 +340,10 @@ def _outputs(op: str, attrs: dict):
 
 
 @pytest.mark.parametrize("seed", range(FIRST_SEED, FIRST_SEED + N_CASES))
-def test_fuzz_case(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(KERNEL_ISA_ENV, KERNEL_ISAS[seed % len(KERNEL_ISAS)])
+def test_fuzz_case(seed: int, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    isa = KERNEL_ISAS[seed % len(KERNEL_ISAS)]
+    monkeypatch.setenv(KERNEL_ISA_ENV, isa)
+    monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
     rng = np.random.default_rng(seed)
     op, inputs, attrs = make_case(rng)
     outputs = _outputs(op, attrs)
@@ -360,6 +362,9 @@ def test_fuzz_case(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.fail(f"case {seed} ({op}, mutations {mutations}): ONNX Runtime accepted what the reference refuses: {exc}")
     for i, (got, want) in enumerate(zip(outs, expected)):
         assert_bitwise_equal(got, want, f"case {seed} ({op}, mutations {mutations}) output {i}")
+    lines = parse_kernel_trace(capfd.readouterr().err)
+    assert len(lines) <= 1 and [line.op for line in lines] == [op][: len(lines)], lines  # none: an empty batch
+    check_trace(lines, isa)
 
 
 def test_node_key_sees_through_no_op_mutations() -> None:

@@ -7,18 +7,23 @@ qexport.spec.reference (the definition of the ops).
 
 Every test runs once per kernel path this CPU supports (qexport.runtime.kernel_isas(): the
 portable "scalar" code always, plus e.g. avx2, avx512vnni, amx or neon, dotprod), forced with
-QEXPORT_KERNEL_ISA before each session is created; ``-k avx2`` selects one path.
+QEXPORT_KERNEL_ISA before each session is created; ``-k avx2`` selects one path. With
+QEXPORT_KERNEL_TRACE=1 every kernel reports the path whose code it ran, and each test checks that
+this is the forced path (or the one docs/ops.md names for a part the path has no kernel of its
+own for, or the portable code with its reason): no silent fallback.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from qexport.spec import reference as R
-from qexport.runtime import KERNEL_ISA_ENV, kernel_isas, make_session
-
-from kernel_graphs import feeds, quantize_model, serialize, single_node_model, weighted_model
 from onnx import TensorProto
+
+from qexport.runtime import KERNEL_ISA_ENV, KERNEL_TRACE_ENV, kernel_isas, make_session, parse_kernel_trace
+from qexport.spec import reference as R
+
+from kernel_graphs import (assert_bitwise_equal, check_trace, expected_path, feeds, quantize_model, serialize,
+                           single_node_model, weighted_model)
 
 N_CONV_CASES = 600
 N_LARGE_CONV_CASES = 24
@@ -33,28 +38,18 @@ pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:Runtim
 
 
 @pytest.fixture(autouse=True, params=kernel_isas())
-def kernel_isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test of this module once per kernel path (read when the session creates its kernels)."""
+def kernel_isa(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture):
+    """Every test of this module once per kernel path (read when the session creates its kernels);
+    afterwards, every kernel that ran must have reported running that path (check_trace)."""
     monkeypatch.setenv(KERNEL_ISA_ENV, request.param)
-    return request.param
+    monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
+    yield request.param
+    check_trace(parse_kernel_trace(capfd.readouterr().err), request.param)
 
 
-def assert_bitwise_equal(actual: np.ndarray, expected: np.ndarray, what: str) -> None:
-    """Same shape, dtype and bits: stronger than np.array_equal (it also tells -0.0 from +0.0).
-
-    Only NaN payloads are not compared (a NaN is a NaN; its sign bit depends on the CPU).
-    """
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
-    if actual.dtype == np.float32:
-        both_nan = np.isnan(actual) & np.isnan(expected)
-        differ = (actual.view(np.uint32) != expected.view(np.uint32)) & ~both_nan
-    else:
-        differ = actual != expected
-    if differ.any():
-        first = tuple(np.argwhere(differ)[0])
-        pytest.fail(f"{what}: {int(differ.sum())} elements differ, first at {first}: got {actual[first]!r}, "
-                    f"expected {expected[first]!r}")
+def ran_paths(capfd: pytest.CaptureFixture) -> list:
+    """The kernel-path lines written since the last call (the fixture above checks the rest)."""
+    return parse_kernel_trace(capfd.readouterr().err)
 
 
 # --------------------------------------------------------------------------- random data
@@ -356,8 +351,17 @@ def _extreme_gemm_case(k: int, o: int, n: int, rng: np.random.Generator) -> dict
     return dict(fmt="uniform", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"))
 
 
+def portable_for_int64(selected: str, op: str) -> tuple[str, str | None]:
+    """(path, reason) a kernel whose bound needs int64 accumulators reports: the portable code,
+    and why, unless the portable code is what was selected (or the path has no kernel of its own
+    for the op anyway: neon's gemm)."""
+    if selected == "scalar":
+        return "scalar", None
+    return "scalar", "not_in_path" if expected_path(selected, op) == "scalar" else "int64_accumulator"
+
+
 @pytest.mark.parametrize("k", [INT32_LIMIT_K, INT32_LIMIT_K + 1, 140_000])
-def test_gemm_accumulator_width(k: int) -> None:
+def test_gemm_accumulator_width(k: int, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
     case = _extreme_gemm_case(k, o=3, n=2, rng=np.random.default_rng(k))
     bound = R.accumulator_bound("uniform", 8, 8, 128, k)
     assert (bound > 2**31 - 1) == (k > INT32_LIMIT_K)
@@ -367,10 +371,16 @@ def test_gemm_accumulator_width(k: int) -> None:
                             bits=8, act_bits=8, act_zero_point=128, weight_shape=[3, k], return_acc=True)
     assert int(acc[0, 0]) == k * 128 * 128  # the extreme product actually reaches the bound
     assert_bitwise_equal(y, expected, f"gemm K={k}")
+    # up to the int32 bound the forced path's own gemm; beyond it the portable int64 code, said so
+    (line,) = ran_paths(capfd)
+    if k > INT32_LIMIT_K:
+        assert (line.path, line.reason) == portable_for_int64(kernel_isa, "UniformGemm"), line
+    else:
+        assert line.path == expected_path(kernel_isa, "UniformGemm") and line.reason != "int64_accumulator", line
 
 
 @pytest.mark.parametrize("constant", [("W", "W_scale", "B"), ()])
-def test_conv_int64_accumulator(constant: tuple[str, ...]) -> None:
+def test_conv_int64_accumulator(constant: tuple[str, ...], kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
     # K = 15000 * 3 * 3 = 135000 > 131071: int64 path; the centre pixel sums all K extreme products.
     rng = np.random.default_rng(7)
     c, o = 15000, 2
@@ -390,6 +400,9 @@ def test_conv_int64_accumulator(constant: tuple[str, ...]) -> None:
                      return_acc=True)
     assert int(acc[0, 0, 1, 1]) == 9 * c * 128 * 128 > 2**31 - 1
     assert_bitwise_equal(y, expected, "conv int64 accumulator")
+    (line,) = ran_paths(capfd)  # the portable int64 code, and the forced path says so
+    assert (line.op, line.selected, line.path, line.reason) == ("UniformConv", kernel_isa,
+                                                                *portable_for_int64(kernel_isa, "UniformConv")), line
 
 
 # --------------------------------------------------------------------------- threads

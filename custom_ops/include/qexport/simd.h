@@ -157,6 +157,21 @@ struct SimdKernels {
 // path always exists (its conv and gemm are nullptr: the ops' own portable code).
 const SimdKernels* simd_kernels(Isa isa) noexcept;
 
+// The path whose code a table runs for each part of an op (what PathTrace reports): a path may
+// lack a kernel of its own. conv: k.isa, or scalar when k.conv is nullptr; gemm: scalar when
+// k.gemm is nullptr (scalar, neon), avx512vnni in the amx table; means and quantizer (they
+// always come from the same path): scalar for the portable ones (scalar, neon, dotprod),
+// avx512vnni in the amx table.
+Isa conv_path(const SimdKernels& k) noexcept;
+Isa gemm_path(const SimdKernels& k) noexcept;
+Isa vector_path(const SimdKernels& k) noexcept;
+
+// Reports (QEXPORT_KERNEL_TRACE) that a kernel of table k ran `path`, one of the above: the
+// reason is kNotInPath when that is not k's own path.
+inline void trace_part(PathTrace& trace, const SimdKernels& k, Isa path) noexcept {
+  trace.ran(k.isa, path, path == k.isa ? nullptr : kNotInPath);
+}
+
 // The act_offset a path uses for codes of `act_bits` bits.
 inline uint8_t act_offset_for(const SimdKernels& k, int act_bits) {
   return (k.s8_acts && act_bits == 8) ? 128 : 0;

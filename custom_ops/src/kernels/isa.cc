@@ -1,8 +1,10 @@
 // Run-time detection and selection of the kernels' instruction-set paths (include/qexport/isa.h).
 #include "qexport/isa.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
 
 #include "qexport/common.h"
 #include "qexport/simd.h"
@@ -116,6 +118,17 @@ Isa select_isa(const char* op) {
   }
   invalid(op, kIsaEnv, "='", env, "' is not a kernel path (expected auto or one of: scalar, avx2, avx512vnni, amx, ",
           "neon, dotprod; available here: ", available_isas(), ")");
+}
+
+PathTrace::PathTrace(const char* op, std::string node) : op_(op), node_(std::move(node)) {
+  const char* env = std::getenv(kTraceEnv);
+  enabled_ = env != nullptr && std::strcmp(env, "1") == 0;
+}
+
+void PathTrace::write(Isa selected, Isa path, const char* reason) const noexcept {
+  // One fprintf call: stdio locks the stream, so concurrent kernels never interleave a line.
+  std::fprintf(stderr, "qexport: %s %s path=%s selected=%s%s%s\n", node_.empty() ? "-" : node_.c_str(), op_,
+               isa_name(path), isa_name(selected), reason != nullptr ? " reason=" : "", reason != nullptr ? reason : "");
 }
 
 }  // namespace qexport

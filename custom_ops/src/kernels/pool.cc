@@ -14,7 +14,7 @@ namespace {
 
 struct PoolKernel {
   PoolKernel(const OrtKernelInfo* info, const char* op)
-      : op_(op), node_(node_name(info)), simd_(simd_kernels(select_isa(op))) {}
+      : op_(op), node_(node_name(info)), simd_(simd_kernels(select_isa(op))), trace_(op, node_) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     return guarded(op_, node_, [&] { compute(raw); });
@@ -34,6 +34,7 @@ struct PoolKernel {
     float* y = ctx.GetOutput(0, out_shape).GetTensorMutableData<float>();
     const float* xd = static_cast<const float*>(x.data);
     const size_t c = static_cast<size_t>(x.shape[1]), plane = static_cast<size_t>(s);
+    trace_part(trace_, *simd_, vector_path(*simd_));
     parallel_for(ctx, static_cast<size_t>(x.shape[0]), [&](size_t ni) {
       thread_local std::vector<double> means;
       means.resize(c);
@@ -45,6 +46,7 @@ struct PoolKernel {
   const char* op_;
   std::string node_;
   const SimdKernels* simd_;
+  PathTrace trace_;  // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
 struct GlobalAvgPoolOp : Ort::CustomOpBase<GlobalAvgPoolOp, PoolKernel, /*WithStatus=*/true> {

@@ -78,7 +78,7 @@ void build_vectors(const ConvGeometry& g, int64_t lanes, std::vector<int32_t>* v
 class ConvKernel {
  public:
   ConvKernel(const OrtKernelInfo* info, const char* op, WeightFormat fmt, bool fused)
-      : op_(op), node_(node_name(info)), fused_(fused), state_(init(info, op, fmt)) {
+      : op_(op), node_(node_name(info)), fused_(fused), state_(init(info, op, fmt)), trace_(op, node_) {
     const WeightedAttrs& a = state_.attrs();
     if (fused_) init_fused(info);
     simd_ = simd_kernels(select_isa(op));
@@ -211,10 +211,19 @@ class ConvKernel {
     }
     const bool quantize = ex.q != nullptr;
     if (n == 0 || (ex.y == nullptr && !quantize)) return;
-    if (fast_ && compute_fast(ctx, xd, sc, wts, n, h, w, oh, ow, ex)) return;
+    if (fast_ && compute_fast(ctx, xd, sc, wts, n, h, w, oh, ow, ex)) {
+      trace_part(trace_, *simd_, conv_path(*simd_));
+      return;
+    }
 
     // The portable path: the conv into Y (or a scratch tensor), then the residual and ReLU, then
-    // the quantizer per sample.
+    // the quantizer per sample. Another selected path comes here only for int64 accumulators or
+    // an input too large for its re-layout, and says so (QEXPORT_KERNEL_TRACE).
+    if (simd_->isa == Isa::kScalar) {
+      trace_.ran(Isa::kScalar, Isa::kScalar);
+    } else {
+      trace_.ran(simd_->isa, Isa::kScalar, !fast_ ? (a.int64_acc ? kInt64Acc : kNotInPath) : kInputTooLarge);
+    }
     std::vector<float> y_scratch;
     float* y = ex.y;
     if (y == nullptr) {
@@ -595,6 +604,7 @@ class ConvKernel {
   uint8_t act_offset_ = 0;
   bool safe16_ = false;
   PackedWeights packed_;   // constant weights, packed for the SIMD path
+  PathTrace trace_;        // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
 // The plain conv ops construct ConvKernel(info, name, fmt): a conv kernel that is not fused.

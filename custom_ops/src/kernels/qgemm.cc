@@ -20,7 +20,7 @@ constexpr int64_t kTaskMacs = int64_t{1} << 18;  // target multiply-adds per par
 class GemmKernel {
  public:
   GemmKernel(const OrtKernelInfo* info, const char* op, WeightFormat fmt)
-      : op_(op), node_(node_name(info)), state_(info, op, read_weighted_attrs(info, op, fmt, 2)) {
+      : op_(op), node_(node_name(info)), state_(info, op, read_weighted_attrs(info, op, fmt, 2)), trace_(op, node_) {
     const WeightedAttrs& a = state_.attrs();
     simd_ = simd_kernels(select_isa(op));
     fast_ = simd_->gemm != nullptr && !a.int64_acc;
@@ -54,8 +54,16 @@ class GemmKernel {
     float* y = ctx.GetOutput(0, std::vector<int64_t>{n, o}).GetTensorMutableData<float>();
     if (n == 0) return;
     if (fast_) {
+      trace_part(trace_, *simd_, gemm_path(*simd_));
       compute_fast(ctx, xd, sc, wts, y, n);
       return;
+    }
+    // The portable path: the selected one (scalar), or a path without a gemm (neon), or int64
+    // accumulators, which every path runs here, saying so (QEXPORT_KERNEL_TRACE).
+    if (simd_->isa == Isa::kScalar) {
+      trace_.ran(Isa::kScalar, Isa::kScalar);
+    } else {
+      trace_.ran(simd_->isa, Isa::kScalar, simd_->gemm == nullptr ? kNotInPath : kInt64Acc);
     }
 
     const int64_t rows = n < kRowBlock ? n : kRowBlock;
@@ -156,6 +164,7 @@ class GemmKernel {
   uint8_t act_offset_ = 0;
   bool safe16_ = false;
   PackedWeights packed_;  // constant weights, packed for the SIMD path
+  PathTrace trace_;       // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
 using PostGemmOp = WeightedOp<GemmKernel, WeightFormat::kPost>;

@@ -101,7 +101,8 @@ constexpr size_t kQuantizeChunk = size_t{1} << 16;  // elements per parallel tas
 // ------------------------------------------------------------------------------ LsqQuantize
 struct LsqKernel {
   LsqKernel(const OrtKernelInfo* info, const char* op)
-      : op_(op), node_(node_name(info)), q_(read_quant_params(info, op)), simd_(simd_kernels(select_isa(op))) {}
+      : op_(op), node_(node_name(info)), q_(read_quant_params(info, op)), simd_(simd_kernels(select_isa(op))),
+        trace_(op, node_) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* raw) noexcept {
     return guarded(op_, node_, [&] { compute(raw); });
@@ -119,6 +120,7 @@ struct LsqKernel {
     const float* xd = static_cast<const float*>(x.data);
     const size_t count = x.count;
     const size_t tasks = (count + kQuantizeChunk - 1) / kQuantizeChunk;
+    trace_part(trace_, *simd_, vector_path(*simd_));
     parallel_for(ctx, tasks, [&](size_t t) {
       const size_t begin = t * kQuantizeChunk;
       const size_t len = count - begin < kQuantizeChunk ? count - begin : kQuantizeChunk;
@@ -130,12 +132,14 @@ struct LsqKernel {
   std::string node_;
   QuantParams q_;
   const SimdKernels* simd_;
+  PathTrace trace_;  // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
 // ------------------------------------------------------------------------------ AsqQuantize
 struct AsqKernel {
   AsqKernel(const OrtKernelInfo* info, const char* op)
-      : op_(op), node_(node_name(info)), q_(read_quant_params(info, op)), simd_(simd_kernels(select_isa(op))) {
+      : op_(op), node_(node_name(info)), q_(read_quant_params(info, op)), simd_(simd_kernels(select_isa(op))),
+        trace_(op, node_) {
     ConstantInput in[4];
     for (size_t i = 0; i < 4; ++i) in[i] = constant_input(info, 1 + i);
     if (in[0].is_constant && in[1].is_constant && in[2].is_constant && in[3].is_constant)
@@ -172,6 +176,7 @@ struct AsqKernel {
     const float* w2d = static_cast<const float*>(w2.data);
     const float b2v = static_cast<const float*>(b2.data)[0];
     const size_t plane = static_cast<size_t>(s), sample = static_cast<size_t>(c) * plane;
+    trace_part(trace_, *simd_, vector_path(*simd_));
 
     parallel_for(ctx, static_cast<size_t>(n), [&](size_t ni) {
       const float* xn = xd + ni * sample;
@@ -191,6 +196,7 @@ struct AsqKernel {
   std::string node_;
   QuantParams q_;
   const SimdKernels* simd_;
+  PathTrace trace_;  // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
 // ------------------------------------------------------------------------------ op objects

@@ -91,4 +91,18 @@ const SimdKernels* simd_kernels(Isa isa) noexcept {
   }
 }
 
+namespace {
+// The path of a function taken from another table: the amx table's non-conv kernels are the
+// avx512vnni ones (simd_kernels above).
+Isa owner(const SimdKernels& k) noexcept { return k.isa == Isa::kAmx ? Isa::kAvx512Vnni : k.isa; }
+}  // namespace
+
+Isa conv_path(const SimdKernels& k) noexcept { return k.conv == nullptr ? Isa::kScalar : k.isa; }
+
+Isa gemm_path(const SimdKernels& k) noexcept { return k.gemm == nullptr ? Isa::kScalar : owner(k); }
+
+Isa vector_path(const SimdKernels& k) noexcept {
+  return k.quantize == &quantize_portable && k.plane_means == &plane_means_portable ? Isa::kScalar : owner(k);
+}
+
 }  // namespace qexport
