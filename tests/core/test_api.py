@@ -5,11 +5,14 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 import qexport
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # converts and validates the shipped model
 def test_package_docstring_example_runs(tmp_path, monkeypatch) -> None:
     code = "\n".join(line[4:] for line in re.search(r"::\n\n(.*?)\n\nNames", qexport.__doc__, re.S).group(1).splitlines())
     code = code.replace('"samples/small_cnn_float.pt"', repr(str(ROOT / "samples" / "small_cnn_float.pt")))

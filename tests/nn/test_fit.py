@@ -5,6 +5,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from qexport.checkpoint import load_model
@@ -17,6 +18,7 @@ from qexport.validate.steps import torch_step_stats
 SAMPLE_MODEL = Path(__file__).resolve().parents[2] / "samples" / "small_cnn_float.pt"
 
 
+@pytest.mark.slow  # a calibration and a 60-step fit of the shipped model
 def test_fit_beats_calibration_on_held_out_samples() -> None:
     x = load_samples()[0]
     n_cal, held = split_calibration(len(x), 512)
