@@ -9,6 +9,7 @@ import torch
 from torch import fx, nn
 
 from qexport.models import MODELS, Normalize, build_model, default_arch_args
+from qexport.models.common import count_macs
 
 # name -> (arch args, input shape): small inputs keep the suite fast (resnet18 at 64x64, batch 1).
 CASES = {
@@ -86,27 +87,9 @@ def test_torch_export(name):
     torch.testing.assert_close(ep.module()(x), model(x))
 
 
-def _macs(model: nn.Module, x: torch.Tensor) -> int:
-    total = 0
-
-    def hook(m, inp, out):
-        nonlocal total
-        if isinstance(m, nn.Conv2d):
-            total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
-        elif isinstance(m, nn.Linear):
-            total += m.in_features * m.out_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(x)
-    for h in handles:
-        h.remove()
-    return total
-
-
 def test_small_cnn_size():
     model = build_model("small_cnn")
-    assert 10e6 <= _macs(model, torch.rand(1, 1, 28, 28)) <= 22e6
+    assert 10e6 <= count_macs(model, torch.rand(1, 1, 28, 28)) <= 22e6
     assert sum(p.numel() for p in model.parameters()) < 150_000  # keeps samples/small_cnn_float.pt small
 
 
