@@ -171,6 +171,33 @@ def _tolerances(max_mismatch_rate: float, min_agreement: float):
     return Tolerances(max_code_mismatch_rate=max_mismatch_rate, min_top1_agreement=min_agreement)
 
 
+FORMAT_HELP = ("qexport (default): ai.qexport custom ops, every method, run with the qexport library. qdq: "
+               "standard ONNX only (QuantizeLinear, ConvInteger, MatMulInteger) that a plain onnxruntime runs without "
+               "the library, bit-exact; LSQ activations with uniform weights only (--method lsq, its default then).")
+
+
+def _check_format(export_format: str) -> str:
+    fmt = export_format.strip().lower()
+    if fmt not in ("qexport", "qdq"):
+        _fail(f"unknown --format {export_format!r}: choose qexport (ai.qexport custom ops) or qdq (standard ONNX)")
+    return fmt
+
+
+def _print_result(result, export_format: str) -> None:
+    """What convert and export wrote, and the parity report (exits 1 when parity fails)."""
+    print_fidelity(result.fidelity)
+    size = result.onnx_path.stat().st_size
+    kind = "; standard ONNX (qdq), runs without the qexport library" if export_format == "qdq" else ""
+    out.print(f"wrote {result.onnx_path} ({size:,} bytes; {result.config.method}, {result.config.bits}-bit weights{kind})")
+    if result.checkpoint_path:
+        out.print(f"wrote {result.checkpoint_path} (the calibrated quantized model, for `qexport validate`)")
+    if result.report is not None:
+        print_report(result.report, title="parity (plain ONNX Runtime)" if export_format == "qdq" else "parity")
+        out.print(f"wrote {result.report_path}")
+        if not result.report.passed:
+            raise typer.Exit(1)
+
+
 @app.command()
 def convert(
     model: Path = typer.Argument(..., help="A qexport checkpoint (float or quantized), a state dict (with --arch), or a pickled nn.Module (with --trust-pickle)."),
@@ -190,8 +217,9 @@ def convert(
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity with PyTorch after export (default on)."),
     max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
     min_agreement: float = typer.Option(1.0, "--min-top1-agreement", help="Minimum top-1 agreement with PyTorch."),
+    export_format: str = typer.Option("qexport", "--format", help=FORMAT_HELP),
 ) -> None:
-    """Quantize (if float) and export a model to ONNX with ai.qexport ops, then check parity."""
+    """Quantize (if float) and export a model to ONNX with ai.qexport ops (or standard ONNX with --format qdq), then check parity."""
     from .checkpoint import CheckpointError
     from .convert import ConvertError, convert as run
     from .export import ExportError
@@ -199,6 +227,7 @@ def convert(
     from .nn.fit import FitOptions
 
     method = _method(method)
+    export_format = _check_format(export_format)
     _check_bits(bits)
     if calib_samples < 1 or (fit_steps is not None and fit_steps < 0) or fit_batch < 1:
         _fail("--calib-samples and --fit-batch-size must be >= 1, --fit-steps >= 0")
@@ -211,20 +240,40 @@ def convert(
                          calib_samples=calib_samples, validate=validate, data_name=data,
                          tolerances=_tolerances(max_mismatch_rate, min_agreement),
                          fit_options=FitOptions(batch_size=fit_batch, **({} if fit_steps is None else {"steps": fit_steps})),
-                         overrides=overrides,
+                         overrides=overrides, export_format=export_format,
                          progress=lambda msg: console.print(f"[dim]{msg}[/]"), fit_progress=fit_progress)
         except (CheckpointError, ConvertError, ExportError) as exc:
             _fail(str(exc))
-    print_fidelity(result.fidelity)
-    size = result.onnx_path.stat().st_size
-    out.print(f"wrote {result.onnx_path} ({size:,} bytes; {result.config.method}, {result.config.bits}-bit weights)")
-    if result.checkpoint_path:
-        out.print(f"wrote {result.checkpoint_path} (the calibrated quantized model, for `qexport validate`)")
-    if result.report is not None:
-        print_report(result.report)
-        out.print(f"wrote {result.report_path}")
-        if not result.report.passed:
-            raise typer.Exit(1)
+    _print_result(result, export_format)
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="A quantized qexport checkpoint (from `qexport train` or `qexport convert`)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx to write (default: <model>_<method>_w<bits>[_qdq].onnx here)."),
+    export_format: str = typer.Option("qexport", "--format", help=FORMAT_HELP),
+    data: str = typer.Option("samples", "--data", help=DATA_HELP.replace("Inputs for calibration and validation",
+                                                                          "Inputs for the example batch and the parity check")),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity with PyTorch after export (default on)."),
+    max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
+    min_agreement: float = typer.Option(1.0, "--min-top1-agreement", help="Minimum top-1 agreement with PyTorch."),
+) -> None:
+    """Export a quantized checkpoint as it is (no calibration, no fitting) to ONNX, then check parity."""
+    from .checkpoint import CheckpointError
+    from .convert import ConvertError, convert as run
+    from .export import ExportError
+
+    export_format = _check_format(export_format)
+    x, y = _load_data(data, limit)
+    try:
+        result = run(model, x=x, y=y, output=output, validate=validate, data_name=data,
+                     tolerances=_tolerances(max_mismatch_rate, min_agreement), export_format=export_format,
+                     require_quantized=True, first_last_bits=None,
+                     progress=lambda msg: console.print(f"[dim]{msg}[/]"))
+    except (CheckpointError, ConvertError, ExportError) as exc:
+        _fail(str(exc))
+    _print_result(result, export_format)
 
 
 @app.command()
@@ -267,6 +316,10 @@ def validate(
     except Exception as exc:  # noqa: BLE001 - any parse failure is a bad input file
         _fail(f"{onnx_model}: not a valid ONNX model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
     x, y = _load_data(data, limit)
+    qdq = any(p.key == "qexport.format" and p.value == "qdq" for p in proto.metadata_props)
+    if qdq and target != "x86_64":
+        _fail(f"{onnx_model} is a standard-ONNX (qdq) model: it needs no qexport library on the device; validate it "
+              f"here (--target x86_64) and run it with any onnxruntime")
     if target != "x86_64":
         _validate_on_target(qmodel, proto, x, y, target=target, cpus=cpu, threads=threads, dist=dist,
                             batch_size=batch_size, tolerances=_tolerances(max_mismatch_rate, min_agreement),
@@ -275,11 +328,17 @@ def validate(
     try:
         from .runtime import make_session
 
-        result = check_parity(qmodel, proto, x, y, batch_size=batch_size or 128, tolerances=_tolerances(max_mismatch_rate, min_agreement),
-                              session_factory=lambda data_: make_session(data_, threads))
+        if qdq:
+            from .export.qdq import check_qdq_parity
+
+            result = check_qdq_parity(qmodel, proto, x, y, batch_size=batch_size or 128, threads=threads,
+                                      tolerances=_tolerances(max_mismatch_rate, min_agreement))
+        else:
+            result = check_parity(qmodel, proto, x, y, batch_size=batch_size or 128, tolerances=_tolerances(max_mismatch_rate, min_agreement),
+                                  session_factory=lambda data_: make_session(data_, threads))
     except ValueError as exc:
         _fail(str(exc))
-    print_report(result)
+    print_report(result, title="parity (plain ONNX Runtime)" if qdq else "parity")
     if report:
         write_report(result, report, context)
     if not result.passed:

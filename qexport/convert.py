@@ -40,8 +40,9 @@ def _method_tag(method: str) -> str:
     return method.replace("+", "-")
 
 
-def default_output(model_path: Path, config: QuantConfig) -> Path:
-    return Path.cwd() / f"{model_path.stem}_{_method_tag(config.method)}_w{config.bits}.onnx"
+def default_output(model_path: Path, config: QuantConfig, export_format: str = "qexport") -> Path:
+    tail = "_qdq" if export_format == "qdq" else ""
+    return Path.cwd() / f"{model_path.stem}_{_method_tag(config.method)}_w{config.bits}{tail}.onnx"
 
 
 def resolve_config(loaded: LoadedModel, method: str | None, bits: int | None, act_bits: int | None,
@@ -76,9 +77,12 @@ def check_input(model: nn.Module, x: np.ndarray) -> None:
 
 
 def quantize_model(model: nn.Module, config: QuantConfig, x: np.ndarray, calib_samples: int = 512,
-                   batch_size: int = 128) -> nn.Module:
-    """quantize_ + calibrate on the first ``calib_samples`` inputs."""
+                   batch_size: int = 128, check: Callable[[nn.Module], None] | None = None) -> nn.Module:
+    """quantize_ + calibrate on the first ``calib_samples`` inputs (``check(model)`` runs in
+    between: it may refuse the quantized layers before calibration is paid for)."""
     quantize_(model, config)
+    if check is not None:
+        check(model)
     xc = torch.from_numpy(np.ascontiguousarray(x[:calib_samples], dtype=np.float32))
     calibrate(model, list(torch.split(xc, batch_size)))
     return model.eval()
@@ -143,7 +147,8 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
             data_name: str = "", tolerances: Tolerances | None = None, fit_options: FitOptions | None = None,
             overrides: tuple = (),
             progress: Callable[[str], None] | None = None,
-            fit_progress: Callable[[int, int, float], None] | None = None) -> ConvertResult:
+            fit_progress: Callable[[int, int, float], None] | None = None,
+            export_format: str = "qexport", require_quantized: bool = False) -> ConvertResult:
     """Convert a model file to ONNX with ai.qexport ops, and check parity.
 
     A float model (qexport checkpoint, state dict + ``arch``, or trusted pickle) is quantized
@@ -152,13 +157,30 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     skips it). The fidelity to the float model (top-1 agreement, SQNR) is measured on the inputs
     not used for that (``split_calibration``) and stored in the report with a warning when poor.
     The fitted model is saved beside the ONNX file (``.pt``) so ``qexport validate`` can re-check
-    it later. A quantized checkpoint is exported as it is.
+    it later. A quantized checkpoint is exported as it is (``require_quantized``: a float model
+    is an error, what ``qexport export`` wants).
+
+    ``export_format`` "qexport" writes ai.qexport custom ops (every method); "qdq" writes standard
+    ONNX only (qexport.export.qdq: LSQ activations with uniform weights, ``method`` defaulting to
+    lsq), validated in a plain ONNX Runtime session without the qexport library.
     """
+    from .export.qdq import FORMATS, check_qdq_compatible, check_qdq_parity, export_qdq
+
+    if export_format not in FORMATS:
+        raise ConvertError(f"unknown export format {export_format!r}: choose one of {', '.join(FORMATS)}")
+    qdq = export_format == "qdq"
     say = progress or (lambda msg: None)
     model_path = Path(model_path)
     loaded = load_model(model_path, arch=arch, trust_pickle=trust_pickle)
+    if require_quantized and not loaded.is_quantized:
+        raise ConvertError(f"{model_path} is a float model: `qexport export` writes a quantized checkpoint as it is. "
+                           f"Quantize it with `qexport convert` (or `qexport train --from`).")
+    if qdq and method is None and not loaded.is_quantized:
+        method = "lsq"  # the one method standard ONNX can express
     config = resolve_config(loaded, method, bits, act_bits, first_last_bits, overrides)
-    out = Path(output) if output else default_output(model_path, config)
+    if qdq and loaded.is_quantized:
+        check_qdq_compatible(loaded.model)
+    out = Path(output) if output else default_output(model_path, config, export_format)
     if out.suffix != ".onnx":
         raise ConvertError(f"output must end in .onnx, got {out}")
     if out.resolve() == model_path.resolve():
@@ -176,7 +198,7 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
             accuracy["float"] = top1(teacher, x, y)
         say(f"quantizing ({config.method}, {config.bits}-bit) and calibrating on {n_cal} samples")
         try:
-            model = quantize_model(model, config, x, n_cal)
+            model = quantize_model(model, config, x, n_cal, check=check_qdq_compatible if qdq else None)
         except ValueError as exc:  # e.g. an override that matches no layer, or bits its format refuses
             raise ConvertError(str(exc)) from exc
         fid["calibrated"] = fidelity(model, teacher, x[held])
@@ -200,16 +222,21 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
             save_checkpoint(ckpt_path, model=model, arch=loaded.arch, arch_args=loaded.arch_args, quant=config,
                             metrics={"calibrated_on": data_name, "calib_samples": int(n_cal), "fidelity": fid},
                             extra={"source": str(model_path), "source_sha256": loaded.sha256})
-    say(f"exporting {out}")
+    say(f"exporting {out}" + (" (standard ONNX, qdq)" if qdq else ""))
     meta = {"qexport.method": config.method, "qexport.source": loaded.sha256,
             "qexport.config": json.dumps(config.to_dict(), sort_keys=True),
             "qexport.input": json.dumps({"shape": ["N", *map(int, x.shape[1:])], "dtype": "float32",
                                          "convention": "the PyTorch model's own input (zoo models: pixels in [0, 1])"})}
-    proto = export_onnx(model, torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32)), out, meta=meta)
+    example = torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32))
+    if qdq:
+        proto = export_qdq(model, out, example, meta=meta)
+    else:
+        proto = export_onnx(model, example, out, meta=meta)
     report = report_path = None
     if validate:
-        say(f"validating on {len(x)} samples")
-        report = check_parity(model, proto, x, y, tolerances=tolerances)
+        say(f"validating on {len(x)} samples" + (" (plain ONNX Runtime, no qexport library)" if qdq else ""))
+        check = check_qdq_parity if qdq else check_parity
+        report = check(model, proto, x, y, tolerances=tolerances)
         report.accuracy = {**accuracy, **report.accuracy}
         report.fidelity = fid
         report_path = out.with_suffix(".parity.json")
