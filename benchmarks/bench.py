@@ -390,7 +390,7 @@ def write_markdown(doc: Path, result: dict) -> None:
 
 
 NOTES = [
-    "* What qexport runs: per layer one fused node (`<Fmt>ConvFused`: the conv, the residual Add, the ReLU and the "
+    "* What qexport runs: per layer one fused node (`QConvFused`: the conv, the residual Add, the ReLU and the "
     "next layer's ASQ quantizer; docs/ops.md), weights re-packed at session creation, a direct convolution over "
     "codes re-laid out into 4-channel cells (`avx512vnni`: vpdpbusd; `amx`: AMX tiles, the default where the CPU "
     "has them), the float epilogue and the ASQ statistics of the output computed while it is in cache. ONNX "

@@ -32,6 +32,10 @@ def _value_info(name: str, array: np.ndarray, free_shape: bool = False) -> onnx.
     return helper.make_tensor_value_info(name, _DTYPES[array.dtype], None if free_shape else list(array.shape))
 
 
+def _empty_list(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 0
+
+
 def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[tuple[str, int]],
                       attrs: Mapping[str, Any], constant: Sequence[str] = (), node_name: str = "node",
                       free_shapes: bool = False) -> onnx.ModelProto:
@@ -53,7 +57,10 @@ def single_node_model(op_type: str, inputs: Mapping[str, np.ndarray], outputs: S
             graph_inputs.append(_value_info(name, arr, free_shapes))
     graph_outputs = [helper.make_tensor_value_info(name, dtype, None) for name, dtype in outputs]
     node = helper.make_node(op_type, list(inputs), [name for name, _ in outputs], name=node_name, domain=DOMAIN,
-                            **{k: v for k, v in attrs.items() if v is not None})
+                            **{k: v for k, v in attrs.items() if v is not None and not _empty_list(v)})
+    for k, v in attrs.items():  # an empty list has no element to infer its type from: INTS
+        if _empty_list(v):
+            node.attribute.append(helper.make_attribute(k, [], attr_type=onnx.AttributeProto.INTS))
     graph = helper.make_graph([node], f"{op_type}_test", graph_inputs, graph_outputs, initializer=initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSET_IMPORTS])
     model.ir_version = IR_VERSION
@@ -65,10 +72,28 @@ def feeds(inputs: Mapping[str, np.ndarray], constant: Sequence[str] = ()) -> dic
     return {name: np.asarray(arr) for name, arr in inputs.items() if name not in constant}
 
 
+_KIND_SUFFIX = {"conv": "Conv", "gemm": "Gemm", "conv_fused": "ConvFused"}
+
+
+def weighted_op(kind: str, fmt: str, attrs: Mapping[str, Any], v1: bool = False) -> tuple[str, dict]:
+    """(op_type, node attributes) of a weighted node: QConv / QGemm / QConvFused with ``format``
+    and ``bits`` as a list (an int becomes [bits]); with v1=True the version-1 <Fmt>Conv /
+    <Fmt>Gemm / <Fmt>ConvFused, whose ``bits`` is one int."""
+    attrs = dict(attrs)
+    if v1:
+        return fmt.capitalize() + _KIND_SUFFIX[kind], attrs
+    bits = attrs.get("bits")
+    if bits is not None and not isinstance(bits, (list, tuple, np.ndarray)):
+        attrs["bits"] = [int(bits)]
+    attrs.setdefault("format", fmt)
+    return "Q" + _KIND_SUFFIX[kind], attrs
+
+
 def weighted_model(kind: str, fmt: str, inputs: Mapping[str, np.ndarray], attrs: Mapping[str, Any],
-                   constant: Sequence[str] = ("W", "W_scale", "B"), **kw: Any) -> onnx.ModelProto:
-    """A PostConv/PotConv/UniformConv (kind="conv") or *Gemm (kind="gemm") model; output Y."""
-    op_type = fmt.capitalize() + ("Conv" if kind == "conv" else "Gemm")
+                   constant: Sequence[str] = ("W", "W_scale", "B"), v1: bool = False, **kw: Any) -> onnx.ModelProto:
+    """A QConv (kind="conv") or QGemm (kind="gemm") model of weight format ``fmt``; output Y.
+    v1=True: the version-1 op of the format instead (PostConv, UniformGemm, ...)."""
+    op_type, attrs = weighted_op(kind, fmt, attrs, v1)
     return single_node_model(op_type, inputs, [("Y", TensorProto.FLOAT)], attrs, constant, **kw)
 
 
@@ -117,7 +142,7 @@ PORTABLE_REASONS = ("int64_accumulator", "input_too_large")
 
 
 def op_part(op_type: str) -> int:
-    """The part of PATH_PARTS an op's kernel reports: 0 conv (<Fmt>Conv, <Fmt>ConvFused), 1 gemm,
+    """The part of PATH_PARTS an op's kernel reports: 0 conv (QConv, QConvFused, <Fmt>Conv...), 1 gemm,
     2 means and quantizer (the quantize ops, GlobalAvgPool)."""
     if op_type.endswith(("Conv", "ConvFused")):
         return 0

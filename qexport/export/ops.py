@@ -26,8 +26,9 @@ OPSET = onnxscript.values.Opset(R.DOMAIN, R.DOMAIN_VERSION)
 class OpDef:
     onnx_name: str  # e.g. "PostConv"
     torch_name: str  # e.g. "post_conv" -> torch.ops.qexport.post_conv
-    kind: str  # "quantize" | "conv" | "gemm" | "pool"
-    fmt: str | None  # weight format of weighted ops; activation method of quantize ops
+    kind: str  # "quantize" | "conv" | "gemm" | "conv_fused" | "pool"
+    fmt: str | None  # activation method of quantize ops; the weight format of version-1 weighted ops
+    legacy: bool = False  # a version-1 weighted op (format in its name), kept so that older files load
 
     @property
     def torch_op(self):
@@ -133,88 +134,93 @@ _register(
 )
 
 # --------------------------------------------------------------------------- weighted ops
+# QConv / QGemm / QConvFused take the weight format as data: attribute ``format`` names a codec
+# (qexport/spec/codecs/) and ``bits`` holds one bit-width for every output channel or one per
+# channel. A new format adds a codec, never an op. The version-1 ops of one format each
+# (PostConv, PotGemm, UniformConvFused, ...) keep their schemas and kernels so that older files
+# load; nothing emits them any more (docs/ops.md, "Versions").
 _W_INPUTS = [("X", "U"), ("X_scale", "F"), ("W", "U"), ("W_scale", "F"), ("B", "F")]
-_W_ATTRS = [("bits", _A.INT, "weight bit-width"), ("act_bits", _A.INT, "bit-width of the codes in X"),
-            ("act_zero_point", _A.INT, "zero point of the codes in X"),
-            ("weight_shape", _A.INTS, "conv [O, C/group, kH, kW]; gemm [O, K]"), ("relu", _A.INT, "fused ReLU, 0 or 1")]
+_W_COMMON = [("act_bits", _A.INT, "bit-width of the codes in X"),
+             ("act_zero_point", _A.INT, "zero point of the codes in X"),
+             ("weight_shape", _A.INTS, "conv [O, C/group, kH, kW]; gemm [O, K]"), ("relu", _A.INT, "fused ReLU, 0 or 1")]
+_W_ATTRS = [("format", _A.STRING, "weight codec: " + ", ".join(R.WEIGHT_FORMATS)),
+            ("bits", _A.INTS, "weight bit-width: 1 entry (every output channel) or O entries")] + _W_COMMON
+_W_ATTRS_V1 = [("bits", _A.INT, "weight bit-width")] + _W_COMMON
 _CONV_ATTRS = [("strides", _A.INTS, "[sH, sW]"), ("pads", _A.INTS, "[top, left, bottom, right]"),
                ("dilations", _A.INTS, "[dH, dW]"), ("group", _A.INT, "groups")]
-_FMT_NAMES = {"post": "Post", "pot": "Pot", "uniform": "Uniform"}
-_CONV_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, int bits, int act_bits, int act_zero_point, "
-             "int[] weight_shape, int relu, int[] strides, int[] pads, int[] dilations, int group) -> Tensor")
-_GEMM_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, int bits, int act_bits, int act_zero_point, "
-             "int[] weight_shape, int relu) -> Tensor")
+#: The version-1 op name prefix of each format that had ops of its own (frozen: new formats have none).
+V1_FORMATS = {"Post": "post", "Pot": "pot", "Uniform": "uniform"}
+_CONV_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, str format, int[] bits, int act_bits, "
+             "int act_zero_point, int[] weight_shape, int relu, int[] strides, int[] pads, int[] dilations, "
+             "int group) -> Tensor")
+_GEMM_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, str format, int[] bits, int act_bits, "
+             "int act_zero_point, int[] weight_shape, int relu) -> Tensor")
 
 
-def _conv_fake(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group):
+def _conv_fake(x, x_scale, w, w_scale, b, fmt, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group):
     _, kh, kw = weight_shape[0], weight_shape[2], weight_shape[3]
     oh = (x.shape[2] + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
     ow = (x.shape[3] + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
     return x.new_empty((x.shape[0], weight_shape[0], oh, ow), dtype=torch.float32)
 
 
-def _gemm_fake(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu):
+def _gemm_fake(x, x_scale, w, w_scale, b, fmt, bits, act_bits, zp, weight_shape, relu):
     return x.new_empty((x.shape[0], weight_shape[0]), dtype=torch.float32)
 
 
-def _make_weighted(fmt: str, kind: str) -> None:
-    onnx_name = _FMT_NAMES[fmt] + ("Conv" if kind == "conv" else "Gemm")
-    op = OpDef(onnx_name, f"{fmt}_{kind}", kind, fmt)
-
-    def call(*args, **kwargs):
-        return getattr(OPSET, onnx_name)(*args, **kwargs)
-
-    if kind == "conv":
-        def impl(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group):
-            return torch.from_numpy(R.qconv(
-                _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), fmt=fmt, bits=bits, act_bits=act_bits,
-                act_zero_point=zp, weight_shape=weight_shape, strides=strides, pads=pads, dilations=dilations,
-                group=group, relu=bool(relu)))
-
-        def translation(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group):
-            return call(x, x_scale, w, w_scale, b, bits=bits, act_bits=act_bits, act_zero_point=zp,
-                        weight_shape=list(weight_shape), relu=relu, strides=list(strides), pads=list(pads),
-                        dilations=list(dilations), group=group)
-        sig, fake, attrs = _CONV_SIG, _conv_fake, _W_ATTRS + _CONV_ATTRS
-    else:
-        def impl(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu):
-            return torch.from_numpy(R.qgemm(
-                _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), fmt=fmt, bits=bits, act_bits=act_bits,
-                act_zero_point=zp, weight_shape=weight_shape, relu=bool(relu)))
-
-        def translation(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu):
-            return call(x, x_scale, w, w_scale, b, bits=bits, act_bits=act_bits, act_zero_point=zp,
-                        weight_shape=list(weight_shape), relu=relu)
-        sig, fake, attrs = _GEMM_SIG, _gemm_fake, _W_ATTRS
-    doc = f"{kind} of uint8 activation codes with packed {fmt} weights; float32 out (docs/ops.md)."
-    _register(op, _schema(onnx_name, doc, _W_INPUTS, [("Y", "F")], attrs), sig, impl, fake, translation)
+def _conv_impl(x, x_scale, w, w_scale, b, fmt, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group):
+    return torch.from_numpy(R.qconv(
+        _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), fmt=fmt, bits=list(bits), act_bits=act_bits,
+        act_zero_point=zp, weight_shape=weight_shape, strides=strides, pads=pads, dilations=dilations,
+        group=group, relu=bool(relu)))
 
 
-for _fmt in R.WEIGHT_FORMATS:
-    for _kind in ("conv", "gemm"):
-        _make_weighted(_fmt, _kind)
+def _gemm_impl(x, x_scale, w, w_scale, b, fmt, bits, act_bits, zp, weight_shape, relu):
+    return torch.from_numpy(R.qgemm(
+        _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), fmt=fmt, bits=list(bits), act_bits=act_bits,
+        act_zero_point=zp, weight_shape=weight_shape, relu=bool(relu)))
+
+
+_register(
+    OpDef("QConv", "qconv", "conv", None),
+    _schema("QConv", "conv of uint8 activation codes with packed weights of any codec; float32 out (docs/ops.md).",
+            _W_INPUTS, [("Y", "F")], _W_ATTRS + _CONV_ATTRS),
+    _CONV_SIG, _conv_impl, _conv_fake,
+    lambda x, x_scale, w, w_scale, b, fmt, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations, group:
+    OPSET.QConv(x, x_scale, w, w_scale, b, format=fmt, bits=list(bits), act_bits=act_bits, act_zero_point=zp,
+                weight_shape=list(weight_shape), relu=relu, strides=list(strides), pads=list(pads),
+                dilations=list(dilations), group=group),
+)
+_register(
+    OpDef("QGemm", "qgemm", "gemm", None),
+    _schema("QGemm", "Y = X W^T of uint8 activation codes with packed weights of any codec; float32 out.",
+            _W_INPUTS, [("Y", "F")], _W_ATTRS),
+    _GEMM_SIG, _gemm_impl, _gemm_fake,
+    lambda x, x_scale, w, w_scale, b, fmt, bits, act_bits, zp, weight_shape, relu: OPSET.QGemm(
+        x, x_scale, w, w_scale, b, format=fmt, bits=list(bits), act_bits=act_bits, act_zero_point=zp,
+        weight_shape=list(weight_shape), relu=relu),
+)
 
 
 # --------------------------------------------------------------------------- fused conv ops
-# <Fmt>ConvFused: a conv with the Add (residual), ReLU and activation quantizer that follow it in
-# the graph, as one node (reference.qconv_fused, docs/ops.md). No PyTorch module emits them: the
-# ONNX pass qexport.export.passes.fuse_conv_blocks rewrites exported graphs into them; the torch op
-# and translation exist so that the table below stays the one list of ops.
+# QConvFused: a conv with the Add (residual), ReLU and activation quantizer that follow it in the
+# graph, as one node (reference.qconv_fused, docs/ops.md). No PyTorch module emits it: the ONNX
+# pass qexport.export.passes.fuse_conv_blocks rewrites exported graphs into it; the torch op and
+# translation exist so that this table stays the one list of ops.
 _OPT, _ONE = OpSchema.FormalParameterOption.Optional, OpSchema.FormalParameterOption.Single
 _FUSED_INPUTS = _W_INPUTS + [("R", "F"), ("QW1", "F"), ("QB1", "F"), ("QW2", "F"), ("QB2", "F")]
 _FUSED_OUTPUTS = [("Y", "F"), ("Q", "U"), ("Q_scale", "F")]
-_FUSED_ATTRS = _W_ATTRS + _CONV_ATTRS
 _FUSED_Q_ATTRS = [("quantizer", _A.STRING, "activation quantizer of Y: none, lsq or asq"),
                   ("q_bits", _A.INT, "its bit-width"), ("q_signed", _A.INT, "its signedness"),
                   ("q_step", _A.FLOAT, "its step"), ("q_beta_map", _A.STRING, "its beta_map (asq)"),
                   ("q_groups", _A.INT, "its groups (asq)")]
 _FUSED_SIG = ("(Tensor x, Tensor x_scale, Tensor w, Tensor w_scale, Tensor b, Tensor? residual, Tensor? q_w1, "
-              "Tensor? q_b1, Tensor? q_w2, Tensor? q_b2, int bits, int act_bits, int act_zero_point, "
+              "Tensor? q_b1, Tensor? q_w2, Tensor? q_b2, str format, int[] bits, int act_bits, int act_zero_point, "
               "int[] weight_shape, int relu, int[] strides, int[] pads, int[] dilations, int group, str quantizer, "
               "int q_bits, int q_signed, float q_step, str q_beta_map, int q_groups) -> (Tensor, Tensor, Tensor)")
 
 
-def _fused_schema(name: str, doc: str) -> OpSchema:
+def _fused_schema(name: str, doc: str, attrs: list) -> OpSchema:
     types = {"F": _F32, "U": _U8}
     required = {"X", "X_scale", "W", "W_scale", "B"}
     return OpSchema(
@@ -222,59 +228,81 @@ def _fused_schema(name: str, doc: str) -> OpSchema:
         inputs=[OpSchema.FormalParameter(n, t, param_option=_ONE if n in required else _OPT) for n, t in _FUSED_INPUTS],
         outputs=[OpSchema.FormalParameter(n, t, param_option=_OPT) for n, t in _FUSED_OUTPUTS],
         type_constraints=[(t, [types[t]], {"F": "float32", "U": "uint8 codes"}[t]) for t in ("F", "U")],
-        attributes=[OpSchema.Attribute(n, ty, d) for n, ty, d in _FUSED_ATTRS]
+        attributes=[OpSchema.Attribute(n, ty, d) for n, ty, d in attrs + _CONV_ATTRS]
         + [OpSchema.Attribute(n, ty, d, required=False) for n, ty, d in _FUSED_Q_ATTRS],
         node_determinism=OpSchema.NodeDeterminism.Deterministic,
     )
 
 
-def _make_fused(fmt: str) -> None:
-    onnx_name = _FMT_NAMES[fmt] + "ConvFused"
-    op = OpDef(onnx_name, f"{fmt}_conv_fused", "conv_fused", fmt)
-
-    def impl(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape, relu,
-             strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step, q_beta_map, q_groups):
-        opt = [None if t is None else _np(t) for t in (residual, q_w1, q_b1, q_w2, q_b2)]
-        y, q, scale = R.qconv_fused(
-            _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), *opt, fmt=fmt, bits=bits, act_bits=act_bits,
-            act_zero_point=zp, weight_shape=weight_shape, strides=strides, pads=pads, dilations=dilations,
-            group=group, relu=bool(relu), quantizer=quantizer, q_bits=q_bits, q_signed=bool(q_signed), q_step=q_step,
-            q_beta_map=q_beta_map, q_groups=q_groups)
-        if q is None:
-            q, scale = np.zeros((0,), np.uint8), np.zeros((0,), np.float32)
-        return torch.from_numpy(y), torch.from_numpy(q), torch.from_numpy(scale)
-
-    def fake(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape, relu,
-             strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step, q_beta_map, q_groups):
-        y = _conv_fake(x, x_scale, w, w_scale, b, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations,
-                       group)
-        if quantizer == "none":
-            return y, x.new_empty((0,), dtype=torch.uint8), x.new_empty((0,), dtype=torch.float32)
-        return y, torch.empty_like(y, dtype=torch.uint8), y.new_empty((y.shape[0],))
-
-    def translation(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits, act_bits, zp, weight_shape,
-                    relu, strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step, q_beta_map, q_groups):
-        return getattr(OPSET, onnx_name)(
-            x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, bits=bits, act_bits=act_bits,
-            act_zero_point=zp, weight_shape=list(weight_shape), relu=relu, strides=list(strides), pads=list(pads),
-            dilations=list(dilations), group=group, quantizer=quantizer, q_bits=q_bits, q_signed=q_signed,
-            q_step=q_step, q_beta_map=q_beta_map, q_groups=q_groups, _outputs=3)
-
-    doc = (f"conv with packed {fmt} weights, then + R, ReLU and the activation quantizer of the result, fused "
-           "(docs/ops.md); optional outputs Y (float32), Q (codes), Q_scale.")
-    _register(op, _fused_schema(onnx_name, doc), _FUSED_SIG, impl, fake, translation)
+def _fused_impl(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, fmt, bits, act_bits, zp, weight_shape,
+                relu, strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step, q_beta_map, q_groups):
+    opt = [None if t is None else _np(t) for t in (residual, q_w1, q_b1, q_w2, q_b2)]
+    y, q, scale = R.qconv_fused(
+        _np(x), _np(x_scale), _np(w), _np(w_scale), _np(b), *opt, fmt=fmt, bits=list(bits), act_bits=act_bits,
+        act_zero_point=zp, weight_shape=weight_shape, strides=strides, pads=pads, dilations=dilations,
+        group=group, relu=bool(relu), quantizer=quantizer, q_bits=q_bits, q_signed=bool(q_signed), q_step=q_step,
+        q_beta_map=q_beta_map, q_groups=q_groups)
+    if q is None:
+        q, scale = np.zeros((0,), np.uint8), np.zeros((0,), np.float32)
+    return torch.from_numpy(y), torch.from_numpy(q), torch.from_numpy(scale)
 
 
-for _fmt in R.WEIGHT_FORMATS:
-    _make_fused(_fmt)
+def _fused_fake(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, fmt, bits, act_bits, zp, weight_shape,
+                relu, strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step, q_beta_map, q_groups):
+    y = _conv_fake(x, x_scale, w, w_scale, b, fmt, bits, act_bits, zp, weight_shape, relu, strides, pads, dilations,
+                   group)
+    if quantizer == "none":
+        return y, x.new_empty((0,), dtype=torch.uint8), x.new_empty((0,), dtype=torch.float32)
+    return y, torch.empty_like(y, dtype=torch.uint8), y.new_empty((y.shape[0],))
 
 
-def fused_op(fmt: str) -> OpDef:
-    return OPS[_FMT_NAMES[fmt] + "ConvFused"]
+def _fused_translation(x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, fmt, bits, act_bits, zp,
+                       weight_shape, relu, strides, pads, dilations, group, quantizer, q_bits, q_signed, q_step,
+                       q_beta_map, q_groups):
+    return OPSET.QConvFused(
+        x, x_scale, w, w_scale, b, residual, q_w1, q_b1, q_w2, q_b2, format=fmt, bits=list(bits), act_bits=act_bits,
+        act_zero_point=zp, weight_shape=list(weight_shape), relu=relu, strides=list(strides), pads=list(pads),
+        dilations=list(dilations), group=group, quantizer=quantizer, q_bits=q_bits, q_signed=q_signed,
+        q_step=q_step, q_beta_map=q_beta_map, q_groups=q_groups, _outputs=3)
 
 
-def weighted_op(fmt: str, kind: str) -> OpDef:
-    return OPS[_FMT_NAMES[fmt] + ("Conv" if kind == "conv" else "Gemm")]
+_register(
+    OpDef("QConvFused", "qconv_fused", "conv_fused", None),
+    _fused_schema("QConvFused", "conv with packed weights of any codec, then + R, ReLU and the activation quantizer "
+                  "of the result, fused (docs/ops.md); optional outputs Y (float32), Q (codes), Q_scale.", _W_ATTRS),
+    _FUSED_SIG, _fused_impl, _fused_fake, _fused_translation,
+)
+
+
+# --------------------------------------------------------------------------- version-1 ops
+def _register_v1(prefix: str, fmt: str) -> None:
+    """<Fmt>Conv, <Fmt>Gemm, <Fmt>ConvFused: the format in the name, ``bits`` one INT. Schema and
+    table entry only (for onnx.checker and the op list); the C++ library still runs them."""
+    for suffix, kind, schema in (
+            ("Conv", "conv", lambda n: _schema(n, f"version-1 {fmt} conv (use QConv)", _W_INPUTS, [("Y", "F")],
+                                               _W_ATTRS_V1 + _CONV_ATTRS)),
+            ("Gemm", "gemm", lambda n: _schema(n, f"version-1 {fmt} gemm (use QGemm)", _W_INPUTS, [("Y", "F")],
+                                               _W_ATTRS_V1)),
+            ("ConvFused", "conv_fused", lambda n: _fused_schema(n, f"version-1 {fmt} fused conv (use QConvFused)",
+                                                                _W_ATTRS_V1))):
+        name = prefix + suffix
+        if not _schema_registered(name):
+            onnx.defs.register_schema(schema(name))
+        OPS[name] = OpDef(name, "", kind, fmt, legacy=True)
+        SCHEMAS[name] = onnx.defs.get_schema(name, R.DOMAIN_VERSION, R.DOMAIN)
+
+
+for _prefix, _fmt in V1_FORMATS.items():
+    _register_v1(_prefix, _fmt)
+
+
+def weight_format(node_op_type: str, attrs: dict) -> tuple[str, list[int]]:
+    """(format, bits per the node) of a weighted node of either version, from its attributes."""
+    op = OPS[node_op_type]
+    if op.legacy:
+        return op.fmt, [int(attrs["bits"])]
+    fmt = attrs["format"]
+    return (fmt.decode() if isinstance(fmt, bytes) else fmt), [int(b) for b in attrs["bits"]]
 
 
 def quantize_op(kind: str) -> OpDef:

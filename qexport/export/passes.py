@@ -4,9 +4,9 @@
 the runtime makes fewer passes over memory (docs/performance.md):
 
 * ``conv -> Relu`` (the Relu the only consumer): the conv's own ``relu`` attribute;
-* ``conv -> Add(., R) [-> Relu] [-> quantizer]``: a ``<Fmt>ConvFused`` node with the residual R;
+* ``conv -> Add(., R) [-> Relu] [-> quantizer]``: a ``QConvFused`` node with the residual R;
 * ``conv [-> Relu] -> quantizer`` (an AsqQuantize / LsqQuantize reading the conv's output):
-  a ``<Fmt>ConvFused`` node whose outputs Q / Q_scale are the quantizer's codes and scale. Its
+  a ``QConvFused`` node whose outputs Q / Q_scale are the quantizer's codes and scale. Its
   float output Y is kept only when another node (a residual Add, a pool, a second quantizer)
   or the graph output reads it.
 
@@ -28,7 +28,9 @@ __all__ = ["FUSED_QUANTIZE_KEY", "fuse_conv_blocks", "quantize_codes_tensor"]
 #: Node metadata key naming the quantize node folded into a fused conv.
 FUSED_QUANTIZE_KEY = "qexport.quantize"
 
-_CONVS = {"PostConv": "PostConvFused", "PotConv": "PotConvFused", "UniformConv": "UniformConvFused"}
+#: conv op -> its fused op (the version-1 ops too, for graphs built from older files).
+_CONVS = {"QConv": "QConvFused", "PostConv": "PostConvFused", "PotConv": "PotConvFused",
+          "UniformConv": "UniformConvFused"}
 _QUANTIZERS = {"AsqQuantize": "asq", "LsqQuantize": "lsq"}
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from ..export.ops import OPS, quantize_op, weighted_op
+from ..export.ops import OPS, quantize_op
 from ..spec import reference as R
 from ..quant.base import ActQuantizer
 from .layers import QConv2d, QLinear, QuantMixin
@@ -68,18 +68,23 @@ class _DeployWeighted(nn.Module):
         self.fmt, self.bits = layer.weight_quant.fmt, layer.weight_quant.bits
         w_int, w_scale, bias = _fold(layer, bn)
         self.weight_shape = [int(d) for d in w_int.shape]
-        self.register_buffer("packed", torch.from_numpy(R.pack_codes(R.encode_weights(w_int, self.fmt, self.bits), self.bits)))
+        self.register_buffer("packed", torch.from_numpy(R.pack_weights(w_int, self.fmt, self.bits)))
         self.register_buffer("w_scale", torch.from_numpy(w_scale))
         self.register_buffer("bias", torch.from_numpy(bias))
         self.folded_bn = bn is not None
         self.relu = 0
 
     def common_args(self) -> tuple:
-        return (self.bits, self.quant.bits, self.quant.zero_point, self.weight_shape, self.relu)
+        return (self.fmt, self.channel_bits(), self.quant.bits, self.quant.zero_point, self.weight_shape, self.relu)
+
+    def channel_bits(self) -> list[int]:
+        """The op's ``bits`` attribute: one entry when every output channel has the same width."""
+        bits = [int(b) for b in np.atleast_1d(self.bits)]
+        return bits[:1] if len(set(bits)) == 1 else bits
 
     def describe(self) -> dict:
         """One row of the model's ``qexport.bits`` metadata."""
-        return {"op": weighted_op(self.fmt, self.kind).onnx_name, "weights": self.fmt, "bits": self.bits,
+        return {"op": OPS["QConv" if self.kind == "conv" else "QGemm"].onnx_name, "weights": self.fmt, "bits": self.bits,
                 "act": self.quant.kind, "act_bits": self.quant.bits, "act_signed": bool(self.quant.signed),
                 "folded_bn": self.folded_bn}
 
@@ -96,7 +101,7 @@ class DeployConv2d(_DeployWeighted):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         codes, scale = self.quant(x)
-        op = weighted_op(self.fmt, "conv").torch_op
+        op = OPS["QConv"].torch_op
         return op(codes, scale, self.packed, self.w_scale, self.bias, *self.common_args(),
                   self.strides, self.pads, self.dilations, self.group)
 
@@ -108,7 +113,7 @@ class DeployLinear(_DeployWeighted):
         if x.dim() != 2:
             raise ValueError(f"a quantized Linear takes (N, features) inputs; got shape {tuple(x.shape)}")
         codes, scale = self.quant(x)
-        op = weighted_op(self.fmt, "gemm").torch_op
+        op = OPS["QGemm"].torch_op
         return op(codes, scale, self.packed, self.w_scale, self.bias, *self.common_args())
 
 

@@ -17,23 +17,25 @@ Conventions (docs/ops.md has the full contract):
 """
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
+
+from . import codecs
+from .codecs import post as _post
 
 DOMAIN = "ai.qexport"
 DOMAIN_VERSION = 1
 
 ACT_BITS = range(2, 9)
-WEIGHT_FORMATS = ("uniform", "pot", "post")
-WEIGHT_BITS = {"uniform": range(2, 9), "pot": range(2, 5), "post": range(2, 5)}
+WEIGHT_FORMATS = codecs.names()  # ("post", "pot", "uniform"): one codec each (qexport/spec/codecs/)
+WEIGHT_BITS = {name: codecs.get(name).bits for name in WEIGHT_FORMATS}
 INT32_MAX = 2**31 - 1
 
 __all__ = [
     "DOMAIN", "DOMAIN_VERSION", "ACT_BITS", "WEIGHT_FORMATS", "WEIGHT_BITS",
     "act_range", "act_zero_point", "post_frac_bits", "post_table", "weight_lut", "weight_max",
-    "encode_weights", "pack_codes", "unpack_codes", "decode_weights", "accumulator_bound",
+    "encode_weights", "pack_codes", "unpack_codes", "pack_weights", "decode_weights", "accumulator_bound",
     "quantize_codes", "lsq_quantize", "spatial_mean", "global_avg_pool", "BETA_MAPS", "adapter_group_bounds",
     "adapter_inputs", "beta_from_z", "asq_scale", "asq_quantize", "conv_output_size",
     "qconv", "qgemm", "post_product_shift_table", "QUANTIZERS", "qconv_fused",
@@ -215,82 +217,76 @@ def asq_quantize(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, 
 
 
 # --------------------------------------------------------------------------- weights
-def _check_weight_format(fmt: str, bits: int) -> None:
+# A weight format is a codec (qexport/spec/codecs/, docs/ops.md "Weight codecs"); these functions
+# are the format-independent entry points. ``bits`` is one bit-width for every output channel or
+# one per output channel (O entries).
+def _codec(fmt: str, bits) -> "codecs.Codec":
     _check(fmt in WEIGHT_FORMATS, f"unknown weight format {fmt!r}; expected one of {WEIGHT_FORMATS}")
-    allowed = WEIGHT_BITS[fmt]
-    _check(bits in allowed, f"{fmt} weights support {allowed.start}..{allowed.stop - 1} bits, got {bits}")
+    codec = codecs.get(fmt)
+    try:
+        codec.check_bits(np.atleast_1d(np.asarray(bits)))
+    except codecs.CodecError as e:
+        raise ReferenceError_(str(e)) from None
+    return codec
+
+
+def _rows(w: np.ndarray, bits) -> tuple[np.ndarray, np.ndarray]:
+    w = np.asarray(w)
+    o = w.shape[0] if w.ndim >= 1 and np.ndim(bits) > 0 else 1
+    rows = w.reshape(o, -1) if w.size else w.reshape(o, 0)
+    return rows, _channel_bits(bits, o)
+
+
+def _channel_bits(bits, o: int) -> np.ndarray:
+    try:
+        return codecs.channel_bits(bits, o)
+    except codecs.CodecError as e:
+        raise ReferenceError_(str(e)) from None
 
 
 def post_frac_bits(bits: int) -> int:
     """F of the POST table: the largest entry T[M-1] is 64, so every entry fits int8."""
-    m = 2 ** (bits - 1) - 1
-    return 6 - (m - 1) // 2
-
-
-@lru_cache(maxsize=None)
-def _post_table(bits: int) -> tuple[int, ...]:
-    _check_weight_format("post", bits)
-    f, m = post_frac_bits(bits), 2 ** (bits - 1) - 1
-    # Even e: exactly 1 << (F + e/2). Odd e: 2^(F+e/2) is irrational, so rint never meets a tie.
-    return tuple((1 << (f + e // 2)) if e % 2 == 0 else int(np.rint(2.0 ** (f + e / 2))) for e in range(m))
+    return _post.post_frac_bits(bits)
 
 
 def post_table(bits: int) -> np.ndarray:
     """T[e] = round(2^(F + e/2)), e = 0 .. M-1 (4-bit: 8 11 16 23 32 45 64)."""
-    return np.array(_post_table(bits), dtype=np.int64)
-
-
-@lru_cache(maxsize=None)
-def _weight_lut(fmt: str, bits: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:
-    _check_weight_format(fmt, bits)
-    values, valid = [], []
-    half = 2 ** (bits - 1)
-    for code in range(2**bits):
-        if fmt == "uniform":
-            values.append(code - 2**bits if code >= half else code)
-            valid.append(True)
-            continue
-        sign, mag = code >> (bits - 1), code & (half - 1)
-        if mag == 0:
-            values.append(0)
-            valid.append(sign == 0)  # "-0" is not a canonical code
-            continue
-        level = (1 << (mag - 1)) if fmt == "pot" else _post_table(bits)[mag - 1]
-        values.append(-level if sign else level)
-        valid.append(True)
-    return tuple(values), tuple(valid)
+    _codec("post", bits)
+    return np.array(_post.post_table(bits), dtype=np.int64)
 
 
 def weight_lut(fmt: str, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """(values, valid): the integer weight of every b-bit code, and which codes are canonical."""
-    values, valid = _weight_lut(fmt, bits)
-    return np.array(values, dtype=np.int64), np.array(valid, dtype=bool)
+    values, valid = _codec(fmt, bits).lut(int(bits))
+    return values.copy(), valid.copy()
 
 
-def weight_max(fmt: str, bits: int) -> int:
-    """Largest |integer weight|: 2^(b-1) (uniform), 2^(M-1) (pot), 64 (post)."""
-    return int(np.abs(weight_lut(fmt, bits)[0]).max())
+def weight_max(fmt: str, bits) -> int:
+    """Largest |integer weight| over the given bit-width(s): 2^(b-1) (uniform), 2^(M-1) (pot), 64 (post)."""
+    codec = _codec(fmt, bits)
+    return max(codec.weight_max(int(b)) for b in np.unique(np.atleast_1d(bits)))
 
 
-def encode_weights(w_int: np.ndarray, fmt: str, bits: int) -> np.ndarray:
-    """Inverse of the LUT: integer weights (which must be representable) -> b-bit codes."""
-    values, valid = weight_lut(fmt, bits)
-    inverse = {int(v): code for code, v in enumerate(values) if valid[code]}
-    flat = np.asarray(w_int).reshape(-1)
-    uniq = np.unique(flat)
-    bad = [int(u) for u in uniq if int(u) not in inverse]
-    _check(not bad, f"integer weights {bad[:5]} are not {bits}-bit {fmt} levels")
-    lookup = np.vectorize(lambda v: inverse[int(v)], otypes=[np.int64])
-    return lookup(flat).astype(np.uint8).reshape(np.shape(w_int))
+def encode_weights(w_int: np.ndarray, fmt: str, bits) -> np.ndarray:
+    """Inverse of the LUT: integer weights (which must be representable) -> codes, shaped like w_int.
+    With per-channel bits, channel o (first axis) is encoded at bits[o]."""
+    codec = _codec(fmt, bits)
+    rows, b = _rows(w_int, bits)
+    try:
+        return codec.encode_rows(rows, b).astype(np.uint8).reshape(np.shape(w_int))
+    except codecs.CodecError as e:
+        raise ReferenceError_(str(e)) from None
 
 
-def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack b-bit codes LSB-first into a little-endian bit stream (uint8, zero padding)."""
-    flat = np.asarray(codes, dtype=np.int64).reshape(-1)
-    _check(1 <= bits <= 8, f"bits must be in 1..8, got {bits}")
-    _check(bool(np.all((flat >= 0) & (flat < 2**bits))), f"codes out of range for {bits} bits")
-    stream = ((flat[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
-    return np.packbits(stream, bitorder="little")
+def pack_codes(codes: np.ndarray, bits) -> np.ndarray:
+    """Pack codes LSB-first into a little-endian bit stream (uint8, zero padding). With one
+    bit-width, any shape (row-major); with per-channel bits, channel o (first axis) at bits[o]."""
+    rows, b = _rows(codes, bits)
+    _check(bool(np.all((b >= 1) & (b <= 8))), f"bits must be in 1..8, got {np.asarray(bits).tolist()}")
+    try:
+        return codecs.pack_fixed_width(rows, b)
+    except codecs.CodecError as e:
+        raise ReferenceError_(str(e)) from None
 
 
 def packed_length(count: int, bits: int) -> int:
@@ -298,25 +294,34 @@ def packed_length(count: int, bits: int) -> int:
 
 
 def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of pack_codes; checks the exact length and that padding bits are zero."""
-    packed = np.asarray(packed)
-    _check(packed.dtype == np.uint8 and packed.ndim == 1, f"packed weights must be 1-D uint8, got {packed.dtype} rank {packed.ndim}")
-    need = packed_length(count, bits)
-    _check(packed.shape[0] == need, f"packed weights hold {packed.shape[0]} bytes, expected {need} for {count} codes of {bits} bits")
-    stream = np.unpackbits(packed, bitorder="little")
-    _check(not stream[count * bits :].any(), "packed weights have non-zero padding bits")
-    bitmat = stream[: count * bits].reshape(count, bits).astype(np.int64)
-    return (bitmat << np.arange(bits)).sum(axis=1).astype(np.uint8)
+    """Inverse of pack_codes for one bit-width; checks the exact length and zero padding bits."""
+    try:
+        return codecs.unpack_fixed_width(packed, np.array([int(bits)]), count)[0].astype(np.uint8)
+    except codecs.CodecError as e:
+        raise ReferenceError_(str(e)) from None
 
 
-def decode_weights(packed: np.ndarray, fmt: str, bits: int, shape: Sequence[int]) -> np.ndarray:
-    """Packed codes -> integer weights (int64) of the given shape; refuses non-canonical codes."""
-    _check(all(int(d) >= 1 for d in shape), f"weight_shape must be positive, got {list(shape)}")
-    count = int(np.prod(shape, dtype=np.int64))
-    codes = unpack_codes(packed, bits, count)
-    values, valid = weight_lut(fmt, bits)
-    _check(bool(valid[codes].all()), f"packed weights contain a non-canonical {fmt} code (negative zero)")
-    return values[codes].reshape(tuple(int(d) for d in shape))
+def pack_weights(w_int: np.ndarray, fmt: str, bits) -> np.ndarray:
+    """Integer weights (O, ...) -> the bytes of input W of a QConv / QGemm with this format."""
+    codec = _codec(fmt, bits)
+    rows, b = _rows(w_int, np.atleast_1d(bits))
+    try:
+        return codec.pack_rows(rows, b)
+    except codecs.CodecError as e:
+        raise ReferenceError_(str(e)) from None
+
+
+def decode_weights(packed: np.ndarray, fmt: str, bits, shape: Sequence[int]) -> np.ndarray:
+    """Packed W -> integer weights (int64) of the given shape; refuses any malformed stream."""
+    _check(len(shape) >= 1 and all(int(d) >= 1 for d in shape), f"weight_shape must be positive, got {list(shape)}")
+    codec = _codec(fmt, bits)
+    o = int(shape[0])
+    k = int(np.prod(shape, dtype=np.int64)) // o
+    try:
+        rows = codec.unpack_rows(np.asarray(packed), _channel_bits(bits, o), k)
+    except codecs.CodecError as e:
+        raise ReferenceError_(str(e)) from None
+    return rows.reshape(tuple(int(d) for d in shape))
 
 
 def post_product_shift_table(a: np.ndarray, codes: np.ndarray, bits: int) -> np.ndarray:
@@ -339,7 +344,7 @@ def post_product_shift_table(a: np.ndarray, codes: np.ndarray, bits: int) -> np.
 
 
 # --------------------------------------------------------------------------- conv / gemm
-def accumulator_bound(fmt: str, bits: int, act_bits: int, act_zero_point: int, k: int) -> int:
+def accumulator_bound(fmt: str, bits, act_bits: int, act_zero_point: int, k: int) -> int:
     """Largest possible |acc| of a dot product of length k: decides int32 vs int64 in kernels."""
     amax = max(act_zero_point, 2**act_bits - 1 - act_zero_point)
     return k * amax * weight_max(fmt, bits)

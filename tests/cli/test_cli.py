@@ -38,9 +38,11 @@ def test_convert_sample_writes_custom_op_model_with_parity(converted_sample, sam
     model = onnx.load(str(path))
     custom = [n for n in model.graph.node if n.domain == R.DOMAIN]
     # each conv carries its ReLU and the next layer's quantizer (export fusion, docs/ops.md)
-    assert {n.op_type for n in custom} >= {"LsqQuantize", "UniformConvFused", "PostConvFused", "PostConv",
-                                           "GlobalAvgPool", "UniformGemm"}
-    assert {n.op_type for n in custom} <= set(OPS)
+    assert {n.op_type for n in custom} >= {"LsqQuantize", "QConvFused", "QConv", "GlobalAvgPool", "QGemm"}
+    assert {n.op_type for n in custom} <= set(OPS) and not any(OPS[n.op_type].legacy for n in custom)
+    # the weight format is data (the codec name), the first and last layers 8-bit uniform, the rest post
+    formats = {onnx.helper.get_attribute_value(a).decode() for n in custom for a in n.attribute if a.name == "format"}
+    assert formats == {"uniform", "post"}
     # a plain onnxruntime session with the shipped library runs it, and it classifies
     x, y = samples
     logits = make_session(str(path)).run(None, {"input": x})[0]
@@ -50,7 +52,8 @@ def test_convert_sample_writes_custom_op_model_with_parity(converted_sample, sam
 
 def _tamper(path, tmp_path, change):
     model = onnx.load(str(path))
-    node = next(n for n in model.graph.node if n.op_type in ("PostConv", "PostConvFused"))
+    node = next(n for n in model.graph.node if n.op_type in ("QConv", "QConvFused")
+                and any(a.name == "format" and a.s == b"post" for a in n.attribute))
     init = next(i for i in model.graph.initializer if i.name == node.input[2])
     init.CopyFrom(onnx.numpy_helper.from_array(change(onnx.numpy_helper.to_array(init).copy()), init.name))
     bad = tmp_path / "tampered.onnx"

@@ -36,7 +36,8 @@ def test_every_quantized_layer_is_two_custom_nodes(tmp_path, calib, method, bits
         op = custom[f"{name}/op"]
         assert op.op_type == OPS[op.op_type].onnx_name == layer.describe()["op"]
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in op.attribute}
-        assert attrs["bits"] == layer.bits and attrs["weight_shape"] == layer.weight_shape
+        assert attrs["bits"] == [layer.bits] and attrs["weight_shape"] == layer.weight_shape
+        assert attrs["format"].decode() == layer.fmt  # the codec by name: no op name per format
         quant = custom[f"{name}/quantize"]
         assert quant.op_type == ("AsqQuantize" if layer.quant.kind == "asq" else "LsqQuantize")
     assert not [n for n in proto.graph.node if n.op_type == "BatchNormalization"]  # folded

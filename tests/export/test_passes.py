@@ -38,7 +38,7 @@ def test_fused_graph_structure(tiny_resnet):
     q, _, fused, unfused = tiny_resnet
     ops = [n.op_type for n in fused.graph.node]
     assert "Relu" not in ops and "Add" not in ops  # every ReLU and residual Add went into a conv
-    assert ops.count("PostConvFused") >= 3
+    assert ops.count("QConvFused") >= 3
     assert len(fused.graph.node) < len(unfused.graph.node)
     layers = deploy_layers(to_deploy(q))
     folded = {p.value for n in fused.graph.node for p in n.metadata_props if p.key == FUSED_QUANTIZE_KEY}

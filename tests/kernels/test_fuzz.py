@@ -38,7 +38,7 @@ FIRST_SEED = int(os.environ.get("QEXPORT_FUZZ_SEED", "0"))
 OPTIONAL = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1, "relu": 0}
 # AsqQuantize's optional attributes (q_-prefixed in a fused conv) and their values when absent.
 ADAPTER_DEFAULTS = {"beta_map": "sigmoid2", "groups": 0}
-FORMAT_OF = {fmt.capitalize(): fmt for fmt in R.WEIGHT_FORMATS}  # op name prefix -> weight format
+FORMAT_OF = {fmt.capitalize(): fmt for fmt in ("post", "pot", "uniform")}  # version-1 op name prefix -> format
 
 
 class Malformed(Exception):
@@ -47,12 +47,14 @@ class Malformed(Exception):
 
 # --------------------------------------------------------------------------- valid cases
 def weighted_case(rng, kind: str) -> tuple[str, dict, dict]:
-    fmt = R.WEIGHT_FORMATS[int(rng.integers(0, 3))]
+    """QConv / QGemm (format attribute, bits for every channel or per channel); one case in five
+    the version-1 <Fmt>Conv / <Fmt>Gemm (one INT bits)."""
+    fmt = R.WEIGHT_FORMATS[int(rng.integers(0, len(R.WEIGHT_FORMATS)))]
+    v1 = fmt in FORMAT_OF.values() and rng.random() < 0.2
     bits = int(rng.integers(R.WEIGHT_BITS[fmt].start, R.WEIGHT_BITS[fmt].stop))
     act_bits = int(rng.integers(2, 9))
     zp = int(rng.choice([0, 2 ** (act_bits - 1)]))
     n = int(rng.integers(1, 4))
-    values, valid = R.weight_lut(fmt, bits)
     if kind == "Conv":
         group = int(rng.choice([1, 2]))
         cg, og = int(rng.integers(1, 4)), int(rng.integers(1, 4))
@@ -68,14 +70,32 @@ def weighted_case(rng, kind: str) -> tuple[str, dict, dict]:
         wshape = [int(rng.integers(1, 6)), int(rng.integers(1, 20))]
         x = rng.integers(0, 2**act_bits, size=(n, wshape[1]), dtype=np.uint8)
         attrs = {}
-    count = int(np.prod(wshape))
-    codes = rng.choice(np.nonzero(valid)[0], size=count).astype(np.uint8)
     o = wshape[0]
-    inputs = {"X": x, "X_scale": rng.uniform(0.01, 1, size=n).astype(np.float32), "W": R.pack_codes(codes, bits),
+    per_channel = [bits] * o
+    if not v1 and rng.random() < 0.4:
+        per_channel = [int(b) for b in rng.integers(R.WEIGHT_BITS[fmt].start, R.WEIGHT_BITS[fmt].stop, size=o)]
+    codes = np.stack([rng.choice(np.nonzero(R.weight_lut(fmt, b)[1])[0], size=int(np.prod(wshape[1:])))
+                      for b in per_channel]).astype(np.uint8)
+    inputs = {"X": x, "X_scale": rng.uniform(0.01, 1, size=n).astype(np.float32), "W": R.pack_codes(codes, per_channel),
               "W_scale": rng.uniform(0.001, 0.1, size=o).astype(np.float32),
               "B": rng.normal(size=o).astype(np.float32)}
-    attrs.update(bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=wshape, relu=int(rng.integers(0, 2)))
-    return fmt.capitalize() + kind, inputs, attrs
+    attrs.update(act_bits=act_bits, act_zero_point=zp, weight_shape=wshape, relu=int(rng.integers(0, 2)))
+    if v1:
+        return fmt.capitalize() + kind, inputs, dict(attrs, bits=bits)
+    bits_attr = per_channel if len(set(per_channel)) > 1 or rng.random() < 0.3 else per_channel[:1]
+    return "Q" + kind, inputs, dict(attrs, format=fmt, bits=bits_attr)
+
+
+def weight_format(op: str, attrs: dict, need=None) -> tuple[str, object]:
+    """(format, bits) of a weighted node: attributes of QConv/QGemm/QConvFused, the name of a
+    version-1 op."""
+    get = need or (lambda name, kind: attrs[name])
+    if op.startswith("Q"):
+        fmt = get("format", str)
+        if fmt not in R.WEIGHT_FORMATS:
+            raise ValueError(f"format={fmt!r}")
+        return fmt, get("bits", list)
+    return FORMAT_OF[op[: -len(next(k for k in ("ConvFused", "Conv", "Gemm") if op.endswith(k)))]], get("bits", int)
 
 
 def quantize_case(rng, op: str) -> tuple[str, dict, dict]:
@@ -111,11 +131,12 @@ def pool_case(rng) -> tuple[str, dict, dict]:
 
 
 def fused_case(rng) -> tuple[str, dict, dict]:
-    """<Fmt>ConvFused: a valid conv case plus a residual (R) and/or an output quantizer."""
+    """QConvFused (or a version-1 <Fmt>ConvFused): a valid conv case plus a residual (R) and/or an output quantizer."""
     op, inputs, attrs = weighted_case(rng, "Conv")
     a = dict(attrs)
+    fmt, bits = weight_format(op, a)
     y = R.qconv(inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"],
-                fmt=FORMAT_OF[op[: -len("Conv")]], bits=a["bits"], act_bits=a["act_bits"],
+                fmt=fmt, bits=bits, act_bits=a["act_bits"],
                 act_zero_point=a["act_zero_point"], weight_shape=a["weight_shape"], strides=a["strides"],
                 pads=a["pads"], dilations=a["dilations"], group=a["group"])
     quantizer = str(rng.choice(["none", "lsq", "asq"]))
@@ -307,8 +328,8 @@ def reference(op: str, inputs: dict, attrs: dict) -> list[np.ndarray]:
                                    bool(signed), beta_map, groups))
     fused = op.endswith("ConvFused")
     kind = "ConvFused" if fused else "Conv" if op.endswith("Conv") else "Gemm"
-    fmt = FORMAT_OF[op[: -len(kind)]]
-    common = dict(fmt=fmt, bits=need("bits", int), act_bits=need("act_bits", int), act_zero_point=need("act_zero_point", int),
+    fmt, bits = weight_format(op, attrs, need)
+    common = dict(fmt=fmt, bits=bits, act_bits=need("act_bits", int), act_zero_point=need("act_zero_point", int),
                   weight_shape=need("weight_shape", list), relu=need("relu", int))
     if common["relu"] not in (0, 1):
         raise ValueError("relu")

@@ -42,14 +42,15 @@ def _op_case(op: str) -> tuple[dict, dict, list, tuple]:
                    "W2": rng.normal(size=(1, 2)).astype(np.float32), "B2": np.ones(1, np.float32)}
         return {"X": floats, **adapter}, dict(bits=4, signed=0, step=0.1), quantized, tuple(adapter)
     kind = next(k for k in ("ConvFused", "Conv", "Gemm") if op.endswith(k))
-    fmt = op[: -len(kind)].lower()
+    fmt = "post" if op.startswith("Q") else op[: -len(kind)].lower()  # QConv ... or version-1 PostConv ...
     values, valid = R.weight_lut(fmt, 3)
     wshape = [4, 4, 3, 3] if kind != "Gemm" else [5, 12]
     codes = rng.choice(np.nonzero(valid)[0], size=int(np.prod(wshape))).astype(np.uint8)
     x = rng.integers(0, 16, size=(2, 4, 5, 5) if kind != "Gemm" else (2, 12), dtype=np.uint8)
     inputs = {"X": x, "X_scale": np.ones(2, np.float32), "W": R.pack_codes(codes, 3),
               "W_scale": np.full(wshape[0], 0.5, np.float32), "B": np.zeros(wshape[0], np.float32)}
-    attrs = dict(bits=3, act_bits=4, act_zero_point=0, weight_shape=wshape)
+    attrs = dict(bits=[3], format=fmt) if op.startswith("Q") else dict(bits=3)
+    attrs.update(act_bits=4, act_zero_point=0, weight_shape=wshape)
     outputs = [("Y", TensorProto.FLOAT)]
     if kind != "Gemm":
         attrs.update(pads=[1, 1, 1, 1])
@@ -80,13 +81,13 @@ def test_unset_or_auto_is_the_fastest(value, monkeypatch, capfd):
     model, inputs = _model()
     make_session(serialize(model)).run(None, feeds(inputs, WEIGHTS))
     fastest = kernel_isas()[-1]
-    assert parse_kernel_trace(capfd.readouterr().err) == [KernelPath("node", "PostConv", fastest, fastest, None)]
+    assert parse_kernel_trace(capfd.readouterr().err) == [KernelPath("node", "QConv", fastest, fastest, None)]
 
 
 def test_unknown_path_is_refused_at_session_creation(monkeypatch):
     monkeypatch.setenv(KERNEL_ISA_ENV, "sse9")
     model, _ = _model()
-    with pytest.raises(Exception, match=r"PostConv: QEXPORT_KERNEL_ISA='sse9' is not a kernel path .*available here: scalar"):
+    with pytest.raises(Exception, match=r"QConv: QEXPORT_KERNEL_ISA='sse9' is not a kernel path .*available here: scalar"):
         make_session(serialize(model))
 
 

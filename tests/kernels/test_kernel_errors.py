@@ -93,14 +93,14 @@ def _check(exc, fragments):
 def test_float_x_is_refused_by_type() -> None:
     inputs = conv_inputs()
     inputs["X"] = inputs["X"].astype(np.float32)
-    expect_error(weighted_model("conv", "post", inputs, conv_attrs()), inputs, WEIGHTS, "PostConv", "tensor(float)",
+    expect_error(weighted_model("conv", "post", inputs, conv_attrs()), inputs, WEIGHTS, "QConv", "tensor(float)",
                  "(X)", at_run=False)
 
 
 def test_uint8_scale_is_refused_by_type() -> None:
     inputs = gemm_inputs()
     inputs["W_scale"] = inputs["W_scale"].astype(np.uint8)
-    expect_error(weighted_model("gemm", "uniform", inputs, gemm_attrs()), inputs, (), "UniformGemm",
+    expect_error(weighted_model("gemm", "uniform", inputs, gemm_attrs()), inputs, (), "QGemm",
                  "(W_scale)", at_run=False)
 
 
@@ -114,7 +114,7 @@ def test_asq_float64_input_is_refused_by_type() -> None:
 def test_wrong_number_of_inputs() -> None:
     inputs = gemm_inputs()
     del inputs["B"]
-    expect_error(weighted_model("gemm", "post", inputs, gemm_attrs(), ()), inputs, (), "PostGemm", "input size 4",
+    expect_error(weighted_model("gemm", "post", inputs, gemm_attrs(), ()), inputs, (), "QGemm", "input size 4",
                  at_run=False)
 
 
@@ -122,7 +122,7 @@ def test_conv_wrong_rank() -> None:
     inputs = conv_inputs()
     inputs["X"] = np.zeros((2, 4, 5), dtype=np.uint8)
     model = weighted_model("conv", "post", inputs, conv_attrs(), free_shapes=True)
-    sess = expect_error(model, inputs, WEIGHTS, "PostConv: ",
+    sess = expect_error(model, inputs, WEIGHTS, "QConv: ",
                         "input 'X' must be (N, C, H, W), got rank 3", at_run=True)
     # The session survives the error and still runs valid input.
     good = conv_inputs()
@@ -133,28 +133,28 @@ def test_conv_wrong_rank() -> None:
 def test_gemm_wrong_rank() -> None:
     inputs = gemm_inputs()
     inputs["X"] = np.zeros((2, 10, 1), dtype=np.uint8)
-    expect_error(weighted_model("gemm", "pot", inputs, gemm_attrs()), inputs, WEIGHTS, "PotGemm: ",
+    expect_error(weighted_model("gemm", "pot", inputs, gemm_attrs()), inputs, WEIGHTS, "QGemm: ",
                  "input 'X' must be (N, K), got rank 3", at_run=True)
 
 
 def test_conv_channels_not_group_times_weight_channels() -> None:
     inputs = conv_inputs(c=6, o=4, cg=2)
     expect_error(weighted_model("conv", "uniform", inputs, conv_attrs(o=4, cg=2, group=2)), inputs, WEIGHTS,
-                 "UniformConv: ", "input 'X' has 6 channels, expected group * weight_shape[1] = 2 * 2 = 4",
+                 "QConv: ", "input 'X' has 6 channels, expected group * weight_shape[1] = 2 * 2 = 4",
                  at_run=True)
 
 
 def test_gemm_wrong_k() -> None:
     inputs = gemm_inputs(k=10)
     inputs["X"] = np.zeros((2, 11), dtype=np.uint8)
-    expect_error(weighted_model("gemm", "post", inputs, gemm_attrs(k=10)), inputs, WEIGHTS, "PostGemm: ",
+    expect_error(weighted_model("gemm", "post", inputs, gemm_attrs(k=10)), inputs, WEIGHTS, "QGemm: ",
                  "input 'X' has 11 features, expected K = weight_shape[1] = 10", at_run=True)
 
 
 def test_x_scale_wrong_length() -> None:
     inputs = conv_inputs(n=2)
     inputs["X_scale"] = np.ones(3, dtype=np.float32)
-    expect_error(weighted_model("conv", "post", inputs, conv_attrs()), inputs, WEIGHTS, "PostConv: ",
+    expect_error(weighted_model("conv", "post", inputs, conv_attrs()), inputs, WEIGHTS, "QConv: ",
                  "input 'X_scale' has 3 entries for a batch of 2", at_run=True)
 
 
@@ -164,7 +164,7 @@ def test_w_scale_or_bias_wrong_length(name: str, constant: bool) -> None:
     inputs = conv_inputs(o=4)
     inputs[name] = np.ones(3, dtype=np.float32)
     const = WEIGHTS if constant else ("W",)
-    expect_error(weighted_model("conv", "pot", inputs, conv_attrs(), const), inputs, const, "PotConv: ",
+    expect_error(weighted_model("conv", "pot", inputs, conv_attrs(), const), inputs, const, "QConv: ",
                  f"input '{name}' has 3 entries for 4 output channels", at_run=not constant)
 
 
@@ -173,7 +173,7 @@ def test_gemm_bias_wrong_length(constant: bool) -> None:
     inputs = gemm_inputs(o=3)
     inputs["B"] = np.ones(5, dtype=np.float32)
     const = WEIGHTS if constant else ()
-    expect_error(weighted_model("gemm", "uniform", inputs, gemm_attrs(), const), inputs, const, "UniformGemm: ",
+    expect_error(weighted_model("gemm", "uniform", inputs, gemm_attrs(), const), inputs, const, "QGemm: ",
                  "input 'B' has 5 entries for 3 output channels", at_run=not constant)
 
 
@@ -183,7 +183,7 @@ def test_truncated_packed_weights(constant: bool) -> None:
     inputs = conv_inputs(o=4, cg=4, k=3, bits=3, fmt="post")  # 144 codes * 3 bits = 54 bytes
     inputs["W"] = inputs["W"][:-1]
     const = WEIGHTS if constant else ()
-    expect_error(weighted_model("conv", "post", inputs, conv_attrs(bits=3), const), inputs, const, "PostConv: ",
+    expect_error(weighted_model("conv", "post", inputs, conv_attrs(bits=3), const), inputs, const, "QConv: ",
                  "input 'W' holds 53 bytes, expected 54", at_run=not constant)
 
 
@@ -192,7 +192,7 @@ def test_too_long_packed_weights(constant: bool) -> None:
     inputs = gemm_inputs(k=10, o=3, bits=4)  # 30 codes * 4 bits = 15 bytes
     inputs["W"] = np.concatenate([inputs["W"], np.zeros(1, np.uint8)])
     const = WEIGHTS if constant else ()
-    expect_error(weighted_model("gemm", "uniform", inputs, gemm_attrs(), const), inputs, const, "UniformGemm: ",
+    expect_error(weighted_model("gemm", "uniform", inputs, gemm_attrs(), const), inputs, const, "QGemm: ",
                  "input 'W' holds 16 bytes, expected 15", at_run=not constant)
 
 
@@ -203,7 +203,7 @@ def test_nonzero_padding_bits(constant: bool) -> None:
     inputs["W"][-1] |= 0x80
     const = WEIGHTS if constant else ()
     expect_error(weighted_model("gemm", "uniform", inputs, gemm_attrs(k=5, o=1, bits=3), const), inputs, const,
-                 "UniformGemm: ", "input 'W' has non-zero padding bits", at_run=not constant)
+                 "QGemm: ", "input 'W' has non-zero padding bits", at_run=not constant)
 
 
 @pytest.mark.parametrize("fmt", ["pot", "post"])
@@ -213,7 +213,7 @@ def test_negative_zero_code(fmt: str, constant: bool) -> None:
     codes[37] = 0b1000  # 4-bit sign-magnitude: sign 1, magnitude 0
     inputs = conv_inputs(fmt=fmt, codes=codes)
     const = WEIGHTS if constant else ()
-    op = fmt.capitalize() + "Conv"
+    op = "QConv"
     expect_error(weighted_model("conv", fmt, inputs, conv_attrs(), const), inputs, const, f"{op}: ",
                  f"non-canonical {fmt} code 8 (negative zero) at weight index 37", at_run=not constant)
 
@@ -221,7 +221,7 @@ def test_negative_zero_code(fmt: str, constant: bool) -> None:
 def test_packed_weights_must_be_1d() -> None:
     inputs = gemm_inputs(k=10, o=3)
     inputs["W"] = inputs["W"].reshape(3, 5)
-    expect_error(weighted_model("gemm", "post", inputs, gemm_attrs(), ()), inputs, (), "PostGemm: ",
+    expect_error(weighted_model("gemm", "post", inputs, gemm_attrs(), ()), inputs, (), "QGemm: ",
                  "input 'W' must be 1-D", at_run=True)
 
 
@@ -234,7 +234,7 @@ def test_code_above_act_bits(kind: str) -> None:
         inputs, attrs = gemm_inputs(), gemm_attrs()
     inputs["X"] = inputs["X"].copy()
     inputs["X"].reshape(-1)[7] = 16
-    op = "PostConv" if kind == "conv" else "PostGemm"
+    op = "QConv" if kind == "conv" else "QGemm"
     expect_error(weighted_model(kind, "post", inputs, attrs), inputs, WEIGHTS, f"{op}: ",
                  "input 'X' holds code 16 above 2^act_bits - 1 = 15 (act_bits=4)", at_run=True)
 
@@ -244,7 +244,7 @@ def test_code_above_act_bits(kind: str) -> None:
 def test_weight_bits_out_of_range(fmt: str, bits: int) -> None:
     inputs = gemm_inputs(bits=4)
     hi = 8 if fmt == "uniform" else 4
-    op = fmt.capitalize() + "Gemm"
+    op = "QGemm"
     expect_error(weighted_model("gemm", fmt, inputs, gemm_attrs(bits=bits)), inputs, WEIGHTS, f"{op}: ",
                  f"attribute 'bits'={bits} is out of range for {fmt} weights (2..{hi})", at_run=False)
 
@@ -253,40 +253,40 @@ def test_weight_bits_out_of_range(fmt: str, bits: int) -> None:
 def test_act_bits_out_of_range(act_bits: int) -> None:
     inputs = conv_inputs()
     expect_error(weighted_model("conv", "post", inputs, conv_attrs(act_bits=act_bits)), inputs, WEIGHTS,
-                 "PostConv: ", f"attribute 'act_bits'={act_bits} is out of range (2..8)", at_run=False)
+                 "QConv: ", f"attribute 'act_bits'={act_bits} is out of range (2..8)", at_run=False)
 
 
 @pytest.mark.parametrize("zp", [-1, 16])
 def test_act_zero_point_out_of_range(zp: int) -> None:
     inputs = conv_inputs()
     expect_error(weighted_model("conv", "post", inputs, conv_attrs(act_zero_point=zp)), inputs, WEIGHTS,
-                 "PostConv: ", f"attribute 'act_zero_point'={zp} is out of range (0..15", at_run=False)
+                 "QConv: ", f"attribute 'act_zero_point'={zp} is out of range (0..15", at_run=False)
 
 
 def test_group_does_not_divide_out_channels() -> None:
     inputs = conv_inputs(c=3 * 4, o=16, cg=4)
     expect_error(weighted_model("conv", "post", inputs, conv_attrs(o=16, cg=4, group=3)), inputs, WEIGHTS,
-                 "PostConv: attribute 'group'=3 does not divide out channels 16", at_run=False)
+                 "QConv: attribute 'group'=3 does not divide out channels 16", at_run=False)
 
 
 def test_group_zero() -> None:
     inputs = conv_inputs()
     expect_error(weighted_model("conv", "post", inputs, conv_attrs(group=0)), inputs, WEIGHTS,
-                 "PostConv: attribute 'group'=0 must be >= 1", at_run=False)
+                 "QConv: attribute 'group'=0 must be >= 1", at_run=False)
 
 
 @pytest.mark.parametrize("pads", [[-1, 0, 0, 0], [0, 0, 0, -2], [1, 1]])
 def test_bad_pads(pads: list[int]) -> None:
     inputs = conv_inputs()
     expect_error(weighted_model("conv", "uniform", inputs, conv_attrs(pads=pads)), inputs, WEIGHTS,
-                 "UniformConv: ", f"attribute 'pads'={pads} must be 4 values >= 0", at_run=False)
+                 "QConv: ", f"attribute 'pads'={pads} must be 4 values >= 0", at_run=False)
 
 
 @pytest.mark.parametrize("name,value", [("strides", [0, 1]), ("strides", [1]), ("dilations", [1, 0])])
 def test_bad_strides_or_dilations(name: str, value: list[int]) -> None:
     inputs = conv_inputs()
     expect_error(weighted_model("conv", "pot", inputs, conv_attrs(**{name: value})), inputs, WEIGHTS,
-                 "PotConv: ", f"attribute '{name}'={value} must be 2 values >= 1", at_run=False)
+                 "QConv: ", f"attribute '{name}'={value} must be 2 values >= 1", at_run=False)
 
 
 @pytest.mark.parametrize("kind", ["conv", "gemm"])
@@ -295,7 +295,7 @@ def test_relu_not_boolean(kind: str) -> None:
         inputs, attrs = conv_inputs(), conv_attrs(relu=2)
     else:
         inputs, attrs = gemm_inputs(), gemm_attrs(relu=2)
-    op = "PostConv" if kind == "conv" else "PostGemm"
+    op = "QConv" if kind == "conv" else "QGemm"
     expect_error(weighted_model(kind, "post", inputs, attrs), inputs, WEIGHTS, f"{op}: ",
                  "attribute 'relu'=2 must be 0 or 1", at_run=False)
 
@@ -304,13 +304,13 @@ def test_relu_not_boolean(kind: str) -> None:
 def test_bad_weight_shape(shape: list[int]) -> None:
     inputs = conv_inputs()
     expect_error(weighted_model("conv", "post", inputs, conv_attrs(weight_shape=shape)), inputs, WEIGHTS,
-                 "PostConv: ", f"attribute 'weight_shape'={shape}", at_run=False)
+                 "QConv: ", f"attribute 'weight_shape'={shape}", at_run=False)
 
 
 def test_empty_output() -> None:
     inputs = conv_inputs(h=2, w=5, k=3)
     attrs = conv_attrs(k=3, pads=[0, 0, 0, 0])
-    expect_error(weighted_model("conv", "post", inputs, attrs), inputs, WEIGHTS, "PostConv: ",
+    expect_error(weighted_model("conv", "post", inputs, attrs), inputs, WEIGHTS, "QConv: ",
                  "output would be empty (0x3) for input 2x5 with kernel 3x3", at_run=True)
 
 
@@ -319,13 +319,13 @@ def test_missing_attribute(missing: str) -> None:
     inputs = conv_inputs()
     attrs = conv_attrs()
     del attrs[missing]
-    expect_error(weighted_model("conv", "post", inputs, attrs), inputs, WEIGHTS, "PostConv: ",
+    expect_error(weighted_model("conv", "post", inputs, attrs), inputs, WEIGHTS, "QConv: ",
                  f"missing required attribute '{missing}'", at_run=False)
 
 
 def test_attribute_of_wrong_type() -> None:
     inputs = gemm_inputs()
-    expect_error(weighted_model("gemm", "post", inputs, gemm_attrs(relu=1.0)), inputs, WEIGHTS, "PostGemm: ",
+    expect_error(weighted_model("gemm", "post", inputs, gemm_attrs(relu=1.0)), inputs, WEIGHTS, "QGemm: ",
                  "attribute 'relu' must be of type int", at_run=False)
 
 

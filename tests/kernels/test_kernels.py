@@ -23,7 +23,7 @@ from qexport.runtime import KERNEL_ISA_ENV, KERNEL_TRACE_ENV, kernel_isas, make_
 from qexport.spec import reference as R
 
 from kernel_graphs import (assert_bitwise_equal, check_trace, expected_path, feeds, quantize_model, serialize,
-                           single_node_model, weighted_model)
+                           single_node_model, weighted_model, weighted_op)
 
 N_CONV_CASES = 600
 N_LARGE_CONV_CASES = 24
@@ -67,7 +67,7 @@ def random_act(rng: np.random.Generator) -> tuple[int, int]:
 
 
 def random_format(rng: np.random.Generator) -> tuple[str, int]:
-    fmt = R.WEIGHT_FORMATS[int(rng.integers(0, 3))]
+    fmt = R.WEIGHT_FORMATS[int(rng.integers(0, len(R.WEIGHT_FORMATS)))]
     allowed = R.WEIGHT_BITS[fmt]
     return fmt, int(rng.integers(allowed.start, allowed.stop))
 
@@ -88,6 +88,23 @@ def random_weight_codes(rng: np.random.Generator, fmt: str, bits: int, count: in
         mags = np.abs(values[canonical])
         canonical = canonical[mags == mags.max()]
     return rng.choice(canonical, size=count).astype(np.uint8)
+
+
+def random_channel_bits(rng: np.random.Generator, fmt: str, bits: int, o: int) -> int | list[int]:
+    """One bit-width (most cases) or, in about a third, one per output channel (mixed precision)."""
+    if rng.random() < 0.65:
+        return bits
+    allowed = R.WEIGHT_BITS[fmt]
+    return [int(b) for b in rng.integers(allowed.start, allowed.stop, size=o)]
+
+
+def random_weights(rng: np.random.Generator, fmt: str, bits: int, weight_shape) -> tuple[int | list[int], np.ndarray]:
+    """(bits attribute, packed W): codes of each output channel at its bit-width."""
+    o, k = int(weight_shape[0]), int(np.prod(weight_shape[1:]))
+    bits = random_channel_bits(rng, fmt, bits, o)
+    per = [bits] * o if isinstance(bits, int) else bits
+    codes = np.stack([random_weight_codes(rng, fmt, b, k) for b in per])
+    return bits, R.pack_codes(codes, bits)
 
 
 def random_scales(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -148,11 +165,11 @@ def conv_case(seed: int, large: bool = False, wide: bool = False) -> dict:
         w = w_min + int(rng.integers(20, 150))
         n = int(rng.integers(1, 3))
     weight_shape = [o, cg, kh, kw]
-    wcodes = random_weight_codes(rng, fmt, bits, int(np.prod(weight_shape)))
+    bits, packed = random_weights(rng, fmt, bits, weight_shape)
     inputs = {
         "X": random_codes(rng, (n, c, h, w), act_bits),
         "X_scale": random_scales(rng, n if rng.random() < 0.7 else 1),
-        "W": R.pack_codes(wcodes, bits),
+        "W": packed,
         "W_scale": random_scales(rng, o),
         "B": random_bias(rng, o),
     }
@@ -226,13 +243,14 @@ def fused_case(seed: int) -> dict:
 
 
 def fused_model(case: dict):
-    """A <Fmt>ConvFused node; absent optional inputs and outputs are empty names."""
+    """A QConvFused node (the version-1 <Fmt>ConvFused if case["v1"]); absent optional inputs and
+    outputs are empty names."""
     from onnx import helper
 
     i, extra = case["inputs"], case["extra"]
     everything = {**i, **{k: v for k, v in extra.items() if v is not None}}
-    model = single_node_model(case["fmt"].capitalize() + "ConvFused", everything, [("Y", TensorProto.FLOAT)],
-                              case["attrs"], case["constant"])
+    op_type, attrs = weighted_op("conv_fused", case["fmt"], case["attrs"], case.get("v1", False))
+    model = single_node_model(op_type, everything, [("Y", TensorProto.FLOAT)], attrs, case["constant"])
     names = ["X", "X_scale", "W", "W_scale", "B", "R", "QW1", "QB1", "QW2", "QB2"]
     ins = [k if k in everything else "" for k in names]
     while not ins[-1]:
@@ -270,7 +288,7 @@ def test_fused_conv_matches_reference(seed: int) -> None:
 
 
 def test_fused_conv_equals_the_unfused_ops() -> None:
-    """conv -> Add -> Relu -> AsqQuantize as four nodes and as one PostConvFused: identical bits."""
+    """conv -> Add -> Relu -> AsqQuantize as four nodes and as one QConvFused: identical bits."""
     case = fused_case(3)
     o = case["attrs"]["weight_shape"][0]
     g = max(1, (2 * o) // 3)  # groups that (mostly) do not divide O
@@ -307,11 +325,11 @@ def gemm_case(seed: int) -> dict:
     else:
         n = int(rng.integers(1, 40)) if rng.random() < 0.3 else int(rng.integers(1, 5))
         k, o = int(rng.integers(1, 400)), int(rng.integers(1, 70))
-    wcodes = random_weight_codes(rng, fmt, bits, o * k)
+    bits, packed = random_weights(rng, fmt, bits, [o, k])
     inputs = {
         "X": random_codes(rng, (n, k), act_bits),
         "X_scale": random_scales(rng, n if rng.random() < 0.7 else 1),
-        "W": R.pack_codes(wcodes, bits),
+        "W": packed,
         "W_scale": random_scales(rng, o),
         "B": random_bias(rng, o),
     }
@@ -332,6 +350,33 @@ def test_gemm_matches_reference(seed: int) -> None:
     model = weighted_model("gemm", case["fmt"], case["inputs"], case["attrs"], case["constant"])
     (y,) = run_single(model, case["inputs"], case["constant"])
     assert_bitwise_equal(y, reference_gemm(case), f"gemm case {seed} ({case['fmt']}, {case['attrs']})")
+
+
+# --------------------------------------------------------------------------- version-1 ops
+@pytest.mark.parametrize("seed", range(12))
+def test_version1_ops_equal_the_codec_ops(seed: int) -> None:
+    """Files made before the codec ops (PostConv, PotGemm, UniformConvFused, ...: the format in the
+    name, one INT bits) still load and compute exactly what QConv / QGemm / QConvFused compute."""
+    for kind, case in (("conv", conv_case(seed)), ("gemm", gemm_case(seed)), ("conv_fused", fused_case(seed))):
+        if case["fmt"] not in ("post", "pot", "uniform"):  # formats added since have no version-1 op
+            continue
+        if not isinstance(case["attrs"]["bits"], int):
+            case["attrs"]["bits"] = R.WEIGHT_BITS[case["fmt"]].start  # version 1 has one bit-width ...
+            o, k = case["attrs"]["weight_shape"][0], int(np.prod(case["attrs"]["weight_shape"][1:]))
+            codes = np.stack([random_weight_codes(np.random.default_rng(seed), case["fmt"], case["attrs"]["bits"], k)
+                              for _ in range(o)])
+            case["inputs"]["W"] = R.pack_codes(codes, case["attrs"]["bits"])  # ... and its stream
+        outs = []
+        for v1 in (False, True):
+            if kind == "conv_fused":
+                model, everything = fused_model(dict(case, v1=v1))
+            else:
+                model, everything = weighted_model(kind, case["fmt"], case["inputs"], case["attrs"], case["constant"],
+                                                   v1=v1), case["inputs"]
+            outs.append(run_single(model, everything, case["constant"]))
+        assert model.graph.node[0].op_type.startswith(case["fmt"].capitalize())
+        for new, old in zip(*outs):
+            assert_bitwise_equal(old, new, f"{kind} case {seed}: version-1 op vs codec op")
 
 
 # --------------------------------------------------------------------------- accumulator width
@@ -374,9 +419,9 @@ def test_gemm_accumulator_width(k: int, kernel_isa: str, capfd: pytest.CaptureFi
     # up to the int32 bound the forced path's own gemm; beyond it the portable int64 code, said so
     (line,) = ran_paths(capfd)
     if k > INT32_LIMIT_K:
-        assert (line.path, line.reason) == portable_for_int64(kernel_isa, "UniformGemm"), line
+        assert (line.path, line.reason) == portable_for_int64(kernel_isa, "QGemm"), line
     else:
-        assert line.path == expected_path(kernel_isa, "UniformGemm") and line.reason != "int64_accumulator", line
+        assert line.path == expected_path(kernel_isa, "QGemm") and line.reason != "int64_accumulator", line
 
 
 @pytest.mark.parametrize("constant", [("W", "W_scale", "B"), ()])
@@ -401,8 +446,8 @@ def test_conv_int64_accumulator(constant: tuple[str, ...], kernel_isa: str, capf
     assert int(acc[0, 0, 1, 1]) == 9 * c * 128 * 128 > 2**31 - 1
     assert_bitwise_equal(y, expected, "conv int64 accumulator")
     (line,) = ran_paths(capfd)  # the portable int64 code, and the forced path says so
-    assert (line.op, line.selected, line.path, line.reason) == ("UniformConv", kernel_isa,
-                                                                *portable_for_int64(kernel_isa, "UniformConv")), line
+    assert (line.op, line.selected, line.path, line.reason) == ("QConv", kernel_isa,
+                                                                *portable_for_int64(kernel_isa, "QConv")), line
 
 
 # --------------------------------------------------------------------------- threads
@@ -696,12 +741,12 @@ def test_fused_asq_attributes_are_checked() -> None:
             model, everything = fused_model(case)
             with pytest.raises(Exception) as info:
                 run_single(model, everything, case["constant"])
-            for fragment in (case["fmt"].capitalize() + "ConvFused: ",) + fragments:
+            for fragment in ("QConvFused: ",) + fragments:
                 assert fragment in str(info.value), f"{extra_attrs}, QW1 (H, {cols}): {fragment!r} not in {info.value}"
 
 
 def test_post_levels_follow_the_shift_and_table_identity() -> None:
-    """A one-hot PostGemm recovers every POST level, equal to Eq. 18's shift/table product."""
+    """A one-hot QGemm (post) recovers every POST level, equal to Eq. 18's shift/table product."""
     for bits in (2, 3, 4):
         values, valid = R.weight_lut("post", bits)
         codes = np.nonzero(valid)[0].astype(np.uint8)
@@ -774,3 +819,22 @@ def test_mean_lane_order_is_the_defined_one(plane: int) -> None:
     model = single_node_model("GlobalAvgPool", {"X": x}, [("Y", TensorProto.FLOAT)], {})
     (y,) = run_single(model, {"X": x}, ())
     assert_bitwise_equal(y, R.global_avg_pool(x), f"GlobalAvgPool lane order, plane {plane}")
+
+
+@pytest.mark.parametrize("fmt", R.WEIGHT_FORMATS)
+def test_every_codec_decodes_to_the_reference_levels(fmt: str) -> None:
+    """A one-hot QGemm per codec and bit-width returns every canonical level: the C++ codec of each
+    name (src/codecs/) has exactly the Python codec's table (qexport/spec/codecs/)."""
+    for bits in R.WEIGHT_BITS[fmt]:
+        values, valid = R.weight_lut(fmt, bits)
+        codes = np.nonzero(valid)[0].astype(np.uint8)
+        o = codes.size
+        wcodes = np.zeros((o, o), dtype=np.uint8)
+        wcodes[np.arange(o), np.arange(o)] = codes
+        wcodes[~np.eye(o, dtype=bool)] = codes[np.argmin(np.abs(values[codes]))]  # the level 0 (or nearest)
+        x = np.eye(o, dtype=np.uint8)
+        inputs = {"X": x, "X_scale": np.ones(1, np.float32), "W": R.pack_codes(wcodes, bits),
+                  "W_scale": np.ones(o, np.float32), "B": np.zeros(o, np.float32)}
+        attrs = dict(bits=bits, act_bits=2, act_zero_point=0, weight_shape=[o, o], relu=0)
+        (y,) = run_single(weighted_model("gemm", fmt, inputs, attrs), inputs, ("W", "W_scale", "B"))
+        np.testing.assert_array_equal(np.diag(y), values[codes].astype(np.float32), f"{fmt} {bits}-bit")

@@ -56,7 +56,7 @@ def test_mixed_bits_model_exports_and_runs_bit_exact(tmp_path) -> None:
     proto = export_onnx(model, torch.from_numpy(x[:2]), tmp_path / "mixed.onnx")
     report = check_parity(model, proto, x)
     assert report.passed, report.failures
-    bits = {row.name: (row.op, row.bits, row.act_bits) for row in report.layers}
-    assert bits["features.4.0"] == ("PostConv", 2, 2) and bits["features.2.0"] == ("PostConv", 4, 4)
-    assert bits["features.1.0"] == ("UniformConv", 6, 6) and bits["features.3.0"] == ("PostConv", 3, 3)
+    bits = {row.name: (row.op, row.weights, row.bits, row.act_bits) for row in report.layers}
+    assert bits["features.4.0"] == ("QConv", "post", 2, 2) and bits["features.2.0"] == ("QConv", "post", 4, 4)
+    assert bits["features.1.0"] == ("QConv", "uniform", 6, 6) and bits["features.3.0"] == ("QConv", "post", 3, 3)
     assert all(row.mismatches == 0 for row in report.layers)

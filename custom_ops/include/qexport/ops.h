@@ -11,13 +11,16 @@
 #define QEXPORT_OP_LIST(X) \
   X(AsqQuantize)           \
   X(LsqQuantize)           \
+  X(QConv)                 \
+  X(QGemm)                 \
+  X(QConvFused)            \
+  X(GlobalAvgPool)         \
   X(PostConv)              \
   X(PotConv)               \
   X(UniformConv)           \
   X(PostGemm)              \
   X(PotGemm)               \
   X(UniformGemm)           \
-  X(GlobalAvgPool)         \
   X(PostConvFused)         \
   X(PotConvFused)          \
   X(UniformConvFused)

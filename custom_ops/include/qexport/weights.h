@@ -1,4 +1,4 @@
-// Weight formats, packed-weight decoding, the shared part of the weighted ops (attributes,
+// Packed-weight decoding (through the codecs of codec.h), the shared part of the weighted ops (attributes,
 // scales, epilogue) and the integer dot-product micro-kernels (docs/ops.md, "Weighted ops").
 #pragma once
 
@@ -8,29 +8,16 @@
 #include <string>
 #include <vector>
 
+#include "qexport/codec.h"
 #include "qexport/common.h"
 #include "qexport/simd.h"
 
 namespace qexport {
 
-enum class WeightFormat { kUniform, kPot, kPost };
+// The version-1 ops name their format (PostConv, PotGemm, UniformConvFused, ...): the codec name
+// of such an op name, or nullptr for QConv / QGemm / QConvFused, which read attribute `format`.
+const char* v1_format(const char* op) noexcept;
 
-const char* format_name(WeightFormat fmt) noexcept;  // "uniform" / "pot" / "post"
-int min_bits(WeightFormat fmt) noexcept;             // 2
-int max_bits(WeightFormat fmt) noexcept;             // uniform 8, pot/post 4
-
-// code -> integer weight, exactly reference.weight_lut. POST: T[e] = round(2^(F + e/2)),
-// F = 6 - (M-1)/2, M = 2^(b-1) - 1; even e are exact shifts 1 << (F + e/2).
-struct WeightLut {
-  int bits = 0;
-  std::array<int16_t, 256> value{};
-  std::array<bool, 256> valid{};  // false for the non-canonical "negative zero" of pot/post
-  int64_t wmax = 0;               // largest |value|
-};
-WeightLut make_weight_lut(WeightFormat fmt, int bits);
-
-// Number of bytes of `count` packed codes of `bits` bits: ceil(count * bits / 8).
-int64_t packed_length(const char* op, int64_t count, int bits);
 
 // Multiple of 16 >= k (rows of decoded weights and im2col rows are zero-padded to it, so that the
 // dot-product loops have no remainder).
@@ -38,8 +25,10 @@ inline int64_t padded_length(int64_t k) { return (k + 15) / 16 * 16; }
 
 // Attributes shared by the conv and gemm ops, validated at kernel creation.
 struct WeightedAttrs {
-  WeightFormat fmt = WeightFormat::kUniform;
-  int bits = 0;
+  const WeightCodec* codec = nullptr;
+  std::vector<int> bits;     // bit-width of each output channel (O entries)
+  std::array<WeightLut, 9> luts;  // luts[b]: the level table of bit-width b (those in `bits`)
+  int64_t wmax = 0;          // largest |weight| over the channels' bit-widths
   int act_bits = 0;
   int act_zero_point = 0;
   bool relu = false;
@@ -48,17 +37,17 @@ struct WeightedAttrs {
   int64_t k = 0;             // dot-product length: (C/group)*kH*kW or K
   int64_t k_padded = 0;      // padded_length(k)
   int64_t count = 0;         // numel(weight_shape)
-  int64_t packed_bytes = 0;  // ceil(count * bits / 8)
-  WeightLut lut;
+  int64_t packed_bytes = 0;  // ceil(k * sum(bits) / 8)
   bool int64_acc = false;    // K * A * Wmax > INT32_MAX
   int64_t chunk = 0;         // int32 partial-sum length (k_padded unless int64_acc)
 };
-// Reads and checks bits, act_bits, act_zero_point, relu and weight_shape (rank `rank`).
-WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, WeightFormat fmt, size_t rank);
+// Reads and checks format (or the version-1 op name's format), bits, act_bits, act_zero_point,
+// relu and weight_shape (rank `rank`).
+WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, size_t rank);
 
-// Unpacks and decodes `a.count` codes into `a.out_channels` rows of `a.k` int16 weights, row
-// stride a.k_padded (zero padding). Checks the exact length, zero padding bits and canonical
-// codes; errors name input 'W'.
+// Unpacks and decodes the fixed-width stream (row o: k codes of bits[o] bits; docs/ops.md "Weight
+// codecs") into `a.out_channels` rows of `a.k` int16 weights, row stride a.k_padded (zero
+// padding). Checks the exact length, zero padding bits and canonical codes; errors name input 'W'.
 void decode_weights(const char* op, const WeightedAttrs& a, const uint8_t* packed, int64_t packed_len,
                     int16_t* out);
 
@@ -184,14 +173,14 @@ inline void dot_rows(const int16_t* a, const int16_t* w, size_t stride, size_t r
 namespace qexport {
 
 // The op object of a weighted op: inputs X (uint8), X_scale, W (uint8), W_scale, B; output Y.
-// Kernel is constructed as Kernel(info, op_name, Fmt) and reports errors by throwing.
-template <typename Kernel, WeightFormat Fmt>
-struct WeightedOp : Ort::CustomOpBase<WeightedOp<Kernel, Fmt>, Kernel, /*WithStatus=*/true> {
+// Kernel is constructed as Kernel(info, op_name) and reports errors by throwing.
+template <typename Kernel>
+struct WeightedOp : Ort::CustomOpBase<WeightedOp<Kernel>, Kernel, /*WithStatus=*/true> {
   explicit WeightedOp(const char* name) : name_(name) {}
 
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
     *kernel = nullptr;
-    return guarded(name_, node_name(info), [&] { *kernel = new Kernel(info, name_, Fmt); });
+    return guarded(name_, node_name(info), [&] { *kernel = new Kernel(info, name_); });
   }
 
   const char* GetName() const { return name_; }

@@ -1,4 +1,4 @@
-// PostConv, PotConv, UniformConv: 2-D convolution of uint8 activation codes with packed
+// QConv (and the version-1 PostConv, PotConv, UniformConv): 2-D convolution of uint8 activation codes with packed
 // low-bit weights, exact integer accumulation, float32 epilogue. Reproduces reference.qconv bit
 // for bit (docs/ops.md).
 //
@@ -77,15 +77,15 @@ void build_vectors(const ConvGeometry& g, int64_t lanes, std::vector<int32_t>* v
 
 class ConvKernel {
  public:
-  ConvKernel(const OrtKernelInfo* info, const char* op, WeightFormat fmt, bool fused)
-      : op_(op), node_(node_name(info)), fused_(fused), state_(init(info, op, fmt)), trace_(op, node_) {
+  ConvKernel(const OrtKernelInfo* info, const char* op, bool fused)
+      : op_(op), node_(node_name(info)), fused_(fused), state_(init(info, op)), trace_(op, node_) {
     const WeightedAttrs& a = state_.attrs();
     if (fused_) init_fused(info);
     simd_ = simd_kernels(select_isa(op));
     fast_ = simd_->conv != nullptr && !a.int64_acc;
     if (!fast_) return;
     act_offset_ = act_offset_for(*simd_, a.act_bits);
-    safe16_ = 2 * ((int64_t{1} << a.act_bits) - 1) * a.lut.wmax <= 32767;
+    safe16_ = 2 * ((int64_t{1} << a.act_bits) - 1) * a.wmax <= 32767;
     if (state_.weights_constant()) pack_weights(state_.weights_at_creation(), &packed_);
   }
 
@@ -151,8 +151,8 @@ class ConvKernel {
   };
 
   // Reads and checks the attributes (before WeightedState decodes constant weights).
-  WeightedState init(const OrtKernelInfo* info, const char* op, WeightFormat fmt) {
-    WeightedAttrs a = read_weighted_attrs(info, op, fmt, 4);
+  WeightedState init(const OrtKernelInfo* info, const char* op) {
+    WeightedAttrs a = read_weighted_attrs(info, op, 4);
     Attributes attrs(info, op);
     const std::vector<int64_t> strides = attrs.get_ints("strides", {1, 1});
     const std::vector<int64_t> pads = attrs.get_ints("pads", {0, 0, 0, 0});
@@ -607,21 +607,19 @@ class ConvKernel {
   PathTrace trace_;        // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
-// The plain conv ops construct ConvKernel(info, name, fmt): a conv kernel that is not fused.
-template <WeightFormat Fmt>
+// The plain conv ops construct ConvKernel(info, name): a conv kernel that is not fused.
 struct PlainConv : ConvKernel {
-  PlainConv(const OrtKernelInfo* info, const char* op, WeightFormat fmt) : ConvKernel(info, op, fmt, false) {}
+  PlainConv(const OrtKernelInfo* info, const char* op) : ConvKernel(info, op, false) {}
 };
 
-// <Fmt>ConvFused: inputs X, X_scale, W, W_scale, B, then the optional R, QW1, QB1, QW2, QB2;
-// optional outputs Y (float), Q (uint8 codes), Q_scale (float).
-template <WeightFormat Fmt>
-struct FusedConvOp : Ort::CustomOpBase<FusedConvOp<Fmt>, ConvKernel, /*WithStatus=*/true> {
+// QConvFused (and the version-1 <Fmt>ConvFused): inputs X, X_scale, W, W_scale, B, then the
+// optional R, QW1, QB1, QW2, QB2; optional outputs Y (float), Q (uint8 codes), Q_scale (float).
+struct FusedConvOp : Ort::CustomOpBase<FusedConvOp, ConvKernel, /*WithStatus=*/true> {
   explicit FusedConvOp(const char* name) : name_(name) {}
 
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
     *kernel = nullptr;
-    return guarded(name_, node_name(info), [&] { *kernel = new ConvKernel(info, name_, Fmt, true); });
+    return guarded(name_, node_name(info), [&] { *kernel = new ConvKernel(info, name_, true); });
   }
 
   const char* GetName() const { return name_; }
@@ -642,19 +640,17 @@ struct FusedConvOp : Ort::CustomOpBase<FusedConvOp<Fmt>, ConvKernel, /*WithStatu
   const char* name_;
 };
 
-using PostConvOp = WeightedOp<PlainConv<WeightFormat::kPost>, WeightFormat::kPost>;
-using PotConvOp = WeightedOp<PlainConv<WeightFormat::kPot>, WeightFormat::kPot>;
-using UniformConvOp = WeightedOp<PlainConv<WeightFormat::kUniform>, WeightFormat::kUniform>;
-using PostConvFusedOp = FusedConvOp<WeightFormat::kPost>;
-using PotConvFusedOp = FusedConvOp<WeightFormat::kPot>;
-using UniformConvFusedOp = FusedConvOp<WeightFormat::kUniform>;
+using PlainConvOp = WeightedOp<PlainConv>;
 
 }  // namespace
 }  // namespace qexport
 
-QEXPORT_DEFINE_OP(PostConv, qexport::PostConvOp)
-QEXPORT_DEFINE_OP(PotConv, qexport::PotConvOp)
-QEXPORT_DEFINE_OP(UniformConv, qexport::UniformConvOp)
-QEXPORT_DEFINE_OP(PostConvFused, qexport::PostConvFusedOp)
-QEXPORT_DEFINE_OP(PotConvFused, qexport::PotConvFusedOp)
-QEXPORT_DEFINE_OP(UniformConvFused, qexport::UniformConvFusedOp)
+QEXPORT_DEFINE_OP(QConv, qexport::PlainConvOp)
+QEXPORT_DEFINE_OP(QConvFused, qexport::FusedConvOp)
+// Version 1 (format in the op name; docs/ops.md "Versions"): the same kernels.
+QEXPORT_DEFINE_OP(PostConv, qexport::PlainConvOp)
+QEXPORT_DEFINE_OP(PotConv, qexport::PlainConvOp)
+QEXPORT_DEFINE_OP(UniformConv, qexport::PlainConvOp)
+QEXPORT_DEFINE_OP(PostConvFused, qexport::FusedConvOp)
+QEXPORT_DEFINE_OP(PotConvFused, qexport::FusedConvOp)
+QEXPORT_DEFINE_OP(UniformConvFused, qexport::FusedConvOp)

@@ -1,4 +1,4 @@
-// PostGemm, PotGemm, UniformGemm: Y = (X - zero_point) W^T with X (N, K) uint8 codes and W (O, K)
+// QGemm (and the version-1 PostGemm, PotGemm, UniformGemm): Y = (X - zero_point) W^T with X (N, K) uint8 codes and W (O, K)
 // packed low-bit weights, exact integer accumulation, float32 epilogue. Reproduces
 // reference.qgemm bit for bit (docs/ops.md).
 #include <cstring>
@@ -19,14 +19,14 @@ constexpr int64_t kTaskMacs = int64_t{1} << 18;  // target multiply-adds per par
 
 class GemmKernel {
  public:
-  GemmKernel(const OrtKernelInfo* info, const char* op, WeightFormat fmt)
-      : op_(op), node_(node_name(info)), state_(info, op, read_weighted_attrs(info, op, fmt, 2)), trace_(op, node_) {
+  GemmKernel(const OrtKernelInfo* info, const char* op)
+      : op_(op), node_(node_name(info)), state_(info, op, read_weighted_attrs(info, op, 2)), trace_(op, node_) {
     const WeightedAttrs& a = state_.attrs();
     simd_ = simd_kernels(select_isa(op));
     fast_ = simd_->gemm != nullptr && !a.int64_acc;
     if (!fast_) return;
     act_offset_ = act_offset_for(*simd_, a.act_bits);
-    safe16_ = 2 * ((int64_t{1} << a.act_bits) - 1) * a.lut.wmax <= 32767;
+    safe16_ = 2 * ((int64_t{1} << a.act_bits) - 1) * a.wmax <= 32767;
     if (state_.weights_constant())
       pack_gemm_weights(a, state_.weights_at_creation(), simd_->gemm_block, act_offset_, &packed_);
   }
@@ -167,13 +167,13 @@ class GemmKernel {
   PathTrace trace_;       // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
-using PostGemmOp = WeightedOp<GemmKernel, WeightFormat::kPost>;
-using PotGemmOp = WeightedOp<GemmKernel, WeightFormat::kPot>;
-using UniformGemmOp = WeightedOp<GemmKernel, WeightFormat::kUniform>;
+using GemmOp = WeightedOp<GemmKernel>;
 
 }  // namespace
 }  // namespace qexport
 
-QEXPORT_DEFINE_OP(PostGemm, qexport::PostGemmOp)
-QEXPORT_DEFINE_OP(PotGemm, qexport::PotGemmOp)
-QEXPORT_DEFINE_OP(UniformGemm, qexport::UniformGemmOp)
+QEXPORT_DEFINE_OP(QGemm, qexport::GemmOp)
+// Version 1 (format in the op name; docs/ops.md "Versions"): the same kernel.
+QEXPORT_DEFINE_OP(PostGemm, qexport::GemmOp)
+QEXPORT_DEFINE_OP(PotGemm, qexport::GemmOp)
+QEXPORT_DEFINE_OP(UniformGemm, qexport::GemmOp)

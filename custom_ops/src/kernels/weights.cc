@@ -2,76 +2,60 @@
 // (see include/qexport/weights.h and docs/ops.md).
 #include "qexport/weights.h"
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstring>
 
 namespace qexport {
 
-const char* format_name(WeightFormat fmt) noexcept {
-  switch (fmt) {
-    case WeightFormat::kUniform: return "uniform";
-    case WeightFormat::kPot: return "pot";
-    case WeightFormat::kPost: return "post";
-  }
-  return "?";
+const char* v1_format(const char* op) noexcept {
+  const std::string name(op);
+  if (name == "QConv" || name == "QGemm" || name == "QConvFused") return nullptr;
+  if (name.rfind("Post", 0) == 0) return "post";
+  if (name.rfind("Pot", 0) == 0) return "pot";
+  if (name.rfind("Uniform", 0) == 0) return "uniform";
+  return nullptr;
 }
 
-int min_bits(WeightFormat) noexcept { return 2; }
-
-int max_bits(WeightFormat fmt) noexcept { return fmt == WeightFormat::kUniform ? 8 : 4; }
-
 namespace {
-// POST table entry T[e] = round(2^(F + e/2)), F = 6 - (M-1)/2 (reference._post_table).
-int64_t post_level(int bits, int e) {
-  const int m = (1 << (bits - 1)) - 1;
-  const int f = 6 - (m - 1) / 2;
-  if (e % 2 == 0) return int64_t{1} << (f + e / 2);  // even exponent: an exact shift
-  // Odd exponent: 2^(F + e/2) is irrational, far from a rounding tie.
-  return static_cast<int64_t>(std::nearbyint(std::exp2(f + e / 2.0)));
+// The codec and per-channel bit-widths of a weighted op. Version 2 (QConv ...): attribute
+// `format` names the codec, `bits` (INTS) has 1 or O entries. Version 1: the op name gives the
+// format and `bits` is one INT.
+void read_format_and_bits(const Attributes& attrs, const char* op, WeightedAttrs* a) {
+  const char* fixed = v1_format(op);
+  const std::string format = fixed != nullptr ? fixed : attrs.get_string("format", "");
+  if (format.empty()) invalid(op, "attribute 'format' is missing (a weight codec: ", codec_names(), ")");
+  a->codec = find_codec(format);
+  if (a->codec == nullptr)
+    invalid(op, "attribute 'format'='", format, "' is not a weight codec of this library (", codec_names(), ")");
+  std::vector<int64_t> bits;
+  if (fixed != nullptr) {
+    bits.push_back(attrs.get_int("bits"));
+  } else {
+    bits = attrs.get_ints("bits");
+  }
+  if (bits.size() != 1 && static_cast<int64_t>(bits.size()) != a->out_channels)
+    invalid(op, "attribute 'bits' has ", bits.size(), " entries; expected 1 (every output channel) or ",
+            a->out_channels, " (one per output channel)");
+  const WeightCodec& c = *a->codec;
+  a->bits.assign(static_cast<size_t>(a->out_channels), 0);
+  for (int64_t o = 0; o < a->out_channels; ++o) {
+    const int64_t b = bits[bits.size() == 1 ? 0 : static_cast<size_t>(o)];
+    if (b < c.min_bits || b > c.max_bits)
+      invalid(op, "attribute 'bits'=", b, bits.size() == 1 ? "" : " (output channel " + std::to_string(o) + ")",
+              " is out of range for ", c.name, " weights (", c.min_bits, "..", c.max_bits, ")");
+    a->bits[static_cast<size_t>(o)] = static_cast<int>(b);
+    WeightLut& lut = a->luts[static_cast<size_t>(b)];
+    if (lut.bits == 0) lut = make_weight_lut(c, static_cast<int>(b));
+    if (lut.wmax > a->wmax) a->wmax = lut.wmax;
+  }
 }
 }  // namespace
 
-WeightLut make_weight_lut(WeightFormat fmt, int bits) {
-  WeightLut lut;
-  lut.bits = bits;
-  const int codes = 1 << bits, half = 1 << (bits - 1);
-  for (int code = 0; code < codes; ++code) {
-    int64_t v = 0;
-    bool valid = true;
-    if (fmt == WeightFormat::kUniform) {
-      v = code >= half ? code - codes : code;
-    } else {
-      const int sign = code >> (bits - 1), mag = code & (half - 1);
-      if (mag == 0) {
-        valid = sign == 0;  // "negative zero" is not canonical
-      } else {
-        const int64_t level = fmt == WeightFormat::kPot ? (int64_t{1} << (mag - 1)) : post_level(bits, mag - 1);
-        v = sign ? -level : level;
-      }
-    }
-    lut.value[code] = static_cast<int16_t>(v);
-    lut.valid[code] = valid;
-    if ((v < 0 ? -v : v) > lut.wmax) lut.wmax = v < 0 ? -v : v;
-  }
-  return lut;
-}
-
-int64_t packed_length(const char* op, int64_t count, int bits) {
-  const int64_t total_bits = checked_mul(op, count, bits, "attribute 'weight_shape'");
-  return total_bits / 8 + (total_bits % 8 != 0);
-}
-
-WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, WeightFormat fmt, size_t rank) {
+WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, size_t rank) {
   Attributes attrs(info, op);
   WeightedAttrs a;
-  a.fmt = fmt;
-
-  const int64_t bits = attrs.get_int("bits");
-  if (bits < min_bits(fmt) || bits > max_bits(fmt))
-    invalid(op, "attribute 'bits'=", bits, " is out of range for ", format_name(fmt), " weights (", min_bits(fmt),
-            "..", max_bits(fmt), ")");
-  a.bits = static_cast<int>(bits);
 
   const int64_t act_bits = attrs.get_int("act_bits");
   if (act_bits < 2 || act_bits > 8) invalid(op, "attribute 'act_bits'=", act_bits, " is out of range (2..8)");
@@ -101,12 +85,15 @@ WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, Wei
   a.k = count / a.out_channels;
   a.k_padded = padded_length(a.k);
   checked_mul(op, a.out_channels, a.k_padded, "attribute 'weight_shape'");
-  a.packed_bytes = packed_length(op, count, a.bits);
-  a.lut = make_weight_lut(fmt, a.bits);
+  read_format_and_bits(attrs, op, &a);
+  int64_t total_bits = 0;  // k * sum(bits) <= count * 8: no overflow once count * 8 is checked
+  checked_mul(op, count, 8, "attribute 'weight_shape'");
+  for (int b : a.bits) total_bits += a.k * b;
+  a.packed_bytes = total_bits / 8 + (total_bits % 8 != 0);
 
-  // Overflow bound (docs/ops.md): |acc| <= K * A * Wmax.
+  // Overflow bound (docs/ops.md): |acc| <= K * A * Wmax, Wmax over every channel's bit-width.
   const int64_t amax = zp > code_max - zp ? zp : code_max - zp;
-  const int64_t per_term = amax * a.lut.wmax;  // <= 255 * 128
+  const int64_t per_term = amax * a.wmax;  // <= 255 * 128
   const int64_t max_terms = per_term > 0 ? INT32_MAX / per_term : INT64_MAX;
   a.int64_acc = a.k > max_terms;
   a.chunk = a.int64_acc ? (max_terms / 16) * 16 : a.k_padded;
@@ -115,16 +102,21 @@ WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, Wei
 
 void decode_weights(const char* op, const WeightedAttrs& a, const uint8_t* packed, int64_t packed_len,
                     int16_t* out) {
-  if (packed_len != a.packed_bytes)
-    invalid(op, "input 'W' holds ", packed_len, " bytes, expected ", a.packed_bytes, " = ceil(", a.count, " codes * ",
-            a.bits, " bits / 8) for weight_shape ", list_str(a.weight_shape));
-  const WeightLut& lut = a.lut;
-  const int bits = a.bits;
-  const uint32_t mask = (1u << bits) - 1u;
+  if (packed_len != a.packed_bytes) {
+    const int lo = *std::min_element(a.bits.begin(), a.bits.end());
+    const int hi = *std::max_element(a.bits.begin(), a.bits.end());
+    const std::string widths = lo == hi ? std::to_string(lo) : std::to_string(lo) + ".." + std::to_string(hi) +
+                                                                  " (per channel)";
+    invalid(op, "input 'W' holds ", packed_len, " bytes, expected ", a.packed_bytes, " = ceil(", a.count,
+            " codes of ", widths, " bits / 8) for weight_shape ", list_str(a.weight_shape));
+  }
   uint32_t buf = 0;  // holds < 8 + bits <= 16 pending bits
   int nbits = 0;
   int64_t byte = 0;
   for (int64_t o = 0; o < a.out_channels; ++o) {
+    const int bits = a.bits[static_cast<size_t>(o)];
+    const WeightLut& lut = a.luts[static_cast<size_t>(bits)];
+    const uint32_t mask = (1u << bits) - 1u;
     int16_t* row = out + o * a.k_padded;
     for (int64_t k = 0; k < a.k; ++k) {
       if (nbits < bits) {
@@ -135,15 +127,14 @@ void decode_weights(const char* op, const WeightedAttrs& a, const uint8_t* packe
       buf >>= bits;
       nbits -= bits;
       if (!lut.valid[code])
-        invalid(op, "input 'W' holds the non-canonical ", format_name(a.fmt), " code ", code,
+        invalid(op, "input 'W' holds the non-canonical ", a.codec->name, " code ", code,
                 " (negative zero) at weight index ", o * a.k + k, " (output channel ", o, ")");
       row[k] = lut.value[code];
     }
     std::memset(row + a.k, 0, sizeof(int16_t) * static_cast<size_t>(a.k_padded - a.k));
   }
   // Every byte is consumed (the length is exact); what is left in buf are the padding bits.
-  if (buf != 0)
-    invalid(op, "input 'W' has non-zero padding bits after the last of ", a.count, " codes of ", bits, " bits");
+  if (buf != 0) invalid(op, "input 'W' has non-zero padding bits after the last of ", a.count, " codes");
 }
 
 namespace {
