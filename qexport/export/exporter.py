@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import warnings
@@ -14,9 +13,10 @@ from torch import nn
 
 from .. import __version__
 from ..io import atomic_write_bytes
-from ..nn.deploy import deploy_layers, to_deploy
+from ..lower.description import LAYERS_KEY
+from ..lower.modules import deploy_layers, lower, to_deploy
 from ..spec import reference as R
-from .ops import OPS, TRANSLATIONS
+from ..lower.ops import OPS, TRANSLATIONS
 from .passes import fuse_conv_blocks
 
 
@@ -37,8 +37,11 @@ def _module_of(node: onnx.NodeProto, suffixes: tuple[str, ...]) -> str | None:
 
 
 def _finalize(proto: onnx.ModelProto, deploy: nn.Module, meta: dict[str, str]) -> None:
+    """Names the custom nodes after their layers (``<layer>/op``, ``<layer>/quantize``), checks that
+    every layer exported to one weighted node reading a quantizer's codes, and writes the layer
+    description with each layer's place in the graph (``qexport.bits``, qexport.lower.description)."""
     layers = deploy_layers(deploy)
-    seen: dict[str, list[str]] = {}
+    ops: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:
         if node.domain != R.DOMAIN:
             continue
@@ -50,20 +53,26 @@ def _finalize(proto: onnx.ModelProto, deploy: nn.Module, meta: dict[str, str]) -
         layer = _module_of(node, (".DeployConv2d", ".DeployLinear"))
         if layer is None or layer not in layers:
             raise ExportError(f"cannot tell which layer emitted node {node.name} ({node.op_type})")
-        role = "quantize" if OPS[node.op_type].kind == "quantize" else "op"
-        node.name = f"{layer}/{role}"
-        seen.setdefault(layer, []).append(role)
-    missing = [name for name in layers if sorted(seen.get(name, [])) != ["op", "quantize"]]
-    if missing:
-        raise ExportError(f"layers {missing} did not export to one quantize node and one op node each")
+        if OPS[node.op_type].kind == "quantize":
+            # Two layers whose quantizers are identical and read the same tensor (a residual
+            # block's first conv and its shortcut) share one node: the exporter merges them.
+            node.name = f"{layer}/quantize"
+        else:
+            node.name = f"{layer}/op"
+            ops.setdefault(layer, []).append(node)
+    quantized = {o for n in proto.graph.node if n.domain == R.DOMAIN and OPS[n.op_type].kind == "quantize"
+                 for o in n.output}
+    bad = [name for name in layers if len(ops.get(name, [])) != 1 or ops[name][0].input[0] not in quantized]
+    if bad:
+        raise ExportError(f"layers {bad} did not export to one weighted node reading a quantize node's codes")
+    description = lower(deploy).bind(proto.graph)
     # Scopes and stack traces (with local file paths) are dropped: smaller, deterministic files.
     for node in proto.graph.node:
         del node.metadata_props[:]
     proto.producer_name = "qexport"
     proto.producer_version = __version__
     proto.doc_string = "Quantized by qexport; custom ops in domain ai.qexport (docs/ops.md)."
-    bits = {name: layer.describe() for name, layer in layers.items()}
-    entries = {"qexport.version": __version__, "qexport.bits": json.dumps(bits, sort_keys=True), **meta}
+    entries = {"qexport.version": __version__, LAYERS_KEY: description.to_metadata(), **meta}
     del proto.metadata_props[:]
     for key in sorted(entries):
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=str(entries[key])))

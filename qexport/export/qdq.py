@@ -74,11 +74,11 @@ from torch import nn
 
 from .. import __version__
 from ..io import atomic_write_bytes
-from ..nn.deploy import DeployQuantize, deploy_layers, to_deploy
+from ..lower.modules import DeployQuantize, deploy_layers, to_deploy
 from ..nn.layers import QuantMixin
 from ..spec import reference as R
 from .exporter import ExportError, _module_of, quiet_exporter
-from .ops import OPS, TRANSLATIONS
+from ..lower.ops import OPS, TRANSLATIONS
 
 __all__ = ["FORMATS", "QdqError", "qdq_incompatibilities", "check_qdq_compatible", "export_qdq",
            "check_qdq_parity", "weight_tensor", "WEIGHT_ZERO_POINT", "layer_codes_tensors", "plain_session",
@@ -479,8 +479,7 @@ def check_qdq_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y:
     def keep(key: str):
         return lambda mod, inp, out: captured.__setitem__(key, out[0].numpy())
 
-    hooks = [m.register_forward_hook(keep(name.rsplit(".quant", 1)[0]))
-             for name, m in deploy.named_modules() if isinstance(m, DeployQuantize)]
+    hooks = [layer.quant.register_forward_hook(keep(name)) for name, layer in deploy_layers(deploy).items()]
     vs_deploy, vs_trained = OutputCompare(), OutputCompare()
     correct = {"torch": 0, "deploy": 0, "onnx": 0}
     try:

@@ -23,8 +23,8 @@ import onnx
 import torch
 from torch import nn
 
-from ..export.passes import quantize_codes_tensor
-from ..nn.deploy import DeployQuantize, deploy_layers, to_deploy
+from ..lower.description import IntegerModel
+from ..lower.modules import deploy_layers, to_deploy
 from ..spec import reference as R
 from .steps import asq_scale_outputs, spread
 
@@ -151,35 +151,46 @@ def _quant_of(proto: onnx.ModelProto) -> dict:
     return {k: config[k] for k in ("method", "bits", "act_bits") if config.get(k) is not None}
 
 
-def _onnx_with_code_outputs(proto: onnx.ModelProto, layers: list[str]) -> tuple[bytes, dict[str, str]]:
-    """A copy of the model that also outputs each layer's activation codes and every ASQ
-    quantizer's per-sample step."""
+def _onnx_with_code_outputs(proto: onnx.ModelProto, description: IntegerModel) -> bytes:
+    """A copy of the model that also outputs each layer's activation codes (the tensor its
+    weighted node reads, from the file's layer description) and every ASQ quantizer's step."""
     model = onnx.ModelProto()
     model.CopyFrom(proto)
-    outputs, existing = {}, {o.name for o in model.graph.output}
+    existing = {o.name for o in model.graph.output}
     for scale in (q["output"] for q in asq_scale_outputs(model).values()):
         if scale not in existing:
             model.graph.output.append(onnx.helper.make_tensor_value_info(scale, onnx.TensorProto.FLOAT, None))
             existing.add(scale)
-    for layer in layers:
-        codes = quantize_codes_tensor(model.graph, f"{layer}/quantize")  # also inside a fused conv
-        if codes is None:
-            raise ValueError(f"the ONNX model has no node {layer}/quantize: was it exported from this model?")
-        outputs[layer] = codes
-        if codes not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(codes, onnx.TensorProto.UINT8, None))
-    return model.SerializeToString(), outputs
+    for spec in description.layers.values():
+        if spec.onnx.codes not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(spec.onnx.codes, onnx.TensorProto.UINT8, None))
+            existing.add(spec.onnx.codes)
+    return model.SerializeToString()
 
 
-def _check_weights(proto: onnx.ModelProto, deploy: nn.Module, rows: dict[str, LayerParity]) -> list[str]:
+def _description(proto: onnx.ModelProto, deploy: nn.Module) -> IntegerModel:
+    """The file's layer description, checked against the model's layers and the graph."""
+    description = IntegerModel.from_onnx(proto)
+    ours, theirs = set(deploy_layers(deploy)), set(description.layers)
+    if ours != theirs:
+        raise ValueError(f"the ONNX model's layers differ from the PyTorch model's (only in PyTorch: "
+                         f"{sorted(ours - theirs)[:5]}, only in ONNX: {sorted(theirs - ours)[:5]}): "
+                         "was it exported from this model?")
+    tensors = {o for n in proto.graph.node for o in n.output} | {i.name for i in proto.graph.initializer}
+    for name, spec in description.layers.items():
+        if spec.onnx.codes not in tensors:
+            raise ValueError(f"layer {name}: the ONNX model has no tensor {spec.onnx.codes!r} (its codes)")
+    return description
+
+
+def _check_weights(proto: onnx.ModelProto, deploy: nn.Module, description: IntegerModel,
+                   rows: dict[str, LayerParity]) -> list[str]:
     """The packed weights in the file decode to the deploy model's integer weights; returns the
     layers whose packed weights are not valid at all (the kernels would refuse them)."""
     invalid: list[str] = []
     inits = {i.name: i for i in proto.graph.initializer}
-    nodes = {n.name: n for n in proto.graph.node}
     for name, layer in deploy_layers(deploy).items():
-        node = nodes.get(f"{name}/op")
-        init = inits.get(node.input[2]) if node is not None else None
+        init = inits.get(description.layers[name].onnx.weights)
         if init is None:
             rows[name].weight_mismatches = -1  # not a constant initializer: cannot check
             continue
@@ -220,20 +231,21 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
     rows = {name: LayerParity(name, **{k: v for k, v in layer.describe().items()
                                        if k in ("op", "weights", "bits", "act", "act_bits")})
             for name, layer in layers.items()}
-    invalid = _check_weights(proto, deploy, rows)
+    description = _description(proto, deploy)
+    invalid = _check_weights(proto, deploy, description, rows)
     if invalid:  # nothing to run: ONNX Runtime would refuse these weights at session creation
         empty = OutputCompare().summary()
         return ParityReport(0, list(rows.values()), empty, empty, failures=invalid, tolerances=asdict(tol),
                             quant=_quant_of(proto))
-    data, code_outputs = _onnx_with_code_outputs(proto, list(layers))
+    data = _onnx_with_code_outputs(proto, description)
     session = (session_factory or make_session)(data)
     input_name = session.get_inputs()[0].name
     out_names = [o.name for o in session.get_outputs()]
     main_output = proto.graph.output[0].name
 
     captured: dict[str, np.ndarray] = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, key=name.rsplit(".quant", 1)[0]: captured.__setitem__(key, out[0].numpy()))
-             for name, m in deploy.named_modules() if isinstance(m, DeployQuantize)]
+    hooks = [layer.quant.register_forward_hook(lambda mod, inp, out, key=name: captured.__setitem__(key, out[0].numpy()))
+             for name, layer in layers.items()]
     vs_deploy, vs_trained = OutputCompare(), OutputCompare()
     correct = {"torch": 0, "deploy": 0, "onnx": 0}
     scale_outputs = asq_scale_outputs(proto)
@@ -248,7 +260,7 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
             results = dict(zip(out_names, session.run(None, {input_name: xb})))
             y_onnx = results[main_output]
             for name, row in rows.items():
-                ours, theirs = captured[name], results[code_outputs[name]]
+                ours, theirs = captured[name], results[description.layers[name].onnx.codes]
                 if ours.shape != theirs.shape:
                     raise ValueError(f"layer {name}: code shapes differ, PyTorch {ours.shape} vs ONNX {theirs.shape}")
                 diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))

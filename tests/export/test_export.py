@@ -90,3 +90,31 @@ def test_packed_weights_decode_to_the_models_integer_weights(calib):
         packed = inits[nodes[f"{name}/op"].input[2]]
         assert packed.dtype == np.uint8
         assert np.array_equal(R.decode_weights(packed, layer.weight_quant.fmt, layer.weight_quant.bits, w_int.shape), w_int)
+
+
+def test_layers_sharing_one_quantizer_export_and_validate():
+    """A residual block's first conv and its projection shortcut read the same tensor; with equal
+    LSQ steps (calibration alone gives them the same) the exporter merges their two identical
+    quantize nodes into one. Both layers then read the same codes: export and validate accept it
+    (they find each layer's codes through the layer description, not through node names)."""
+    import torch
+
+    from qexport.models.common import ConvBNReLU
+    from qexport.models.resnet import ResNet
+    from qexport.lower import IntegerModel
+    from qexport.nn import calibrate, quantize_
+    from qexport.quant import QuantConfig
+    from qexport.validate import check_parity
+
+    torch.manual_seed(0)
+    model = ResNet(ConvBNReLU(3, 8, 3), (8, 16), (1, 1), 8, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x = torch.rand(24, 3, 12, 12)
+    q = quantize_(model, QuantConfig("lsq", 4))
+    calibrate(q, [x])
+    proto = export_onnx(q, x[:2])
+    description = IntegerModel.from_onnx(proto)
+    codes = [spec.onnx.codes for spec in description.layers.values()]
+    assert len(set(codes)) < len(codes), "expected two layers to share one quantizer's codes"
+    report = check_parity(q, proto, x.numpy())
+    assert report.passed, report.failures
+    assert all(row.codes > 0 and row.mismatches == 0 for row in report.layers)
