@@ -191,32 +191,9 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     accuracy: dict = {}
     fid: dict = {}
     if not loaded.is_quantized:
-        fit_opts = fit_options or FitOptions()
-        n_cal, held = split_calibration(len(x), calib_samples)
-        teacher = copy.deepcopy(model).eval()
-        if validate and y is not None:
-            accuracy["float"] = top1(teacher, x, y)
-        say(f"quantizing ({config.method}, {config.bits}-bit) and calibrating on {n_cal} samples")
-        try:
-            model = quantize_model(model, config, x, n_cal, check=check_qdq_compatible if qdq else None)
-        except ValueError as exc:  # e.g. an override that matches no layer, or bits its format refuses
-            raise ConvertError(str(exc)) from exc
-        fid["calibrated"] = fidelity(model, teacher, x[held])
-        if validate and y is not None:
-            accuracy["calibrated"] = top1(model, x, y)
-        if fit_opts.steps > 0:
-            say(f"fitting to the float model on {n_cal} samples ({fit_opts.steps} steps of {fit_opts.batch_size})")
-            xc = torch.from_numpy(np.ascontiguousarray(x[:n_cal], dtype=np.float32))
-            fit_summary = fit(model, teacher, xc, fit_opts, progress=fit_progress)
-            model.eval()
-            fid["fitted"] = fidelity(model, teacher, x[held])
-            fid["fit"] = fit_summary
-        fid["held_out"] = {"first": int(held.start), "samples": int(held.stop - held.start),
-                           "disjoint_from_calibration": bool(held.start >= n_cal)}
-        final = fid.get("fitted", fid["calibrated"])
-        warning = fidelity_warning(final, config)
-        if warning:
-            fid["warning"] = warning
+        model, accuracy, fid, n_cal = _quantize_and_fit(
+            loaded, config, x, y if validate else None, calib_samples, fit_options or FitOptions(), say, fit_progress,
+            check_qdq_compatible if qdq else None)
         if loaded.arch is not None:
             ckpt_path = out.with_suffix(".pt")
             save_checkpoint(ckpt_path, model=model, arch=loaded.arch, arch_args=loaded.arch_args, quant=config,
@@ -242,6 +219,40 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
         report_path = out.with_suffix(".parity.json")
         write_report(report, report_path, {"onnx": str(out), "model": str(model_path), "data": data_name})
     return ConvertResult(out, ckpt_path, report_path, report, config, loaded, fid)
+
+
+def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray, y: np.ndarray | None,
+                      calib_samples: int, fit_opts: FitOptions, say: Callable[[str], None],
+                      fit_progress: Callable[[int, int, float], None] | None, check: Callable | None
+                      ) -> tuple[nn.Module, dict, dict, int]:
+    """A float model quantized, calibrated and fitted: (model, accuracy {float, calibrated} when
+    ``y`` is given, fidelity report, calibration sample count)."""
+    n_cal, held = split_calibration(len(x), calib_samples)
+    teacher = copy.deepcopy(loaded.model).eval()
+    accuracy: dict = {}
+    fid: dict = {}
+    if y is not None:
+        accuracy["float"] = top1(teacher, x, y)
+    say(f"quantizing ({config.method}, {config.bits}-bit) and calibrating on {n_cal} samples")
+    try:
+        model = quantize_model(loaded.model, config, x, n_cal, check=check)
+    except ValueError as exc:  # e.g. an override that matches no layer, or bits its format refuses
+        raise ConvertError(str(exc)) from exc
+    fid["calibrated"] = fidelity(model, teacher, x[held])
+    if y is not None:
+        accuracy["calibrated"] = top1(model, x, y)
+    if fit_opts.steps > 0:
+        say(f"fitting to the float model on {n_cal} samples ({fit_opts.steps} steps of {fit_opts.batch_size})")
+        xc = torch.from_numpy(np.ascontiguousarray(x[:n_cal], dtype=np.float32))
+        fid["fit"] = fit(model, teacher, xc, fit_opts, progress=fit_progress)
+        model.eval()
+        fid["fitted"] = fidelity(model, teacher, x[held])
+    fid["held_out"] = {"first": int(held.start), "samples": int(held.stop - held.start),
+                       "disjoint_from_calibration": bool(held.start >= n_cal)}
+    warning = fidelity_warning(fid.get("fitted", fid["calibrated"]), config)
+    if warning:
+        fid["warning"] = warning
+    return model, accuracy, fid, n_cal
 
 
 def write_report(report: ParityReport, path: Path, context: dict) -> None:

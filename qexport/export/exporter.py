@@ -94,6 +94,21 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
 
     Returns the checked ModelProto.
     """
+    deploy, proto = trace_deploy(model, example)
+    _finalize(proto, deploy, dict(meta or {}))
+    if fuse:
+        fuse_conv_blocks(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        atomic_write_bytes(path, proto.SerializeToString(deterministic=True))
+    return proto
+
+
+def trace_deploy(model: nn.Module, example: torch.Tensor, error: type[Exception] = ExportError
+                 ) -> tuple[nn.Module, onnx.ModelProto]:
+    """(deploy model, its ONNX graph straight from torch.onnx.export): the ai.qexport torch ops
+    translated to custom-domain nodes, the batch dimension dynamic ("batch"). Both export
+    targets start from it. Failures raise ``error`` with the exporter's message."""
     deploy = model if deploy_layers(model) else to_deploy(model)
     deploy.eval()
     example = example.detach().float()
@@ -106,15 +121,8 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
                 dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"], output_names=["output"],
                 verbose=False)
         except Exception as exc:  # noqa: BLE001 - re-raised with context
-            raise ExportError(f"torch.onnx.export failed: {exc}") from exc
-    proto = program.model_proto
-    _finalize(proto, deploy, dict(meta or {}))
-    if fuse:
-        fuse_conv_blocks(proto)
-    onnx.checker.check_model(proto, full_check=True)
-    if path is not None:
-        atomic_write_bytes(path, proto.SerializeToString(deterministic=True))
-    return proto
+            raise error(f"torch.onnx.export failed: {exc}") from exc
+    return deploy, program.model_proto
 
 
 @contextlib.contextmanager

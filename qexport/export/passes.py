@@ -126,23 +126,8 @@ def fuse_conv_blocks(proto: onnx.ModelProto) -> int:
         outputs = [t if y_needed else ""]
         if quant is not None:
             outputs += list(quant.output[:2])
-        fused = helper.make_node(_CONVS[conv.op_type], inputs, outputs, name=conv.name, domain=R.DOMAIN)
-        for a in conv.attribute:
-            if a.name != "relu":
-                fused.attribute.append(a)
-        fused.attribute.append(helper.make_attribute("relu", relu))
+        fused = _fused_node(conv, inputs, outputs, relu, quant)
         if quant is not None:
-            qa = _attrs(quant)
-            fused.attribute.extend([
-                helper.make_attribute("quantizer", _QUANTIZERS[quant.op_type]),
-                helper.make_attribute("q_bits", int(qa["bits"])),
-                helper.make_attribute("q_signed", int(qa["signed"])),
-                helper.make_attribute("q_step", float(qa["step"])),
-            ])
-            for name in ("beta_map", "groups"):  # AsqQuantize's optional attributes, when present
-                if name in qa:
-                    fused.attribute.append(helper.make_attribute("q_" + name, qa[name]))
-            fused.metadata_props.append(onnx.StringStringEntryProto(key=FUSED_QUANTIZE_KEY, value=quant.name))
             absorbed.append(quant)
         removed.update(id(n) for n in absorbed)
         replaced[id(conv)] = fused
@@ -166,6 +151,30 @@ def fuse_conv_blocks(proto: onnx.ModelProto) -> int:
     del graph.value_info[:]
     graph.value_info.extend(keep)
     return len(removed)
+
+
+def _fused_node(conv: onnx.NodeProto, inputs: list[str], outputs: list[str], relu: int,
+                quant: onnx.NodeProto | None) -> onnx.NodeProto:
+    """The fused node of ``conv`` (its attributes, ``relu``, and the quantizer's as ``q_*``)."""
+    fused = helper.make_node(_CONVS[conv.op_type], inputs, outputs, name=conv.name, domain=R.DOMAIN)
+    for a in conv.attribute:
+        if a.name != "relu":
+            fused.attribute.append(a)
+    fused.attribute.append(helper.make_attribute("relu", relu))
+    if quant is None:
+        return fused
+    qa = _attrs(quant)
+    fused.attribute.extend([
+        helper.make_attribute("quantizer", _QUANTIZERS[quant.op_type]),
+        helper.make_attribute("q_bits", int(qa["bits"])),
+        helper.make_attribute("q_signed", int(qa["signed"])),
+        helper.make_attribute("q_step", float(qa["step"])),
+    ])
+    for name in ("beta_map", "groups"):  # AsqQuantize's optional attributes, when present
+        if name in qa:
+            fused.attribute.append(helper.make_attribute("q_" + name, qa[name]))
+    fused.metadata_props.append(onnx.StringStringEntryProto(key=FUSED_QUANTIZE_KEY, value=quant.name))
+    return fused
 
 
 def _set_int_attr(node: onnx.NodeProto, name: str, value: int) -> None:

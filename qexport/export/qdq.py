@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from typing import Callable
 
 import numpy as np
@@ -77,8 +76,8 @@ from ..io import atomic_write_bytes
 from ..lower.modules import DeployQuantize, deploy_layers, to_deploy
 from ..nn.layers import QuantMixin
 from ..spec import reference as R
-from .exporter import ExportError, _module_of, quiet_exporter
-from ..lower.ops import OPS, TRANSLATIONS
+from .exporter import ExportError, _module_of, trace_deploy
+from ..lower.ops import OPS
 
 __all__ = ["FORMATS", "QdqError", "qdq_incompatibilities", "check_qdq_compatible", "export_qdq",
            "check_qdq_parity", "weight_tensor", "WEIGHT_ZERO_POINT", "layer_codes_tensors", "plain_session",
@@ -370,20 +369,7 @@ def export_qdq(model: nn.Module, path: str | os.PathLike | None, example_input: 
         >>> proto = export_qdq(model, "w4_qdq.onnx", torch.from_numpy(x[:2]))
     """
     check_qdq_compatible(model)
-    deploy = model if deploy_layers(model) else to_deploy(model)
-    deploy.eval()
-    example = example_input.detach().float()
-    if example.shape[0] < 2:  # a batch of 1 would be specialised to a static dimension
-        example = example.expand(2, *example.shape[1:]).contiguous()
-    with torch.no_grad(), quiet_exporter():
-        try:
-            program = torch.onnx.export(
-                deploy, (example,), dynamo=True, custom_translation_table=TRANSLATIONS,
-                dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"], output_names=["output"],
-                verbose=False)
-        except Exception as exc:  # noqa: BLE001 - re-raised with context
-            raise QdqError(f"torch.onnx.export failed: {exc}") from exc
-    proto = program.model_proto
+    deploy, proto = trace_deploy(model, example_input, QdqError)
     _lower(proto, deploy)
     proto.producer_name = "qexport"
     proto.producer_version = __version__
@@ -437,7 +423,7 @@ def check_qdq_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y:
     quantized PyTorch model: every layer's codes and integer weights against the deploy model,
     the output against the deploy model and the trained (fake-quantized) model. Returns a
     :class:`qexport.validate.ParityReport`, judged by the same tolerances as ``check_parity``."""
-    from ..validate.parity import LayerParity, OutputCompare, ParityReport, Tolerances, _quant_of
+    from ..validate.parity import LayerParity, Tolerances, compare_runs, make_report
 
     if len(x) == 0:
         raise ValueError("no samples to compare: x is empty, and parity on zero samples proves nothing")
@@ -471,57 +457,6 @@ def check_qdq_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y:
             have.add(code_names[name])
             probe.graph.output.append(helper.make_tensor_value_info(code_names[name], TensorProto.UINT8, None))
     session = (session_factory or (lambda data: plain_session(data, threads)))(probe.SerializeToString())
-    input_name = session.get_inputs()[0].name
-    out_names = [o.name for o in session.get_outputs()]
-    main_output = proto.graph.output[0].name
-
-    captured: dict[str, np.ndarray] = {}
-    def keep(key: str):
-        return lambda mod, inp, out: captured.__setitem__(key, out[0].numpy())
-
-    hooks = [layer.quant.register_forward_hook(keep(name)) for name, layer in deploy_layers(deploy).items()]
-    vs_deploy, vs_trained = OutputCompare(), OutputCompare()
-    correct = {"torch": 0, "deploy": 0, "onnx": 0}
-    try:
-        for start in range(0, len(x), batch_size):
-            xb = np.ascontiguousarray(x[start: start + batch_size], dtype=np.float32)
-            y_trained = model(torch.from_numpy(xb)).numpy()
-            captured.clear()
-            y_deploy = deploy(torch.from_numpy(xb)).numpy()
-            results = dict(zip(out_names, session.run(None, {input_name: xb})))
-            y_onnx = results[main_output]
-            for name, row in rows.items():
-                ours, theirs = captured[name], results[code_names[name]]
-                if ours.shape != theirs.shape:
-                    raise ValueError(f"layer {name}: code shapes differ, PyTorch {ours.shape} vs ONNX {theirs.shape}")
-                diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-                row.codes += diff.size
-                row.mismatches += int(np.count_nonzero(diff))
-                row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
-            vs_deploy.update(y_deploy, y_onnx)
-            vs_trained.update(y_trained, y_onnx)
-            if y is not None and y_onnx.ndim == 2:
-                yb = y[start: start + batch_size]
-                for key, out in (("torch", y_trained), ("deploy", y_deploy), ("onnx", y_onnx)):
-                    correct[key] += int((out.argmax(1) == yb).sum())
-    finally:
-        for h in hooks:
-            h.remove()
-
-    report = ParityReport(len(x), list(rows.values()), vs_deploy.summary(), vs_trained.summary(),
-                          tolerances=asdict(tol), quant=_quant_of(proto))
-    if y is not None:
-        report.accuracy = {k: v / len(x) for k, v in correct.items()}
-    for row in rows.values():
-        if row.weight_mismatches != 0:
-            what = "are missing" if row.weight_mismatches < 0 else f"differ in {row.weight_mismatches} places"
-            report.failures.append(f"{row.name}: the file's integer weights {what} (vs the model's)")
-        if row.rate > tol.max_code_mismatch_rate or row.max_diff > tol.max_code_diff:
-            report.failures.append(f"{row.name}: {row.mismatches} of {row.codes} activation codes differ "
-                                   f"(max |diff| {row.max_diff})")
-    if report.vs_deploy["top1_agreement"] < tol.min_top1_agreement:
-        report.failures.append(f"top-1 agreement with the PyTorch model {report.vs_deploy['top1_agreement']:.4%} "
-                               f"< {tol.min_top1_agreement:.4%}")
-    if report.vs_deploy["sqnr_db"] < tol.min_sqnr_db:
-        report.failures.append(f"output SQNR {report.vs_deploy['sqnr_db']:.1f} dB < {tol.min_sqnr_db} dB")
+    run = compare_runs(model, deploy, session, proto.graph.output[0].name, code_names, rows, x, y, batch_size)
+    report = make_report(run, rows, len(x), y, tol, proto, weights_required=True)
     return report

@@ -160,8 +160,10 @@ def mse_step(values: torch.Tensor, lo: int, hi: int, points: int = 40) -> float:
 
 
 class WeightQuantizer(nn.Module):
-    """Per-output-channel weight quantizer. Subclasses define the integer grid.
+    """Per-output-channel weight quantizer. Subclasses define the integer grid of a bit-width.
 
+    ``bits`` is one bit-width, or one per output channel (mixed precision: Cheng et al.'s
+    fine-grained assignment; every channel keeps its own learned scale, on its own grid).
     ``integer_weights(w)`` returns (w_int, w_scale) with ``forward(w) == w_int * w_scale``
     (up to one float32 rounding): the exporter packs ``w_int`` and the kernels use ``w_scale``.
     """
@@ -169,10 +171,15 @@ class WeightQuantizer(nn.Module):
     fmt: ClassVar[str]
     param_name: ClassVar[str] = "scale"
 
-    def __init__(self, bits: int, out_channels: int) -> None:
+    def __init__(self, bits: int | list[int], out_channels: int) -> None:
         super().__init__()
-        R.weight_lut(self.fmt, bits)  # validates (format, bits)
-        self.bits = int(bits)
+        per_channel = [int(b) for b in np.atleast_1d(np.asarray(bits))]
+        if len(per_channel) not in (1, out_channels):
+            raise ValueError(f"bits must be one integer or {out_channels} (one per output channel), got {len(per_channel)}")
+        for b in sorted(set(per_channel)):
+            R.weight_lut(self.fmt, b)  # validates (format, bits)
+        self.channel_bits = per_channel * out_channels if len(per_channel) == 1 else per_channel
+        self.bits: int | list[int] = per_channel[0] if len(set(self.channel_bits)) == 1 else list(self.channel_bits)
         self.register_parameter(self.param_name, nn.Parameter(torch.ones(out_channels)))
         self.register_buffer("initialized", torch.tensor(False))
 
@@ -180,63 +187,92 @@ class WeightQuantizer(nn.Module):
     def param(self) -> nn.Parameter:
         return getattr(self, self.param_name)
 
+    @property
+    def mixed(self) -> bool:
+        return not isinstance(self.bits, int)
+
     def extra_repr(self) -> str:
-        return f"{self.fmt}, bits={self.bits}, channels={self.param.numel()}"
+        bits = self.bits if not self.mixed else f"{min(self.channel_bits)}..{max(self.channel_bits)} per channel"
+        return f"{self.fmt}, bits={bits}, channels={self.param.numel()}"
 
-    def grad_factor(self, w: torch.Tensor) -> float:
-        return 1.0 / math.sqrt(max(1, w[0].numel()) * self.qmax())
+    def groups(self, device: torch.device) -> list[tuple[int, torch.Tensor | None]]:
+        """(bit-width, output channels with it): [(bits, None)] (every channel) when not mixed."""
+        if not self.mixed:
+            return [(int(self.bits), None)]
+        b = torch.tensor(self.channel_bits)
+        return [(int(v), torch.nonzero(b == v).flatten().to(device)) for v in torch.unique(b).tolist()]
 
-    def qmax(self) -> int:
+    def grad_factor(self, w: torch.Tensor, bits: int) -> float:
+        return 1.0 / math.sqrt(max(1, w[0].numel()) * self.qmax(bits))
+
+    def qmax(self, bits: int) -> int:
         """Number of positive levels (LSQ's Qp), used for gradient scaling."""
         raise NotImplementedError
 
-    def project(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
         """v = w / scale (clamped to the grid's range) -> (level value, integer weight)."""
         raise NotImplementedError
 
-    def clamp_range(self) -> tuple[float, float]:
+    def clamp_range(self, bits: int) -> tuple[float, float]:
         raise NotImplementedError
 
-    def integer_scale(self) -> torch.Tensor:
+    def integer_scale(self, bits: int) -> float:
         """Map from the grid's level value to the kernel's integer weight: w_scale = param / this."""
         raise NotImplementedError
+
+    def _quantize_rows(self, w: torch.Tensor, s: torch.Tensor, bits: int) -> torch.Tensor:
+        lo, hi = self.clamp_range(bits)
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        s = grad_scale(s, self.grad_factor(w, bits)).reshape(shape)
+        v = torch.clamp(w / s, lo, hi)
+        level, _ = self.project(v.detach(), bits)
+        return (v + (level - v).detach()) * s
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not bool(self.initialized):
             self.init_from(w)
-        shape = (-1,) + (1,) * (w.dim() - 1)
-        s = grad_scale(self.param, self.grad_factor(w)).reshape(shape)
-        lo, hi = self.clamp_range()
-        v = torch.clamp(w / s, lo, hi)
-        level, _ = self.project(v.detach())
-        return (v + (level - v).detach()) * s
+        groups = self.groups(w.device)
+        if len(groups) == 1 and groups[0][1] is None:
+            return self._quantize_rows(w, self.param, groups[0][0])
+        out = torch.empty_like(w)
+        for bits, rows in groups:
+            out = out.index_put((rows,), self._quantize_rows(w[rows], self.param[rows], bits))
+        return out
 
     @torch.no_grad()
     def integer_weights(self, w: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        w_int = torch.zeros(w.shape, dtype=torch.int64)
+        w_scale = torch.zeros(w.shape[0], dtype=torch.float32)
         shape = (-1,) + (1,) * (w.dim() - 1)
-        lo, hi = self.clamp_range()
-        v = torch.clamp(w.detach() / self.param.detach().reshape(shape), lo, hi)
-        _, w_int = self.project(v)
-        w_scale = (self.param.detach().double() / float(self.integer_scale())).float()
-        return w_int.cpu().numpy().astype(np.int64), w_scale.cpu().numpy().astype(np.float32)
+        for bits, rows in self.groups(torch.device("cpu")):
+            rows = torch.arange(w.shape[0]) if rows is None else rows
+            lo, hi = self.clamp_range(bits)
+            param = self.param.detach().cpu()[rows]
+            v = torch.clamp(w.detach().cpu()[rows] / param.reshape(shape), lo, hi)
+            _, w_int[rows] = self.project(v, bits)
+            w_scale[rows] = (param.double() / float(self.integer_scale(bits))).float()
+        return w_int.numpy().astype(np.int64), w_scale.numpy().astype(np.float32)
 
     @torch.no_grad()
     def init_from(self, w: torch.Tensor, points: int = 40) -> None:
-        """Per-channel MSE-optimal scale over a grid of clipping ratios of max|w|."""
-        flat = w.detach().reshape(w.shape[0], -1).float()
-        amax = flat.abs().amax(dim=1).clamp_min(1e-12)
-        lo, hi = self.clamp_range()
-        best = amax / hi
-        best_err = torch.full_like(amax, math.inf)
-        for t in torch.linspace(0.2, 1.0, points).tolist():
-            s = amax * t / hi
-            v = torch.clamp(flat / s[:, None], lo, hi)
-            level, _ = self.project(v)
-            err = ((level * s[:, None] - flat) ** 2).mean(dim=1)
-            better = err < best_err
-            best = torch.where(better, s, best)
-            best_err = torch.where(better, err, best_err)
-        self.param.copy_(best)
+        """Per-channel MSE-optimal scale over a grid of clipping ratios of max|w|, on each
+        channel's own grid."""
+        flat_all = w.detach().reshape(w.shape[0], -1).float()
+        for bits, rows in self.groups(w.device):
+            rows = torch.arange(w.shape[0], device=w.device) if rows is None else rows
+            flat = flat_all[rows]
+            amax = flat.abs().amax(dim=1).clamp_min(1e-12)
+            lo, hi = self.clamp_range(bits)
+            best = amax / hi
+            best_err = torch.full_like(amax, math.inf)
+            for t in torch.linspace(0.2, 1.0, points).tolist():
+                s = amax * t / hi
+                level, _ = self.project(torch.clamp(flat / s[:, None], lo, hi), bits)
+                err = ((level * s[:, None] - flat) ** 2).mean(dim=1)
+                better = err < best_err
+                best = torch.where(better, s, best)
+                best_err = torch.where(better, err, best_err)
+            self.param[rows] = best.to(self.param.dtype)
         self.initialized.fill_(True)
 
 

@@ -34,7 +34,8 @@ class QuantConfig:
         overrides: per-layer settings, ``[(pattern, {key: value}), ...]``: every Conv2d/Linear
             whose module name matches ``pattern`` (``fnmatch``: ``*``, ``?``, ``[...]``; an exact
             name matches itself) takes these keys instead of the defaults above: ``method``,
-            ``bits``, ``act_bits`` (follows ``bits`` unless given here or in the config), or
+            ``bits`` (an int, or a list with one bit-width per output channel: mixed precision),
+            ``act_bits`` (follows an int ``bits`` unless given here or in the config), or
             ``skip: True`` (stays float). Matching overrides apply in order, later ones win, and
             they win over the first/last-layer rule. Like torchao's ModuleFqnToConfig.
 
@@ -94,14 +95,15 @@ class QuantConfig:
                 spec["act"], spec["weights"] = act, weights or "uniform"
             if "bits" in o:
                 spec["bits"] = o["bits"]
-                if "act_bits" not in o and self.act_bits is None:
+                if "act_bits" not in o and self.act_bits is None and isinstance(o["bits"], int):
                     spec["act_bits"] = o["bits"]
             if "act_bits" in o:
                 spec["act_bits"] = o["act_bits"]
         allowed = R.WEIGHT_BITS[spec["weights"]]
-        if spec["bits"] not in allowed:
+        bad = [b for b in (spec["bits"] if isinstance(spec["bits"], list) else [spec["bits"]]) if b not in allowed]
+        if bad:
             raise ValueError(f"layer {name!r}: {spec['weights']} weights support {allowed.start}..{allowed.stop - 1} bits, "
-                             f"got {spec['bits']} (from the overrides that match it: "
+                             f"got {bad[0]} (from the overrides that match it: "
                              f"{[p for p, _ in self.overrides if fnmatchcase(name, p)] or 'none'})")
         return spec
 
@@ -148,9 +150,17 @@ def _check_override(pattern: str, o: dict) -> dict:
         act, _, weights = str(o["method"]).partition("+")
         if act not in ACT_QUANTIZERS or (weights and weights not in WEIGHT_QUANTIZERS) or weights == "uniform":
             raise ValueError(f"override {pattern!r}: unknown method {o['method']!r}; methods: {', '.join(METHODS)}")
-    for key in ("bits", "act_bits"):
-        if key in o and (not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] not in R.ACT_BITS):
-            raise ValueError(f"override {pattern!r}: {key} must be an integer in 2..8, got {o[key]!r}")
+    def bit_width(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v in R.ACT_BITS
+
+    if "act_bits" in o and not bit_width(o["act_bits"]):
+        raise ValueError(f"override {pattern!r}: act_bits must be an integer in 2..8, got {o['act_bits']!r}")
+    if "bits" in o:  # one bit-width, or a list: one per output channel (mixed precision)
+        if isinstance(o["bits"], (list, tuple)) and o["bits"] and all(bit_width(b) for b in o["bits"]):
+            o["bits"] = [int(b) for b in o["bits"]]
+        elif not bit_width(o["bits"]):
+            raise ValueError(f"override {pattern!r}: bits must be an integer in 2..8 or a list of them (one per "
+                             f"output channel), got {o['bits']!r}")
     if "skip" in o and not isinstance(o["skip"], bool):
         raise ValueError(f"override {pattern!r}: skip must be true or false, got {o['skip']!r}")
     return o

@@ -17,26 +17,32 @@ class LevelWeightQuantizer(WeightQuantizer):
 
     param_name = "alpha"
 
-    def __init__(self, bits: int, out_channels: int) -> None:
+    def __init__(self, bits: int | list[int], out_channels: int) -> None:
         super().__init__(bits, out_channels)
-        values, valid = R.weight_lut(self.fmt, bits)
-        mags = sorted({abs(int(v)) for v, ok in zip(values, valid) if ok})
-        ints = torch.tensor(mags, dtype=torch.int64)
-        self.register_buffer("int_levels", ints, persistent=False)
-        levels = ints.float() / float(mags[-1])
-        self.register_buffer("levels", levels, persistent=False)
-        self.register_buffer("mids", (levels[1:] + levels[:-1]) / 2, persistent=False)
+        self._tables: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
 
-    def qmax(self) -> int:
-        return self.levels.numel() - 1
+    def _table(self, bits: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(integer levels, levels / max, midpoints) of a bit-width, cached per device."""
+        key = (bits, str(device))
+        if key not in self._tables:
+            values, valid = R.weight_lut(self.fmt, bits)
+            mags = sorted({abs(int(v)) for v, ok in zip(values, valid) if ok})
+            ints = torch.tensor(mags, dtype=torch.int64, device=device)
+            levels = ints.float() / float(mags[-1])
+            self._tables[key] = (ints, levels, (levels[1:] + levels[:-1]) / 2)
+        return self._tables[key]
 
-    def clamp_range(self) -> tuple[float, float]:
+    def qmax(self, bits: int) -> int:
+        return len(self._table(bits, torch.device("cpu"))[0]) - 1
+
+    def clamp_range(self, bits: int) -> tuple[float, float]:
         return -1.0, 1.0
 
-    def project(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.bucketize(v.abs(), self.mids.to(v.dtype))
+    def project(self, v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ints, levels, mids = self._table(bits, v.device)
+        idx = torch.bucketize(v.abs(), mids.to(v.dtype))
         sign = torch.sign(v)
-        return sign * self.levels.to(v.dtype)[idx], sign.to(torch.int64) * self.int_levels[idx]
+        return sign * levels.to(v.dtype)[idx], sign.to(torch.int64) * ints[idx]
 
-    def integer_scale(self) -> float:
-        return float(self.int_levels[-1])
+    def integer_scale(self, bits: int) -> float:
+        return float(self._table(bits, torch.device("cpu"))[0][-1])

@@ -16,20 +16,20 @@ class LsqActQuantizer(ActQuantizer):
 class LsqWeightQuantizer(WeightQuantizer):
     """Uniform weights with a learned per-channel step: w_int in [-2^(b-1), 2^(b-1) - 1].
 
-    Exported as ``UniformConv`` / ``UniformGemm`` with ``W_scale`` = the step.
+    Exported as ``QConv`` / ``QGemm`` (format uniform) with ``W_scale`` = the step.
     """
 
     param_name = "step"
 
-    def qmax(self) -> int:
-        return max(1, 2 ** (self.bits - 1) - 1)
+    def qmax(self, bits: int) -> int:
+        return max(1, 2 ** (bits - 1) - 1)
 
-    def clamp_range(self) -> tuple[float, float]:
-        return float(-(2 ** (self.bits - 1))), float(2 ** (self.bits - 1) - 1)
+    def clamp_range(self, bits: int) -> tuple[float, float]:
+        return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
 
-    def project(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, v: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
         r = torch.round(v)
         return r, r.to(torch.int64)
 
-    def integer_scale(self) -> float:
+    def integer_scale(self, bits: int) -> float:
         return 1.0

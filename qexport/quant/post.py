@@ -13,5 +13,5 @@ class PostWeightQuantizer(LevelWeightQuantizer):
     Training uses exactly the integer table the kernels use (ours, see docs/ops.md): the levels
     deviate from exact powers of sqrt(2) by at most 2.8% at 4 bits and 0.6% at 3 bits, and in
     exchange training, the numpy reference and every kernel agree to the bit.
-    Exported as ``PostConv`` / ``PostGemm``.
+    Exported as ``QConv`` / ``QGemm`` with format post.
     """

@@ -7,7 +7,7 @@ from .levels import LevelWeightQuantizer
 
 @register_weight("pot")
 class PotWeightQuantizer(LevelWeightQuantizer):
-    """Integer weights +-2^(m-1) (a pure shift); exported as ``PotConv`` / ``PotGemm``.
+    """Integer weights +-2^(m-1) (a pure shift); exported as ``QConv`` / ``QGemm`` with format pot.
 
     Spends its levels near zero ("rigid resolution"), which is what POST improves on.
     """

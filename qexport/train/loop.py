@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -327,87 +326,112 @@ def _load_teacher(config: TrainConfig, device: torch.device) -> nn.Module | None
     return teacher
 
 
+def _start_run(config: TrainConfig, ctx: DistContext, resumed: dict | None, xtr, ytr, xte, yte):
+    """(model, arch, arch_args, QuantConfig or None, metrics) of a resumed run, or of a new one:
+    the model prepared, quantized and calibrated, its first metrics measured."""
+    from ..quant.config import QuantConfig
+
+    if resumed is not None:
+        from ..checkpoint import build_model_from_checkpoint
+
+        model = build_model_from_checkpoint(resumed).to(ctx.device)
+        qconfig = QuantConfig.from_dict(resumed["quant"]) if resumed.get("quant") else None
+        return model, resumed["arch"], dict(resumed["arch_args"]), qconfig, dict(resumed["metrics"])
+    model, arch, arch_args = prepare_model(config, xtr, np.concatenate([ytr, yte]))
+    model.to(ctx.device)
+    metrics = {
+        "arch": arch, "arch_args": arch_args, "method": config.method,
+        "bits": None if config.method == "float" else config.bits, "quant": None,
+        "config": config.to_dict(), "lr": config.effective_lr,
+        "data": {"name": config.data, "train_samples": int(len(xtr)), "test_samples": int(len(xte))},
+        "init_float_test_acc": None, "calibrated_test_acc": None,
+        "epochs": [], "torch_version": str(torch.__version__),
+    }
+    if config.test_data is not None:
+        metrics["data"]["test_name"] = config.test_data
+    if config.test_data is None and not has_split(config.data, "test"):
+        metrics["data"]["test_is_train"] = True
+    if ctx.enabled:
+        metrics["world_size"] = ctx.world
+    if config.from_checkpoint:
+        metrics["init_float_test_acc"] = evaluate_loss(model, xte, yte, ctx=ctx)[0]
+    qconfig = None
+    if config.method != "float":
+        from ..nn import calibrate, quantize_
+
+        qconfig = QuantConfig(method=config.method, bits=config.bits, **config.quant_args)
+        quantize_(model, qconfig)
+        model.to(ctx.device)
+        t0 = time.perf_counter()
+        # Every rank calibrates on the same seeded batches, so all start from the same model
+        # (DDP also broadcasts rank 0's parameters and buffers when it wraps the model).
+        calibrate(model, _calibration_batches(xtr, config), refine_samples=config.calib_refine_samples)
+        metrics["calibration_time_s"] = time.perf_counter() - t0
+        metrics["quant"] = qconfig.to_dict()
+        metrics["calibrated_test_acc"] = evaluate_loss(model, xte, yte, ctx=ctx)[0]
+    metrics["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    return model, arch, arch_args, qconfig, metrics
+
+
+def _restore_optimizer(resumed: dict | None, opt, sched, ctx: DistContext) -> tuple[int, float, int, list[int]]:
+    """(first epoch to run, best test accuracy, its epoch, epochs after which the run resumed),
+    with the optimizer, scheduler and this rank's RNG restored when resuming."""
+    if resumed is None:
+        return 1, -math.inf, 0, []
+    state = resumed["extra"]["train_state"]
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    rng = state.get("torch_rng") or []
+    if len(rng) == ctx.world:
+        torch.set_rng_state(rng[ctx.rank])
+    resumes = [int(e) for e in state.get("resumes", [])] + [int(state["epoch"])]
+    return int(state["epoch"]) + 1, float(state["best_test_acc"]), int(state["best_epoch"]), resumes
+
+
+def _wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """The module the training steps call: the model itself, or under torchrun its DDP wrapper."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) if ctx.device.type == "cuda" else model
+    return DistributedDataParallel(net, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
+def _log_start(log, config: TrainConfig, metrics: dict, resuming: bool, start_epoch: int) -> None:
+    if resuming:
+        log(f"resuming {config.output} after epoch {start_epoch - 1}/{config.epochs}")
+        return
+    if metrics["init_float_test_acc"] is not None:
+        log(f"float model from {config.from_checkpoint}: test top-1 {metrics['init_float_test_acc']:.2f}%")
+    if metrics["calibrated_test_acc"] is not None:
+        log(f"{config.method} {config.bits}-bit after calibration: test top-1 {metrics['calibrated_test_acc']:.2f}%")
+
+
+def _steps_line(steps: dict) -> str:
+    return "  ASQ per-sample step over test images, std/mean (min..max) of beta: " + "; ".join(
+        f"{n.removesuffix('.act_quant')} {v['cv']:.2%} ({v['min']:.3g}..{v['max']:.3g})" for n, v in steps.items())
+
+
 def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
+    # Over 80 lines on purpose: the epoch loop and the two closures (save, write_metrics) share the
+    # run's state (optimizer, best accuracy, resumes); setup and restore are the helpers above.
     t_start = time.perf_counter()
     if ctx.enabled and config.batch_size % ctx.world:
         raise ValueError(f"batch_size {config.batch_size} must be a multiple of the {ctx.world} torchrun processes")
     xtr, ytr, xte, yte = _load_data(config)
     device = ctx.device
     resumed = _resume_state(config)
-    qconfig = None
     if resumed is not None and resumed["extra"]["train_state"].get("complete"):
         return resumed["metrics"]  # a finished run: nothing left to do
-
-    if resumed is not None:
-        from ..checkpoint import build_model_from_checkpoint
-        from ..quant.config import QuantConfig
-
-        model = build_model_from_checkpoint(resumed)
-        arch, arch_args = resumed["arch"], dict(resumed["arch_args"])
-        qconfig = QuantConfig.from_dict(resumed["quant"]) if resumed.get("quant") else None
-        metrics = dict(resumed["metrics"])
-        model.to(device)
-    else:
-        model, arch, arch_args = prepare_model(config, xtr, np.concatenate([ytr, yte]))
-        model.to(device)
-        test_is_train = config.test_data is None and not has_split(config.data, "test")
-        metrics = {
-            "arch": arch, "arch_args": arch_args, "method": config.method,
-            "bits": None if config.method == "float" else config.bits, "quant": None,
-            "config": config.to_dict(), "lr": config.effective_lr,
-            "data": {"name": config.data, "train_samples": int(len(xtr)), "test_samples": int(len(xte))},
-            "init_float_test_acc": None, "calibrated_test_acc": None,
-            "epochs": [], "torch_version": str(torch.__version__),
-        }
-        if config.test_data is not None:
-            metrics["data"]["test_name"] = config.test_data
-        if test_is_train:
-            metrics["data"]["test_is_train"] = True
-        if ctx.enabled:
-            metrics["world_size"] = ctx.world
-        if config.from_checkpoint:
-            metrics["init_float_test_acc"] = evaluate_loss(model, xte, yte, ctx=ctx)[0]
-        if config.method != "float":
-            from ..nn import calibrate, quantize_
-            from ..quant.config import QuantConfig
-
-            qconfig = QuantConfig(method=config.method, bits=config.bits, **config.quant_args)
-            quantize_(model, qconfig)
-            model.to(device)
-            t0 = time.perf_counter()
-            # Every rank calibrates on the same seeded batches, so all start from the same model
-            # (DDP also broadcasts rank 0's parameters and buffers when it wraps the model).
-            calibrate(model, _calibration_batches(xtr, config), refine_samples=config.calib_refine_samples)
-            metrics["calibration_time_s"] = time.perf_counter() - t0
-            metrics["quant"] = qconfig.to_dict()
-            metrics["calibrated_test_acc"] = evaluate_loss(model, xte, yte, ctx=ctx)[0]
-        metrics["parameters"] = int(sum(p.numel() for p in model.parameters()))
+    model, arch, arch_args, qconfig, metrics = _start_run(config, ctx, resumed, xtr, ytr, xte, yte)
 
     teacher = _load_teacher(config, device)
     n_train = len(xtr)
     steps_per_epoch = max(1, len(epoch_order(n_train, config, 1, ctx)) // max(1, config.batch_size // ctx.world))
     opt, sched = make_optimizer(model, config, config.epochs * steps_per_epoch, steps_per_epoch)
-    start_epoch = 1
-    best_acc, best_epoch = -math.inf, 0
-    resumes: list[int] = []
-    if resumed is not None:
-        state = resumed["extra"]["train_state"]
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        rng = state.get("torch_rng") or []
-        if len(rng) == ctx.world:
-            torch.set_rng_state(rng[ctx.rank])
-        start_epoch = int(state["epoch"]) + 1
-        best_acc, best_epoch = float(state["best_test_acc"]), int(state["best_epoch"])
-        resumes = [int(e) for e in state.get("resumes", [])] + [int(state["epoch"])]
-
-    net: nn.Module = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if device.type == "cuda":
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    start_epoch, best_acc, best_epoch, resumes = _restore_optimizer(resumed, opt, sched, ctx)
+    net = _wrap_ddp(model, ctx)
 
     def save(epoch: int, complete: bool) -> None:
         """Rank 0 writes <output> (model + training state) atomically; the others wait."""
@@ -438,13 +462,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
 
     with _progress(config.progress and ctx.is_main) as progress:
         log = progress.console.print if (config.progress and ctx.is_main) else (lambda *a, **k: None)
-        if resumed is not None:
-            log(f"resuming {config.output} after epoch {start_epoch - 1}/{config.epochs}")
-        else:
-            if metrics["init_float_test_acc"] is not None:
-                log(f"float model from {config.from_checkpoint}: test top-1 {metrics['init_float_test_acc']:.2f}%")
-            if metrics["calibrated_test_acc"] is not None:
-                log(f"{config.method} {config.bits}-bit after calibration: test top-1 {metrics['calibrated_test_acc']:.2f}%")
+        _log_start(log, config, metrics, resumed is not None, start_epoch)
         for epoch in range(start_epoch, config.epochs + 1):
             task = progress.add_task(f"epoch {epoch}/{config.epochs}", total=steps_per_epoch, status="")
             t0 = time.perf_counter()
@@ -479,9 +497,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
             log(f"epoch {epoch}/{config.epochs}: loss {train_loss:.4f}, train {train_acc:.2f}%, "
                 f"test {last_acc:.2f}%, {row['time_s']:.0f} s")
             if steps:
-                log("  ASQ per-sample step over test images, std/mean (min..max) of beta: " + "; ".join(
-                    f"{n.removesuffix('.act_quant')} {v['cv']:.2%} ({v['min']:.3g}..{v['max']:.3g})"
-                    for n, v in steps.items()), highlight=False)
+                log(_steps_line(steps), highlight=False)
 
     if last_acc is None:  # epochs=0 on a fresh float model: still report its accuracy
         last_acc = evaluate_loss(model, xte, yte, ctx=ctx)[0]

@@ -216,6 +216,86 @@ def top1(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) 
     return correct / max(1, len(x))
 
 
+@dataclass
+class _Run:
+    """What running the three computations side by side measured."""
+
+    vs_deploy: OutputCompare = field(default_factory=OutputCompare)
+    vs_trained: OutputCompare = field(default_factory=OutputCompare)
+    correct: dict = field(default_factory=lambda: {"torch": 0, "deploy": 0, "onnx": 0})
+    extra: dict = field(default_factory=dict)  # tensor name -> list of its values per batch
+
+
+def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str, codes: dict[str, str],
+                 rows: dict[str, LayerParity], x: np.ndarray, y: np.ndarray | None, batch_size: int,
+                 extra_outputs: tuple[str, ...] = (), progress: Callable[[int], None] | None = None) -> _Run:
+    """Run the trained model, the deploy model and the ONNX session on ``x`` batch by batch:
+    compare each layer's codes (the deploy layer's quantizer output against the ONNX tensor
+    ``codes[layer]``, counted into ``rows``) and the outputs; collect ``extra_outputs``."""
+    layers = deploy_layers(deploy)
+    input_name = session.get_inputs()[0].name
+    out_names = [o.name for o in session.get_outputs()]
+    captured: dict[str, np.ndarray] = {}
+    hooks = [layer.quant.register_forward_hook(lambda mod, inp, out, key=name: captured.__setitem__(key, out[0].numpy()))
+             for name, layer in layers.items()]
+    run = _Run(extra={name: [] for name in extra_outputs})
+    try:
+        for start in range(0, len(x), batch_size):
+            xb = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
+            with torch.no_grad():
+                y_trained = model(torch.from_numpy(xb)).numpy()
+                captured.clear()
+                y_deploy = deploy(torch.from_numpy(xb)).numpy()
+            results = dict(zip(out_names, session.run(None, {input_name: xb})))
+            y_onnx = results[main_output]
+            for name, row in rows.items():
+                ours, theirs = captured[name], results[codes[name]]
+                if ours.shape != theirs.shape:
+                    raise ValueError(f"layer {name}: code shapes differ, PyTorch {ours.shape} vs ONNX {theirs.shape}")
+                diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
+                row.codes += diff.size
+                row.mismatches += int(np.count_nonzero(diff))
+                row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
+            for name in extra_outputs:
+                run.extra[name].append(results[name])
+            run.vs_deploy.update(y_deploy, y_onnx)
+            run.vs_trained.update(y_trained, y_onnx)
+            if y is not None and y_onnx.ndim == 2:
+                yb = y[start : start + batch_size]
+                for key, out in (("torch", y_trained), ("deploy", y_deploy), ("onnx", y_onnx)):
+                    run.correct[key] += int((out.argmax(1) == yb).sum())
+            if progress:
+                progress(len(xb))
+    finally:
+        for h in hooks:
+            h.remove()
+    return run
+
+
+def make_report(run: _Run, rows: dict[str, LayerParity], n: int, y: np.ndarray | None, tol: Tolerances,
+                proto: onnx.ModelProto, weights_required: bool = False, **fields) -> ParityReport:
+    """The report of a run, judged by ``tol`` (weights that differ, or are missing when
+    ``weights_required``; codes; agreement; SQNR)."""
+    report = ParityReport(n, list(rows.values()), run.vs_deploy.summary(), run.vs_trained.summary(),
+                          tolerances=asdict(tol), quant=_quant_of(proto), **fields)
+    if y is not None and n:
+        report.accuracy = {k: v / n for k, v in run.correct.items()}
+    for row in rows.values():
+        if row.weight_mismatches > 0:
+            report.failures.append(f"{row.name}: {row.weight_mismatches} packed weight codes differ from the model's")
+        elif row.weight_mismatches < 0 and weights_required:
+            report.failures.append(f"{row.name}: the file's integer weights are missing")
+        if row.rate > tol.max_code_mismatch_rate or row.max_diff > tol.max_code_diff:
+            report.failures.append(f"{row.name}: {row.mismatches} of {row.codes} activation codes differ "
+                                   f"(max |diff| {row.max_diff})")
+    if report.vs_deploy["top1_agreement"] < tol.min_top1_agreement:
+        report.failures.append(f"top-1 agreement with the PyTorch model {report.vs_deploy['top1_agreement']:.4%} "
+                               f"< {tol.min_top1_agreement:.4%}")
+    if report.vs_deploy["sqnr_db"] < tol.min_sqnr_db:
+        report.failures.append(f"output SQNR {report.vs_deploy['sqnr_db']:.1f} dB < {tol.min_sqnr_db} dB")
+    return report
+
+
 def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = None, *,
                  session_factory: Callable[[bytes], object] | None = None, batch_size: int = 128,
                  tolerances: Tolerances | None = None, progress: Callable[[int], None] | None = None) -> ParityReport:
@@ -237,64 +317,11 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
         empty = OutputCompare().summary()
         return ParityReport(0, list(rows.values()), empty, empty, failures=invalid, tolerances=asdict(tol),
                             quant=_quant_of(proto))
-    data = _onnx_with_code_outputs(proto, description)
-    session = (session_factory or make_session)(data)
-    input_name = session.get_inputs()[0].name
-    out_names = [o.name for o in session.get_outputs()]
-    main_output = proto.graph.output[0].name
-
-    captured: dict[str, np.ndarray] = {}
-    hooks = [layer.quant.register_forward_hook(lambda mod, inp, out, key=name: captured.__setitem__(key, out[0].numpy()))
-             for name, layer in layers.items()]
-    vs_deploy, vs_trained = OutputCompare(), OutputCompare()
-    correct = {"torch": 0, "deploy": 0, "onnx": 0}
+    session = (session_factory or make_session)(_onnx_with_code_outputs(proto, description))
     scale_outputs = asq_scale_outputs(proto)
-    scales: dict[str, list[np.ndarray]] = {node: [] for node in scale_outputs}
-    try:
-        for start in range(0, len(x), batch_size):
-            xb = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
-            with torch.no_grad():
-                y_trained = model(torch.from_numpy(xb)).numpy()
-                captured.clear()
-                y_deploy = deploy(torch.from_numpy(xb)).numpy()
-            results = dict(zip(out_names, session.run(None, {input_name: xb})))
-            y_onnx = results[main_output]
-            for name, row in rows.items():
-                ours, theirs = captured[name], results[description.layers[name].onnx.codes]
-                if ours.shape != theirs.shape:
-                    raise ValueError(f"layer {name}: code shapes differ, PyTorch {ours.shape} vs ONNX {theirs.shape}")
-                diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-                row.codes += diff.size
-                row.mismatches += int(np.count_nonzero(diff))
-                row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
-            for node, q in scale_outputs.items():
-                scales[node].append(results[q["output"]])
-            vs_deploy.update(y_deploy, y_onnx)
-            vs_trained.update(y_trained, y_onnx)
-            if y is not None and y_onnx.ndim == 2:
-                yb = y[start : start + batch_size]
-                for key, out in (("torch", y_trained), ("deploy", y_deploy), ("onnx", y_onnx)):
-                    correct[key] += int((out.argmax(1) == yb).sum())
-            if progress:
-                progress(len(xb))
-    finally:
-        for h in hooks:
-            h.remove()
-
-    report = ParityReport(len(x), list(rows.values()), vs_deploy.summary(), vs_trained.summary(),
-                          tolerances=asdict(tol), quant=_quant_of(proto),
-                          asq_steps={node: spread(np.concatenate(v)) for node, v in scales.items() if v})
-    if y is not None and len(x):
-        report.accuracy = {k: v / len(x) for k, v in correct.items()}
-    for row in rows.values():
-        if row.weight_mismatches > 0:
-            report.failures.append(f"{row.name}: {row.weight_mismatches} packed weight codes differ from the model's")
-        if row.rate > tol.max_code_mismatch_rate or row.max_diff > tol.max_code_diff:
-            report.failures.append(f"{row.name}: {row.mismatches} of {row.codes} activation codes differ "
-                                   f"(max |diff| {row.max_diff})")
-    if report.vs_deploy["top1_agreement"] < tol.min_top1_agreement:
-        report.failures.append(f"top-1 agreement with the PyTorch model {report.vs_deploy['top1_agreement']:.4%} "
-                               f"< {tol.min_top1_agreement:.4%}")
-    if report.vs_deploy["sqnr_db"] < tol.min_sqnr_db:
-        report.failures.append(f"output SQNR {report.vs_deploy['sqnr_db']:.1f} dB < {tol.min_sqnr_db} dB")
-    return report
+    run = compare_runs(model, deploy, session, proto.graph.output[0].name,
+                       {name: spec.onnx.codes for name, spec in description.layers.items()}, rows, x, y, batch_size,
+                       tuple(q["output"] for q in scale_outputs.values()), progress)
+    steps = {node: spread(np.concatenate(run.extra[q["output"]])) for node, q in scale_outputs.items()
+             if run.extra[q["output"]]}
+    return make_report(run, rows, len(x), y, tol, proto, asq_steps=steps)

@@ -109,10 +109,10 @@ def test_alpha_gradient_is_lsq_rule(fmt, bits):
     (q(w) * upstream).sum().backward()
     alpha = q.alpha.detach()[:, None]
     v = w.detach() / alpha
-    level, _ = q.project(torch.clamp(v, -1, 1))
+    level, _ = q.project(torch.clamp(v, -1, 1), bits)
     inside = v.abs() <= 1
     local = torch.where(inside, level - v, level)  # outside: the clipped level, +-1
-    g = 1 / math.sqrt(10 * q.qmax())
+    g = 1 / math.sqrt(10 * q.qmax(bits))
     assert torch.allclose(q.alpha.grad, (upstream * local).sum(1) * g, rtol=1e-4, atol=1e-6)
     assert torch.allclose(w.grad, torch.where(inside, upstream, torch.zeros_like(upstream)), rtol=1e-6, atol=0)
 
@@ -121,7 +121,7 @@ def test_post_projection_is_nearest_level():
     q = WEIGHT_QUANTIZERS["post"](4, 1)
     levels = np.concatenate([[0.0], R.post_table(4) / 64.0])
     v = torch.linspace(-1, 1, 2001)
-    level, w_int = q.project(v)
+    level, w_int = q.project(v, 4)
     nearest = levels[np.abs(np.abs(v.numpy())[:, None] - levels[None, :]).argmin(1)]
     assert np.allclose(np.abs(level.numpy()), nearest)
     assert np.array_equal(np.abs(w_int.numpy()), (nearest * 64).round().astype(int))
@@ -213,22 +213,22 @@ def test_weight_scale_gradient_is_the_derivative_of_the_ste_surrogate(fmt, bits)
         q.param.mul_(0.93)
     upstream = torch.randn_like(w)
     (q(w) * upstream).sum().backward()
-    lo, hi = q.clamp_range()
+    lo, hi = q.clamp_range(bits)
     with torch.no_grad():
         v0 = torch.clamp(w / q.param[:, None], lo, hi)
-        c = q.project(v0)[0] - v0
+        c = q.project(v0, bits)[0] - v0
 
     def surrogate():
         with torch.no_grad():
             s = q.param[:, None]
             return ((torch.clamp(w / s, lo, hi) + c) * s * upstream).sum()
 
-    assert torch.allclose(q.param.grad, q.grad_factor(w) * _fd(surrogate, q.param), rtol=1e-5, atol=1e-9)
+    assert torch.allclose(q.param.grad, q.grad_factor(w, bits) * _fd(surrogate, q.param), rtol=1e-5, atol=1e-9)
 
 
 def test_gradient_scale_values():
     # LSQ's g = 1 / sqrt(N * Qp): N = features per sample (activations) or weights per output
     # channel (per-channel weight scales); Qp = 2^b - 1 unsigned, 2^(b-1) - 1 signed, M for POT/POST.
-    assert WEIGHT_QUANTIZERS["post"](4, 2).grad_factor(torch.zeros(2, 3, 3, 3)) == pytest.approx(1 / math.sqrt(27 * 7))
-    assert WEIGHT_QUANTIZERS["uniform"](2, 2).grad_factor(torch.zeros(2, 8)) == pytest.approx(1 / math.sqrt(8 * 1))
-    assert WEIGHT_QUANTIZERS["pot"](3, 2).grad_factor(torch.zeros(2, 8)) == pytest.approx(1 / math.sqrt(8 * 3))
+    assert WEIGHT_QUANTIZERS["post"](4, 2).grad_factor(torch.zeros(2, 3, 3, 3), 4) == pytest.approx(1 / math.sqrt(27 * 7))
+    assert WEIGHT_QUANTIZERS["uniform"](2, 2).grad_factor(torch.zeros(2, 8), 2) == pytest.approx(1 / math.sqrt(8 * 1))
+    assert WEIGHT_QUANTIZERS["pot"](3, 2).grad_factor(torch.zeros(2, 8), 3) == pytest.approx(1 / math.sqrt(8 * 3))
