@@ -106,7 +106,7 @@ def print_report(report, title: str = "parity") -> None:
     for row in report.layers:
         mism = f"[green]0[/]" if row.mismatches == 0 else f"[red]{row.mismatches} (max {row.max_diff})[/]"
         wt = "ok" if row.weight_mismatches == 0 else ("n/a" if row.weight_mismatches < 0 else f"[red]{row.weight_mismatches} differ[/]")
-        table.add_row(row.name, row.op, str(row.bits), f"{row.act} {row.act_bits}b", f"{row.codes:,}", mism, wt)
+        table.add_row(row.name, row.op, _bits_text(row.bits), f"{row.act} {row.act_bits}b", f"{row.codes:,}", mism, wt)
     out.print(table)
     for label, block in (("vs PyTorch deploy model (integer reference)", report.vs_deploy),
                          ("vs PyTorch trained model (fake quantization)", report.vs_trained)):
@@ -183,12 +183,23 @@ def _check_format(export_format: str) -> str:
     return fmt
 
 
+def _bits_text(bits) -> str:
+    """One bit-width as it is; per-channel widths as their range, mean and counts."""
+    if isinstance(bits, int):
+        return str(bits)
+    counts = {b: list(bits).count(b) for b in sorted(set(bits))}
+    return f"{sum(bits) / len(bits):.2f} avg (" + ", ".join(f"{c}x{b}" for b, c in counts.items()) + ")"
+
+
 def _print_result(result, export_format: str) -> None:
     """What convert and export wrote, and the parity report (exits 1 when parity fails)."""
     print_fidelity(result.fidelity)
     size = result.onnx_path.stat().st_size
     kind = "; standard ONNX (qdq), runs without the qexport library" if export_format == "qdq" else ""
-    out.print(f"wrote {result.onnx_path} ({size:,} bytes; {result.config.method}, {result.config.bits}-bit weights{kind})")
+    mixed = (result.fidelity or {}).get("mixed")
+    weights = (f"mixed weight bit-widths per {mixed['granularity']}, {mixed['code_bytes']:,} bytes of weight codes"
+               if mixed else f"{result.config.bits}-bit weights")
+    out.print(f"wrote {result.onnx_path} ({size:,} bytes; {result.config.method}, {weights}{kind})")
     if result.checkpoint_path:
         out.print(f"wrote {result.checkpoint_path} (the calibrated quantized model, for `qexport validate`)")
     if result.report is not None:
@@ -196,6 +207,35 @@ def _print_result(result, export_format: str) -> None:
         out.print(f"wrote {result.report_path}")
         if not result.report.passed:
             raise typer.Exit(1)
+
+
+BUDGET_HELP = ("Mixed precision: a size for the packed weight codes of all quantized layers, e.g. 40KB, 0.5MB, "
+               "or an average such as 2.5bits; the body layers' weight bit-widths are then allocated to fit it "
+               "(--bits sets the activations).")
+
+
+def _mixed_options(size_budget: str | None, bit_choices: str | None, granularity: str):
+    """The MixedOptions of --size-budget / --bit-choices / --granularity (None without a budget)."""
+    from .convert import MixedOptions
+    from .nn.mixed import GRANULARITIES, parse_budget
+
+    if size_budget is None:
+        if bit_choices is not None:
+            _fail("--bit-choices needs --size-budget")
+        return None
+    granularity = granularity.strip().lower()
+    if granularity not in GRANULARITIES:
+        _fail(f"unknown --granularity {granularity!r}: choose channel or layer")
+    try:
+        budget = parse_budget(size_budget)
+        choices = None
+        if bit_choices is not None:
+            choices = tuple(int(b) for b in bit_choices.replace(" ", "").split(",") if b)
+            if not choices or any(b < 2 or b > 8 for b in choices):
+                raise ValueError(f"--bit-choices {bit_choices!r}: expected bit-widths in 2..8, e.g. 2,3,4")
+    except ValueError as exc:
+        _fail(str(exc))
+    return MixedOptions(budget, choices, granularity)
 
 
 @app.command()
@@ -218,6 +258,9 @@ def convert(
     max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
     min_agreement: float = typer.Option(1.0, "--min-top1-agreement", help="Minimum top-1 agreement with PyTorch."),
     export_format: str = typer.Option("qexport", "--format", help=FORMAT_HELP),
+    size_budget: Optional[str] = typer.Option(None, "--size-budget", help=BUDGET_HELP),
+    bit_choices: Optional[str] = typer.Option(None, "--bit-choices", help="Candidate weight bit-widths for --size-budget, e.g. 2,3,4 (default 2,3,4,8 where the format has them)."),
+    granularity: str = typer.Option("channel", "--granularity", help="--size-budget allocates bit-widths per output 'channel' (default) or per 'layer'."),
 ) -> None:
     """Quantize (if float) and export a model to ONNX with ai.qexport ops (or standard ONNX with --format qdq), then check parity."""
     from .checkpoint import CheckpointError
@@ -241,6 +284,7 @@ def convert(
                          tolerances=_tolerances(max_mismatch_rate, min_agreement),
                          fit_options=FitOptions(batch_size=fit_batch, **({} if fit_steps is None else {"steps": fit_steps})),
                          overrides=overrides, export_format=export_format,
+                         mixed=_mixed_options(size_budget, bit_choices, granularity),
                          progress=lambda msg: console.print(f"[dim]{msg}[/]"), fit_progress=fit_progress)
         except (CheckpointError, ConvertError, ExportError) as exc:
             _fail(str(exc))
@@ -445,6 +489,10 @@ def train(
     limit_train: Optional[int] = typer.Option(None, "--limit-train", help="Train on a seeded random subset of this size."),
     limit_test: Optional[int] = typer.Option(None, "--limit-test", help="Evaluate on the first N test samples."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    size_budget: Optional[str] = typer.Option(None, "--size-budget", help=BUDGET_HELP.replace("allocated", "searched (Cheng et al.) after calibration")),
+    bit_choices: Optional[str] = typer.Option(None, "--bit-choices", help="Candidate weight bit-widths of the --size-budget search, e.g. 2,3,4."),
+    granularity: str = typer.Option("channel", "--granularity", help="--size-budget searches a bit-width per output 'channel' (default) or per 'layer'."),
+    search_steps: int = typer.Option(300, "--search-steps", help="Steps of the --size-budget search."),
 ) -> None:
     """Train a float model or run quantization-aware training (SGD, momentum 0.9, cosine).
 
@@ -463,6 +511,7 @@ def train(
         quant_args["act_bits"] = act_bits
     if override:
         quant_args["overrides"] = [list(o) for o in _overrides(override)]
+    mixed = _mixed_options(size_budget, bit_choices, granularity)
     try:
         model_args = json.loads(arch_args) if arch_args else {}
         if not isinstance(model_args, dict):
@@ -476,13 +525,20 @@ def train(
                              distill=distill, teacher=str(teacher) if teacher else None, distill_weight=distill_weight,
                              distill_temperature=distill_temperature, calib_batches=calib_batches,
                              calib_refine_samples=calib_refine_samples, augment=augment,
-                             limit_train=limit_train, limit_test=limit_test, progress=progress)
+                             limit_train=limit_train, limit_test=limit_test, progress=progress,
+                             size_budget=size_budget, bit_choices=mixed.choices if mixed else None,
+                             granularity=mixed.granularity if mixed else "channel", search_steps=search_steps)
         metrics = run(config)
     except (CheckpointError, ValueError, FileNotFoundError, ImportError) as exc:
         _fail(str(exc))
     if int(os.environ.get("RANK", "0")) == 0:
         out.print(f"wrote {output}: test top-1 {metrics['final_test_acc']:.2f}% (best {metrics['best_test_acc']:.2f}% "
                   f"at epoch {metrics['best_epoch']}), {metrics['wall_time_s']:.0f} s")
+        search = metrics.get("bit_search")
+        if search:
+            out.print(f"bit-width search: {search['code_bytes']:,} bytes of weight codes (limit "
+                      f"{search['limit_bytes']:,.0f} for the searched layers); mean bits per layer: " + ", ".join(
+                          f"{n} {v['mean_bits']:.2f}" for n, v in search["layers"].items()))
 
 
 @app.command()

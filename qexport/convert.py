@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -17,8 +17,19 @@ from .export import export_onnx
 from .io import atomic_write_text
 from .nn import calibrate, quantize_
 from .nn.fit import FitOptions, fit
+from .nn.mixed import DEFAULT_CHOICES, Budget, allocate, bits_summary, code_bytes
 from .quant.config import QuantConfig
 from .validate import ParityReport, Tolerances, check_parity, top1
+
+
+@dataclass(frozen=True)
+class MixedOptions:
+    """Mixed precision in convert: the budget, the candidate widths (None: 2, 3, 4, 8 where the
+    format has them), and "channel" or "layer" granularity."""
+
+    budget: Budget
+    choices: tuple[int, ...] | None = None
+    granularity: str = "channel"
 
 
 class ConvertError(ValueError):
@@ -40,9 +51,10 @@ def _method_tag(method: str) -> str:
     return method.replace("+", "-")
 
 
-def default_output(model_path: Path, config: QuantConfig, export_format: str = "qexport") -> Path:
+def default_output(model_path: Path, config: QuantConfig, export_format: str = "qexport", mixed: bool = False) -> Path:
     tail = "_qdq" if export_format == "qdq" else ""
-    return Path.cwd() / f"{model_path.stem}_{_method_tag(config.method)}_w{config.bits}{tail}.onnx"
+    bits = "mix" if mixed or any(isinstance(o.get("bits"), list) for _, o in config.overrides) else config.bits
+    return Path.cwd() / f"{model_path.stem}_{_method_tag(config.method)}_w{bits}{tail}.onnx"
 
 
 def resolve_config(loaded: LoadedModel, method: str | None, bits: int | None, act_bits: int | None,
@@ -148,7 +160,8 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
             overrides: tuple = (),
             progress: Callable[[str], None] | None = None,
             fit_progress: Callable[[int, int, float], None] | None = None,
-            export_format: str = "qexport", require_quantized: bool = False) -> ConvertResult:
+            export_format: str = "qexport", require_quantized: bool = False,
+            mixed: MixedOptions | None = None) -> ConvertResult:
     """Convert a model file to ONNX with ai.qexport ops, and check parity.
 
     A float model (qexport checkpoint, state dict + ``arch``, or trusted pickle) is quantized
@@ -159,6 +172,10 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     The fitted model is saved beside the ONNX file (``.pt``) so ``qexport validate`` can re-check
     it later. A quantized checkpoint is exported as it is (``require_quantized``: a float model
     is an error, what ``qexport export`` wants).
+
+    ``mixed`` (a size budget): the body layers' weight bit-widths are allocated per output channel
+    (or per layer) by ``qexport.nn.mixed.allocate`` before calibration; ``bits`` then sets the
+    activations (and the widths of layers the budget does not reach).
 
     ``export_format`` "qexport" writes ai.qexport custom ops (every method); "qdq" writes standard
     ONNX only (qexport.export.qdq: LSQ activations with uniform weights, ``method`` defaulting to
@@ -180,7 +197,7 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     config = resolve_config(loaded, method, bits, act_bits, first_last_bits, overrides)
     if qdq and loaded.is_quantized:
         check_qdq_compatible(loaded.model)
-    out = Path(output) if output else default_output(model_path, config, export_format)
+    out = Path(output) if output else default_output(model_path, config, export_format, mixed is not None)
     if out.suffix != ".onnx":
         raise ConvertError(f"output must end in .onnx, got {out}")
     if out.resolve() == model_path.resolve():
@@ -191,9 +208,9 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     accuracy: dict = {}
     fid: dict = {}
     if not loaded.is_quantized:
-        model, accuracy, fid, n_cal = _quantize_and_fit(
+        model, accuracy, fid, n_cal, config = _quantize_and_fit(
             loaded, config, x, y if validate else None, calib_samples, fit_options or FitOptions(), say, fit_progress,
-            check_qdq_compatible if qdq else None)
+            check_qdq_compatible if qdq else None, mixed)
         if loaded.arch is not None:
             ckpt_path = out.with_suffix(".pt")
             save_checkpoint(ckpt_path, model=model, arch=loaded.arch, arch_args=loaded.arch_args, quant=config,
@@ -223,16 +240,27 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
 
 def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray, y: np.ndarray | None,
                       calib_samples: int, fit_opts: FitOptions, say: Callable[[str], None],
-                      fit_progress: Callable[[int, int, float], None] | None, check: Callable | None
-                      ) -> tuple[nn.Module, dict, dict, int]:
+                      fit_progress: Callable[[int, int, float], None] | None, check: Callable | None,
+                      mixed: MixedOptions | None = None) -> tuple[nn.Module, dict, dict, int, QuantConfig]:
     """A float model quantized, calibrated and fitted: (model, accuracy {float, calibrated} when
-    ``y`` is given, fidelity report, calibration sample count)."""
+    ``y`` is given, fidelity report, calibration sample count, the config with the allocated
+    bit-widths when ``mixed``)."""
     n_cal, held = split_calibration(len(x), calib_samples)
     teacher = copy.deepcopy(loaded.model).eval()
     accuracy: dict = {}
     fid: dict = {}
     if y is not None:
         accuracy["float"] = top1(teacher, x, y)
+    if mixed is not None:
+        say(f"allocating weight bit-widths per {mixed.granularity} to {mixed.budget} (choices "
+            f"{', '.join(map(str, mixed.choices or DEFAULT_CHOICES))})")
+        xc = torch.from_numpy(np.ascontiguousarray(x[:n_cal], dtype=np.float32))
+        try:
+            found = allocate(loaded.model, config, xc, mixed.budget, choices=mixed.choices,
+                             granularity=mixed.granularity)
+        except ValueError as exc:
+            raise ConvertError(str(exc)) from exc
+        config = replace(config, overrides=tuple(config.overrides) + tuple(found))
     say(f"quantizing ({config.method}, {config.bits}-bit) and calibrating on {n_cal} samples")
     try:
         model = quantize_model(loaded.model, config, x, n_cal, check=check)
@@ -252,7 +280,10 @@ def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray, y
     warning = fidelity_warning(fid.get("fitted", fid["calibrated"]), config)
     if warning:
         fid["warning"] = warning
-    return model, accuracy, fid, n_cal
+    if mixed is not None:
+        fid["mixed"] = {"budget": str(mixed.budget), "granularity": mixed.granularity,
+                        "code_bytes": code_bytes(model), "layers": bits_summary(model)}
+    return model, accuracy, fid, n_cal, config
 
 
 def write_report(report: ParityReport, path: Path, context: dict) -> None:

@@ -56,6 +56,12 @@ class TrainConfig:
             ``limit_test`` test samples (quick runs).
         num_workers: kept for the CLI; data are in-memory tensors, so only 0 is supported.
         progress: show a rich progress bar.
+        size_budget: learned mixed precision (Cheng et al.; ``qexport.nn.mixed.search``): after
+            calibration, search the body layers' weight bit-widths under this budget of packed
+            weight codes ("40KB", "2.5bits", ...), then train the ``epochs`` at the found widths.
+        bit_choices: the candidate widths of the search (None: 2, 3, 4, 8 where the format has them).
+        granularity: "channel" (a width per output channel) or "layer".
+        search_steps: steps of the search (batches of ``batch_size``).
     """
 
     arch: str | None = None
@@ -89,6 +95,10 @@ class TrainConfig:
     limit_test: int | None = None
     num_workers: int = 0
     progress: bool = True
+    size_budget: str | None = None
+    bit_choices: tuple[int, ...] | None = None
+    granularity: str = "channel"
+    search_steps: int = 300
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -114,6 +124,16 @@ class TrainConfig:
             self.distill = True
         if self.distill and self.teacher is None and self.from_checkpoint is None:
             raise ValueError("distill needs a teacher: pass teacher= (--teacher) or from_checkpoint= (--from)")
+        if self.size_budget is not None:
+            from ..nn.mixed import GRANULARITIES, parse_budget
+
+            parse_budget(self.size_budget)  # refuses a malformed budget before any work
+            if self.method == "float":
+                raise ValueError("size_budget needs a quantized method (it searches weight bit-widths)")
+            if self.granularity not in GRANULARITIES or self.search_steps < 1:
+                raise ValueError(f"granularity must be one of {GRANULARITIES} and search_steps >= 1")
+        if self.bit_choices is not None:
+            self.bit_choices = tuple(int(b) for b in self.bit_choices)
         if self.resume and self.output is None:
             raise ValueError("resume needs output: the checkpoint to continue from and to keep writing")
 

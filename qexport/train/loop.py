@@ -367,10 +367,30 @@ def _start_run(config: TrainConfig, ctx: DistContext, resumed: dict | None, xtr,
         # (DDP also broadcasts rank 0's parameters and buffers when it wraps the model).
         calibrate(model, _calibration_batches(xtr, config), refine_samples=config.calib_refine_samples)
         metrics["calibration_time_s"] = time.perf_counter() - t0
+        if config.size_budget is not None:
+            qconfig = _search_bits(model, qconfig, config, xtr, ytr, metrics)
         metrics["quant"] = qconfig.to_dict()
         metrics["calibrated_test_acc"] = evaluate_loss(model, xte, yte, ctx=ctx)[0]
     metrics["parameters"] = int(sum(p.numel() for p in model.parameters()))
     return model, arch, arch_args, qconfig, metrics
+
+
+def _search_bits(model: nn.Module, qconfig, config: TrainConfig, xtr, ytr, metrics: dict):
+    """Cheng et al.'s search of the weight bit-widths (qexport.nn.mixed.search) on the training
+    data; returns the QuantConfig with the found widths as overrides (what the checkpoint keeps)."""
+    from dataclasses import replace
+
+    from ..nn.mixed import bits_summary, code_bytes, parse_budget, search
+
+    t0 = time.perf_counter()
+    device = next(model.parameters()).device
+    found, summary = search(model, qconfig, torch.as_tensor(xtr).to(device), torch.as_tensor(ytr).long().to(device),
+                            parse_budget(config.size_budget), choices=config.bit_choices,
+                            granularity=config.granularity, steps=config.search_steps, batch_size=config.batch_size,
+                            seed=config.seed)
+    summary.update(time_s=time.perf_counter() - t0, code_bytes=code_bytes(model), layers=bits_summary(model))
+    metrics["bit_search"] = summary
+    return replace(qconfig, overrides=tuple(qconfig.overrides) + tuple(found))
 
 
 def _restore_optimizer(resumed: dict | None, opt, sched, ctx: DistContext) -> tuple[int, float, int, list[int]]:

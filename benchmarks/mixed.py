@@ -1,0 +1,192 @@
+#!/usr/bin/env python
+"""Mixed precision on Fashion-MNIST: accuracy against size, uniform against allocated bit-widths.
+
+For each seed and each reference width b (--budgets-from, default 2 and 3), the shipped float
+model (samples/small_cnn_float.pt) is converted post-training (calibration + the reconstruction
+fit of `qexport convert`) three ways at the same size of packed weight codes:
+
+  uniform   every body layer at b bits (first/last layer 8-bit, as always)
+  layer     bit-widths per layer allocated to the uniform model's code size (--size-budget)
+  channel   bit-widths per output channel allocated to the same size
+
+plus uniform at --extra-uniform widths (default 4) for the curve. Each model is scored by its ONNX
+file in ONNX Runtime with qexport's library on the full Fashion-MNIST test set (10,000 images).
+The seed picks the 640 training images (512 calibrate and fit, 128 measure fidelity) and the fit's
+batch order. Candidate widths: --choices (default 2,3,4: POST's range).
+
+Outputs (under --out, default benchmarks/results/): mixed.json (one record per model: variant, b,
+seed, code_bytes, onnx_bytes, onnx_top1, bits per layer), models/mixed/<name>.onnx, mixed.png
+(accuracy against code size), and the markdown section docs/results.md includes (written by
+benchmarks/ablation.py --report-only, which reads mixed.json). Resumable: a record whose ONNX
+file exists is kept. Usage:
+
+  OMP_NUM_THREADS=1 python benchmarks/mixed.py                 # ~10 min on one busy core
+  python benchmarks/mixed.py --seeds 0 --budgets-from 3 --limit-test 500 --out /tmp/mixed-smoke   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from qexport.convert import MixedOptions, convert  # noqa: E402
+from qexport.data import load_dataset  # noqa: E402
+from qexport.io import atomic_write_text  # noqa: E402
+from qexport.nn.fit import FitOptions  # noqa: E402
+from qexport.nn.mixed import Budget  # noqa: E402
+from qexport.runtime import make_session  # noqa: E402
+
+VARIANTS = ("uniform", "layer", "channel")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def onnx_top1(path: Path, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
+    session = make_session(str(path))
+    name = session.get_inputs()[0].name
+    correct = 0
+    for start in range(0, len(x), batch):
+        logits = session.run(None, {name: np.ascontiguousarray(x[start:start + batch], dtype=np.float32)})[0]
+        correct += int((logits.argmax(1) == y[start:start + batch]).sum())
+    return correct / len(x)
+
+
+def calibration_set(seed: int) -> np.ndarray:
+    x, _ = load_dataset("fashion-mnist", "train")
+    idx = np.random.default_rng(10_000 + seed).choice(len(x), size=640, replace=False)
+    return x[np.sort(idx)]
+
+
+def run_one(args, name: str, seed: int, bits: int, mixed: MixedOptions | None, xc: np.ndarray) -> dict:
+    out = Path(args.out) / "models" / "mixed" / f"{name}.onnx"
+    result = convert(args.model, x=xc, output=out, method=args.method, bits=bits, validate=False,
+                     fit_options=FitOptions(seed=seed), mixed=mixed)
+    fid = result.fidelity
+    layers = {n: v["mean_bits"] for n, v in fid.get("mixed", {}).get("layers", {}).items()}
+    from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from qexport.nn.mixed import bits_summary, code_bytes
+
+    model = build_model_from_checkpoint(load_checkpoint(result.checkpoint_path))
+    return {"name": name, "onnx_path": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
+            "code_bytes": code_bytes(model), "onnx_bytes": out.stat().st_size,
+            "mean_bits": layers or {n: v["mean_bits"] for n, v in bits_summary(model).items()},
+            "fidelity_agreement": fid.get("fitted", fid.get("calibrated", {})).get("top1_agreement")}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "samples" / "small_cnn_float.pt"))
+    p.add_argument("--method", default="asq+post")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--budgets-from", default="2,3")
+    p.add_argument("--extra-uniform", default="4")
+    p.add_argument("--choices", default="2,3,4")
+    p.add_argument("--limit-test", type=int, default=None)
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    (out / "models" / "mixed").mkdir(parents=True, exist_ok=True)
+    path = out / "mixed.json"
+    records = json.loads(path.read_text()) if path.exists() else []
+    done = {r["name"] for r in records if (ROOT / r["onnx_path"]).exists() or Path(r["onnx_path"]).exists()}
+    xt, yt = load_dataset("fashion-mnist", "test")
+    if args.limit_test:
+        xt, yt = xt[:args.limit_test], yt[:args.limit_test]
+    choices = tuple(int(b) for b in args.choices.split(","))
+    for seed in (int(s) for s in args.seeds.split(",")):
+        xc = calibration_set(seed)
+        plan = [("uniform", int(b), None) for b in args.budgets_from.split(",") + args.extra_uniform.split(",") if b]
+        plan += [(v, int(b), None) for b in args.budgets_from.split(",") if b for v in ("layer", "channel")]
+        for variant, bits, _ in plan:
+            name = f"{args.method.replace('+', '-')}_{variant}_at{bits}_s{seed}"
+            if name in done:
+                continue
+            mixed = None
+            if variant != "uniform":
+                ref = next(r for r in records if r["variant"] == "uniform" and r["bits"] == bits and r["seed"] == seed)
+                mixed = MixedOptions(Budget(code_bytes=ref["code_bytes"]), choices, variant)
+            t0 = time.perf_counter()
+            rec = run_one(args, name, seed, bits, mixed, xc)
+            rec.update(variant=variant, bits=bits, seed=seed, method=args.method,
+                       onnx_top1=onnx_top1(ROOT / rec["onnx_path"] if not Path(rec["onnx_path"]).is_absolute()
+                                           else Path(rec["onnx_path"]), xt, yt),
+                       test_samples=int(len(xt)), seconds=round(time.perf_counter() - t0, 1))
+            records = [r for r in records if r["name"] != name] + [rec]
+            atomic_write_text(path, json.dumps(records, indent=1, sort_keys=True) + "\n")
+            log(f"{name}: {rec['code_bytes']:,} B of codes, ONNX {rec['onnx_bytes']:,} B, top-1 {rec['onnx_top1']:.2%} "
+                f"({rec['seconds']} s)")
+    print(markdown(records))
+    plot(records, out / "mixed.png")
+    return 0
+
+
+def summary(records: list[dict]) -> list[dict]:
+    """Mean over seeds per (variant, bits)."""
+    rows = {}
+    for r in records:
+        rows.setdefault((r["variant"], r["bits"]), []).append(r)
+    out = []
+    for (variant, bits), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], VARIANTS.index(kv[0][0]))):
+        out.append({"variant": variant, "bits": bits, "seeds": len(rs),
+                    "code_bytes": float(np.mean([r["code_bytes"] for r in rs])),
+                    "onnx_bytes": float(np.mean([r["onnx_bytes"] for r in rs])),
+                    "top1": float(np.mean([r["onnx_top1"] for r in rs])),
+                    "top1_each": [r["onnx_top1"] for r in sorted(rs, key=lambda r: r["seed"])]})
+    return out
+
+
+def markdown(records: list[dict]) -> str:
+    """The section docs/results.md includes."""
+    if not records:
+        return ""
+    lines = ["## Mixed precision (post-training, `qexport convert --size-budget`)", "",
+             "The shipped float model converted three ways at the same size of packed weight codes: uniform "
+             "body layers, bit-widths allocated per layer, and per output channel (Fisher-weighted "
+             "quantization error, greedy; candidates 2/3/4-bit POST; first/last layer 8-bit). Top-1 on the "
+             f"{records[0]['test_samples']:,} Fashion-MNIST test images through ONNX Runtime with the library, "
+             "mean of the seeds (each: another 512-image calibration set and fit order). Produced by "
+             "`benchmarks/mixed.py` (records: benchmarks/results/mixed.json; plot: benchmarks/results/mixed.png).",
+             "", "| size of | variant | weight codes (bytes) | ONNX file (bytes) | top-1 (mean) | per seed |",
+             "|---|---|---|---|---|---|"]
+    for row in summary(records):
+        ref = "uniform" if row["variant"] == "uniform" else "same as"
+        lines.append(f"| {ref} {row['bits']}-bit | {row['variant']} | {row['code_bytes']:,.0f} | {row['onnx_bytes']:,.0f} "
+                     f"| {row['top1']:.2%} | {' / '.join(f'{v:.2%}' for v in row['top1_each'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(records: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, marker in zip(VARIANTS, "osD"):
+        rows = [r for r in summary(records) if r["variant"] == variant]
+        if rows:
+            ax.plot([r["code_bytes"] / 1000 for r in rows], [100 * r["top1"] for r in rows], marker=marker,
+                    label=variant if variant == "uniform" else f"allocated per {variant}")
+    ax.set_xlabel("packed weight codes (kB)")
+    ax.set_ylabel("Fashion-MNIST test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    log(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
