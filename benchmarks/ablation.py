@@ -839,6 +839,11 @@ def write_report(path: Path, json_path: Path, out: Path) -> None:
               "print(stats[\"cv_median\"], stats[\"corr_brightness_median\"], stats[\"quantizers\"])", "```", "",
               "`python benchmarks/ablation.py --rescore` re-measures every record (both settings) from its ONNX file.",
               ""]
+    mixed_json = out / "mixed.json"
+    if mixed_json.exists():  # benchmarks/mixed.py's records: its section of this page
+        from mixed import markdown as mixed_markdown
+
+        lines += [mixed_markdown(json.loads(mixed_json.read_text())), ""]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

@@ -82,6 +82,31 @@ def run_one(args, name: str, seed: int, bits: int, mixed: MixedOptions | None, x
             "fidelity_agreement": fid.get("fitted", fid.get("calibrated", {})).get("top1_agreement")}
 
 
+def run_qat(args, name: str, seed: int, bits: int, variant: str, budget_bytes: float | None) -> dict:
+    """QAT from the ablation's float model with the ablation's recipe (3 epochs, lr 0.01, cosine,
+    batch 128): uniform at ``bits``, or Cheng et al.'s search per ``variant`` to ``budget_bytes``."""
+    from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from qexport.export import export_onnx
+    from qexport.nn.mixed import bits_summary, code_bytes
+    from qexport.train import TrainConfig, train
+
+    work = Path(args.out) / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / f"{name}.pt"
+    search = {} if variant == "uniform" else {"size_budget": f"{budget_bytes:.0f}", "granularity": variant,
+                                               "bit_choices": tuple(int(b) for b in args.choices.split(","))}
+    train(TrainConfig(method=args.method, bits=bits, from_checkpoint=args.qat_from, data="fashion-mnist", epochs=3,
+                      batch_size=128, lr=0.01, seed=seed, output=str(ckpt), resume=True, progress=False,
+                      quant_args={"first_last_bits": 8}, **search))
+    model = build_model_from_checkpoint(load_checkpoint(ckpt)).eval()
+    out = Path(args.out) / "models" / "mixed" / f"{name}.onnx"
+    x, _ = load_dataset("fashion-mnist", "test")
+    export_onnx(model, __import__("torch").from_numpy(x[:2]), out)
+    return {"name": name, "onnx_path": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
+            "code_bytes": code_bytes(model), "onnx_bytes": out.stat().st_size,
+            "mean_bits": {n: v["mean_bits"] for n, v in bits_summary(model).items()}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "samples" / "small_cnn_float.pt"))
@@ -92,6 +117,9 @@ def main(argv=None) -> int:
     p.add_argument("--choices", default="2,3,4")
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--qat", action="store_true", help="QAT instead of post-training: uniform and searched widths "
+                   "(Cheng et al.) from --qat-from with the ablation's recipe")
+    p.add_argument("--qat-from", default=str(ROOT / "benchmarks" / "results" / "float_s0.pt"))
     args = p.parse_args(argv)
     out = Path(args.out)
     (out / "models" / "mixed").mkdir(parents=True, exist_ok=True)
@@ -106,17 +134,23 @@ def main(argv=None) -> int:
         xc = calibration_set(seed)
         plan = [("uniform", int(b), None) for b in args.budgets_from.split(",") + args.extra_uniform.split(",") if b]
         plan += [(v, int(b), None) for b in args.budgets_from.split(",") if b for v in ("layer", "channel")]
+        regime = "qat" if args.qat else "ptq"
         for variant, bits, _ in plan:
-            name = f"{args.method.replace('+', '-')}_{variant}_at{bits}_s{seed}"
+            name = f"{'qat_' if args.qat else ''}{args.method.replace('+', '-')}_{variant}_at{bits}_s{seed}"
             if name in done:
                 continue
-            mixed = None
+            mixed, ref = None, None
             if variant != "uniform":
-                ref = next(r for r in records if r["variant"] == "uniform" and r["bits"] == bits and r["seed"] == seed)
+                ref = next(r for r in records if r["variant"] == "uniform" and r["bits"] == bits and r["seed"] == seed
+                           and r.get("regime", "ptq") == regime)
                 mixed = MixedOptions(Budget(code_bytes=ref["code_bytes"]), choices, variant)
             t0 = time.perf_counter()
-            rec = run_one(args, name, seed, bits, mixed, xc)
-            rec.update(variant=variant, bits=bits, seed=seed, method=args.method,
+            if args.qat:
+                # the search budget covers the searched layers' codes plus the fixed first/last layers
+                rec = run_qat(args, name, seed, bits, variant, ref["code_bytes"] if ref else None)
+            else:
+                rec = run_one(args, name, seed, bits, mixed, xc)
+            rec.update(variant=variant, bits=bits, seed=seed, method=args.method, regime=regime,
                        onnx_top1=onnx_top1(ROOT / rec["onnx_path"] if not Path(rec["onnx_path"]).is_absolute()
                                            else Path(rec["onnx_path"]), xt, yt),
                        test_samples=int(len(xt)), seconds=round(time.perf_counter() - t0, 1))
@@ -130,13 +164,14 @@ def main(argv=None) -> int:
 
 
 def summary(records: list[dict]) -> list[dict]:
-    """Mean over seeds per (variant, bits)."""
+    """Mean over seeds per (regime, variant, bits)."""
     rows = {}
     for r in records:
-        rows.setdefault((r["variant"], r["bits"]), []).append(r)
+        rows.setdefault((r.get("regime", "ptq"), r["variant"], r["bits"]), []).append(r)
     out = []
-    for (variant, bits), rs in sorted(rows.items(), key=lambda kv: (kv[0][1], VARIANTS.index(kv[0][0]))):
-        out.append({"variant": variant, "bits": bits, "seeds": len(rs),
+    for (regime, variant, bits), rs in sorted(rows.items(), key=lambda kv: (kv[0][0] == "qat", kv[0][2],
+                                                                             VARIANTS.index(kv[0][1]))):
+        out.append({"regime": regime, "variant": variant, "bits": bits, "seeds": len(rs),
                     "code_bytes": float(np.mean([r["code_bytes"] for r in rs])),
                     "onnx_bytes": float(np.mean([r["onnx_bytes"] for r in rs])),
                     "top1": float(np.mean([r["onnx_top1"] for r in rs])),
@@ -148,19 +183,24 @@ def markdown(records: list[dict]) -> str:
     """The section docs/results.md includes."""
     if not records:
         return ""
-    lines = ["## Mixed precision (post-training, `qexport convert --size-budget`)", "",
-             "The shipped float model converted three ways at the same size of packed weight codes: uniform "
-             "body layers, bit-widths allocated per layer, and per output channel (Fisher-weighted "
-             "quantization error, greedy; candidates 2/3/4-bit POST; first/last layer 8-bit). Top-1 on the "
-             f"{records[0]['test_samples']:,} Fashion-MNIST test images through ONNX Runtime with the library, "
-             "mean of the seeds (each: another 512-image calibration set and fit order). Produced by "
-             "`benchmarks/mixed.py` (records: benchmarks/results/mixed.json; plot: benchmarks/results/mixed.png).",
-             "", "| size of | variant | weight codes (bytes) | ONNX file (bytes) | top-1 (mean) | per seed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["## Mixed precision (`--size-budget`)", "",
+             "ASQ+POST models at the same size of packed weight codes: uniform body layers, and bit-widths per "
+             "layer or per output channel (candidates 2/3/4-bit POST; first/last layer 8-bit). **ptq**: the "
+             "shipped float model through `qexport convert --size-budget` (Fisher-weighted quantization error, "
+             "greedy allocation, then calibration and the reconstruction fit; seeds: another 512-image "
+             "calibration set and fit order). **qat**: `qexport train --size-budget` from the ablation's float "
+             "model with its recipe (Cheng et al.'s differentiable search after calibration, then 3 epochs at "
+             f"the found widths). Top-1 on the {records[0]['test_samples']:,} Fashion-MNIST test images through "
+             "ONNX Runtime with the library, mean of the seeds. At the size of uniform 2-bit there is nothing to "
+             "allocate: 2 bits is every format's narrowest width. Produced by `benchmarks/mixed.py` (records: "
+             "benchmarks/results/mixed.json; plot: benchmarks/results/mixed.png).",
+             "", "| regime | size of | variant | weight codes (bytes) | ONNX file (bytes) | top-1 (mean) | per seed |",
+             "|---|---|---|---|---|---|---|"]
     for row in summary(records):
         ref = "uniform" if row["variant"] == "uniform" else "same as"
-        lines.append(f"| {ref} {row['bits']}-bit | {row['variant']} | {row['code_bytes']:,.0f} | {row['onnx_bytes']:,.0f} "
-                     f"| {row['top1']:.2%} | {' / '.join(f'{v:.2%}' for v in row['top1_each'])} |")
+        lines.append(f"| {row['regime']} | {ref} {row['bits']}-bit | {row['variant']} | {row['code_bytes']:,.0f} "
+                     f"| {row['onnx_bytes']:,.0f} | {row['top1']:.2%} | "
+                     f"{' / '.join(f'{v:.2%}' for v in row['top1_each'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -174,11 +214,12 @@ def plot(records: list[dict], path: Path) -> None:
         log("matplotlib is not installed: no plot (pip install matplotlib)")
         return
     fig, ax = plt.subplots(figsize=(6, 4))
-    for variant, marker in zip(VARIANTS, "osD"):
-        rows = [r for r in summary(records) if r["variant"] == variant]
-        if rows:
-            ax.plot([r["code_bytes"] / 1000 for r in rows], [100 * r["top1"] for r in rows], marker=marker,
-                    label=variant if variant == "uniform" else f"allocated per {variant}")
+    for regime, style in (("ptq", "-"), ("qat", "--")):
+        for variant, marker in zip(VARIANTS, "osD"):
+            rows = [r for r in summary(records) if r["variant"] == variant and r["regime"] == regime]
+            if rows:
+                ax.plot([r["code_bytes"] / 1000 for r in rows], [100 * r["top1"] for r in rows], style, marker=marker,
+                        label=f"{regime}: " + (variant if variant == "uniform" else f"per {variant}"))
     ax.set_xlabel("packed weight codes (kB)")
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
     ax.grid(alpha=0.3)
