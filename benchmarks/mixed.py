@@ -107,6 +107,19 @@ def run_qat(args, name: str, seed: int, bits: int, variant: str, budget_bytes: f
             "mean_bits": {n: v["mean_bits"] for n, v in bits_summary(model).items()}}
 
 
+def save_record(path: Path, rec: dict) -> list[dict]:
+    """Add (or replace) one record in mixed.json under a lock, re-reading the file first, so that
+    a post-training and a QAT run may share it; returns every record."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = json.loads(path.read_text()) if path.exists() else []
+        records = [r for r in records if r["name"] != rec["name"]] + [rec]
+        atomic_write_text(path, json.dumps(records, indent=1, sort_keys=True) + "\n")
+    return records
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(ROOT / "samples" / "small_cnn_float.pt"))
@@ -115,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--budgets-from", default="2,3")
     p.add_argument("--extra-uniform", default="4")
     p.add_argument("--choices", default="2,3,4")
+    p.add_argument("--fractions", default="0.8", help="also allocate to these fractions of each uniform size")
     p.add_argument("--limit-test", type=int, default=None)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--qat", action="store_true", help="QAT instead of post-training: uniform and searched widths "
@@ -134,28 +148,30 @@ def main(argv=None) -> int:
         xc = calibration_set(seed)
         plan = [("uniform", int(b), None) for b in args.budgets_from.split(",") + args.extra_uniform.split(",") if b]
         plan += [(v, int(b), None) for b in args.budgets_from.split(",") if b for v in ("layer", "channel")]
+        plan += [(v, int(b), float(f)) for f in args.fractions.split(",") if f
+                 for b in args.budgets_from.split(",") if b for v in ("layer", "channel")]
         regime = "qat" if args.qat else "ptq"
-        for variant, bits, _ in plan:
-            name = f"{'qat_' if args.qat else ''}{args.method.replace('+', '-')}_{variant}_at{bits}_s{seed}"
+        for variant, bits, frac in plan:
+            name = (f"{'qat_' if args.qat else ''}{args.method.replace('+', '-')}_{variant}_at{bits}"
+                    f"{f'x{frac:g}' if frac else ''}_s{seed}")
             if name in done:
                 continue
             mixed, ref = None, None
             if variant != "uniform":
                 ref = next(r for r in records if r["variant"] == "uniform" and r["bits"] == bits and r["seed"] == seed
                            and r.get("regime", "ptq") == regime)
-                mixed = MixedOptions(Budget(code_bytes=ref["code_bytes"]), choices, variant)
+                mixed = MixedOptions(Budget(code_bytes=ref["code_bytes"] * (frac or 1.0)), choices, variant)
             t0 = time.perf_counter()
             if args.qat:
                 # the search budget covers the searched layers' codes plus the fixed first/last layers
-                rec = run_qat(args, name, seed, bits, variant, ref["code_bytes"] if ref else None)
+                rec = run_qat(args, name, seed, bits, variant, ref["code_bytes"] * (frac or 1.0) if ref else None)
             else:
                 rec = run_one(args, name, seed, bits, mixed, xc)
-            rec.update(variant=variant, bits=bits, seed=seed, method=args.method, regime=regime,
+            rec.update(variant=variant, bits=bits, seed=seed, method=args.method, regime=regime, fraction=frac or 1.0,
                        onnx_top1=onnx_top1(ROOT / rec["onnx_path"] if not Path(rec["onnx_path"]).is_absolute()
                                            else Path(rec["onnx_path"]), xt, yt),
                        test_samples=int(len(xt)), seconds=round(time.perf_counter() - t0, 1))
-            records = [r for r in records if r["name"] != name] + [rec]
-            atomic_write_text(path, json.dumps(records, indent=1, sort_keys=True) + "\n")
+            records = save_record(path, rec)
             log(f"{name}: {rec['code_bytes']:,} B of codes, ONNX {rec['onnx_bytes']:,} B, top-1 {rec['onnx_top1']:.2%} "
                 f"({rec['seconds']} s)")
     print(markdown(records))
@@ -167,11 +183,11 @@ def summary(records: list[dict]) -> list[dict]:
     """Mean over seeds per (regime, variant, bits)."""
     rows = {}
     for r in records:
-        rows.setdefault((r.get("regime", "ptq"), r["variant"], r["bits"]), []).append(r)
+        rows.setdefault((r.get("regime", "ptq"), r["variant"], r["bits"], r.get("fraction", 1.0)), []).append(r)
     out = []
-    for (regime, variant, bits), rs in sorted(rows.items(), key=lambda kv: (kv[0][0] == "qat", kv[0][2],
-                                                                             VARIANTS.index(kv[0][1]))):
-        out.append({"regime": regime, "variant": variant, "bits": bits, "seeds": len(rs),
+    for (regime, variant, bits, frac), rs in sorted(rows.items(), key=lambda kv: (kv[0][0] == "qat", kv[0][2], -kv[0][3],
+                                                                                   VARIANTS.index(kv[0][1]))):
+        out.append({"regime": regime, "variant": variant, "bits": bits, "fraction": frac, "seeds": len(rs),
                     "code_bytes": float(np.mean([r["code_bytes"] for r in rs])),
                     "onnx_bytes": float(np.mean([r["onnx_bytes"] for r in rs])),
                     "top1": float(np.mean([r["onnx_top1"] for r in rs])),
@@ -197,7 +213,8 @@ def markdown(records: list[dict]) -> str:
              "", "| regime | size of | variant | weight codes (bytes) | ONNX file (bytes) | top-1 (mean) | per seed |",
              "|---|---|---|---|---|---|---|"]
     for row in summary(records):
-        ref = "uniform" if row["variant"] == "uniform" else "same as"
+        ref = "uniform" if row["variant"] == "uniform" else ("same as" if row["fraction"] == 1.0
+                                                             else f"{row['fraction']:.0%} of")
         lines.append(f"| {row['regime']} | {ref} {row['bits']}-bit | {row['variant']} | {row['code_bytes']:,.0f} "
                      f"| {row['onnx_bytes']:,.0f} | {row['top1']:.2%} | "
                      f"{' / '.join(f'{v:.2%}' for v in row['top1_each'])} |")

@@ -239,6 +239,53 @@ def _mixed_options(size_budget: str | None, bit_choices: str | None, granularity
 
 
 @app.command()
+def inspect(
+    model: Path = typer.Argument(..., metavar="MODEL.onnx", help="A qexport model (from `qexport convert` or `qexport export`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
+) -> None:
+    """Per layer: op, weight codec, bit-widths (a histogram when they vary per channel), parameters, packed bytes; totals and the ratio to float32; versions and ops."""
+    from .inspect import inspect_model, render_json
+
+    if not model.is_file():
+        _fail(f"{model} not found")
+    try:
+        info = inspect_model(model)
+    except ValueError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(render_json(info))
+        return
+    table = Table(title=f"{model.name}: {info.file_bytes:,} bytes, written by qexport {info.qexport_version or '?'}"
+                        f"{', ' + info.method if info.method else ''}")
+    for col in ("layer", "op", "weights", "bits", "act", "params", "codes (B)", "scales/bias/adapter (B)"):
+        table.add_column(col, justify="right" if col in ("params", "codes (B)", "scales/bias/adapter (B)") else "left")
+    for layer in info.layers:
+        bits = (next(iter(layer.bits)) if len(layer.bits) == 1 else
+                f"{layer.mean_bits:.2f} avg (" + ", ".join(f"{c}x{b}" for b, c in layer.bits.items()) + ")")
+        adapter = f" (adapter {layer.adapter_params:,} params)" if layer.adapter_params else ""
+        table.add_row(layer.name, layer.op, layer.weights, bits, f"{layer.act} {layer.act_bits}b", f"{layer.params:,}",
+                      f"{layer.weight_bytes:,}", f"{layer.other_bytes:,}{adapter}")
+    out.print(table)
+    t = info.totals()
+    out.print(f"quantized layers: {t['quantized_params']:,} parameters, {t['weight_bytes']:,} bytes of weight codes + "
+              f"{t['scale_bias_adapter_bytes']:,} bytes of scales, biases and adapters: {t['ratio_to_float']:.1f}x "
+              f"smaller than the same parameters in float32 ({t['float32_bytes_of_these_params']:,} bytes)")
+    if not info.ops:
+        out.print(f"standard ONNX only (--format qdq: 8-bit integer storage, scales in Mul nodes); opsets {info.opset}; "
+                  "runs in a plain onnxruntime without the qexport library")
+        return
+    out.print("ai.qexport ops: " + ", ".join(f"{op} x{n}" for op, n in info.ops.items()) +
+              f"; opsets {info.opset}")
+    if info.missing_ops is None:
+        out.print("library: not found here (`qexport build-ops` builds it); cannot tell whether it runs this file")
+    elif info.missing_ops:
+        out.print(f"[red]the installed library does not register {', '.join(info.missing_ops)}: "
+                  f"update qexport to run this file[/]")
+    else:
+        out.print("the installed library registers every op of this file")
+
+
+@app.command()
 def convert(
     model: Path = typer.Argument(..., help="A qexport checkpoint (float or quantized), a state dict (with --arch), or a pickled nn.Module (with --trust-pickle)."),
     bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Weight bit-width of the body layers (default 4; POST/POT: 2..4)."),

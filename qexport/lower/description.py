@@ -95,7 +95,8 @@ class IntegerModel:
             node = nodes.get(f"{name}/op")
             if node is None:
                 raise ValueError(f"layer {name}: the graph has no weighted node {name}/op")
-            bound[name] = replace(spec, onnx=OnnxBinding(node=node.name, codes=node.input[0], weights=node.input[2]))
+            w = 1 if node.op_type in ("ConvInteger", "MatMulInteger") else 2  # --format qdq: (x, w, x_zp, w_zp)
+            bound[name] = replace(spec, onnx=OnnxBinding(node=node.name, codes=node.input[0], weights=node.input[w]))
         return IntegerModel(bound)
 
     @classmethod
