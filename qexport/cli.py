@@ -129,21 +129,26 @@ def print_report(report, title: str = "parity") -> None:
 
 
 @contextmanager
-def _step_progress(label: str):
-    """A rich progress bar on stderr fed by ``callback(step, total, loss)``."""
+def _progress(step_label: str, sample_label: str = "", samples: int = 0):
+    """One rich progress display on stderr and two callbacks that add their bar on first use:
+    ``steps(step, total, loss)`` (fitting) and ``advance(n)`` (samples validated)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn(f"[dim]{label}[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = None
+    with Progress(TextColumn("[dim]{task.description}[/]"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, object] = {}
 
-        def callback(step: int, total: int, loss: float) -> None:
-            nonlocal task
-            if task is None:
-                task = bar.add_task(label, total=total, status="")
-            bar.update(task, completed=step, status=f"loss {loss:.4f}")
+        def steps(step: int, total: int, loss: float) -> None:
+            if "steps" not in tasks:
+                tasks["steps"] = bar.add_task(step_label, total=total, status="")
+            bar.update(tasks["steps"], completed=step, status=f"loss {loss:.4f}")
 
-        yield callback
+        def advance(n: int) -> None:
+            if "samples" not in tasks:
+                tasks["samples"] = bar.add_task(sample_label, total=samples, status="")
+            bar.advance(tasks["samples"], n)
+
+        yield steps, advance
 
 
 def print_fidelity(fid: dict) -> None:
@@ -323,7 +328,7 @@ def convert(
         _fail("--calib-samples and --fit-batch-size must be >= 1, --fit-steps >= 0")
     overrides = _overrides(override)
     x, y = _load_data(data, limit)
-    with _step_progress("fitting") as fit_progress:
+    with _progress("fitting", f"validating on {len(x):,} samples", len(x)) as (fit_progress, advance):
         try:
             result = run(model, x=x, y=y, output=output, method=method, bits=bits, act_bits=act_bits,
                          first_last_bits=first_last_bits, arch=arch, trust_pickle=trust_pickle,
@@ -331,7 +336,7 @@ def convert(
                          tolerances=_tolerances(max_mismatch_rate, min_agreement),
                          fit_options=FitOptions(batch_size=fit_batch, **({} if fit_steps is None else {"steps": fit_steps})),
                          overrides=overrides, export_format=export_format,
-                         mixed=_mixed_options(size_budget, bit_choices, granularity),
+                         mixed=_mixed_options(size_budget, bit_choices, granularity), validate_progress=advance,
                          progress=lambda msg: console.print(f"[dim]{msg}[/]"), fit_progress=fit_progress)
         except (CheckpointError, ConvertError, ExportError) as exc:
             _fail(str(exc))
@@ -419,14 +424,16 @@ def validate(
     try:
         from .runtime import make_session
 
-        if qdq:
-            from .export.qdq import check_qdq_parity
+        with _progress("", f"validating on {len(x):,} samples", len(x)) as (_, advance):
+            if qdq:
+                from .export.qdq import check_qdq_parity
 
-            result = check_qdq_parity(qmodel, proto, x, y, batch_size=batch_size or 128, threads=threads,
-                                      tolerances=_tolerances(max_mismatch_rate, min_agreement))
-        else:
-            result = check_parity(qmodel, proto, x, y, batch_size=batch_size or 128, tolerances=_tolerances(max_mismatch_rate, min_agreement),
-                                  session_factory=lambda data_: make_session(data_, threads))
+                result = check_qdq_parity(qmodel, proto, x, y, batch_size=batch_size or 128, threads=threads,
+                                          tolerances=_tolerances(max_mismatch_rate, min_agreement), progress=advance)
+            else:
+                result = check_parity(qmodel, proto, x, y, batch_size=batch_size or 128,
+                                      tolerances=_tolerances(max_mismatch_rate, min_agreement),
+                                      session_factory=lambda data_: make_session(data_, threads), progress=advance)
     except ValueError as exc:
         _fail(str(exc))
     print_report(result, title="parity (plain ONNX Runtime)" if qdq else "parity")

@@ -161,7 +161,8 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
             progress: Callable[[str], None] | None = None,
             fit_progress: Callable[[int, int, float], None] | None = None,
             export_format: str = "qexport", require_quantized: bool = False,
-            mixed: MixedOptions | None = None) -> ConvertResult:
+            mixed: MixedOptions | None = None,
+            validate_progress: Callable[[int], None] | None = None) -> ConvertResult:
     """Convert a model file to ONNX with ai.qexport ops, and check parity.
 
     A float model (qexport checkpoint, state dict + ``arch``, or trusted pickle) is quantized
@@ -230,7 +231,7 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     if validate:
         say(f"validating on {len(x)} samples" + (" (plain ONNX Runtime, no qexport library)" if qdq else ""))
         check = check_qdq_parity if qdq else check_parity
-        report = check(model, proto, x, y, tolerances=tolerances)
+        report = check(model, proto, x, y, tolerances=tolerances, progress=validate_progress)
         report.accuracy = {**accuracy, **report.accuracy}
         report.fidelity = fid
         report_path = out.with_suffix(".parity.json")

@@ -418,7 +418,8 @@ def plain_session(model: bytes | str | os.PathLike, threads: int | None = None):
 @torch.no_grad()
 def check_qdq_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = None, *,
                      tolerances=None, batch_size: int = 128, threads: int | None = None,
-                     session_factory: Callable[[bytes], object] | None = None):
+                     session_factory: Callable[[bytes], object] | None = None,
+                     progress: Callable[[int], None] | None = None):
     """Parity of a qdq model run by a plain ONNX Runtime session (no qexport library) with the
     quantized PyTorch model: every layer's codes and integer weights against the deploy model,
     the output against the deploy model and the trained (fake-quantized) model. Returns a
@@ -457,6 +458,7 @@ def check_qdq_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y:
             have.add(code_names[name])
             probe.graph.output.append(helper.make_tensor_value_info(code_names[name], TensorProto.UINT8, None))
     session = (session_factory or (lambda data: plain_session(data, threads)))(probe.SerializeToString())
-    run = compare_runs(model, deploy, session, proto.graph.output[0].name, code_names, rows, x, y, batch_size)
+    run = compare_runs(model, deploy, session, proto.graph.output[0].name, code_names, rows, x, y, batch_size,
+                       progress=progress)
     report = make_report(run, rows, len(x), y, tol, proto, weights_required=True)
     return report

@@ -13,6 +13,7 @@ run (the data order is a function of (seed, epoch), not of how far a process got
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -287,8 +288,22 @@ def best_path(output: str | Path) -> Path:
     return p.with_name(p.stem + ".best" + (p.suffix or ".pt"))
 
 
-def _comparable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+# Fields that name files or folders: compared as the files they name, not as the strings typed, so
+# that a run resumes from another folder (or with ./ or an absolute path) when it is the same run.
+PATH_FIELDS = ("from_checkpoint", "output", "teacher", "data", "test_data")
+
+
+def _comparable(d: dict[str, Any], cwd: str | None = None) -> dict[str, Any]:
+    """The settings that must match to resume, paths resolved against ``cwd`` (the run's folder)."""
+    out = {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+    base = Path(cwd or os.getcwd())
+    for k in PATH_FIELDS:
+        v = out.get(k)
+        if isinstance(v, str) and v:
+            p = Path(v) if Path(v).is_absolute() else base / v
+            if p.exists() or k in ("output", "from_checkpoint", "teacher"):
+                out[k] = os.path.realpath(p)
+    return out
 
 
 def _resume_state(config: TrainConfig) -> dict[str, Any] | None:
@@ -302,7 +317,7 @@ def _resume_state(config: TrainConfig) -> dict[str, Any] | None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{config.output}: holds no training state to resume from (not written by "
                               f"`qexport train`); remove it or choose another --output")
-    saved, now = _comparable(state["config"]), _comparable(config.to_dict())
+    saved, now = _comparable(state["config"], state.get("cwd")), _comparable(config.to_dict())
     diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
     if diff:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
@@ -462,7 +477,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> dict[str, Any]:
             state = {"epoch": epoch, "complete": complete, "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "torch_rng": rng, "best_test_acc": best_acc,
                      "best_epoch": best_epoch, "config": config.to_dict(), "world_size": ctx.world,
-                     "resumes": resumes}
+                     "resumes": resumes, "cwd": os.getcwd()}
             save_checkpoint(config.output, model=model, arch=arch, arch_args=arch_args, quant=qconfig,
                             metrics=metrics, extra={"train_state": state})
         elif config.output and ctx.enabled:

@@ -93,3 +93,28 @@ def test_resume_of_a_finished_run_and_of_other_settings(tmp_path):
     fresh = tmp_path / "none.pt"  # nothing to resume: starts afresh
     m = train(TrainConfig(**TINY, epochs=1, output=str(fresh), resume=True))
     assert fresh.is_file() and len(m["epochs"]) == 1
+
+
+def test_resume_from_another_folder_is_the_same_run(tmp_path, monkeypatch):
+    """--resume compares paths as the files they name: the run started in one folder with relative
+    paths resumes from another folder that names the same files differently (and a different
+    starting checkpoint is still refused)."""
+    import shutil
+
+    from qexport.train import TrainConfig, train
+
+    repo = Path(__file__).resolve().parents[2]
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    shutil.copy(repo / "samples" / "small_cnn_float.pt", a / "float.pt")
+    common = dict(method="lsq", bits=4, data="samples", epochs=1, batch_size=64, limit_train=128, progress=False,
+                  calib_batches=1, calib_refine_samples=0, resume=True)
+    monkeypatch.chdir(a)
+    first = train(TrainConfig(from_checkpoint="float.pt", output="run.pt", **common))
+    monkeypatch.chdir(b)
+    again = train(TrainConfig(from_checkpoint="../a/float.pt", output=str(a / "run.pt"), **common))
+    assert again["final_test_acc"] == first["final_test_acc"]  # the finished run, not a new one
+    shutil.copy(a / "float.pt", b / "other.pt")
+    with pytest.raises(ValueError, match="other settings.*from_checkpoint"):
+        train(TrainConfig(from_checkpoint="other.pt", output=str(a / "run.pt"), **common))
