@@ -21,7 +21,7 @@ console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 DATA_HELP = ("Inputs for calibration and validation: 'samples' (the shipped 512 Fashion-MNIST images, default), "
-             "'fashion-mnist' (its test set, from the Debian package), or an .npz with x (N, C, H, W) float32 in "
+             "'fashion-mnist' (its test set, from the Debian package), or an .npz with x (N, ...) float32 (images (N, C, H, W), sequences (N, C, L), vectors (N, features)) in "
              "the model's own input convention and optional labels y.")
 
 

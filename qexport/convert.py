@@ -85,7 +85,8 @@ def check_input(model: nn.Module, x: np.ndarray) -> None:
             model.eval()(torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)))
     except Exception as exc:  # noqa: BLE001 - reported with the input shape
         raise ConvertError(f"the model does not accept the data's input shape {tuple(x.shape[1:])}: {exc}. "
-                           f"Pass --data with inputs in the model's own convention (an .npz with x of shape (N, C, H, W)).") from exc
+                           f"Pass --data with inputs in the model's own convention (an .npz with x of shape (N, ...): "
+                           f"(N, C, H, W) images, (N, C, L) sequences, (N, features) vectors).") from exc
 
 
 def quantize_model(model: nn.Module, config: QuantConfig, x: np.ndarray, calib_samples: int = 512,

@@ -85,7 +85,8 @@ def load_npz(path: str | os.PathLike, split: str | None = None) -> tuple[np.ndar
     With ``split`` ("train" or "test") and arrays ``x_<split>``/``y_<split>`` in the file (for
     "test" also ``x_val``/``y_val``), those are used; otherwise ``x``/``y``, whatever the split.
 
-    ``x`` must be 4-D (N, C, H, W) and finite. dtype: float32 is used as is, float64/float16 are
+    ``x`` must have a batch dimension and at least one more ((N, C, H, W) images, (N, C, L)
+    sequences, (N, features) vectors: whatever the model takes) and be finite. dtype: float32 is used as is, float64/float16 are
     cast to float32 (values kept), uint8 is divided by 255 (so 0..255 pixels map to [0, 1]).
     ``y``, when present, must be 1-D integers with one label per sample; it is returned as int64.
     """
@@ -110,8 +111,9 @@ def load_npz(path: str | os.PathLike, split: str | None = None) -> tuple[np.ndar
                              f"(found: {', '.join(npz.files) or 'none'})")
         x = npz[xkey]
         y = npz[ykey] if ykey in npz.files else None
-    if x.ndim != 4:
-        raise ValueError(f"{path}: 'x' must be 4-D (N, C, H, W), got shape {x.shape}")
+    if x.ndim < 2:
+        raise ValueError(f"{path}: 'x' must be (N, ...) with one sample per row, e.g. (N, C, H, W) images or "
+                         f"(N, features) vectors; got shape {x.shape}")
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     elif x.dtype in (np.float64, np.float16):

@@ -123,8 +123,11 @@ def _layer_kinds(model: nn.Module) -> dict[str, tuple[str, str]]:
 def qdq_incompatibilities(model: nn.Module) -> dict[str, str]:
     """{layer: what standard ONNX cannot express in it} (empty: the model qualifies)."""
     problems = {}
+    from ..nn.layers import QConv1d
+
     for name, (act, fmt) in _layer_kinds(model).items():
         why = [f"{act.upper()} activations"] if act != "lsq" else []
+        why += ["a Conv1d (the qdq lowering handles Conv2d and Linear)"] if isinstance(model.get_submodule(name), QConv1d) else []
         why += [f"{fmt.upper()} weights"] if fmt != "uniform" else []
         if why:
             problems[name] = " and ".join(why)
@@ -310,7 +313,7 @@ def _lower(proto: onnx.ModelProto, deploy: nn.Module) -> None:
             pools += 1
             _global_avg_pool(b, f"{name}/pool", node.input[0], shapes.get(node.input[0], []), node.output[0])
         elif kind in ("quantize", "conv", "gemm"):
-            layer = _module_of(node, (".DeployConv2d", ".DeployLinear"))
+            layer = _module_of(node, (".DeployConv2d", ".DeployConv1d", ".DeployLinear"))
             if layer not in layers:
                 raise QdqError(f"cannot tell which layer emitted node {node.name} ({node.op_type})")
             if kind == "quantize":

@@ -20,7 +20,7 @@ from .description import IntegerModel, LayerSpec, QuantizerSpec
 from .ops import OPS, quantize_op
 from ..spec import reference as R
 from ..quant.base import ActQuantizer
-from ..nn.layers import QConv2d, QLinear, QuantMixin
+from ..nn.layers import QConv1d, QConv2d, QuantMixin
 from ..nn.swap import _set_submodule
 
 
@@ -113,6 +113,31 @@ class DeployConv2d(_DeployWeighted):
                   self.strides, self.pads, self.dilations, self.group)
 
 
+class DeployConv1d(_DeployWeighted):
+    """A Conv1d as the 2-D integer conv with a kernel of height 1: the input (N, C, L) is viewed as
+    (N, C, 1, L) before its quantizer (the same values in the same order, so the same codes and
+    per-sample step), the output (N, O, 1, L') as (N, O, L') (Unsqueeze / Squeeze in the graph)."""
+
+    kind = "conv"
+
+    def __init__(self, layer: nn.Conv1d, bn: nn.Module | None) -> None:
+        super().__init__(layer, bn)
+        o, cg, k = self.weight_shape
+        self.weight_shape = [o, cg, 1, k]
+        self.strides = [1, int(layer.stride[0])]
+        self.dilations = [1, int(layer.dilation[0])]
+        self.group = layer.groups
+        self.pads = _explicit_pads_1d(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"a quantized Conv1d takes (N, C, L) inputs; got shape {tuple(x.shape)}")
+        codes, scale = self.quant(x.unsqueeze(2))
+        y = OPS["QConv"].torch_op(codes, scale, self.packed, self.w_scale, self.bias,
+                                  *self.common_args(), self.strides, self.pads, self.dilations, self.group)
+        return y.squeeze(2)
+
+
 class DeployLinear(_DeployWeighted):
     kind = "gemm"
 
@@ -133,7 +158,8 @@ class DeployGlobalAvgPool(nn.Module):
 
 
 def _is_global_pool(m: nn.Module) -> bool:
-    return isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1))
+    return ((isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)))
+            or (isinstance(m, nn.AdaptiveAvgPool1d) and m.output_size in (1, (1,))))
 
 
 def _explicit_pads(conv: nn.Conv2d) -> list[int]:
@@ -145,6 +171,16 @@ def _explicit_pads(conv: nn.Conv2d) -> list[int]:
         return [total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2]
     ph, pw = conv.padding
     return [ph, pw, ph, pw]
+
+
+def _explicit_pads_1d(conv: nn.Conv1d) -> list[int]:
+    """The 2-D pads [top, left, bottom, right] of a Conv1d viewed with height 1."""
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return [0, 0, 0, 0]
+        total = conv.dilation[0] * (conv.kernel_size[0] - 1)
+        return [0, total // 2, 0, total - total // 2]
+    return [0, int(conv.padding[0]), 0, int(conv.padding[0])]
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -183,7 +219,7 @@ def to_deploy(model: nn.Module) -> nn.Module:
     pairs = find_bn_pairs(deploy)
     for name, layer in layers.items():
         bn = deploy.get_submodule(pairs[name]) if name in pairs else None
-        cls = DeployConv2d if isinstance(layer, QConv2d) else DeployLinear
+        cls = DeployConv2d if isinstance(layer, QConv2d) else DeployConv1d if isinstance(layer, QConv1d) else DeployLinear
         _set_submodule(deploy, name, cls(layer, bn))
         if bn is not None:
             _set_submodule(deploy, pairs[name], nn.Identity())

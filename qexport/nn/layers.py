@@ -1,4 +1,4 @@
-"""Quantized Conv2d / Linear used for calibration and quantization-aware training.
+"""Quantized Conv2d / Conv1d / Linear used for calibration and quantization-aware training.
 
 The training forward is "fake quantization": x_hat = act_quant(x), w_hat = weight_quant(w),
 then the float op. The integer (deploy) form of the same layer lives in qexport.nn.deploy.
@@ -45,6 +45,30 @@ class QConv2d(nn.Conv2d, QuantMixin):
         return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
 
 
+class QConv1d(nn.Conv1d, QuantMixin):
+    """nn.Conv1d with an activation quantizer on its input and a weight quantizer (lowered to the
+    2-D integer conv with a kernel of height 1)."""
+
+    def __init__(self, *args, act_quant: ActQuantizer, weight_quant: WeightQuantizer, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"QConv1d supports padding_mode='zeros' only, got {self.padding_mode!r}")
+        self.act_quant = act_quant
+        self.weight_quant = weight_quant
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv1d, act_quant: ActQuantizer, weight_quant: WeightQuantizer) -> "QConv1d":
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                act_quant=act_quant, weight_quant=weight_quant)
+        q.weight = conv.weight
+        q.bias = conv.bias
+        return q.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
+
+
 class QLinear(nn.Linear, QuantMixin):
     """nn.Linear with an activation quantizer on its input and a weight quantizer."""
 
@@ -64,4 +88,4 @@ class QLinear(nn.Linear, QuantMixin):
         return F.linear(self.act_quant(x), self.quantized_weight(), self.bias)
 
 
-QUANT_LAYERS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
+QUANT_LAYERS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QConv2d, nn.Conv1d: QConv1d, nn.Linear: QLinear}

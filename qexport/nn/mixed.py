@@ -139,8 +139,8 @@ def fisher_diagonal(model: nn.Module, names: Iterable[str], x: torch.Tensor, bat
     stats = {name: {"a": 0.0, "g": 0.0, "n": 0, "p": 1, "w2": 0.0} for name in mods}
     handles = []
 
-    def grouped(m: nn.Module) -> bool:
-        return isinstance(m, nn.Conv2d) and m.groups != 1
+    def grouped(m: nn.Module) -> bool:  # no Kronecker factors here: the squared batch gradient
+        return not (isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1))
 
     for name, m in mods.items():
         def fwd(mod, inp, out, name=name):

@@ -47,8 +47,9 @@ def quantize_(model: nn.Module, config: QuantConfig) -> nn.Module:
     """
     for name, spec in layer_plan(model, config).items():
         mod = model.get_submodule(name)
-        in_ch = mod.in_channels if isinstance(mod, nn.Conv2d) else mod.in_features
-        out_ch = mod.out_channels if isinstance(mod, nn.Conv2d) else mod.out_features
+        conv = isinstance(mod, (nn.Conv1d, nn.Conv2d))
+        in_ch = mod.in_channels if conv else mod.in_features
+        out_ch = mod.out_channels if conv else mod.out_features
         act_cls = ACT_QUANTIZERS[spec["act"]]
         kwargs = ({"reduction": config.adapter_reduction, "beta_map": config.adapter,
                    "max_groups": config.adapter_groups} if spec["act"] == "asq" else {})

@@ -111,7 +111,7 @@ def test_load_npz_conversions(tmp_path):
 
 @pytest.mark.parametrize("arrays, message", [
     ({"images": np.zeros((1, 1, 2, 2), np.float32)}, "no array 'x'"),
-    ({"x": np.zeros((1, 2, 2), np.float32)}, "must be 4-D"),
+    ({"x": np.zeros((5,), np.float32)}, "must be \\(N, ...\\) with one sample per row"),
     ({"x": np.zeros((1, 1, 2, 2), np.int32)}, "must be float32"),
     ({"x": np.full((1, 1, 2, 2), np.nan, np.float32)}, "NaN or infinite"),
     ({"x": np.full((1, 1, 2, 2), np.inf)}, "NaN or infinite"),
