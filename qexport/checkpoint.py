@@ -191,10 +191,36 @@ class LoadedModel:
         return bool(self.quant)
 
 
+def _unpickle_module(path: Path, module_path: tuple[str, ...]):
+    """torch.load of a trusted pickle with the current folder, the file's folder and
+    ``module_path`` importable, and a hint when the model's class cannot be found."""
+    import sys
+
+    extra = [str(Path(p).resolve()) for p in (*module_path, path.parent, os.getcwd())]
+    saved = list(sys.path)
+    sys.path[:0] = [p for p in extra if p not in sys.path]
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        where = ", ".join(dict.fromkeys(extra))
+        main = "'__main__'" in str(exc) or "__main__" in str(exc)
+        hint = (" The class was defined in the script that saved the model (its __main__), which no other program "
+                "can import: move the class into a module file (e.g. mynet.py), save again, and pass that file's "
+                "folder with --module-path; or save model.state_dict() instead." if main else
+                " Pass the folder that holds the model's Python module with --module-path DIR.")
+        raise CheckpointError(f"{path}: could not unpickle: the model's class is not importable ({_first_line(exc)}; "
+                              f"searched the installed packages and {where}).{hint}") from None
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported as such
+        raise CheckpointError(f"{path}: could not unpickle ({_first_line(exc)})") from exc
+    finally:
+        sys.path[:] = saved
+
+
 def load_model(path: str | os.PathLike, *, arch: str | None = None, arch_args: dict | None = None,
-               trust_pickle: bool = False) -> LoadedModel:
+               trust_pickle: bool = False, module_path: tuple[str, ...] = ()) -> LoadedModel:
     """Load a qexport checkpoint, a state dict of a zoo architecture (``arch``), or — only with
-    ``trust_pickle`` — a pickled nn.Module."""
+    ``trust_pickle`` — a pickled nn.Module, whose classes are looked up in the importable
+    modules plus the current folder, the model file's folder and ``module_path``."""
     path = Path(path)
     sha = file_sha256(path) if path.is_file() else ""
     try:
@@ -205,10 +231,7 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, arch_args: d
                 f"{path}: holds a pickled Python object (e.g. a whole nn.Module saved with torch.save(model)). "
                 f"Unpickling can run arbitrary code, so qexport refuses by default. If you trust this file, pass "
                 f"--trust-pickle; better, save model.state_dict() and pass --arch. Detail: {exc}") from None
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported as such
-            raise CheckpointError(f"{path}: could not unpickle ({_first_line(exc)})") from exc
+        obj = _unpickle_module(path, module_path)
         if not isinstance(obj, nn.Module):
             raise CheckpointError(f"{path}: the pickle holds a {type(obj).__name__}, not an nn.Module")
         return LoadedModel(obj.eval(), "pickle", sha256=sha)

@@ -313,6 +313,7 @@ def convert(
     size_budget: Optional[str] = typer.Option(None, "--size-budget", help=BUDGET_HELP),
     bit_choices: Optional[str] = typer.Option(None, "--bit-choices", help="Candidate weight bit-widths for --size-budget, e.g. 2,3,4 (default 2,3,4,8 where the format has them)."),
     granularity: str = typer.Option("channel", "--granularity", help="--size-budget allocates bit-widths per output 'channel' (default) or per 'layer'."),
+    module_path: Optional[List[Path]] = typer.Option(None, "--module-path", help="With --trust-pickle: a folder holding the Python module of the pickled model's classes (the current folder and the model file's folder are searched too)."),
 ) -> None:
     """Quantize (if float) and export a model to ONNX with ai.qexport ops (or standard ONNX with --format qdq), then check parity."""
     from .checkpoint import CheckpointError
@@ -337,6 +338,7 @@ def convert(
                          fit_options=FitOptions(batch_size=fit_batch, **({} if fit_steps is None else {"steps": fit_steps})),
                          overrides=overrides, export_format=export_format,
                          mixed=_mixed_options(size_budget, bit_choices, granularity), validate_progress=advance,
+                         module_path=tuple(str(p) for p in module_path or ()),
                          progress=lambda msg: console.print(f"[dim]{msg}[/]"), fit_progress=fit_progress)
         except (CheckpointError, ConvertError, ExportError) as exc:
             _fail(str(exc))

@@ -62,3 +62,37 @@ def test_cli_converts_a_pickled_mlp_with_vector_data(tmp_path):
     assert code == 0 and "parity: PASS" in text, text
     model = onnx.load(str(tmp_path / "mlp.onnx"))
     assert [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim][1:] == [12]
+
+
+def test_pickled_model_class_is_found_in_the_users_folder(tmp_path, monkeypatch):
+    """A pickled module whose class lives in the user's own file: found beside the model file or
+    with --module-path; a class from the saving script's __main__ gets a hint instead of a trace."""
+    import subprocess
+    import sys
+
+    from shared import subprocess_env
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "usernet.py").write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class UserNet(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(6, 3)\n\n"
+        "    def forward(self, x):\n        return self.fc(torch.relu(x))\n")
+    saver = ("import sys, torch; sys.path.insert(0, sys.argv[1]); from usernet import UserNet; "
+             "torch.save(UserNet(), sys.argv[2])")
+    subprocess.run([sys.executable, "-c", saver, str(code), str(tmp_path / "net.pt")], check=True, env=subprocess_env())
+    main_saver = ("import torch; from torch import nn\n"
+                  "class MainNet(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                  "        self.fc = nn.Linear(6, 3)\n    def forward(self, x):\n        return self.fc(x)\n"
+                  f"torch.save(MainNet(), {str(tmp_path / 'main.pt')!r})\n")
+    subprocess.run([sys.executable, "-c", main_saver], check=True, env=subprocess_env())
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).normal(size=(64, 6)).astype(np.float32))
+    monkeypatch.chdir(tmp_path)
+    common = ["--trust-pickle", "--data", tmp_path / "x.npz", "--method", "lsq", "--bits", "4", "--fit-steps", "2"]
+    code_, text = run_cli("convert", tmp_path / "net.pt", *common, "-o", tmp_path / "a.onnx")
+    assert code_ == 2 and "not importable" in text and "--module-path" in text, text
+    code_, text = run_cli("convert", tmp_path / "net.pt", *common, "--module-path", code, "-o", tmp_path / "a.onnx")
+    assert code_ == 0 and "parity: PASS" in text, text
+    code_, text = run_cli("convert", tmp_path / "main.pt", *common, "-o", tmp_path / "b.onnx")
+    assert code_ == 2 and "__main__" in text and "move the class into a module file" in text, text
