@@ -223,6 +223,13 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, arch_args: d
     modules plus the current folder, the model file's folder and ``module_path``."""
     path = Path(path)
     sha = file_sha256(path) if path.is_file() else ""
+    from .lower.program import ProgramError, is_program, load_program
+
+    if path.is_file() and (path.suffix == ".pt2" or is_program(path)):
+        try:
+            return LoadedModel(load_program(path), "program", sha256=sha)
+        except ProgramError as exc:
+            raise CheckpointError(str(exc)) from None
     try:
         obj = _torch_load_safe(path)
     except _UnsafePickle as exc:

@@ -201,6 +201,11 @@ def _print_result(result, export_format: str) -> None:
     print_fidelity(result.fidelity)
     size = result.onnx_path.stat().st_size
     kind = "; standard ONNX (qdq), runs without the qexport library" if export_format == "qdq" else ""
+    cov = (result.fidelity or {}).get("coverage")
+    if cov:
+        out.print(f"quantized {cov['layers']} conv/linear layers" + (f"; {len(cov['skipped'])} stay float "
+                  f"(coverage {cov['coverage']:.0%}): " + "; ".join(cov["skipped"]) if cov["skipped"] else
+                  " (every conv/linear layer of the model)"))
     mixed = (result.fidelity or {}).get("mixed")
     weights = (f"mixed weight bit-widths per {mixed['granularity']}, {mixed['code_bytes']:,} bytes of weight codes"
                if mixed else f"{result.config.bits}-bit weights")

@@ -207,6 +207,9 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
         raise ConvertError("output would overwrite the input model")
     check_input(loaded.model, x)
     model = loaded.model
+    coverage = _coverage(model)
+    if coverage["skipped"]:
+        say(f"{len(coverage['skipped'])} conv/linear op(s) stay float: " + "; ".join(coverage["skipped"][:5]))
     ckpt_path = None
     accuracy: dict = {}
     fid: dict = {}
@@ -214,6 +217,7 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
         model, accuracy, fid, n_cal, config = _quantize_and_fit(
             loaded, config, x, y if validate else None, calib_samples, fit_options or FitOptions(), say, fit_progress,
             check_qdq_compatible if qdq else None, mixed)
+        fid["coverage"] = coverage
         if loaded.arch is not None:
             ckpt_path = out.with_suffix(".pt")
             save_checkpoint(ckpt_path, model=model, arch=loaded.arch, arch_args=loaded.arch_args, quant=config,
@@ -239,6 +243,14 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
         report_path = out.with_suffix(".parity.json")
         write_report(report, report_path, {"onnx": str(out), "model": str(model_path), "data": data_name})
     return ConvertResult(out, ckpt_path, report_path, report, config, loaded, fid)
+
+
+def _coverage(model: nn.Module) -> dict:
+    """Conv/Linear layers qexport can quantize, and what stays float (a torch.export program's
+    ops with run-time weights; ``qexport.lower.program``)."""
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+    skipped = list(getattr(model, "qexport_skipped", []))
+    return {"layers": len(layers), "skipped": skipped, "coverage": len(layers) / max(1, len(layers) + len(skipped))}
 
 
 def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray, y: np.ndarray | None,

@@ -150,16 +150,24 @@ class DeployLinear(_DeployWeighted):
 
 
 class DeployGlobalAvgPool(nn.Module):
-    """nn.AdaptiveAvgPool2d(1) with a defined summation order (ai.qexport.GlobalAvgPool), so the
-    quantizer after it sees the same floats in PyTorch and in ONNX Runtime."""
+    """nn.AdaptiveAvgPool2d(1) (or a mean over every spatial dimension) with a defined summation
+    order (ai.qexport.GlobalAvgPool), so the quantizer after it sees the same floats in PyTorch and
+    in ONNX Runtime. ``keepdim=False``: the result as (N, C)."""
+
+    def __init__(self, keepdim: bool = True) -> None:
+        super().__init__()
+        self.keepdim = keepdim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return OPS["GlobalAvgPool"].torch_op(x)
+        y = OPS["GlobalAvgPool"].torch_op(x)
+        return y if self.keepdim else y.reshape(y.shape[0], y.shape[1])
 
 
 def _is_global_pool(m: nn.Module) -> bool:
+    from .program import GlobalMean
+
     return ((isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)))
-            or (isinstance(m, nn.AdaptiveAvgPool1d) and m.output_size in (1, (1,))))
+            or (isinstance(m, nn.AdaptiveAvgPool1d) and m.output_size in (1, (1,))) or isinstance(m, GlobalMean))
 
 
 def _explicit_pads(conv: nn.Conv2d) -> list[int]:
@@ -223,8 +231,8 @@ def to_deploy(model: nn.Module) -> nn.Module:
         _set_submodule(deploy, name, cls(layer, bn))
         if bn is not None:
             _set_submodule(deploy, pairs[name], nn.Identity())
-    for name in [n for n, m in deploy.named_modules() if _is_global_pool(m)]:
-        _set_submodule(deploy, name, DeployGlobalAvgPool())
+    for name, m in [(n, m) for n, m in deploy.named_modules() if _is_global_pool(m)]:
+        _set_submodule(deploy, name, DeployGlobalAvgPool(getattr(m, "keepdim", True)))
     return deploy
 
 

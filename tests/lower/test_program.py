@@ -1,0 +1,85 @@
+"""torch.export programs (.pt2) as models: layers recovered by their original names, BatchNorm
+folded, global means made the defined-order GlobalAvgPool, then quantized, exported and run
+bit-exact; `qexport convert model.pt2` end to end; and the refusals."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qexport.checkpoint import CheckpointError, load_model
+from qexport.export import export_onnx
+from qexport.lower.program import GlobalMean
+from qexport.nn import calibrate, quantize_
+from qexport.quant.config import QuantConfig
+from qexport.validate import check_parity
+
+from shared import SAMPLE_MODEL, run_cli
+
+
+class MeanPoolNet(nn.Module):
+    """Pools with x.mean((2, 3)), the pattern whose float sum order broke parity before."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _save_program(model: nn.Module, x: torch.Tensor, path) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    torch.export.save(torch.export.export(model.eval(), (x,), dynamic_shapes=({0: batch},)), str(path))
+
+
+def test_small_cnn_program_quantizes_like_the_module(tmp_path, samples):
+    model = load_model(SAMPLE_MODEL).model
+    x, y = samples
+    _save_program(model, torch.from_numpy(x[:4]), tmp_path / "cnn.pt2")
+    loaded = load_model(tmp_path / "cnn.pt2")
+    assert loaded.kind == "program"
+    names = {n for n, m in loaded.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert names == {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    with torch.no_grad():
+        assert torch.equal(loaded.model(torch.from_numpy(x[:64])), model(torch.from_numpy(x[:64])))
+    q = quantize_(loaded.model, QuantConfig("asq+post", 4))
+    calibrate(q, [torch.from_numpy(x[:128])])
+    proto = export_onnx(q, torch.from_numpy(x[:2]))
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}
+    report = check_parity(q, proto, x[:256], y[:256])
+    assert report.passed, report.failures
+    assert report.accuracy["onnx"] > 0.85
+
+
+def test_mean_pool_becomes_global_avg_pool_and_parity_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = MeanPoolNet()
+    x = torch.rand(64, 3, 12, 12)
+    model.train()(x)
+    _save_program(model, x[:4], tmp_path / "mean.pt2")
+    gm = load_model(tmp_path / "mean.pt2").model
+    assert any(isinstance(m, GlobalMean) for m in gm.modules())
+    q = quantize_(gm, QuantConfig("lsq", 4, first_last_bits=None))
+    calibrate(q, [x])
+    proto = export_onnx(q, x[:2])
+    assert "GlobalAvgPool" in {n.op_type for n in proto.graph.node}
+    report = check_parity(q, proto, x.numpy())
+    assert report.passed and all(row.mismatches == 0 for row in report.layers), report.failures
+
+
+def test_convert_cli_takes_a_program(tmp_path, samples):
+    model = load_model(SAMPLE_MODEL).model
+    _save_program(model, torch.from_numpy(samples[0][:4]), tmp_path / "cnn.pt2")
+    code, text = run_cli("convert", tmp_path / "cnn.pt2", "--bits", "4", "--fit-steps", "5", "--limit", "256",
+                         "-o", tmp_path / "cnn_w4.onnx")
+    assert code == 0 and "parity: PASS" in text and "quantized 6 conv/linear layers" in text, text
+
+
+def test_not_a_program_is_refused(tmp_path):
+    bad = tmp_path / "broken.pt2"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="cannot be read as a torch.export program"):
+        load_model(bad)
