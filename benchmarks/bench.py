@@ -129,31 +129,7 @@ def count_macs(model, shape) -> int:
     return total
 
 
-def export_float(model, x: np.ndarray, path: Path) -> None:
-    import torch
-
-    with quiet(), torch.no_grad():
-        torch.onnx.export(model, (torch.from_numpy(x[:2]),), str(path), dynamo=True, external_data=False,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
-
-
-def export_int8(float_path: Path, x: np.ndarray, path: Path) -> None:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter([{"input": x[i : i + 8]} for i in range(0, len(x), 8)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp, quiet():
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(float_path), str(pre))
-        quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+from qexport.export.baselines import export_float, export_int8  # noqa: E402  (one definition of the baselines)
 
 
 def export_qexport(model, x: np.ndarray, bits: int, path: Path) -> None:

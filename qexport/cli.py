@@ -612,14 +612,30 @@ def bench(
     rounds: int = typer.Option(20, "--rounds", help="Interleaved rounds per configuration (3 timed runs each at batch < 8)."),
     memory: bool = typer.Option(True, "--memory/--no-memory", help="Also measure peak memory (a subprocess per configuration)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the records here."),
+    baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Without --float/--int8: build ONNX Runtime's float and int8 (QDQ) models of the network the model was converted from (its checkpoint beside it names the source), once, and time them alongside."),
+    plain: bool = typer.Option(False, "--plain", help="Time an ONNX file that has no ai.qexport ops (refused otherwise: it is not a qexport model)."),
 ) -> None:
     """Time a qexport model in ONNX Runtime, interleaved with ONNX Runtime's float and int8 models of the same network (benchmarks/bench.py runs the whole suite)."""
     from .io import atomic_write_text
-    from .runtime.bench import bench_model
+    from .runtime.bench import bench_model, qexport_op_count
 
     for path in [model, float_model, int8_model]:
         if path is not None and not path.is_file():
             _fail(f"{path} does not exist")
+    try:
+        has_ops = qexport_op_count(model) > 0
+    except ValueError as exc:
+        _fail(str(exc))
+    if not has_ops and not plain:
+        _fail(f"{model} has no ai.qexport ops: it is not a qexport model. Pass --plain to time it as a plain ONNX "
+              f"Runtime model anyway")
+    if has_ops and baselines and float_model is None and int8_model is None:
+        from .export.baselines import baselines_for
+
+        try:
+            float_model, int8_model = baselines_for(model, say=lambda msg: console.print(f"[dim]{msg}[/]"))
+        except ValueError as exc:
+            console.print(f"[yellow]note: no ONNX Runtime baselines: {exc}[/]")
     try:
         records = bench_model(model, float_model=float_model, int8_model=int8_model, batches=batch, threads=threads,
                               rounds=rounds, memory=memory, progress=lambda msg: console.print(f"[dim]{msg}[/]"))
@@ -652,9 +668,9 @@ def bench(
                                                    ("int8", "--int8 INT8.onnx (ONNX Runtime's int8 QDQ model of it)", int8_model))
                if path is None}
     if missing:
-        out.print(f"note: no ONNX Runtime {' or '.join(missing)} column: `qexport bench` does not build those models "
-                  f"itself yet; pass {' and '.join(missing.values())} to time them alongside. benchmarks/bench.py "
-                  f"builds both for the zoo models (docs/performance.md)")
+        out.print(f"note: no ONNX Runtime {' or '.join(missing)} column: pass {' and '.join(missing.values())} to time "
+                  f"them alongside (a qexport model converted here gets both built from its source by default; "
+                  f"benchmarks/bench.py builds them for the zoo models, docs/performance.md)")
     out.print(f"file sizes: {label} {model.stat().st_size:,} B"
               + (f", float {float_model.stat().st_size:,} B" if float_model else "")
               + (f", int8 {int8_model.stat().st_size:,} B" if int8_model else ""))

@@ -121,7 +121,7 @@ def test_bench_on_a_non_onnx_file(tmp_path, payload):
 
 @pytest.mark.parametrize("option", ["--batch", "--threads", "--rounds"])
 def test_bench_refuses_zero(plain_onnx, option):
-    code, text = run("bench", plain_onnx, option, 0, "--no-memory")
+    code, text = run("bench", plain_onnx, "--plain", option, 0, "--no-memory")
     assert code == 2 and "must be >= 1" in text, text
 
 
@@ -238,18 +238,25 @@ def test_validate_report_has_versions_method_and_time(readme_converted, tmp_path
 
 # --- 7. bench says what it timed and what it could not ---------------------------------------------
 
-def test_bench_labels_a_plain_onnx_file_and_explains_missing_columns(plain_onnx):
+def test_bench_refuses_a_plain_onnx_file_unless_asked_and_labels_it(plain_onnx):
     code, text = run("bench", plain_onnx, "--batch", 1, "--threads", 1, "--rounds", 1, "--no-memory")
+    assert code == 2 and "not a qexport model" in text and "--plain" in text, text
+    code, text = run("bench", plain_onnx, "--plain", "--batch", 1, "--threads", 1, "--rounds", 1, "--no-memory")
     assert code == 0, text
     assert "plain ONNX" in text and "no ai.qexport ops" in text, text
     assert not re.search(r"│\s+-\s+│", text)  # no unexplained "-" cells
-    assert "ORT float" not in text and "does not build those models" in text and "--float" in text, text
+    assert "ORT float" not in text and "pass --float" in text, text
 
 
-def test_bench_labels_a_qexport_model(readme_converted):
+def test_bench_builds_onnx_runtime_baselines_of_a_converted_model(readme_converted):
+    """bench of a model `qexport convert` wrote: ONNX Runtime's float and int8 models of its source
+    are built beside it (once) and timed alongside, with the ratios."""
     folder, _ = readme_converted
-    code, text = run("bench", folder / f"{DEFAULT_NAME}.onnx", "--batch", 1, "--threads", 1, "--rounds", 1,
-                     "--no-memory")
+    model = folder / f"{DEFAULT_NAME}.onnx"
+    code, text = run("bench", model, "--batch", 1, "--threads", 1, "--rounds", 1, "--no-memory")
     assert code == 0, text
     assert "qexport" in text and "plain ONNX" not in text and "GOPS" in text, text
-    assert not re.search(r"│\s+-\s+│", text) and "does not build those models" in text, text
+    assert "ORT float" in text and "ORT int8" in text and "vs int8" in text, text
+    assert (folder / f"{DEFAULT_NAME}.ort_float.onnx").is_file() and (folder / f"{DEFAULT_NAME}.ort_int8.onnx").is_file()
+    code, text = run("bench", model, "--no-baselines", "--batch", 1, "--threads", 1, "--rounds", 1, "--no-memory")
+    assert code == 0 and "ORT float" not in text and "pass --float" in text, text
