@@ -48,6 +48,27 @@ _API = {
     "train_model": ("qexport.train", "train"),
     "TrainConfig": ("qexport.train", "TrainConfig"),
     "make_session": ("qexport.runtime", "make_session"),
+    # what the command line uses besides: each CLI command is these calls plus printing
+    "MixedOptions": ("qexport.convert", "MixedOptions"),
+    "parse_budget": ("qexport.nn.mixed", "parse_budget"),
+    "parse_override": ("qexport.quant.config", "parse_override"),
+    "load_dataset": ("qexport.data", "load_dataset"),
+    "load_checkpoint": ("qexport.checkpoint", "load_checkpoint"),
+    "build_model_from_checkpoint": ("qexport.checkpoint", "build_model_from_checkpoint"),
+    "write_report": ("qexport.convert", "write_report"),
+    "Tolerances": ("qexport.validate", "Tolerances"),
+    "ParityReport": ("qexport.validate", "ParityReport"),
+    "inspect_model": ("qexport.inspect", "inspect_model"),
+    "bench_model": ("qexport.runtime.bench", "bench_model"),
+    "qexport_op_count": ("qexport.runtime.bench", "qexport_op_count"),
+    "baselines_for": ("qexport.export.baselines", "baselines_for"),
+    "build_ops": ("qexport.deploy", "build_ops"),
+    "validate_on_runner": ("qexport.deploy", "validate_on_runner"),
+    "library_path": ("qexport.runtime", "library_path"),
+    "CheckpointError": ("qexport.checkpoint", "CheckpointError"),
+    "ConvertError": ("qexport.convert", "ConvertError"),
+    "ExportError": ("qexport.export", "ExportError"),
+    "DeployError": ("qexport.deploy", "DeployError"),
 }
 
 __all__ = ["__version__", *_API]

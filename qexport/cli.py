@@ -72,7 +72,7 @@ OVERRIDE_HELP = ("Per-layer settings, repeatable: PATTERN:key=value[,key=value] 
 
 
 def _overrides(texts: list[str] | None) -> tuple:
-    from .quant.config import parse_override
+    from . import parse_override
 
     try:
         return tuple(parse_override(t) for t in texts or ())
@@ -81,7 +81,7 @@ def _overrides(texts: list[str] | None) -> tuple:
 
 
 def _load_data(spec: str, limit: int | None):
-    from .data import load_dataset
+    from . import load_dataset
 
     if limit is not None and limit < 1:
         _fail(f"--limit {limit} leaves no samples: give 1 or more (or leave --limit out to use all of --data)")
@@ -97,7 +97,7 @@ def _load_data(spec: str, limit: int | None):
 
 
 def print_report(report, title: str = "parity") -> None:
-    from .validate import ParityReport
+    from . import ParityReport
 
     assert isinstance(report, ParityReport)
     table = Table(title=f"{title}: {report.samples} samples", show_lines=False)
@@ -171,7 +171,7 @@ def print_fidelity(fid: dict) -> None:
 
 
 def _tolerances(max_mismatch_rate: float, min_agreement: float):
-    from .validate import Tolerances
+    from . import Tolerances
 
     return Tolerances(max_code_mismatch_rate=max_mismatch_rate, min_top1_agreement=min_agreement)
 
@@ -226,15 +226,14 @@ BUDGET_HELP = ("Mixed precision: a size for the packed weight codes of all quant
 
 def _mixed_options(size_budget: str | None, bit_choices: str | None, granularity: str):
     """The MixedOptions of --size-budget / --bit-choices / --granularity (None without a budget)."""
-    from .convert import MixedOptions
-    from .nn.mixed import GRANULARITIES, parse_budget
+    from . import MixedOptions, parse_budget
 
     if size_budget is None:
         if bit_choices is not None:
             _fail("--bit-choices needs --size-budget")
         return None
     granularity = granularity.strip().lower()
-    if granularity not in GRANULARITIES:
+    if granularity not in ("channel", "layer"):
         _fail(f"unknown --granularity {granularity!r}: choose channel or layer")
     try:
         budget = parse_budget(size_budget)
@@ -254,7 +253,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
 ) -> None:
     """Per layer: op, weight codec, bit-widths (a histogram when they vary per channel), parameters, packed bytes; totals and the ratio to float32; versions and ops."""
-    from .inspect import inspect_model, render_json
+    from . import inspect_model
 
     if not model.is_file():
         _fail(f"{model} not found")
@@ -263,7 +262,7 @@ def inspect(
     except ValueError as exc:
         _fail(str(exc))
     if as_json:
-        print(render_json(info))
+        print(json.dumps(info.to_dict(), indent=2, sort_keys=True))
         return
     table = Table(title=f"{model.name}: {info.file_bytes:,} bytes, written by qexport {info.qexport_version or '?'}"
                         f"{', ' + info.method if info.method else ''}")
@@ -321,11 +320,9 @@ def convert(
     module_path: Optional[List[Path]] = typer.Option(None, "--module-path", help="With --trust-pickle: a folder holding the Python module of the pickled model's classes (the current folder and the model file's folder are searched too)."),
 ) -> None:
     """Quantize (if float) and export a model to ONNX with ai.qexport ops (or standard ONNX with --format qdq), then check parity."""
-    from .checkpoint import CheckpointError
-    from .convert import ConvertError, convert as run
-    from .export import ExportError
+    from . import CheckpointError, ConvertError, ExportError, convert_model as run
 
-    from .nn.fit import FitOptions
+    from . import FitOptions
 
     method = _method(method)
     export_format = _check_format(export_format)
@@ -363,9 +360,7 @@ def export(
     min_agreement: float = typer.Option(1.0, "--min-top1-agreement", help="Minimum top-1 agreement with PyTorch."),
 ) -> None:
     """Export a quantized checkpoint as it is (no calibration, no fitting) to ONNX, then check parity."""
-    from .checkpoint import CheckpointError
-    from .convert import ConvertError, convert as run
-    from .export import ExportError
+    from . import CheckpointError, ConvertError, ExportError, convert_model as run
 
     export_format = _check_format(export_format)
     x, y = _load_data(data, limit)
@@ -399,9 +394,7 @@ def validate(
     Exits 1 when parity fails, 2 on unusable inputs."""
     import onnx
 
-    from .checkpoint import CheckpointError, load_checkpoint, build_model_from_checkpoint
-    from .convert import write_report
-    from .validate import check_parity
+    from . import CheckpointError, build_model_from_checkpoint, check_parity, load_checkpoint, write_report
 
     try:
         ckpt = load_checkpoint(model)
@@ -429,11 +422,11 @@ def validate(
                             report=report, context=context)
         return
     try:
-        from .runtime import make_session
+        from . import make_session
 
         with _progress("", f"validating on {len(x):,} samples", len(x)) as (_, advance):
             if qdq:
-                from .export.qdq import check_qdq_parity
+                from . import check_qdq_parity
 
                 result = check_qdq_parity(qmodel, proto, x, y, batch_size=batch_size or 128, threads=threads,
                                           tolerances=_tolerances(max_mismatch_rate, min_agreement), progress=advance)
@@ -455,7 +448,8 @@ def _validate_on_target(qmodel, proto, x, y, *, target: str, cpus: str, threads:
     """validate --target aarch64: parity of the runner under qemu-aarch64, once per --cpu."""
     import time
 
-    from .deploy import DeployError, build_ops, dist_files, fetch_qemu, source_dir, validate_on_runner
+    from . import DeployError, build_ops, validate_on_runner
+    from .deploy import dist_files, fetch_qemu, source_dir  # device-deploy helpers of `qexport build-ops`
     from .io import atomic_write_text
 
     if target != "aarch64":
@@ -503,7 +497,7 @@ def build_ops_cmd(
     with_ort: bool = typer.Option(True, "--ort/--no-ort", help="Also put ONNX Runtime's library for the target (from its onnxruntime wheel, same version as installed) in the folder."),
 ) -> None:
     """Build the custom-op library and the qexport-run runner for a target CPU: the files to copy to a device."""
-    from .deploy import DeployError, build_ops
+    from . import DeployError, build_ops
 
     try:
         result = build_ops(target, output, source=source, build_dir=build_dir, jobs=jobs, with_ort=with_ort,
@@ -561,8 +555,7 @@ def train(
     trains with DistributedDataParallel: gloo on CPU, nccl on CUDA; rank 0 writes the files."""
     import os
 
-    from .checkpoint import CheckpointError
-    from .train import TrainConfig, train as run
+    from . import CheckpointError, TrainConfig, train_model as run
 
     method = _method(method)
     if method != "float":
@@ -617,7 +610,7 @@ def bench(
 ) -> None:
     """Time a qexport model in ONNX Runtime, interleaved with ONNX Runtime's float and int8 models of the same network (benchmarks/bench.py runs the whole suite)."""
     from .io import atomic_write_text
-    from .runtime.bench import bench_model, qexport_op_count
+    from . import bench_model, qexport_op_count
 
     for path in [model, float_model, int8_model]:
         if path is not None and not path.is_file():
@@ -630,7 +623,7 @@ def bench(
         _fail(f"{model} has no ai.qexport ops: it is not a qexport model. Pass --plain to time it as a plain ONNX "
               f"Runtime model anyway")
     if has_ops and baselines and float_model is None and int8_model is None:
-        from .export.baselines import baselines_for
+        from . import baselines_for
 
         try:
             float_model, int8_model = baselines_for(model, say=lambda msg: console.print(f"[dim]{msg}[/]"))
@@ -682,7 +675,7 @@ def bench(
 @app.command()
 def models() -> None:
     """List the zoo architectures and their default arguments."""
-    from .models import MODELS, default_arch_args
+    from .models import MODELS, default_arch_args  # the model zoo's registry
 
     for name in sorted(MODELS):
         out.print(f"{name}: {json.dumps(default_arch_args(name))}")
@@ -691,7 +684,7 @@ def models() -> None:
 @app.command()
 def library() -> None:
     """Print the path of the compiled custom-op library (for onnxruntime's register_custom_ops_library)."""
-    from .runtime import library_path
+    from . import library_path
 
     try:
         out.print(str(library_path()))

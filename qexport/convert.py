@@ -302,4 +302,9 @@ def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray, y
 
 
 def write_report(report: ParityReport, path: Path, context: dict) -> None:
+    """Write a parity report as JSON (atomically), with ``context`` (which files, which data).
+
+    Example:
+        >>> write_report(qexport.check_parity(model, proto, x), Path("w3.parity.json"), {"onnx": "w3.onnx"})
+    """
     atomic_write_text(path, json.dumps({**context, **report.to_dict()}, indent=2, sort_keys=True) + "\n")
