@@ -553,6 +553,8 @@ def train(
 
     Under torchrun (`torchrun --nproc_per_node N -m qexport.cli train ...`) the same command
     trains with DistributedDataParallel: gloo on CPU, nccl on CUDA; rank 0 writes the files."""
+    # Over 80 lines because of its option declarations (typer reads them from the signature); the
+    # body only builds a TrainConfig and calls qexport.train_model.
     import os
 
     from . import CheckpointError, TrainConfig, train_model as run

@@ -184,6 +184,8 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     ONNX only (qexport.export.qdq: LSQ activations with uniform weights, ``method`` defaulting to
     lsq), validated in a plain ONNX Runtime session without the qexport library.
     """
+    # About 90 lines: the pipeline's one entry point (load, resolve the config, quantize + fit, export,
+    # validate), each step a helper; what remains here is the order and the options passed along.
     from .export.qdq import FORMATS, check_qdq_compatible, check_qdq_parity, export_qdq
 
     if export_format not in FORMATS:

@@ -22,51 +22,37 @@ class QuantMixin:
         return self.weight_quant(self.weight) if self.quantize_weights else self.weight
 
 
-class QConv2d(nn.Conv2d, QuantMixin):
+class _QConv(QuantMixin):
+    """What QConv1d and QConv2d share: the quantizers, the conversion from the float conv, the
+    fake-quantized forward."""
+
+    def __init__(self, *args, act_quant: ActQuantizer, weight_quant: WeightQuantizer, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.padding_mode != "zeros":
+            raise ValueError(f"{type(self).__name__} supports padding_mode='zeros' only, got {self.padding_mode!r}")
+        self.act_quant = act_quant
+        self.weight_quant = weight_quant
+
+    @classmethod
+    def from_float(cls, conv: nn.Module, act_quant: ActQuantizer, weight_quant: WeightQuantizer):
+        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
+                act_quant=act_quant, weight_quant=weight_quant)
+        q.weight = conv.weight
+        q.bias = conv.bias
+        return q.to(conv.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
+
+
+class QConv2d(_QConv, nn.Conv2d):
     """nn.Conv2d with an activation quantizer on its input and a weight quantizer."""
 
-    def __init__(self, *args, act_quant: ActQuantizer, weight_quant: WeightQuantizer, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros":
-            raise ValueError(f"QConv2d supports padding_mode='zeros' only, got {self.padding_mode!r}")
-        self.act_quant = act_quant
-        self.weight_quant = weight_quant
 
-    @classmethod
-    def from_float(cls, conv: nn.Conv2d, act_quant: ActQuantizer, weight_quant: WeightQuantizer) -> "QConv2d":
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                act_quant=act_quant, weight_quant=weight_quant)
-        q.weight = conv.weight
-        q.bias = conv.bias
-        return q.to(conv.weight.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
-
-
-class QConv1d(nn.Conv1d, QuantMixin):
+class QConv1d(_QConv, nn.Conv1d):
     """nn.Conv1d with an activation quantizer on its input and a weight quantizer (lowered to the
     2-D integer conv with a kernel of height 1)."""
-
-    def __init__(self, *args, act_quant: ActQuantizer, weight_quant: WeightQuantizer, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros":
-            raise ValueError(f"QConv1d supports padding_mode='zeros' only, got {self.padding_mode!r}")
-        self.act_quant = act_quant
-        self.weight_quant = weight_quant
-
-    @classmethod
-    def from_float(cls, conv: nn.Conv1d, act_quant: ActQuantizer, weight_quant: WeightQuantizer) -> "QConv1d":
-        q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-                act_quant=act_quant, weight_quant=weight_quant)
-        q.weight = conv.weight
-        q.bias = conv.bias
-        return q.to(conv.weight.device)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
 
 
 class QLinear(nn.Linear, QuantMixin):
