@@ -62,6 +62,8 @@ class TrainConfig:
         bit_choices: the candidate widths of the search (None: 2, 3, 4, 8 where the format has them).
         granularity: "channel" (a width per output channel) or "layer".
         search_steps: steps of the search (batches of ``batch_size``).
+        adapter_lr_scale: the ASQ adapters' learning rate is ``lr`` times this (1: as every weight).
+        adapter_weight_decay: their weight decay (None: ``weight_decay``, as every weight).
     """
 
     arch: str | None = None
@@ -99,6 +101,8 @@ class TrainConfig:
     bit_choices: tuple[int, ...] | None = None
     granularity: str = "channel"
     search_steps: int = 300
+    adapter_lr_scale: float = 1.0
+    adapter_weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -132,6 +136,8 @@ class TrainConfig:
                 raise ValueError("size_budget needs a quantized method (it searches weight bit-widths)")
             if self.granularity not in GRANULARITIES or self.search_steps < 1:
                 raise ValueError(f"granularity must be one of {GRANULARITIES} and search_steps >= 1")
+        if self.adapter_lr_scale <= 0 or (self.adapter_weight_decay is not None and self.adapter_weight_decay < 0):
+            raise ValueError("adapter_lr_scale must be > 0 and adapter_weight_decay >= 0")
         if self.bit_choices is not None:
             self.bit_choices = tuple(int(b) for b in self.bit_choices)
         if self.resume and self.output is None:

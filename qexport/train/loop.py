@@ -141,10 +141,17 @@ def make_optimizer(model: nn.Module, config: TrainConfig, total_steps: int, step
 
         qids = {id(p) for p in quant_parameters(model)}
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if id(p) not in qids], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if id(p) in qids], "weight_decay": 0.0}]
+    aids = {id(p) for n, p in model.named_parameters() if ".act_quant.fc" in n} if config.method != "float" else set()
+    adapter_wd = config.weight_decay if config.adapter_weight_decay is None else config.adapter_weight_decay
+    if config.adapter_lr_scale == 1.0 and adapter_wd == config.weight_decay:
+        aids = set()  # the adapters are trained as every weight (the default): one group
+    lr = config.effective_lr
+    groups = [{"params": [p for p in params if id(p) not in qids | aids], "weight_decay": config.weight_decay, "lr": lr},
+              {"params": [p for p in params if id(p) in qids], "weight_decay": 0.0, "lr": lr},
+              {"params": [p for p in params if id(p) in aids], "weight_decay": adapter_wd,
+               "lr": lr * config.adapter_lr_scale}]
     groups = [g for g in groups if g["params"]]
-    opt = torch.optim.SGD(groups, lr=config.effective_lr, momentum=config.momentum)
+    opt = torch.optim.SGD(groups, lr=lr, momentum=config.momentum)
     total = max(1, total_steps)
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
     schedule = config.schedule

@@ -242,3 +242,22 @@ def test_training_on_user_data(tmp_path, fmt):
     assert m["arch_args"]["num_classes"] == 10 and m["data"]["test_samples"] == 40
     assert "test_is_train" not in m["data"]
     assert m["final_test_acc"] >= 7 * CHANCE, m["epochs"]  # it learns the bright row (about 90%)
+
+
+def test_adapter_optimizer_options_make_their_own_group_and_default_to_none():
+    """adapter_lr_scale / adapter_weight_decay put the ASQ adapters in a group of their own; by
+    default the adapters train as every weight (one group with the other weights)."""
+    from qexport.models import build_model
+    from qexport.nn import quantize_
+    from qexport.quant.config import QuantConfig
+    from qexport.train.loop import make_optimizer
+
+    model = quantize_(build_model("small_cnn"), QuantConfig("asq", 2))
+    adapters = sum(p.numel() for n, p in model.named_parameters() if ".act_quant.fc" in n)
+    opt, _ = make_optimizer(model, TrainConfig(method="asq", bits=2, lr=0.01), 10)
+    assert len(opt.param_groups) == 2
+    opt, _ = make_optimizer(model, TrainConfig(method="asq", bits=2, lr=0.01, adapter_lr_scale=10,
+                                               adapter_weight_decay=0.0), 10)
+    group = opt.param_groups[-1]
+    assert (group["lr"], group["weight_decay"]) == (0.1, 0.0)
+    assert sum(p.numel() for p in group["params"]) == adapters > 0
