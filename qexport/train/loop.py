@@ -324,7 +324,9 @@ def _resume_state(config: TrainConfig) -> dict[str, Any] | None:
     if not isinstance(state, dict):
         raise CheckpointError(f"{config.output}: holds no training state to resume from (not written by "
                               f"`qexport train`); remove it or choose another --output")
-    saved, now = _comparable(state["config"], state.get("cwd")), _comparable(config.to_dict())
+    # settings added since the checkpoint was written take their defaults (what that run used)
+    saved = _comparable({**TrainConfig().to_dict(), **state["config"]}, state.get("cwd"))
+    now = _comparable(config.to_dict())
     diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)}
     if diff:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
