@@ -66,9 +66,12 @@ def _finalize(proto: onnx.ModelProto, deploy: nn.Module, meta: dict[str, str]) -
     if bad:
         raise ExportError(f"layers {bad} did not export to one weighted node reading a quantize node's codes")
     description = lower(deploy).bind(proto.graph)
-    # Scopes and stack traces (with local file paths) are dropped: smaller, deterministic files.
+    # Scopes and stack traces (with local file paths) are dropped: smaller, deterministic files;
+    # so is the torch exporter's record of its own program (graph_signature: 12.6 kB of a 182 kB
+    # ResNet-20 file, 2.7 kB of the small CNN's), which nothing reading the ONNX file uses.
     for node in proto.graph.node:
         del node.metadata_props[:]
+    del proto.graph.metadata_props[:]
     proto.producer_name = "qexport"
     proto.producer_version = __version__
     proto.doc_string = "Quantized by qexport; custom ops in domain ai.qexport (docs/ops.md)."

@@ -384,6 +384,7 @@ def export_qdq(model: nn.Module, path: str | os.PathLike | None, example_input: 
     entries = {**dict(meta or {}), "qexport.version": __version__, "qexport.format": "qdq",
                "qexport.bits": json.dumps(bits, sort_keys=True, default=_jsonable)}
     del proto.metadata_props[:]
+    del proto.graph.metadata_props[:]  # the torch exporter's graph_signature: unused, kilobytes
     for key in sorted(entries):
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=str(entries[key])))
     try:

@@ -118,3 +118,19 @@ def test_layers_sharing_one_quantizer_export_and_validate():
     report = check_parity(q, proto, x.numpy())
     assert report.passed, report.failures
     assert all(row.codes > 0 and row.mismatches == 0 for row in report.layers)
+
+
+def test_file_holds_no_exporter_bookkeeping(calib, tmp_path):
+    """No graph-level metadata (the torch exporter's graph_signature) and no node metadata: the
+    file is the model and qexport's own description, nothing else."""
+    import torch
+
+    from qexport.models import build_model
+    from qexport.nn import calibrate, quantize_
+    from qexport.quant import QuantConfig
+
+    model = quantize_(build_model("small_cnn"), QuantConfig("asq+post", 3))
+    calibrate(model, [torch.from_numpy(calib[:32])])
+    proto = export_onnx(model, torch.from_numpy(calib[:2]))
+    assert not proto.graph.metadata_props and not any(n.metadata_props and n.op_type != "QConvFused"
+                                                      for n in proto.graph.node)
