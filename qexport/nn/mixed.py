@@ -89,25 +89,26 @@ class _Layer:
     fmt: str
     weight: torch.Tensor  # float weights (O, ...)
     choices: list[int]
+    act_bits: int  # the layer's activation width, which the allocation keeps
 
     @property
     def per_channel(self) -> int:
         return int(self.weight[0].numel())
 
 
-def _layers(entries: list[tuple[str, str, torch.Tensor, object]], first_last: bool, choices
+def _layers(entries: list[tuple[str, str, torch.Tensor, object, int]], first_last: bool, choices
             ) -> tuple[dict[str, _Layer], int, int]:
     """(searchable layers, code bits of the fixed ones, weights of all quantized layers) from
-    (name, weight format, weight, bits) of every quantized layer in order; with ``first_last``
-    the first and the last keep their bits."""
+    (name, weight format, weight, bits, activation bits) of every quantized layer in order; with
+    ``first_last`` the first and the last keep their bits."""
     fixed_bits, total, out = 0, 0, {}
-    for i, (name, fmt, weight, bits) in enumerate(entries):
+    for i, (name, fmt, weight, bits, act_bits) in enumerate(entries):
         total += weight.numel()
         if first_last and (i == 0 or i == len(entries) - 1):
             per_channel = bits if isinstance(bits, list) else [bits] * weight.shape[0]
             fixed_bits += weight[0].numel() * sum(per_channel)
         else:
-            out[name] = _Layer(name, fmt, weight.detach(), candidates(fmt, choices))
+            out[name] = _Layer(name, fmt, weight.detach(), candidates(fmt, choices), int(act_bits))
     if not out:
         raise ValueError("no layer to allocate bit-widths to (every quantized layer is a fixed first/last layer)")
     return out, fixed_bits, total
@@ -115,7 +116,7 @@ def _layers(entries: list[tuple[str, str, torch.Tensor, object]], first_last: bo
 
 def _planned(model: nn.Module, config: QuantConfig) -> list[tuple[str, str, torch.Tensor, object]]:
     """The entries of ``_layers`` for a float model about to be quantized with ``config``."""
-    return [(name, spec["weights"], model.get_submodule(name).weight, spec["bits"])
+    return [(name, spec["weights"], model.get_submodule(name).weight, spec["bits"], spec["act_bits"])
             for name, spec in layer_plan(model, config).items()]
 
 
@@ -123,7 +124,8 @@ def _quantized(model: nn.Module) -> list[tuple[str, str, torch.Tensor, object]]:
     """The entries of ``_layers`` for an already quantized model."""
     from .swap import quant_layers
 
-    return [(name, m.weight_quant.fmt, m.weight, m.weight_quant.bits) for name, m in quant_layers(model).items()]
+    return [(name, m.weight_quant.fmt, m.weight, m.weight_quant.bits, m.act_quant.bits)
+            for name, m in quant_layers(model).items()]
 
 
 def fisher_diagonal(model: nn.Module, names: Iterable[str], x: torch.Tensor, batch_size: int = 32,
@@ -266,7 +268,10 @@ def _overrides(layers: dict[str, _Layer], owners: list[tuple[str, int | None]], 
             bits[name] = [b] * len(bits[name])
         else:
             bits[name][o] = b
-    return [(name, {"bits": b[0] if len(set(b)) == 1 else b}) for name, b in bits.items()]
+    # act_bits stated: an override's int bits would otherwise set the activations too
+    # (QuantConfig.layer_spec), and the budget is about weights only
+    return [(name, {"bits": b[0] if len(set(b)) == 1 else b, "act_bits": layers[name].act_bits})
+            for name, b in bits.items()]
 
 
 def code_bytes(model: nn.Module) -> int:

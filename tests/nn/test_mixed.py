@@ -48,6 +48,8 @@ def test_allocation_fits_the_budget_and_differs_between_groups(samples, granular
     found = allocate(model, config, x, budget, choices=(2, 3, 4), granularity=granularity)
     quantized = quantize_(model, QuantConfig("asq+post", 3, overrides=found))
     used = code_bytes(quantized)
+    # the budget moves weight widths only: every allocated layer keeps its 3-bit activations
+    assert all(quantized.get_submodule(name).act_quant.bits == 3 for name, _ in found)
     # per channel the budget is filled to within a few channels; per layer within one layer's bit
     slack = 0.03 * budget.code_bytes if granularity == "channel" else 73_728 / 8
     assert budget.code_bytes - slack <= used <= budget.code_bytes
@@ -79,6 +81,7 @@ def test_search_trains_converts_and_runs_bit_exact(tmp_path, samples):
     model = build_model_from_checkpoint(load_checkpoint(out)).eval()
     bits = model.get_submodule("features.2.0").weight_quant.channel_bits
     assert len(set(bits)) > 1
+    assert all(model.get_submodule(f"features.{i}.0").act_quant.bits == 3 for i in range(1, 5))
     x = samples[0][:64]
     proto = export_onnx(model, torch.from_numpy(x[:2]))
     report = check_parity(model, proto, x)
