@@ -397,11 +397,13 @@ def search(model: nn.Module, config: QuantConfig, x: torch.Tensor, y: torch.Tens
     # the argmax wherever the budget allows.
     owners, costs, sizes = [], [], []
     for name, (bits, p) in decided.items():
-        for o in range(len(bits)):
+        s = searchers[name]
+        groups = [None] if granularity == "layer" else range(len(bits))  # one group per layer, or per channel
+        for o in groups:
             owners.append((name, o))
-            costs.append({b: float(-torch.log(p[o, i] + 1e-12)) for i, b in enumerate(searchers[name].choices)})
-            sizes.append(searchers[name].per_channel)
-    argmax_bits = [decided[n][0][o] for n, o in owners]
+            costs.append({b: float(-torch.log(p[o or 0, i] + 1e-12)) for i, b in enumerate(s.choices)})
+            sizes.append(s.per_channel * (s.out_channels if o is None else 1))
+    argmax_bits = [decided[n][0][o or 0] for n, o in owners]
     used = sum(n * b for n, b in zip(sizes, argmax_bits))
     chosen = greedy(costs, sizes, limit, fill=True)
     overrides = _overrides(layers, owners, chosen)

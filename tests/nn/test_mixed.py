@@ -87,3 +87,17 @@ def test_search_trains_converts_and_runs_bit_exact(tmp_path, samples):
     report = check_parity(model, proto, x)
     assert report.passed, report.failures
     assert np.isfinite(metrics["final_test_acc"]) and metrics["final_test_acc"] > 50
+
+
+def test_search_per_layer_gives_one_width_per_layer(samples):
+    from qexport.nn import calibrate, quantize_
+    from qexport.nn.mixed import search
+
+    x, y = torch.from_numpy(samples[0][:64]), torch.from_numpy(samples[1][:64]).long()
+    config = QuantConfig("asq+post", 3)
+    model = quantize_(build_model("small_cnn"), config)
+    calibrate(model, [x])
+    found, summary = search(model, config, x, y, parse_budget("2.5bits"), choices=(2, 3, 4), granularity="layer",
+                            steps=3, batch_size=32)
+    assert found and all(isinstance(o["bits"], int) and o["act_bits"] == 3 for _, o in found)
+    assert summary["limit_bytes"] > 0
