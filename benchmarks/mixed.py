@@ -14,7 +14,8 @@ file in ONNX Runtime with qexport's library on the full Fashion-MNIST test set (
 The seed picks the 640 training images (512 calibrate and fit, 128 measure fidelity) and the fit's
 batch order. Candidate widths: --choices (default 2,3,4: POST's range).
 
-Outputs (under --out, default benchmarks/results/): mixed.json (one record per model: variant, b,
+Outputs (under --out, default benchmarks/results/; the quantized checkpoints convert writes beside
+the ONNX files, models/mixed/*.pt, are git-ignored): mixed.json (one record per model: variant, b,
 seed, code_bytes, onnx_bytes, onnx_top1, bits per layer), models/mixed/<name>.onnx, mixed.png
 (accuracy against code size), and the markdown section docs/results.md includes (written by
 benchmarks/ablation.py --report-only, which reads mixed.json). Resumable: a record whose ONNX
