@@ -198,8 +198,8 @@ class _LeafTracer(torch.fx.Tracer):
 
 def find_bn_pairs(model: nn.Module) -> dict[str, str]:
     """{quantized layer name: BatchNorm name} for each BN fed only by a quantized layer."""
-    try:
-        graph = _LeafTracer().trace(model)
+    try:  # a GraphModule (a torch.export program, qexport.lower.program) already is its graph
+        graph = model.graph if isinstance(model, torch.fx.GraphModule) else _LeafTracer().trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure only disables folding
         warnings.warn(f"could not trace the model to fold BatchNorm ({exc}); BatchNorm stays a separate float op")
         return {}

@@ -66,6 +66,7 @@ def test_mean_pool_becomes_global_avg_pool_and_parity_is_exact(tmp_path):
     calibrate(q, [x])
     proto = export_onnx(q, x[:2])
     assert "GlobalAvgPool" in {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in {n.op_type for n in proto.graph.node}  # folded into the conv
     report = check_parity(q, proto, x.numpy())
     assert report.passed and all(row.mismatches == 0 for row in report.layers), report.failures
 
