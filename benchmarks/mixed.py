@@ -89,6 +89,8 @@ def run_qat(args, name: str, seed: int, bits: int, variant: str, budget_bytes: f
     from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
     from qexport.export import export_onnx
     from qexport.nn.mixed import bits_summary, code_bytes
+    import torch
+
     from qexport.train import TrainConfig, train
 
     work = Path(args.out) / "work"
@@ -102,7 +104,7 @@ def run_qat(args, name: str, seed: int, bits: int, variant: str, budget_bytes: f
     model = build_model_from_checkpoint(load_checkpoint(ckpt)).eval()
     out = Path(args.out) / "models" / "mixed" / f"{name}.onnx"
     x, _ = load_dataset("fashion-mnist", "test")
-    export_onnx(model, __import__("torch").from_numpy(x[:2]), out)
+    export_onnx(model, torch.from_numpy(x[:2]), out)
     return {"name": name, "onnx_path": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
             "code_bytes": code_bytes(model), "onnx_bytes": out.stat().st_size,
             "mean_bits": {n: v["mean_bits"] for n, v in bits_summary(model).items()}}

@@ -290,7 +290,8 @@ def pack_codes(codes: np.ndarray, bits) -> np.ndarray:
 
 
 def packed_length(count: int, bits: int) -> int:
-    return (count * bits + 7) // 8
+    """Bytes of ``count`` codes of ``bits`` bits (the codecs' fixed-width stream)."""
+    return codecs.fixed_width_length(np.array([int(bits)]), count)
 
 
 def unpack_codes(packed: np.ndarray, bits: int, count: int) -> np.ndarray:

@@ -59,18 +59,14 @@ def fixed_width_length(bits: np.ndarray, k: int) -> int:
 def pack_fixed_width(codes: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """Codes (O, K) with row o of ``bits[o]`` bits -> the fixed-width stream (uint8)."""
     codes = np.asarray(codes, dtype=np.int64)
+    bits = np.asarray(bits, dtype=np.int64)
     _check(codes.ndim == 2 and codes.shape[0] == len(bits), "codes must be (O, K) with one bit-width per row")
-    chunks = []
-    for b in np.unique(bits):  # rows of one width at a time, then put back in row order
-        rows = np.nonzero(bits == b)[0]
-        block = codes[rows]
+    for b in np.unique(bits):
         _check(1 <= b <= 8, f"bits must be in 1..8, got {b}")
+        block = codes[bits == b]
         _check(bool(np.all((block >= 0) & (block < (1 << int(b))))), f"codes out of range for {b} bits")
-        planes = ((block[:, :, None] >> np.arange(int(b))) & 1).astype(np.uint8).reshape(len(rows), -1)
-        chunks.extend(zip(rows.tolist(), planes))
-    chunks.sort(key=lambda t: t[0])
-    stream = np.concatenate([c for _, c in chunks]) if chunks else np.zeros((0,), np.uint8)
-    return np.packbits(stream, bitorder="little")
+    rows = [((row[:, None] >> np.arange(int(b))) & 1).astype(np.uint8).ravel() for row, b in zip(codes, bits)]
+    return np.packbits(np.concatenate(rows) if rows else np.zeros((0,), np.uint8), bitorder="little")
 
 
 def unpack_fixed_width(packed: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
