@@ -8,7 +8,8 @@ from typing import Any
 from ..spec import reference as R
 from .base import ACT_QUANTIZERS, WEIGHT_QUANTIZERS
 
-METHODS = ("lsq", "asq", "lsq+pot", "lsq+post", "asq+pot", "asq+post")
+METHODS = ("lsq", "asq", "lsq+pot", "lsq+post", "asq+pot", "asq+post",
+           "lsq+perparam", "asq+perparam", "lsq+perparam_post", "asq+perparam_post")
 
 
 @dataclass(frozen=True)
@@ -18,7 +19,9 @@ class QuantConfig:
     Args:
         method: ``"<activations>[+<weights>]"``: activations ``lsq`` or ``asq``; weights
             ``pot`` or ``post``, uniform LSQ weights when omitted (``"asq"`` is the paper's
-            scheme 1, ``"asq+post"`` its scheme 2).
+            scheme 1, ``"asq+post"`` its scheme 2); ``perparam`` / ``perparam_post``: a
+            bit-width per weight (Khoram and Li; set by ``qexport.nn.perparam.adapt``), ``bits``
+            the widest.
         bits: weight bit-width of the body layers (POT/POST: 2..4, uniform: 2..8).
         act_bits: activation bit-width of the body layers (default: ``bits``).
         first_last_bits: the first and the last Conv2d/Linear (in registration order) use
@@ -63,7 +66,7 @@ class QuantConfig:
             raise ValueError(f"unknown method {self.method!r}: activations must be one of {sorted(ACT_QUANTIZERS)}; methods: {', '.join(METHODS)}")
         wfmt = weights or "uniform"
         if wfmt not in WEIGHT_QUANTIZERS or wfmt == "uniform" and weights:
-            raise ValueError(f"unknown method {self.method!r}: weights must be 'pot' or 'post' (or omitted for uniform LSQ weights); methods: {', '.join(METHODS)}")
+            raise ValueError(f"unknown method {self.method!r}: weights must be 'pot', 'post', 'perparam' or 'perparam_post' (or omitted for uniform LSQ weights); methods: {', '.join(METHODS)}")
         allowed = R.WEIGHT_BITS[wfmt]
         if self.bits not in allowed:
             hint = " (POT/POST are defined for 2..4 bits; use --method lsq or asq for uniform weights at 5..8 bits)" if wfmt != "uniform" else ""

@@ -100,6 +100,9 @@ class Codec:
 
     name: str = ""
     bits: range = range(0)
+    # True for a stream whose length depends on the weights (entropy-coded, one bit-width for every
+    # channel: the widest a parameter may have); False for the fixed-width stream.
+    variable_length: bool = False
 
     def levels(self, bits: int) -> tuple[tuple[int, ...], tuple[bool, ...]]:
         """(value, valid) of every code 0 .. 2^bits - 1."""
