@@ -63,7 +63,7 @@ def _check_bits(bits: int | None) -> None:
     weights, which cannot help here)."""
     if bits is not None and not 2 <= bits <= 8:
         _fail(f"--bits {bits} is out of range: weights take 2..8 bits with --method lsq or asq (uniform weights), "
-              f"2..4 with +pot or +post")
+              f"2..4 with +pot, +post or +perparam_post; 2..8 with +perparam (the widest width of a weight)")
 
 
 OVERRIDE_HELP = ("Per-layer settings, repeatable: PATTERN:key=value[,key=value] or PATTERN:skip, keys bits, act_bits, "
@@ -515,8 +515,8 @@ def train(
     output: Path = typer.Option(..., "--output", "-o", help="The checkpoint to write after every epoch (self-describing: arch, config, weights, metrics, training state); the best epoch's model also goes to <stem>.best.pt."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture (default: the --from checkpoint's, else small_cnn)."),
     arch_args: Optional[str] = typer.Option(None, "--arch-args", help="JSON object of model arguments, e.g. '{\"width\": 16}'."),
-    method: str = typer.Option("asq+post", "--method", "-m", help="float, lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post."),
-    bits: int = typer.Option(4, "--bits", "-b", help="Weight bit-width of the body layers (activations too unless --act-bits)."),
+    method: str = typer.Option("asq+post", "--method", "-m", help="float, lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post; lsq+perparam, asq+perparam, lsq+perparam_post, asq+perparam_post: a bit-width per weight (Khoram and Li; docs/perparam.md)."),
+    bits: int = typer.Option(4, "--bits", "-b", help="Weight bit-width of the body layers (activations too unless --act-bits); per-parameter methods: the widest width a weight may have."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers."),
     first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers."),
     override: Optional[List[str]] = typer.Option(None, "--override", help=OVERRIDE_HELP),
@@ -548,6 +548,9 @@ def train(
     bit_choices: Optional[str] = typer.Option(None, "--bit-choices", help="Candidate weight bit-widths of the --size-budget search, e.g. 2,3,4."),
     granularity: str = typer.Option("channel", "--granularity", help="--size-budget searches a bit-width per output 'channel' (default) or per 'layer'."),
     search_steps: int = typer.Option(300, "--search-steps", help="Steps of the --size-budget search."),
+    perparam_rounds: int = typer.Option(10, "--perparam-rounds", help="Per-parameter methods: at most this many rounds of margins + retraining."),
+    perparam_steps: int = typer.Option(200, "--perparam-steps", help="Per-parameter methods: retraining steps per round."),
+    perparam_tolerance: float = typer.Option(0.5, "--perparam-tolerance", help="Per-parameter methods: keep shrinking while accuracy on held-out training samples stays within this many points of the float model's."),
 ) -> None:
     """Train a float model or run quantization-aware training (SGD, momentum 0.9, cosine).
 
@@ -583,7 +586,9 @@ def train(
                              calib_refine_samples=calib_refine_samples, augment=augment,
                              limit_train=limit_train, limit_test=limit_test, progress=progress,
                              size_budget=size_budget, bit_choices=mixed.choices if mixed else None,
-                             granularity=mixed.granularity if mixed else "channel", search_steps=search_steps)
+                             granularity=mixed.granularity if mixed else "channel", search_steps=search_steps,
+                             perparam_rounds=perparam_rounds, perparam_steps=perparam_steps,
+                             perparam_tolerance=perparam_tolerance)
         metrics = run(config)
     except (CheckpointError, ValueError, FileNotFoundError, ImportError) as exc:
         _fail(str(exc))
@@ -595,6 +600,12 @@ def train(
             out.print(f"bit-width search: {search['code_bytes']:,} bytes of weight codes (limit "
                       f"{search['limit_bytes']:,.0f} for the searched layers); mean bits per layer: " + ", ".join(
                           f"{n} {v['mean_bits']:.2f}" for n, v in search["layers"].items()))
+        pp = metrics.get("perparam")
+        if pp:
+            fin = pp["final"]
+            out.print(f"per-parameter precision: {len([r for r in pp['rounds'] if r['accepted']])} rounds kept, "
+                      f"{fin['mean_bits']:.2f} bits per weight, {100 * fin['pruned']:.1f}% pruned, "
+                      f"{fin['stream_bytes']:,} bytes of entropy-coded weights (at the end of the rounds)")
 
 
 @app.command()

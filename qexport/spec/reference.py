@@ -10,7 +10,9 @@ Conventions (docs/ops.md has the full contract):
 * Activation codes are ``uint8``: ``code = q + zero_point`` with ``zero_point = 2**(b-1)`` for
   signed quantizers and 0 for unsigned ones.
 * Weight codes are ``bits``-bit unsigned integers packed LSB-first into a little-endian bit
-  stream, in row-major order of the weight shape; padding bits are zero.
+  stream, in row-major order of the weight shape; padding bits are zero. The per-parameter
+  formats (``codecs.get(fmt).variable_length``) store the same codes entropy-coded instead
+  (codecs/rans.py).
 * Accumulation is exact integer arithmetic; the epilogue is float32:
   ``y = float32(acc) * (x_scale[n] * w_scale[o]) + bias[o]``, then optionally ReLU
   (``y < 0 -> 0``). Each float32 operation is one IEEE operation, never fused.
@@ -28,7 +30,7 @@ DOMAIN = "ai.qexport"
 DOMAIN_VERSION = 1
 
 ACT_BITS = range(2, 9)
-WEIGHT_FORMATS = codecs.names()  # ("post", "pot", "uniform"): one codec each (qexport/spec/codecs/)
+WEIGHT_FORMATS = codecs.names()  # ("perparam", ..., "uniform"): one codec each (qexport/spec/codecs/)
 WEIGHT_BITS = {name: codecs.get(name).bits for name in WEIGHT_FORMATS}
 INT32_MAX = 2**31 - 1
 
@@ -289,8 +291,12 @@ def pack_codes(codes: np.ndarray, bits) -> np.ndarray:
         raise ReferenceError_(str(e)) from None
 
 
-def packed_length(count: int, bits: int) -> int:
-    """Bytes of ``count`` codes of ``bits`` bits (the codecs' fixed-width stream)."""
+def packed_length(count: int, bits: int, fmt: str | None = None) -> int | None:
+    """Bytes of ``count`` codes of ``bits`` bits in the codecs' fixed-width stream; with ``fmt``,
+    in that format's stream: None for a variable-length (entropy-coded) one, whose length depends
+    on the weights."""
+    if fmt is not None:
+        return _codec(fmt, bits).packed_length(np.array([int(bits)]), count)
     return codecs.fixed_width_length(np.array([int(bits)]), count)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-METHODS = ("float", "lsq", "asq", "lsq+pot", "lsq+post", "asq+pot", "asq+post")
+METHODS = ("float", "lsq", "asq", "lsq+pot", "lsq+post", "asq+pot", "asq+post",
+           "lsq+perparam", "asq+perparam", "lsq+perparam_post", "asq+perparam_post")
 DEFAULT_ARCH = "small_cnn"
 SCHEDULES = ("cosine", "linear", "constant")
 # Fields that change how a run is shown or kept, not what it computes: a --resume may differ in them.
@@ -22,7 +23,9 @@ class TrainConfig:
             not given are fitted to the data (and mean/std computed from it if the channel count
             changes).
         method: "float" or a QuantConfig method ("lsq", "asq", "lsq+pot", "lsq+post", "asq+pot",
-            "asq+post").
+            "asq+post"; "lsq+perparam", "asq+perparam_post", ...: a bit-width per weight, Khoram
+            and Li's adaptive quantization, run after calibration with the ``perparam_*`` fields,
+            then the ``epochs`` train at the widths found; ``bits`` is the widest width).
         bits: weight (and, unless ``quant_args`` says otherwise, activation) bit-width.
         quant_args: further QuantConfig fields (act_bits, first_last_bits, adapter_reduction, skip).
         epochs, batch_size: the schedule runs over ``epochs * steps_per_epoch`` SGD steps.
@@ -64,6 +67,13 @@ class TrainConfig:
         search_steps: steps of the search (batches of ``batch_size``).
         adapter_lr_scale: the ASQ adapters' learning rate is ``lr`` times this (1: as every weight).
         adapter_weight_decay: their weight decay (None: ``weight_decay``, as every weight).
+        perparam_rounds: per-parameter methods: at most this many rounds of margins + retraining.
+        perparam_steps: retraining steps per round (batches of ``batch_size``, cosine to 0).
+        perparam_tolerance: a round is kept while the accuracy on ``perparam_val_samples``
+            held-out training samples stays within this many points of the float model's (of the
+            calibrated model's when there is no float start).
+        perparam_growth: the loss budget eps grows by this factor each kept round.
+        perparam_val_samples: training samples held out (seeded) to judge the rounds.
     """
 
     arch: str | None = None
@@ -103,6 +113,11 @@ class TrainConfig:
     search_steps: int = 300
     adapter_lr_scale: float = 1.0
     adapter_weight_decay: float | None = None
+    perparam_rounds: int = 10
+    perparam_steps: int = 200
+    perparam_tolerance: float = 0.5
+    perparam_growth: float = 2.0
+    perparam_val_samples: int = 5000
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -138,6 +153,13 @@ class TrainConfig:
                 raise ValueError(f"granularity must be one of {GRANULARITIES} and search_steps >= 1")
         if self.adapter_lr_scale <= 0 or (self.adapter_weight_decay is not None and self.adapter_weight_decay < 0):
             raise ValueError("adapter_lr_scale must be > 0 and adapter_weight_decay >= 0")
+        if "perparam" in self.method:
+            if self.size_budget is not None:
+                raise ValueError("size_budget searches per-channel widths; a per-parameter method sets a width per weight itself")
+            if self.perparam_rounds < 1 or self.perparam_steps < 0 or self.perparam_tolerance < 0 \
+                    or self.perparam_growth <= 1 or self.perparam_val_samples < 1:
+                raise ValueError("perparam_rounds and perparam_val_samples must be >= 1, perparam_steps and "
+                                 "perparam_tolerance >= 0, perparam_growth > 1")
         if self.bit_choices is not None:
             self.bit_choices = tuple(int(b) for b in self.bit_choices)
         if self.resume and self.output is None:

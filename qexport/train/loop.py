@@ -393,6 +393,8 @@ def _start_run(config: TrainConfig, ctx: DistContext, resumed: dict | None, xtr,
         metrics["calibration_time_s"] = time.perf_counter() - t0
         if config.size_budget is not None:
             qconfig = _search_bits(model, qconfig, config, xtr, ytr, metrics)
+        if "perparam" in config.method:
+            _adapt_widths(model, config, xtr, ytr, metrics)
         metrics["quant"] = qconfig.to_dict()
         metrics["calibrated_test_acc"] = evaluate_loss(model, xte, yte, ctx=ctx)[0]
     metrics["parameters"] = int(sum(p.numel() for p in model.parameters()))
@@ -415,6 +417,32 @@ def _search_bits(model: nn.Module, qconfig, config: TrainConfig, xtr, ytr, metri
     summary.update(time_s=time.perf_counter() - t0, code_bytes=code_bytes(model), layers=bits_summary(model))
     metrics["bit_search"] = summary
     return replace(qconfig, overrides=tuple(qconfig.overrides) + tuple(found))
+
+
+def _adapt_widths(model: nn.Module, config: TrainConfig, xtr, ytr, metrics: dict) -> None:
+    """Khoram and Li's per-parameter widths (qexport.nn.perparam.adapt): rounds judged on
+    ``perparam_val_samples`` held-out training samples against the float model's accuracy there."""
+    from ..nn.perparam import adapt
+
+    device = next(model.parameters()).device
+    n_val = min(config.perparam_val_samples, len(xtr) // 5)
+    if n_val < 1:
+        raise ValueError(f"per-parameter precision needs held-out training samples: {len(xtr)} are too few")
+    perm = np.random.default_rng(config.seed).permutation(len(xtr))
+    xv, yv = xtr[perm[:n_val]], ytr[perm[:n_val]]
+    xt, yt = xtr[perm[n_val:]], ytr[perm[n_val:]]
+    reference = None
+    if config.from_checkpoint:
+        from ..checkpoint import build_model_from_checkpoint, load_checkpoint
+
+        reference = evaluate(build_model_from_checkpoint(load_checkpoint(config.from_checkpoint)), xv, yv)
+    as_t = lambda a: torch.as_tensor(a).to(device)  # noqa: E731
+    say = print if config.progress else (lambda s: None)
+    metrics["perparam"] = adapt(model, as_t(xt), as_t(yt).long(), as_t(xv), as_t(yv).long(),
+                                rounds=config.perparam_rounds, steps=config.perparam_steps,
+                                tolerance=config.perparam_tolerance, reference_acc=reference,
+                                growth=config.perparam_growth, lr=config.effective_lr, batch_size=config.batch_size,
+                                seed=config.seed, log=say)
 
 
 def _restore_optimizer(resumed: dict | None, opt, sched, ctx: DistContext) -> tuple[int, float, int, list[int]]:

@@ -2,9 +2,11 @@
 
 Each case builds a valid single-node model of a random ai.qexport op, then applies 0..3 random
 mutations: attributes changed to odd values, deleted or of the wrong type; inputs of another
-rank, channel count or length; packed weights truncated, extended or bit-flipped (which makes
-non-canonical codes); activation codes above act_bits; weights as graph inputs instead of
-initializers. The only acceptable outcomes are:
+rank, channel count or length; packed weights truncated, extended, bit-flipped (which makes
+non-canonical codes) or with a byte overwritten (mostly near the start: the code table and coder
+state of an entropy-coded stream); the weight format swapped for another (a fixed-width stream
+read as an entropy-coded one and back); activation codes above act_bits; weights as graph inputs
+instead of initializers. The only acceptable outcomes are:
 
 * ONNX Runtime refuses cleanly (an exception, at session creation or in run()), or
 * it succeeds and its outputs are bit-identical to the numpy reference, which must accept the
@@ -28,6 +30,7 @@ import pytest
 from onnx import TensorProto
 
 from qexport.runtime import KERNEL_ISA_ENV, KERNEL_TRACE_ENV, kernel_isas, make_session, parse_kernel_trace
+from qexport.spec import codecs
 from qexport.spec import reference as R
 
 from kernel_graphs import assert_bitwise_equal, check_trace, feeds, serialize, single_node_model
@@ -47,8 +50,9 @@ class Malformed(Exception):
 
 # --------------------------------------------------------------------------- valid cases
 def weighted_case(rng, kind: str) -> tuple[str, dict, dict]:
-    """QConv / QGemm (format attribute, bits for every channel or per channel); one case in five
-    the version-1 <Fmt>Conv / <Fmt>Gemm (one INT bits)."""
+    """QConv / QGemm (format attribute, bits for every channel or per channel -- one width for an
+    entropy-coded format, whose weights are often pruned or one level); one case in five the
+    version-1 <Fmt>Conv / <Fmt>Gemm (one INT bits)."""
     fmt = R.WEIGHT_FORMATS[int(rng.integers(0, len(R.WEIGHT_FORMATS)))]
     v1 = fmt in FORMAT_OF.values() and rng.random() < 0.2
     bits = int(rng.integers(R.WEIGHT_BITS[fmt].start, R.WEIGHT_BITS[fmt].stop))
@@ -72,11 +76,14 @@ def weighted_case(rng, kind: str) -> tuple[str, dict, dict]:
         attrs = {}
     o = wshape[0]
     per_channel = [bits] * o
-    if not v1 and rng.random() < 0.4:
+    variable = codecs.get(fmt).variable_length
+    if not v1 and not variable and rng.random() < 0.4:
         per_channel = [int(b) for b in rng.integers(R.WEIGHT_BITS[fmt].start, R.WEIGHT_BITS[fmt].stop, size=o)]
-    codes = np.stack([rng.choice(np.nonzero(R.weight_lut(fmt, b)[1])[0], size=int(np.prod(wshape[1:])))
-                      for b in per_channel]).astype(np.uint8)
-    inputs = {"X": x, "X_scale": rng.uniform(0.01, 1, size=n).astype(np.float32), "W": R.pack_codes(codes, per_channel),
+    levels = {b: R.weight_lut(fmt, b)[0][R.weight_lut(fmt, b)[1]] for b in set(per_channel)}  # the canonical ones
+    w_int = np.stack([rng.choice(levels[b], size=int(np.prod(wshape[1:]))) for b in per_channel])
+    if variable and rng.random() < 0.5:  # pruned, or a single level
+        w_int[rng.random(w_int.shape) < (0.9 if rng.random() < 0.7 else 1.0)] = 0
+    inputs = {"X": x, "X_scale": rng.uniform(0.01, 1, size=n).astype(np.float32), "W": R.pack_weights(w_int, fmt, per_channel),
               "W_scale": rng.uniform(0.001, 0.1, size=o).astype(np.float32),
               "B": rng.normal(size=o).astype(np.float32)}
     attrs.update(act_bits=act_bits, act_zero_point=zp, weight_shape=wshape, relu=int(rng.integers(0, 2)))
@@ -171,11 +178,13 @@ def make_case(rng) -> tuple[str, dict, dict]:
 ODD_INTS = [-(2**40), -7, -1, 0, 1, 2, 3, 5, 8, 9, 16, 255, 256, 1000]
 # Strings for the string attributes (quantizer, beta_map): valid ones of either, near misses.
 ODD_STRINGS = ["", "none", "lsq", "asq", "relu", "sigmoid2", "RELU", "sigmoid", "relu ", "relu\x00", "sigmoid2x"]
+# ... and for the weight format: every format (another one reads W as its own stream) and near misses.
+ODD_FORMATS = list(R.WEIGHT_FORMATS) + ["", "perparam ", "PERPARAM", "perparam_pot"]
 
 
 def mutate(rng, op: str, inputs: dict, attrs: dict) -> str:
     kinds = ["attr_value", "attr_delete", "attr_type", "x_shape", "vector_len", "codes_range",
-             "w_truncate", "w_extend", "w_flip", "w_scale_special"]
+             "w_truncate", "w_extend", "w_flip", "w_byte", "w_scale_special"]
     kind = str(rng.choice(kinds))
     keys = list(attrs)
     if kind.startswith("attr") and not keys:
@@ -192,7 +201,7 @@ def mutate(rng, op: str, inputs: dict, attrs: dict) -> str:
         elif isinstance(value, float):
             value = float(rng.choice([0.0, -1.0, np.inf, np.nan, 1e-30, 1e30]))
         elif isinstance(value, str):
-            value = str(rng.choice(ODD_STRINGS))
+            value = str(rng.choice(ODD_FORMATS if key == "format" else ODD_STRINGS))
         else:
             value = int(rng.choice(ODD_INTS))
         attrs[key] = value
@@ -229,6 +238,8 @@ def mutate(rng, op: str, inputs: dict, attrs: dict) -> str:
             w = np.concatenate([w, rng.integers(0, 256, size=int(rng.integers(1, 4))).astype(np.uint8)])
         elif kind == "w_flip" and len(w):
             w[int(rng.integers(0, len(w)))] ^= np.uint8(1 << int(rng.integers(0, 8)))
+        elif kind == "w_byte" and len(w):  # mostly in the first 12 bytes (an entropy-coded stream's head)
+            w[int(rng.integers(0, min(len(w), 12) if rng.random() < 0.7 else len(w)))] = int(rng.integers(0, 256))
         elif kind == "w_scale_special":
             s = inputs["W_scale"].copy()
             if len(s):
@@ -412,4 +423,4 @@ def test_node_key_sees_through_no_op_mutations() -> None:
         inputs, attrs = dict(adapter), dict(base)
         kinds = apply_mutations(rng, "AsqQuantize", inputs, attrs, 1)
         assert kinds and node_key("AsqQuantize", inputs, attrs) != before
-        assert kinds[0] not in ("codes_range", "w_truncate", "w_extend", "w_flip", "w_scale_special")
+        assert kinds[0] not in ("codes_range", "w_truncate", "w_extend", "w_flip", "w_byte", "w_scale_special")

@@ -14,7 +14,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from qexport.spec import reference as R
 from qexport.runtime import make_session
 
-from kernel_graphs import feeds, quantize_model, serialize, weighted_model
+from kernel_graphs import assert_bitwise_equal, feeds, quantize_model, serialize, weighted_model
 
 WEIGHTS = ("W", "W_scale", "B")
 
@@ -216,6 +216,147 @@ def test_negative_zero_code(fmt: str, constant: bool) -> None:
     op = "QConv"
     expect_error(weighted_model("conv", fmt, inputs, conv_attrs(), const), inputs, const, f"{op}: ",
                  f"non-canonical {fmt} code 8 (negative zero) at weight index 37", at_run=not constant)
+
+
+# --------------------------------------------------------------------------- entropy-coded weights
+# The per-parameter formats' rANS stream (docs/ops.md, "Per-parameter formats and the entropy-coded
+# stream"): the library refuses exactly what qexport/spec/codecs/rans.py refuses (tests/spec/test_rans.py),
+# with a message naming input 'W' and what is wrong, and never reads outside the bytes.
+L = 1 << 23  # the coder's lower bound: the encoder's first state and the decoder's last
+
+
+def varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v >> 7 else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def rans_stream(entries, state: int, payload: bytes = b"", n: int | None = None) -> np.ndarray:
+    """A stream written by hand: the table (code, frequency or raw varint bytes), the state, the payload."""
+    head = bytearray([(len(entries) if n is None else n) - 1])
+    for code, f in entries:
+        head.append(code)
+        head += f if isinstance(f, bytes) else varint(f)
+    return np.frombuffer(bytes(head) + state.to_bytes(4, "little") + payload, np.uint8).copy()
+
+
+def perparam_case(fmt: str = "perparam", bits: int = 2, o: int = 4, k: int = 16, seed: int = 0):
+    """(inputs, attrs) of a QGemm with random, half-pruned weights in the entropy-coded stream."""
+    rng = np.random.default_rng(seed)
+    values, valid = R.weight_lut(fmt, bits)
+    w = rng.choice(values[valid], size=(o, k))
+    w[rng.random((o, k)) < 0.5] = 0
+    inputs = gemm_inputs(k=k, o=o)
+    inputs.update(X=rng.integers(0, 16, size=(2, k), dtype=np.uint8), W=R.pack_weights(w, fmt, bits))
+    return inputs, gemm_attrs(k=k, o=o, bits=bits)
+
+
+def reference_or_refusal(inputs: dict, fmt: str, attrs: dict):
+    """The reference's output for these inputs, or its error message when it refuses them."""
+    try:
+        return R.qgemm(*(inputs[n] for n in ("X", "X_scale", "W", "W_scale", "B")), fmt=fmt, bits=attrs["bits"],
+                       act_bits=attrs["act_bits"], act_zero_point=attrs["act_zero_point"],
+                       weight_shape=attrs["weight_shape"])
+    except ValueError as exc:
+        return str(exc)
+
+
+_SMALL = perparam_case()[0]["W"]  # 64 codes of 2 bits: a table, the state and a payload
+CORRUPT_STREAMS = [  # (id, W, what the message says after the common part)
+    ("empty", np.zeros(0, np.uint8), "it ends inside the code table"),
+    ("n_above_alphabet", np.array([4], np.uint8), "the table lists 5 codes, more than the 4 of the format"),
+    ("codes_out_of_order", rans_stream([(1, 2048), (0, 2048)], L), "code table entry 0 is out of order or >= 4"),
+    ("code_repeated", rans_stream([(1, 2048), (1, 2048)], L), "code table entry 1 is out of order or >= 4"),
+    ("code_above_alphabet", rans_stream([(0, 2048), (4, 2048)], L), "code table entry 4 is out of order or >= 4"),
+    ("non_canonical", rans_stream([(0, 2048), (2, 2048)], L), "the table lists the non-canonical code 2 (negative zero)"),
+    ("varint_too_long", rans_stream([(0, b"\x80\x80\x80\x01")], L), "the frequency varint of code 0 is too long"),
+    ("varint_truncated", np.array([0, 0, 0x80], np.uint8), "it ends inside the code table"),
+    ("frequency_zero", rans_stream([(0, 0), (1, 4096)], L), "frequency 0 of code 0 is outside 1..4096"),
+    ("frequency_above_m", rans_stream([(0, 4097)], L), "frequency 4097 of code 0 is outside 1..4096"),
+    ("frequency_21_bits", rans_stream([(0, b"\xff\xff\x7f")], L), "frequency 2097151 of code 0 is outside"),
+    ("sum_below_m", rans_stream([(0, 2048), (1, 2047)], L), "the frequencies sum to 4095, not 4096"),
+    ("sum_above_m", rans_stream([(0, 4096), (1, 1)], L), "the frequencies sum to 4097, not 4096"),
+    ("state_truncated", rans_stream([(0, 4096)], L)[:-1], "it ends inside the coder state"),
+    ("state_below_l", rans_stream([(0, 4096)], L - 1), "the initial coder state 8388607 is outside [2^23, 2^31)"),
+    ("state_at_2_31", rans_stream([(0, 4096)], 1 << 31), "the initial coder state 2147483648 is outside"),
+    ("state_max", rans_stream([(0, 4096)], 2**32 - 1), "the initial coder state 4294967295 is outside"),
+    ("final_state_not_l", rans_stream([(0, 4096)], L + 1), "the coder ends in state 8388609, not 2^23"),
+    ("byte_left_over", rans_stream([(0, 4096)], L, b"\x00"), "1 bytes are left over after the last of 64 codes"),
+    ("payload_truncated", _SMALL[:-1], "it ends after "),  # some code of the last ones
+    ("trailing_bytes", np.concatenate([_SMALL, np.zeros(3, np.uint8)]), "3 bytes are left over after the last of 64 codes"),
+]
+
+
+@pytest.mark.parametrize("case", CORRUPT_STREAMS, ids=[c[0] for c in CORRUPT_STREAMS])
+@pytest.mark.parametrize("constant", [True, False])
+def test_corrupt_entropy_coded_weights(case, constant: bool) -> None:
+    _, w, fragment = case
+    inputs, attrs = perparam_case()
+    inputs["W"] = w
+    assert isinstance(reference_or_refusal(inputs, "perparam", attrs), str)  # rans.py refuses it too
+    const = WEIGHTS if constant else ()
+    expect_error(weighted_model("gemm", "perparam", inputs, attrs, const), inputs, const, "QGemm: ",
+                 f"input 'W' is not a valid entropy-coded perparam stream (2-bit codes, {w.size} bytes): {fragment}",
+                 at_run=not constant)
+
+
+@pytest.mark.parametrize("fmt", ["perparam", "perparam_post"])
+@pytest.mark.parametrize("constant", [True, False])
+def test_every_truncation_of_an_entropy_coded_stream(fmt: str, constant: bool) -> None:
+    inputs, attrs = perparam_case(fmt, bits=3, o=3, k=7)
+    w = inputs["W"]
+    const = WEIGHTS if constant else ()
+    parts = ("inside the code table", "inside the coder state", "after")
+    seen = set()
+    for n in range(w.size):
+        inputs["W"] = w[:n]
+        refusal = reference_or_refusal(inputs, fmt, attrs)  # where rans.py says the stream ends ...
+        part = next(p for p in parts if f"entropy-coded weights end {p}" in refusal)
+        seen.add(part)
+        expect_error(weighted_model("gemm", fmt, inputs, attrs, const), inputs, const, "QGemm: ",  # ... the library too
+                     f"input 'W' is not a valid entropy-coded {fmt} stream (3-bit codes, {n} bytes): it ends {part}",
+                     at_run=not constant)
+    assert seen == set(parts)
+
+
+@pytest.mark.parametrize("constant", [True, False])
+def test_flipped_bits_of_an_entropy_coded_stream(constant: bool) -> None:
+    """Every single-bit flip: refused by both the library and the reference, or (rarely) accepted by
+    both with the same outputs."""
+    base, attrs = perparam_case("perparam", bits=3, o=4, k=9, seed=3)
+    const = WEIGHTS if constant else ()
+    refused = 0
+    for i in range(base["W"].size):
+        for bit in range(8):
+            inputs = dict(base, W=base["W"].copy())
+            inputs["W"][i] ^= np.uint8(1 << bit)
+            expected = reference_or_refusal(inputs, "perparam", attrs)
+            model = weighted_model("gemm", "perparam", inputs, attrs, const)
+            if isinstance(expected, str):
+                refused += 1
+                expect_error(model, inputs, const, "QGemm: ", "input 'W' is not a valid entropy-coded perparam stream",
+                             at_run=not constant)
+            else:
+                (y,) = run_model(model, inputs, const)
+                assert_bitwise_equal(y, expected, f"byte {i} bit {bit} flipped")
+    assert refused >= 0.9 * 8 * base["W"].size
+
+
+@pytest.mark.parametrize("fmt", ["perparam", "perparam_post"])
+def test_entropy_coded_weights_take_one_bit_width(fmt: str) -> None:
+    inputs, attrs = perparam_case(fmt, bits=3, o=3, k=4)
+    expect_error(weighted_model("gemm", fmt, inputs, dict(attrs, bits=[3, 2, 3])), inputs, WEIGHTS, "QGemm: ",
+                 f"attribute 'bits'=[3, 2, 3] has more than one value: {fmt} weights take one bit-width for every "
+                 "output channel", at_run=False)
+    # O equal entries are one width
+    (y,) = run_model(weighted_model("gemm", fmt, inputs, dict(attrs, bits=[3, 3, 3])), inputs, WEIGHTS)
+    assert_bitwise_equal(y, reference_or_refusal(inputs, fmt, attrs), f"{fmt} bits=[3, 3, 3]")
+    top = max(R.WEIGHT_BITS[fmt])
+    expect_error(weighted_model("gemm", fmt, inputs, dict(attrs, bits=top + 1)), inputs, WEIGHTS, "QGemm: ",
+                 f"attribute 'bits'={top + 1} is out of range for {fmt} weights (2..{top})", at_run=False)
 
 
 def test_packed_weights_must_be_1d() -> None:

@@ -20,6 +20,7 @@ import pytest
 from onnx import TensorProto
 
 from qexport.runtime import KERNEL_ISA_ENV, KERNEL_TRACE_ENV, kernel_isas, make_session, parse_kernel_trace
+from qexport.spec import codecs
 from qexport.spec import reference as R
 
 from kernel_graphs import (assert_bitwise_equal, check_trace, expected_path, feeds, quantize_model, serialize,
@@ -84,6 +85,12 @@ def random_codes(rng: np.random.Generator, shape, act_bits: int) -> np.ndarray:
 def random_weight_codes(rng: np.random.Generator, fmt: str, bits: int, count: int) -> np.ndarray:
     values, valid = R.weight_lut(fmt, bits)
     canonical = np.nonzero(valid)[0]
+    if codecs.get(fmt).variable_length and rng.random() < 0.4:  # what the entropy coder meets in models:
+        if rng.random() < 0.25:  # one level only (a table of one code, a stream without payload)
+            return np.full(count, rng.choice(canonical), dtype=np.uint8)
+        codes = rng.choice(canonical, size=count).astype(np.uint8)
+        codes[rng.random(count) < 0.9] = canonical[np.argmin(np.abs(values[canonical]))]  # 90% pruned
+        return codes
     if rng.random() < 0.15:  # extreme magnitudes only
         mags = np.abs(values[canonical])
         canonical = canonical[mags == mags.max()]
@@ -91,20 +98,28 @@ def random_weight_codes(rng: np.random.Generator, fmt: str, bits: int, count: in
 
 
 def random_channel_bits(rng: np.random.Generator, fmt: str, bits: int, o: int) -> int | list[int]:
-    """One bit-width (most cases) or, in about a third, one per output channel (mixed precision)."""
+    """One bit-width (most cases) or, in about a third, one per output channel (mixed precision);
+    for a variable-length (entropy-coded) format always one, sometimes written as O equal entries."""
     if rng.random() < 0.65:
         return bits
+    if codecs.get(fmt).variable_length:
+        return [bits] * o
     allowed = R.WEIGHT_BITS[fmt]
     return [int(b) for b in rng.integers(allowed.start, allowed.stop, size=o)]
 
 
 def random_weights(rng: np.random.Generator, fmt: str, bits: int, weight_shape) -> tuple[int | list[int], np.ndarray]:
-    """(bits attribute, packed W): codes of each output channel at its bit-width."""
+    """(bits attribute, packed W): codes of each output channel at its bit-width (an entropy-coded
+    format: the whole tensor's codes drawn at once), in the format's stream."""
     o, k = int(weight_shape[0]), int(np.prod(weight_shape[1:]))
     bits = random_channel_bits(rng, fmt, bits, o)
     per = [bits] * o if isinstance(bits, int) else bits
-    codes = np.stack([random_weight_codes(rng, fmt, b, k) for b in per])
-    return bits, R.pack_codes(codes, bits)
+    if codecs.get(fmt).variable_length:
+        codes = random_weight_codes(rng, fmt, per[0], o * k).reshape(o, k)
+    else:
+        codes = np.stack([random_weight_codes(rng, fmt, b, k) for b in per])
+    w_int = np.stack([R.weight_lut(fmt, b)[0][row] for row, b in zip(codes, per)])
+    return bits, R.pack_weights(w_int, fmt, bits)
 
 
 def random_scales(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -383,17 +398,20 @@ def test_version1_ops_equal_the_codec_ops(seed: int) -> None:
 # 8-bit uniform weights (Wmax = 128) x 8-bit signed codes (zp = 128, A = 128): the bound
 # K * 16384 fits int32 up to K = 131071. All-extreme operands reach the bound exactly.
 INT32_LIMIT_K = (2**31 - 1) // (128 * 128)
+# 8-bit perparam weights are sign-magnitude (Wmax = 127): int32 up to K = 132104.
+PERPARAM_INT32_LIMIT_K = (2**31 - 1) // (128 * 127)
 
 
-def _extreme_gemm_case(k: int, o: int, n: int, rng: np.random.Generator) -> dict:
+def _extreme_gemm_case(k: int, o: int, n: int, rng: np.random.Generator, fmt: str = "uniform") -> dict:
     x = np.zeros((n, k), dtype=np.uint8)                      # a = -128 everywhere ...
     x[1:] = rng.integers(0, 256, size=(n - 1, k), dtype=np.uint8)  # ... except in later rows
-    wcodes = np.full((o, k), 128, dtype=np.uint8)             # w = -128 ...
-    wcodes[1:] = rng.integers(0, 256, size=(o - 1, k), dtype=np.uint8)
-    inputs = {"X": x, "X_scale": np.array([1.0], dtype=np.float32), "W": R.pack_codes(wcodes, 8),
+    values, valid = R.weight_lut(fmt, 8)
+    w = np.full((o, k), values[valid].min())                  # w = -Wmax ...
+    w[1:] = rng.choice(values[valid], size=(o - 1, k))        # ... except in later rows
+    inputs = {"X": x, "X_scale": np.array([1.0], dtype=np.float32), "W": R.pack_weights(w, fmt, 8),
               "W_scale": np.ones(o, dtype=np.float32), "B": np.zeros(o, dtype=np.float32)}
     attrs = dict(bits=8, act_bits=8, act_zero_point=128, weight_shape=[o, k], relu=0)
-    return dict(fmt="uniform", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"))
+    return dict(fmt=fmt, inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"))
 
 
 def portable_for_int64(selected: str, op: str) -> tuple[str, str | None]:
@@ -405,20 +423,22 @@ def portable_for_int64(selected: str, op: str) -> tuple[str, str | None]:
     return "scalar", "not_in_path" if expected_path(selected, op) == "scalar" else "int64_accumulator"
 
 
-@pytest.mark.parametrize("k", [INT32_LIMIT_K, INT32_LIMIT_K + 1, 140_000])
-def test_gemm_accumulator_width(k: int, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
-    case = _extreme_gemm_case(k, o=3, n=2, rng=np.random.default_rng(k))
-    bound = R.accumulator_bound("uniform", 8, 8, 128, k)
-    assert (bound > 2**31 - 1) == (k > INT32_LIMIT_K)
-    model = weighted_model("gemm", "uniform", case["inputs"], case["attrs"], case["constant"])
+@pytest.mark.parametrize("fmt,k", [("uniform", INT32_LIMIT_K), ("uniform", INT32_LIMIT_K + 1), ("uniform", 140_000),
+                                   ("perparam", PERPARAM_INT32_LIMIT_K), ("perparam", PERPARAM_INT32_LIMIT_K + 1)])
+def test_gemm_accumulator_width(fmt: str, k: int, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    case = _extreme_gemm_case(k, o=3, n=2, rng=np.random.default_rng(k), fmt=fmt)
+    wmax, limit = (128, INT32_LIMIT_K) if fmt == "uniform" else (127, PERPARAM_INT32_LIMIT_K)
+    bound = R.accumulator_bound(fmt, 8, 8, 128, k)
+    assert R.weight_max(fmt, 8) == wmax and (bound > 2**31 - 1) == (k > limit)
+    model = weighted_model("gemm", fmt, case["inputs"], case["attrs"], case["constant"])
     (y,) = run_single(model, case["inputs"], case["constant"])
-    expected, acc = R.qgemm(*(case["inputs"][n] for n in ("X", "X_scale", "W", "W_scale", "B")), fmt="uniform",
+    expected, acc = R.qgemm(*(case["inputs"][n] for n in ("X", "X_scale", "W", "W_scale", "B")), fmt=fmt,
                             bits=8, act_bits=8, act_zero_point=128, weight_shape=[3, k], return_acc=True)
-    assert int(acc[0, 0]) == k * 128 * 128  # the extreme product actually reaches the bound
-    assert_bitwise_equal(y, expected, f"gemm K={k}")
+    assert int(acc[0, 0]) == k * 128 * wmax  # the extreme product actually reaches the bound
+    assert_bitwise_equal(y, expected, f"{fmt} gemm K={k}")
     # up to the int32 bound the forced path's own gemm; beyond it the portable int64 code, said so
     (line,) = ran_paths(capfd)
-    if k > INT32_LIMIT_K:
+    if k > limit:
         assert (line.path, line.reason) == portable_for_int64(kernel_isa, "QGemm"), line
     else:
         assert line.path == expected_path(kernel_isa, "QGemm") and line.reason != "int64_accumulator", line
@@ -833,7 +853,7 @@ def test_every_codec_decodes_to_the_reference_levels(fmt: str) -> None:
         wcodes[np.arange(o), np.arange(o)] = codes
         wcodes[~np.eye(o, dtype=bool)] = codes[np.argmin(np.abs(values[codes]))]  # the level 0 (or nearest)
         x = np.eye(o, dtype=np.uint8)
-        inputs = {"X": x, "X_scale": np.ones(1, np.float32), "W": R.pack_codes(wcodes, bits),
+        inputs = {"X": x, "X_scale": np.ones(1, np.float32), "W": R.pack_weights(values[wcodes], fmt, bits),
                   "W_scale": np.ones(o, np.float32), "B": np.zeros(o, np.float32)}
         attrs = dict(bits=bits, act_bits=2, act_zero_point=0, weight_shape=[o, o], relu=0)
         (y,) = run_single(weighted_model("gemm", fmt, inputs, attrs), inputs, ("W", "W_scale", "B"))

@@ -7,6 +7,10 @@ import pytest
 
 from qexport.spec import codecs
 from qexport.spec import reference as R
+from qexport.spec.codecs import rans
+
+FIXED_WIDTH = [f for f in R.WEIGHT_FORMATS if not codecs.get(f).variable_length]
+VARIABLE_LENGTH = [f for f in R.WEIGHT_FORMATS if codecs.get(f).variable_length]
 
 
 def _bit_string_pack(rows: list[list[int]], bits: list[int]) -> bytes:
@@ -21,6 +25,7 @@ def _bit_string_pack(rows: list[list[int]], bits: list[int]) -> bytes:
 
 def test_registry_is_the_format_list():
     assert R.WEIGHT_FORMATS == codecs.names() and {"uniform", "pot", "post", "ternary"} <= set(R.WEIGHT_FORMATS)
+    assert {"perparam", "perparam_post"} <= set(VARIABLE_LENGTH)
     for name in R.WEIGHT_FORMATS:
         codec = codecs.get(name)
         assert codec.name == name and R.WEIGHT_BITS[name] == codec.bits and max(codec.bits) <= 8
@@ -37,7 +42,7 @@ def test_registry_is_the_format_list():
 @pytest.mark.parametrize("seed", range(30))
 def test_per_channel_stream_round_trips_and_matches_the_bit_string(seed: int):
     rng = np.random.default_rng(seed)
-    fmt = R.WEIGHT_FORMATS[seed % len(R.WEIGHT_FORMATS)]
+    fmt = FIXED_WIDTH[seed % len(FIXED_WIDTH)]
     allowed = R.WEIGHT_BITS[fmt]
     o, k = int(rng.integers(1, 9)), int(rng.integers(1, 30))
     bits = [int(b) for b in rng.integers(allowed.start, allowed.stop, size=o)] if seed % 3 else [int(allowed.start)] * o
@@ -55,6 +60,33 @@ def test_per_channel_stream_round_trips_and_matches_the_bit_string(seed: int):
         flat = R.encode_weights(w_int, fmt, bits[0])
         np.testing.assert_array_equal(R.pack_codes(flat, bits[0]), packed)
         np.testing.assert_array_equal(R.decode_weights(packed, fmt, [bits[0]], w_int.shape), w_int)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_entropy_coded_stream_round_trips(seed: int):
+    """The variable-length formats: one bit-width B for every channel (1 or O equal entries), the
+    rANS stream of the B-bit codes of the whole tensor in row-major order; its length is the
+    weights', not the shape's (Codec.packed_length and reference.packed_length say so)."""
+    rng = np.random.default_rng(seed)
+    fmt = VARIABLE_LENGTH[seed % len(VARIABLE_LENGTH)]
+    codec = codecs.get(fmt)
+    b = int(rng.integers(codec.bits.start, codec.bits.stop))
+    o, k = int(rng.integers(1, 9)), int(rng.integers(1, 30))
+    values, valid = R.weight_lut(fmt, b)
+    w_int = values[rng.choice(np.nonzero(valid)[0], size=(o, k))]
+    if seed % 3 == 0:  # pruned
+        w_int[rng.random(w_int.shape) < 0.9] = 0
+    w_int = w_int.reshape(o, k, 1, 1)
+    bits = b if seed % 2 else [b] * o
+    packed = R.pack_weights(w_int, fmt, bits)
+    assert packed.tobytes() == rans.encode(R.encode_weights(w_int, fmt, b), 1 << b).tobytes()
+    np.testing.assert_array_equal(R.decode_weights(packed, fmt, bits, w_int.shape), w_int)
+    assert codec.packed_length(codecs.channel_bits(bits, o), k) is None
+    assert R.packed_length(o * k, b, fmt) is None
+    assert R.packed_length(o * k, b) == (o * k * b + 7) // 8  # the fixed-width length, format or not
+    other = b - 1 if b > codec.bits.start else b + 1
+    with pytest.raises(ValueError, match="one bit-width for every channel"):
+        R.decode_weights(packed, fmt, [b] * o + [other], (o + 1, k, 1, 1))
 
 
 def test_bad_streams_and_bit_widths_are_refused():

@@ -66,11 +66,11 @@ def _torch_conv(a, w, strides, pads, dilations, group):
     return F.conv2d(x, torch.from_numpy(w.astype(np.float64)), stride=strides, dilation=dilations, groups=group).numpy()
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(3 * len(R.WEIGHT_FORMATS)))
 def test_qconv_accumulator_equals_float64_conv(seed):
     rng = np.random.default_rng(seed)
-    fmt = ["uniform", "pot", "post"][seed % 3]
-    bits = int(rng.integers(2, 9 if fmt == "uniform" else 5))
+    fmt = R.WEIGHT_FORMATS[seed % len(R.WEIGHT_FORMATS)]
+    bits = int(rng.integers(R.WEIGHT_BITS[fmt].start, R.WEIGHT_BITS[fmt].stop))
     act_bits = int(rng.integers(2, 9))
     zp = int(rng.choice([0, 2 ** (act_bits - 1)]))
     group = int(rng.choice([1, 2]))
@@ -83,7 +83,7 @@ def test_qconv_accumulator_equals_float64_conv(seed):
     codes = rng.integers(0, 2**act_bits, size=(n, group * cg, h, w)).astype(np.uint8)
     values, valid = R.weight_lut(fmt, bits)
     w_int = rng.choice(values[valid], size=(group * og, cg, kh, kw))
-    packed = R.pack_codes(R.encode_weights(w_int, fmt, bits), bits)
+    packed = R.pack_weights(w_int, fmt, bits)  # fixed-width: pack_codes of the codes (test_codecs.py)
     y, acc = R.qconv(codes, np.ones(n, np.float32), packed, np.ones(group * og, np.float32), np.zeros(group * og, np.float32),
                      fmt=fmt, bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=w_int.shape, strides=strides,
                      pads=pads, dilations=dilations, group=group, return_acc=True)

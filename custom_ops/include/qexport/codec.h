@@ -18,6 +18,11 @@ struct WeightCodec {
   // The integer weight of every code 0 .. 2^bits - 1 and whether the code is canonical (a
   // non-canonical code in W is refused). |value| <= 128. Called only with supported bits.
   void (*levels)(int bits, int16_t* value, bool* valid);
+  // The stream of input W: false, the fixed-width stream (a bit-width per output channel, every
+  // code min_bits..max_bits wide); true, the entropy-coded (rANS) stream of the per-parameter
+  // formats over the codes of one bit-width for every channel (docs/ops.md, "Per-parameter formats
+  // and the entropy-coded stream"). Last and defaulted, so `{name, min, max, levels}` is fixed-width.
+  bool entropy_coded = false;
 };
 
 // Makes `codec` findable by name; a static object in the codec's file.
@@ -40,5 +45,8 @@ WeightLut make_weight_lut(const WeightCodec& codec, int bits);
 // Sign-magnitude levels (pot, post): MSB the sign, the rest m; m = 0 is 0 and "negative zero" is
 // not canonical; else +-level(bits, m).
 void sign_magnitude_levels(int bits, int64_t (*level)(int bits, int m), int16_t* value, bool* valid);
+
+// The levels of the post codec (src/codecs/post.cc), which perparam_post shares.
+void post_levels(int bits, int16_t* value, bool* valid);
 
 }  // namespace qexport

@@ -23,6 +23,9 @@ const char* v1_format(const char* op) noexcept;
 // dot-product loops have no remainder).
 inline int64_t padded_length(int64_t k) { return (k + 15) / 16 * 16; }
 
+// WeightedAttrs::packed_bytes of an entropy-coded codec: the length depends on the weights.
+constexpr int64_t kVariableLength = -1;
+
 // Attributes shared by the conv and gemm ops, validated at kernel creation.
 struct WeightedAttrs {
   const WeightCodec* codec = nullptr;
@@ -37,17 +40,20 @@ struct WeightedAttrs {
   int64_t k = 0;             // dot-product length: (C/group)*kH*kW or K
   int64_t k_padded = 0;      // padded_length(k)
   int64_t count = 0;         // numel(weight_shape)
-  int64_t packed_bytes = 0;  // ceil(k * sum(bits) / 8)
+  int64_t packed_bytes = 0;  // ceil(k * sum(bits) / 8); kVariableLength for an entropy-coded codec
   bool int64_acc = false;    // K * A * Wmax > INT32_MAX
   int64_t chunk = 0;         // int32 partial-sum length (k_padded unless int64_acc)
 };
-// Reads and checks format (or the version-1 op name's format), bits, act_bits, act_zero_point,
-// relu and weight_shape (rank `rank`).
+// Reads and checks format (or the version-1 op name's format), bits (one value for an
+// entropy-coded codec), act_bits, act_zero_point, relu and weight_shape (rank `rank`).
 WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, size_t rank);
 
 // Unpacks and decodes the fixed-width stream (row o: k codes of bits[o] bits; docs/ops.md "Weight
-// codecs") into `a.out_channels` rows of `a.k` int16 weights, row stride a.k_padded (zero
-// padding). Checks the exact length, zero padding bits and canonical codes; errors name input 'W'.
+// codecs") or, for an entropy-coded codec, the rANS stream of all codes (docs/ops.md "Per-parameter
+// formats and the entropy-coded stream") into `a.out_channels` rows of `a.k` int16 weights, row
+// stride a.k_padded (zero padding). Checks the exact length, zero padding bits and canonical codes
+// (entropy-coded: the table, every read, the final state and that every byte is read); errors name
+// input 'W'.
 void decode_weights(const char* op, const WeightedAttrs& a, const uint8_t* packed, int64_t packed_len,
                     int16_t* out);
 

@@ -12,8 +12,13 @@ int64_t level(int bits, int m) {
   // Odd exponent: 2^(F + e/2) is irrational, far from a rounding tie.
   return static_cast<int64_t>(std::nearbyint(std::exp2(f + e / 2.0)));
 }
-void levels(int bits, int16_t* value, bool* valid) { sign_magnitude_levels(bits, level, value, valid); }
-const WeightCodec kCodec{"post", 2, 4, levels};
+}  // namespace
+
+// Shared with perparam_post (codec.h).
+void post_levels(int bits, int16_t* value, bool* valid) { sign_magnitude_levels(bits, level, value, valid); }
+
+namespace {
+const WeightCodec kCodec{"post", 2, 4, post_levels};
 const CodecRegistration kRegistered(&kCodec);
 }  // namespace
 }  // namespace qexport

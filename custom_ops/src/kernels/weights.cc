@@ -39,6 +39,10 @@ void read_format_and_bits(const Attributes& attrs, const char* op, WeightedAttrs
     invalid(op, "attribute 'bits' has ", bits.size(), " entries; expected 1 (every output channel) or ",
             a->out_channels, " (one per output channel)");
   const WeightCodec& c = *a->codec;
+  // The entropy-coded stream codes every weight at one width (the widest a parameter may have).
+  if (c.entropy_coded && std::any_of(bits.begin(), bits.end(), [&](int64_t b) { return b != bits[0]; }))
+    invalid(op, "attribute 'bits'=", list_str(bits), " has more than one value: ", c.name,
+            " weights take one bit-width for every output channel (the widest a parameter may have)");
   a->bits.assign(static_cast<size_t>(a->out_channels), 0);
   for (int64_t o = 0; o < a->out_channels; ++o) {
     const int64_t b = bits[bits.size() == 1 ? 0 : static_cast<size_t>(o)];
@@ -89,7 +93,7 @@ WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, siz
   int64_t total_bits = 0;  // k * sum(bits) <= count * 8: no overflow once count * 8 is checked
   checked_mul(op, count, 8, "attribute 'weight_shape'");
   for (int b : a.bits) total_bits += a.k * b;
-  a.packed_bytes = total_bits / 8 + (total_bits % 8 != 0);
+  a.packed_bytes = a.codec->entropy_coded ? kVariableLength : total_bits / 8 + (total_bits % 8 != 0);
 
   // Overflow bound (docs/ops.md): |acc| <= K * A * Wmax, Wmax over every channel's bit-width.
   const int64_t amax = zp > code_max - zp ? zp : code_max - zp;
@@ -100,8 +104,99 @@ WeightedAttrs read_weighted_attrs(const OrtKernelInfo* info, const char* op, siz
   return a;
 }
 
+namespace {
+// The entropy-coded stream (docs/ops.md, "Per-parameter formats and the entropy-coded stream";
+// qexport/spec/codecs/rans.py's decode is the definition): a table of the codes present and their
+// frequencies, then a static rANS stream of all a.count codes of a.bits[0] bits in row-major
+// order. Every read is bounds-checked and the stream is refused exactly when rans.py refuses it.
+constexpr int kProbBits = 12;
+constexpr uint32_t kProbScale = uint32_t{1} << kProbBits;  // M: the frequencies sum to it
+constexpr uint64_t kStateLow = uint64_t{1} << 23;          // L: the state lives in [L, 256 L)
+constexpr int kVarintMaxBytes = 3;                          // 21 bits hold every frequency
+
+void decode_entropy_coded(const char* op, const WeightedAttrs& a, const uint8_t* packed, int64_t packed_len,
+                          int16_t* out) {
+  const int bits = a.bits[0];  // one width for every channel (read_format_and_bits)
+  const WeightLut& lut = a.luts[static_cast<size_t>(bits)];
+  const uint32_t alphabet = uint32_t{1} << bits;
+  const std::string bad = cat("input 'W' is not a valid entropy-coded ", a.codec->name, " stream (", bits,
+                              "-bit codes, ", packed_len, " bytes): ");
+  int64_t pos = 0;
+  const auto table_byte = [&]() -> uint32_t {
+    if (pos >= packed_len) invalid(op, bad, "it ends inside the code table");
+    return packed[pos++];
+  };
+
+  // 1. The code table: n - 1, then n (code, LEB128 frequency) entries, codes strictly increasing.
+  const uint32_t n = table_byte() + 1;
+  if (n > alphabet) invalid(op, bad, "the table lists ", n, " codes, more than the ", alphabet, " of the format");
+  std::array<uint32_t, 256> freq{};
+  uint32_t total = 0;  // <= 256 * M: no overflow
+  int64_t prev = -1;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t s = table_byte();
+    if (static_cast<int64_t>(s) <= prev || s >= alphabet)
+      invalid(op, bad, "code table entry ", s, " is out of order or >= ", alphabet);
+    if (!lut.valid[s]) invalid(op, bad, "the table lists the non-canonical code ", s, " (negative zero)");
+    uint32_t f = 0;
+    for (int j = 0;; ++j) {
+      const uint32_t byte = table_byte();
+      f |= (byte & 0x7Fu) << (7 * j);
+      if ((byte & 0x80u) == 0) break;
+      if (j + 1 == kVarintMaxBytes) invalid(op, bad, "the frequency varint of code ", s, " is too long");
+    }
+    if (f < 1 || f > kProbScale) invalid(op, bad, "frequency ", f, " of code ", s, " is outside 1..", kProbScale);
+    freq[s] = f;
+    total += f;
+    prev = s;
+  }
+  if (total != kProbScale) invalid(op, bad, "the frequencies sum to ", total, ", not ", kProbScale);
+  // cum[s]: the frequencies of the codes below s; slot_code[slot]: the code s with
+  // cum[s] <= slot < cum[s] + freq[s] (the slots are exactly covered: the sum is M).
+  std::array<uint32_t, 256> cum{};
+  std::array<uint8_t, kProbScale> slot_code{};
+  uint32_t c = 0;
+  for (uint32_t s = 0; s < alphabet; ++s) {
+    cum[s] = c;
+    std::fill(slot_code.begin() + c, slot_code.begin() + c + freq[s], static_cast<uint8_t>(s));
+    c += freq[s];
+  }
+
+  // 2. The initial state: a little-endian uint32 in [L, 256 L).
+  if (packed_len - pos < 4) invalid(op, bad, "it ends inside the coder state");
+  uint64_t x = 0;
+  for (int j = 0; j < 4; ++j) x |= uint64_t{packed[pos + j]} << (8 * j);
+  pos += 4;
+  if (x < kStateLow || x >= (kStateLow << 8))
+    invalid(op, bad, "the initial coder state ", x, " is outside [2^23, 2^31)");
+
+  // 3. The codes, row after row; each step keeps x < 2^31, renormalising with the next bytes.
+  int64_t index = 0;
+  for (int64_t o = 0; o < a.out_channels; ++o) {
+    int16_t* row = out + o * a.k_padded;
+    for (int64_t k = 0; k < a.k; ++k, ++index) {
+      const uint32_t slot = static_cast<uint32_t>(x & (kProbScale - 1));
+      const uint32_t s = slot_code[slot];
+      row[k] = lut.value[s];
+      x = freq[s] * (x >> kProbBits) + slot - cum[s];
+      while (x < kStateLow) {
+        if (pos >= packed_len) invalid(op, bad, "it ends after ", index + 1, " of ", a.count, " codes");
+        x = (x << 8) | packed[pos++];
+      }
+    }
+    std::memset(row + a.k, 0, sizeof(int16_t) * static_cast<size_t>(a.k_padded - a.k));
+  }
+
+  // 4. The encoder started from x = L and wrote every byte: anything else is a corrupt stream.
+  if (x != kStateLow) invalid(op, bad, "the coder ends in state ", x, ", not 2^23 (corrupt payload)");
+  if (pos != packed_len)
+    invalid(op, bad, packed_len - pos, " bytes are left over after the last of ", a.count, " codes");
+}
+}  // namespace
+
 void decode_weights(const char* op, const WeightedAttrs& a, const uint8_t* packed, int64_t packed_len,
                     int16_t* out) {
+  if (a.codec->entropy_coded) return decode_entropy_coded(op, a, packed, packed_len, out);
   if (packed_len != a.packed_bytes) {
     const int lo = *std::min_element(a.bits.begin(), a.bits.end());
     const int hi = *std::max_element(a.bits.begin(), a.bits.end());
