@@ -252,7 +252,7 @@ def inspect(
     model: Path = typer.Argument(..., metavar="MODEL.onnx", help="A qexport model (from `qexport convert` or `qexport export`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the description as JSON instead of a table."),
 ) -> None:
-    """Per layer: op, weight codec, bit-widths (a histogram when they vary per channel), parameters, packed bytes; totals and the ratio to float32; versions and ops."""
+    """Per layer: op, weight codec, bit-widths (a histogram when they vary per channel or, for per-parameter formats, per weight), parameters, packed bytes; totals and the ratio to float32; versions and ops."""
     from . import inspect_model
 
     if not model.is_file():
@@ -271,6 +271,10 @@ def inspect(
     for layer in info.layers:
         bits = (next(iter(layer.bits)) if len(layer.bits) == 1 else
                 f"{layer.mean_bits:.2f} avg (" + ", ".join(f"{c}x{b}" for b, c in layer.bits.items()) + ")")
+        if layer.param_bits is not None:  # a width per weight: the histogram of bits per parameter
+            total = sum(layer.param_bits.values())
+            bits = f"{layer.mean_bits:.2f} avg per weight (" + ", ".join(
+                f"{b}b {100 * c / total:.0f}%" for b, c in layer.param_bits.items()) + ")"
         adapter = f" (adapter {layer.adapter_params:,} params)" if layer.adapter_params else ""
         table.add_row(layer.name, layer.op, layer.weights, bits, f"{layer.act} {layer.act_bits}b", f"{layer.params:,}",
                       f"{layer.weight_bytes:,}", f"{layer.other_bytes:,}{adapter}")
@@ -300,7 +304,7 @@ def convert(
     bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Weight bit-width of the body layers (default 4; POST/POT: 2..4)."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post (default asq+post)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers (default: --bits)."),
-    first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers (uniform LSQ)."),
+    first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers (uniform LSQ); 0: quantize them like the body."),
     override: Optional[List[str]] = typer.Option(None, "--override", help=OVERRIDE_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx to write (default: <model>_<method>_w<bits>.onnx here)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture of a plain state dict (see `qexport models`)."),
@@ -334,7 +338,7 @@ def convert(
     with _progress("fitting", f"validating on {len(x):,} samples", len(x)) as (fit_progress, advance):
         try:
             result = run(model, x=x, y=y, output=output, method=method, bits=bits, act_bits=act_bits,
-                         first_last_bits=first_last_bits, arch=arch, trust_pickle=trust_pickle,
+                         first_last_bits=first_last_bits or None, arch=arch, trust_pickle=trust_pickle,
                          calib_samples=calib_samples, validate=validate, data_name=data,
                          tolerances=_tolerances(max_mismatch_rate, min_agreement),
                          fit_options=FitOptions(batch_size=fit_batch, **({} if fit_steps is None else {"steps": fit_steps})),
@@ -518,7 +522,7 @@ def train(
     method: str = typer.Option("asq+post", "--method", "-m", help="float, lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post; lsq+perparam, asq+perparam, lsq+perparam_post, asq+perparam_post: a bit-width per weight (Khoram and Li; docs/perparam.md)."),
     bits: int = typer.Option(4, "--bits", "-b", help="Weight bit-width of the body layers (activations too unless --act-bits); per-parameter methods: the widest width a weight may have."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers."),
-    first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers."),
+    first_last_bits: int = typer.Option(8, "--first-last-bits", help="Bit-width of the first and last layers (uniform LSQ); 0: quantize them like the body."),
     override: Optional[List[str]] = typer.Option(None, "--override", help=OVERRIDE_HELP),
     epochs: int = typer.Option(3, "--epochs", "-e"),
     batch_size: int = typer.Option(128, "--batch-size", help="Global batch; under torchrun each of N processes takes batch-size/N."),
@@ -565,7 +569,7 @@ def train(
     method = _method(method)
     if method != "float":
         _check_bits(bits)
-    quant_args = {"first_last_bits": first_last_bits}
+    quant_args = {"first_last_bits": first_last_bits or None}
     if act_bits is not None:
         quant_args["act_bits"] = act_bits
     if override:

@@ -71,6 +71,11 @@ def resolve_config(loaded: LoadedModel, method: str | None, bits: int | None, ac
                                    f"{cfg.effective_act_bits}-bit activations); {name} {given} conflicts. Convert the "
                                    f"float model instead, or fine-tune with `qexport train --from`.")
         return cfg
+    if method is not None and "perparam" in method:
+        raise ConvertError(f"--method {method}: per-parameter precision sets its widths in rounds of retraining "
+                           f"(Khoram and Li), which a post-training convert does not do. Run `qexport train --from "
+                           f"<float model> --method {method} --bits "
+                           f"{bits or 8} -o pp.pt`, then `qexport convert pp.pt`")
     try:
         return QuantConfig(method=method or "asq+post", bits=4 if bits is None else bits, act_bits=act_bits,
                            first_last_bits=first_last_bits, overrides=tuple(overrides))

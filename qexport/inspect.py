@@ -34,11 +34,14 @@ class LayerInfo:
     weight_bytes: int  # packed codes in the file
     other_bytes: int  # scales, bias, ASQ adapter (float32) in the file
     adapter_params: int = 0
+    # per-parameter formats: bit-width -> weights that need it (0 = pruned), from the decoded W
+    param_bits: dict[str, int] | None = None
 
     @property
     def mean_bits(self) -> float:
-        total = sum(self.bits.values())
-        return sum(int(b) * c for b, c in self.bits.items()) / total if total else 0.0
+        hist = self.param_bits if self.param_bits is not None else self.bits
+        total = sum(hist.values())
+        return sum(int(b) * c for b, c in hist.items()) / total if total else 0.0
 
 
 @dataclass
@@ -112,8 +115,25 @@ def inspect_model(path: str | Path) -> ModelInfo:
             params=int(np.prod(shape)) + o if shape else 0,
             weight_bytes=_nbytes(weight) if weight is not None else 0,
             other_bytes=other + sum(_nbytes(a) for a in adapter),
-            adapter_params=sum(_numel(a) for a in adapter)))
+            adapter_params=sum(_numel(a) for a in adapter),
+            param_bits=_param_bits(spec.weights, spec.channel_bits, shape, weight)))
     return info
+
+
+def _param_bits(fmt: str, channel_bits, shape: list[int], weight: onnx.TensorProto | None) -> dict[str, int] | None:
+    """Histogram of the bits each weight needs, for a per-parameter (variable-length) format."""
+    from .spec import codecs
+
+    codec = codecs.get(fmt) if fmt in R.WEIGHT_FORMATS else None
+    if codec is None or not codec.variable_length or weight is None or not shape:
+        return None
+    try:
+        w_int = R.decode_weights(onnx.numpy_helper.to_array(weight), fmt, list(channel_bits), shape)
+    except ValueError as exc:
+        raise ValueError(f"layer weights {weight.name!r} do not decode: {exc}") from None
+    needed = codec.param_bits(w_int, int(max(channel_bits)))
+    values, counts = np.unique(needed, return_counts=True)
+    return {str(int(b)): int(c) for b, c in zip(values, counts)}
 
 
 def _adapter_of(proto: onnx.ModelProto, codes: str, inits: dict) -> list[onnx.TensorProto]:

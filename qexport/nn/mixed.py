@@ -276,12 +276,17 @@ def _overrides(layers: dict[str, _Layer], owners: list[tuple[str, int | None]], 
 
 def code_bytes(model: nn.Module) -> int:
     """Bytes of the packed weight codes of a quantized model's layers (each layer's stream rounded
-    up to a byte, as in the file)."""
+    up to a byte, as in the file; a variable-length format's stream is packed to be measured)."""
+    from ..spec import codecs
     from .swap import quant_layers
 
     total = 0
     for layer in quant_layers(model).values():
         q = layer.weight_quant
+        if codecs.get(q.fmt).variable_length:
+            w_int, _ = q.integer_weights(layer.weight)
+            total += int(R.pack_weights(w_int, q.fmt, q.bits).size)
+            continue
         per = layer.weight[0].numel()
         total += (per * sum(q.channel_bits) + 7) // 8
     return int(total)

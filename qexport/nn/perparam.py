@@ -12,7 +12,7 @@ The method (docs/perparam.md has the derivation and every choice the paper leave
    ``tau_i`` of ``w_i`` (exact, not the log2 estimate; 0 bits = pruned when ``|w_i| <= tau_i``).
 4. Iterate: short retraining at those widths, then the next round with ``eps`` times ``growth``,
    while the accuracy on held-out training samples stays within ``tolerance`` points of the
-   reference; a round that breaks it is undone (one retry halfway, in log scale) and the loop stops.
+   reference (the float model's; the widest-width start's when that already misses it); a round that breaks it is undone (one retry halfway, in log scale) and the loop stops.
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def _finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr
 
 def adapt(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor, *,
           rounds: int = 10, steps: int = 200, tolerance: float = 0.5, reference_acc: float | None = None,
-          growth: float = 2.0, lr: float = 0.01, batch_size: int = 128, sens_batches: int = 16, seed: int = 0,
+          growth: float = 4.0, lr: float = 0.01, batch_size: int = 128, sens_batches: int = 16, seed: int = 0,
           log: Callable[[str], None] = lambda s: None) -> dict:
     """Khoram and Li's iteration on a model quantized with a per-parameter method (widths all ``B``
     at the start). Leaves the model at the last accepted round; returns the rounds' record."""
@@ -200,13 +200,20 @@ def adapt(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
     loss = _finetune(model, x_train, y_train, steps, lr, batch_size, gen)  # recover from calibration at B bits
     acc0 = val_acc()
     ref = acc0 if reference_acc is None else float(reference_acc)
-    record = {"reference_acc": ref, "tolerance": tolerance, "growth": growth, "steps": steps,
+    if acc0 < ref - tolerance:  # no round could pass: hold them to the start instead (and say so)
+        log(f"note: the {acc0:.2f}% of the widest-width start is already more than {tolerance:.2f} points below "
+            f"the reference {ref:.2f}%; the rounds are held to the start's accuracy instead")
+        record_ref_note = ref
+        ref = acc0
+    else:
+        record_ref_note = None
+    record = {"reference_acc": ref, "float_reference_acc": record_ref_note, "tolerance": tolerance, "growth": growth, "steps": steps,
               "start": {"val_acc": acc0, "train_loss": loss, **_totals(layer_stats(model))}, "rounds": []}
     log(f"per-parameter precision: start {acc0:.2f}% (reference {ref:.2f}%, tolerance {tolerance:.2f} points)")
     top = max(m.weight_quant.top for m in layers.values())
     accepted = copy.deepcopy(model.state_dict())
     sens = sensitivities(model, x_train, y_train, sens_batches, batch_size, seed)
-    eps = eps_for_mean_width(model, sens, top - 1.0)
+    eps = eps_for_mean_width(model, sens, top - 2.0 if top > 4 else top - 1.0)
     last_ok: float | None = None
     retried = False
     r = 0
@@ -226,9 +233,10 @@ def adapt(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
             eps *= growth
         else:
             model.load_state_dict(accepted)
-            if retried or last_ok is None:
+            if retried:
                 break
-            eps, retried = math.sqrt(last_ok * eps), True  # one try halfway (log scale), then stop
+            # one more try halfway (log scale) to the last kept budget, or a step back before any
+            eps, retried = (math.sqrt(last_ok * eps) if last_ok is not None else eps / growth), True
         sens = sensitivities(model, x_train, y_train, sens_batches, batch_size, seed + r)
     model.eval()
     final = layer_stats(model)

@@ -69,7 +69,9 @@ class QuantConfig:
             raise ValueError(f"unknown method {self.method!r}: weights must be 'pot', 'post', 'perparam' or 'perparam_post' (or omitted for uniform LSQ weights); methods: {', '.join(METHODS)}")
         allowed = R.WEIGHT_BITS[wfmt]
         if self.bits not in allowed:
-            hint = " (POT/POST are defined for 2..4 bits; use --method lsq or asq for uniform weights at 5..8 bits)" if wfmt != "uniform" else ""
+            hint = {"uniform": "", "perparam": "",
+                    "perparam_post": " (the widest POST table has 4 bits; lsq+perparam takes fixed point up to 8)"}.get(
+                wfmt, " (POT/POST are defined for 2..4 bits; use --method lsq or asq for uniform weights at 5..8 bits)")
             raise ValueError(f"{wfmt} weights support {allowed.start}..{allowed.stop - 1} bits, got {self.bits}{hint}")
         if self.effective_act_bits not in R.ACT_BITS:
             raise ValueError(f"activation bits must be in 2..8, got {self.effective_act_bits}")

@@ -116,7 +116,7 @@ class TrainConfig:
     perparam_rounds: int = 10
     perparam_steps: int = 200
     perparam_tolerance: float = 0.5
-    perparam_growth: float = 2.0
+    perparam_growth: float = 4.0
     perparam_val_samples: int = 5000
 
     def __post_init__(self) -> None:

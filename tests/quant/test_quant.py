@@ -132,7 +132,7 @@ def test_quant_config_validation_messages():
         QuantConfig("asq+post", bits=5)
     with pytest.raises(ValueError, match="unknown method"):
         QuantConfig("foo", bits=4)
-    with pytest.raises(ValueError, match="weights must be 'pot' or 'post'"):
+    with pytest.raises(ValueError, match="weights must be 'pot', 'post', 'perparam' or 'perparam_post'"):
         QuantConfig("asq+apot", bits=4)
     assert QuantConfig.from_dict(QuantConfig("lsq+pot", 3).to_dict()) == QuantConfig("lsq+pot", 3)
 
