@@ -81,7 +81,6 @@ from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint, sav
 from qexport.data import load_dataset  # noqa: E402
 from qexport.export import export_onnx  # noqa: E402
 from qexport.io import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: E402
-from qexport.runtime import make_session  # noqa: E402
 from qexport.validate.steps import asq_scale_outputs, median_of, onnx_step_stats  # noqa: E402,F401
 from qexport.train import TrainConfig, evaluate, train  # noqa: E402,F401  (evaluate: part of the script's API)
 

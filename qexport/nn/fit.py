@@ -27,9 +27,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..quant.asq import AsqActQuantizer

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..quant.base import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, ActQuantizer, WeightQuantizer
 from ..quant.config import QuantConfig
-from .layers import QUANT_LAYERS, QConv2d, QLinear, QuantMixin
+from .layers import QUANT_LAYERS, QuantMixin
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
