@@ -148,16 +148,52 @@ def validate_checkpoint(obj: Any, path: Path | str = "<checkpoint>") -> dict:
     return obj
 
 
-def build_model_from_checkpoint(ckpt: dict) -> nn.Module:
-    """The architecture with its arguments, quantized as the checkpoint says, weights loaded."""
+# The "architecture" of a checkpoint whose model came from a torch.export program (.pt2): its
+# arch_args name the program file (absolute path, and the path relative to the checkpoint's folder)
+# and its SHA-256; the model is rebuilt by lowering that file again, which needs no model code.
+PROGRAM_ARCH = "torch.export"
+
+
+def program_arch_args(program: str | os.PathLike, checkpoint: str | os.PathLike, sha256: str) -> dict:
+    program, folder = Path(program).resolve(), Path(checkpoint).resolve().parent
+    return {"program": str(program), "program_relative": os.path.relpath(program, folder), "sha256": sha256}
+
+
+def _program_model(ckpt: dict, where: Path | None) -> nn.Module:
+    from .lower.program import ProgramError, load_program
+
+    args = ckpt["arch_args"]
+    candidates = [Path(args.get("program", ""))]
+    if where is not None and args.get("program_relative"):
+        candidates.append(where.parent / args["program_relative"])
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise CheckpointError(f"this checkpoint was made from the torch.export program {args.get('program')!r}, which "
+                              f"is no longer there: put the .pt2 back (or beside the checkpoint, as "
+                              f"{args.get('program_relative')!r}) to rebuild the model")
+    if args.get("sha256") and file_sha256(found) != args["sha256"]:
+        raise CheckpointError(f"{found} changed since this checkpoint was made from it (SHA-256 differs): convert the "
+                              f"new program instead")
+    try:
+        return load_program(found)
+    except ProgramError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def build_model_from_checkpoint(ckpt: dict, path: str | os.PathLike | None = None) -> nn.Module:
+    """The architecture with its arguments, quantized as the checkpoint says, weights loaded
+    (``path``: where the checkpoint is, to find a torch.export source given relative to it)."""
     from .models import build_model
     from .nn import quantize_
     from .quant.config import QuantConfig
 
-    try:
-        model = build_model(ckpt["arch"], **ckpt["arch_args"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint architecture {ckpt['arch']!r} with {ckpt['arch_args']} cannot be built: {exc}") from exc
+    if ckpt["arch"] == PROGRAM_ARCH:
+        model = _program_model(ckpt, Path(path) if path is not None else None)
+    else:
+        try:
+            model = build_model(ckpt["arch"], **ckpt["arch_args"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint architecture {ckpt['arch']!r} with {ckpt['arch_args']} cannot be built: {exc}") from exc
     if ckpt.get("quant"):
         try:
             quantize_(model, QuantConfig.from_dict(ckpt["quant"]))
@@ -246,7 +282,7 @@ def load_model(path: str | os.PathLike, *, arch: str | None = None, arch_args: d
         ckpt = validate_checkpoint(obj, path)
         if arch and arch != ckpt["arch"]:
             raise CheckpointError(f"{path}: is a {ckpt['arch']} checkpoint, but --arch {arch} was given")
-        return LoadedModel(build_model_from_checkpoint(ckpt), "checkpoint", ckpt["arch"], ckpt["arch_args"],
+        return LoadedModel(build_model_from_checkpoint(ckpt, path), "checkpoint", ckpt["arch"], ckpt["arch_args"],
                            ckpt.get("quant"), ckpt["metrics"], sha)
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import LoadedModel, load_model, save_checkpoint
+from .checkpoint import PROGRAM_ARCH, LoadedModel, load_model, program_arch_args, save_checkpoint
 from .export import export_onnx
 from .io import atomic_write_text
 from .nn import calibrate, quantize_
@@ -225,9 +225,12 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
             loaded, config, x, y if validate else None, calib_samples, fit_options or FitOptions(), say, fit_progress,
             check_qdq_compatible if qdq else None, mixed)
         fid["coverage"] = coverage
-        if loaded.arch is not None:
+        arch, arch_args = loaded.arch, loaded.arch_args
+        if loaded.kind == "program":  # rebuilt from the .pt2 itself: no model code needed
+            arch, arch_args = PROGRAM_ARCH, program_arch_args(model_path, out.with_suffix(".pt"), loaded.sha256)
+        if arch is not None:
             ckpt_path = out.with_suffix(".pt")
-            save_checkpoint(ckpt_path, model=model, arch=loaded.arch, arch_args=loaded.arch_args, quant=config,
+            save_checkpoint(ckpt_path, model=model, arch=arch, arch_args=arch_args, quant=config,
                             metrics={"calibrated_on": data_name, "calib_samples": int(n_cal), "fidelity": fid},
                             extra={"source": str(model_path), "source_sha256": loaded.sha256})
     say(f"exporting {out}" + (" (standard ONNX, qdq)" if qdq else ""))

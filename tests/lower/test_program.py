@@ -77,6 +77,23 @@ def test_convert_cli_takes_a_program(tmp_path, samples):
     code, text = run_cli("convert", tmp_path / "cnn.pt2", "--bits", "4", "--fit-steps", "5", "--limit", "256",
                          "-o", tmp_path / "cnn_w4.onnx")
     assert code == 0 and "parity: PASS" in text and "quantized 6 conv/linear layers" in text, text
+    # the calibrated checkpoint is written beside the .onnx and rebuilds from the .pt2 (no model code):
+    # validate re-checks it, and a moved pair (program + checkpoint together) still loads
+    ckpt = tmp_path / "cnn_w4.pt"
+    assert ckpt.is_file()
+    code, text = run_cli("validate", ckpt, tmp_path / "cnn_w4.onnx", "--limit", "64")
+    assert code == 0 and "parity: PASS" in text, text
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "cnn.pt2").rename(moved / "cnn.pt2")
+    ckpt.rename(moved / "cnn_w4.pt")
+    assert load_model(moved / "cnn_w4.pt").is_quantized
+    (moved / "cnn.pt2").write_bytes((moved / "cnn.pt2").read_bytes() + b"\0")
+    with pytest.raises(CheckpointError, match="changed since this checkpoint was made"):
+        load_model(moved / "cnn_w4.pt")
+    (moved / "cnn.pt2").unlink()
+    with pytest.raises(CheckpointError, match="is no longer there"):
+        load_model(moved / "cnn_w4.pt")
 
 
 def test_not_a_program_is_refused(tmp_path):
