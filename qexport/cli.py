@@ -299,6 +299,53 @@ def inspect(
 
 
 @app.command()
+def report(
+    model: Path = typer.Argument(..., metavar="MODEL.pt", help="The quantized qexport checkpoint (from `qexport train` or `qexport convert`)."),
+    onnx_model: Path = typer.Argument(..., metavar="MODEL.onnx", help="Its ONNX export."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .html to write (default: <MODEL>.report.html beside MODEL.onnx)."),
+    data: Optional[str] = typer.Option(None, "--data", help=DATA_HELP.replace("Inputs for calibration and validation", "Inputs to measure on").replace(
+        ", default)", "; the default for models that take 1x28x28 inputs, others need --data)")),
+    limit: int = typer.Option(512, "--limit", help="Use only the first N samples of --data."),
+    batch_size: int = typer.Option(128, "--batch-size", help="Samples per run."),
+) -> None:
+    """One self-contained HTML page of what quantization did: per-layer weight and activation SQNR, bit-widths, the size split, ASQ step factors, parity and top-1 (docs/report.md). Exits 1 when parity fails."""
+    from . import inspect_model
+    from .report import write_report_html
+    from .runtime.bench import input_shape
+
+    for path in (model, onnx_model):
+        if not path.is_file():
+            _fail(f"{path} not found")
+    try:
+        inspect_model(onnx_model)  # a file that is not a qexport model is refused before any data is read
+    except ValueError as exc:
+        _fail(str(exc))
+    if data is None:
+        try:
+            shape = input_shape(onnx_model)
+        except ValueError:
+            shape = None
+        if shape != [1, 28, 28]:
+            _fail(f"{onnx_model.name} takes inputs of shape {shape or 'unknown'}, not the shipped samples' 1x28x28: "
+                  f"give --data (an .npz with x (N, ...) in the model's input convention)")
+        data = "samples"
+    x, y = _load_data(data, limit)
+    output = output or onnx_model.with_name(onnx_model.stem + ".report.html")
+    with _progress("", f"parity and statistics, 2 passes over {len(x):,} samples", 2 * len(x)) as (_, advance):
+        try:
+            result = write_report_html(output, model, onnx_model, x, y, data_name=data, batch_size=batch_size,
+                                       progress=advance, say=lambda msg: console.print(f"[dim]{msg}[/]"))
+        except ValueError as exc:
+            _fail(str(exc))
+    sqnr = [s.weight_sqnr_db for s in result.layers.values()]
+    out.print(f"wrote {output} ({output.stat().st_size:,} bytes): {len(result.layers)} layers, weight SQNR "
+              f"{min(sqnr):.1f}..{max(sqnr):.1f} dB, {result.samples:,} samples; "
+              + ("[bold green]parity: PASS[/]" if result.passed else "[bold red]parity: FAIL[/]"))
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def convert(
     model: Path = typer.Argument(..., help="A qexport checkpoint (float or quantized), a state dict (with --arch), or a pickled nn.Module (with --trust-pickle)."),
     bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Weight bit-width of the body layers (default 4; POST/POT: 2..4)."),
@@ -534,7 +581,7 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seeds model init, calibration batches, subsets and the per-epoch data order."),
     data: str = typer.Option("fashion-mnist", "--data", help="fashion-mnist, digits, an .npz (x_train/y_train/x_test/y_test, or x/y), or a folder: train/ and test/ ImageFolder trees (<class>/<image or .npy>) or train.npz/test.npz."),
     test_data: Optional[str] = typer.Option(None, "--test-data", help="Evaluate on this dataset (its test split) instead of --data's."),
-    from_checkpoint: Optional[Path] = typer.Option(None, "--from", help="Start QAT from this float qexport checkpoint."),
+    from_checkpoint: Optional[Path] = typer.Option(None, "--from", help="Start QAT from this float model: a qexport checkpoint or a torch.export program (.pt2; the checkpoints written name it, keep it beside them)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run at --output from its last complete epoch (same settings); a finished run is left as is, a missing file starts afresh."),
     keep_best: bool = typer.Option(True, "--keep-best/--no-keep-best", help="Also keep the best epoch's model (test top-1) at <stem>.best.pt."),
     metrics_json: Optional[Path] = typer.Option(None, "--metrics-json", help="Write the metrics (per epoch: loss, accuracy, lr, times) here, updated every epoch."),

@@ -91,6 +91,24 @@ def _check_fits(arch_args: dict[str, Any], x: np.ndarray, y: np.ndarray) -> None
         raise ValueError(f"the model has {arch_args['num_classes']} classes, the data have label {int(y.max())}")
 
 
+def load_float_source(path: str | Path, output: str | Path | None = None, role: str = "QAT starts from"
+                      ) -> tuple[nn.Module, str, dict[str, Any]]:
+    """(model, arch, arch_args) of a float model to start from: a qexport checkpoint, or a
+    torch.export program (.pt2; its checkpoints name the program, relative to ``output``)."""
+    from ..checkpoint import (PROGRAM_ARCH, build_model_from_checkpoint, load_checkpoint, load_model,
+                              program_arch_args)
+    from ..lower.program import is_program
+
+    path = Path(path)
+    if path.is_file() and (path.suffix == ".pt2" or is_program(path)):
+        loaded = load_model(path)
+        return loaded.model, PROGRAM_ARCH, program_arch_args(path, output or path, loaded.sha256)
+    ckpt = load_checkpoint(path)
+    if ckpt.get("quant"):
+        raise ValueError(f"{path} is a quantized checkpoint; {role} a float one")
+    return build_model_from_checkpoint(ckpt, path), ckpt["arch"], dict(ckpt["arch_args"])
+
+
 def prepare_model(config: TrainConfig, x: np.ndarray, y: np.ndarray) -> tuple[nn.Module, str, dict[str, Any]]:
     """Build the float model: from ``config.from_checkpoint`` or fresh (seeded by the caller).
 
@@ -98,18 +116,12 @@ def prepare_model(config: TrainConfig, x: np.ndarray, y: np.ndarray) -> tuple[nn
     num_classes default to them.
     """
     if config.from_checkpoint:
-        from ..checkpoint import build_model_from_checkpoint, load_checkpoint
-
-        ckpt = load_checkpoint(config.from_checkpoint)
-        if ckpt.get("quant"):
-            raise ValueError(f"{config.from_checkpoint} is a quantized checkpoint; QAT starts from a float one")
-        arch, arch_args = ckpt["arch"], dict(ckpt["arch_args"])
+        model, arch, arch_args = load_float_source(config.from_checkpoint, config.output)
         if config.arch and config.arch != arch:
             raise ValueError(f"config.arch={config.arch!r} but {config.from_checkpoint} holds {arch!r}")
         conflicts = {k: v for k, v in config.arch_args.items() if arch_args.get(k) != v}
         if conflicts:
             raise ValueError(f"arch_args {conflicts} differ from the checkpoint's {arch_args}")
-        model = build_model_from_checkpoint(ckpt)
     else:
         arch = config.arch or DEFAULT_ARCH
         arch_args = _fit_arch_args(arch, config.arch_args, x, int(y.max()) + 1)
@@ -339,12 +351,7 @@ def _load_teacher(config: TrainConfig, device: torch.device) -> nn.Module | None
     path = config.teacher_path
     if path is None:
         return None
-    from ..checkpoint import build_model_from_checkpoint, load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    if ckpt.get("quant"):
-        raise ValueError(f"teacher {path} is a quantized checkpoint; distil from a float model")
-    teacher = build_model_from_checkpoint(ckpt).to(device).eval()
+    teacher = load_float_source(path, role="distil from")[0].to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
@@ -433,9 +440,7 @@ def _adapt_widths(model: nn.Module, config: TrainConfig, xtr, ytr, metrics: dict
     xt, yt = xtr[perm[n_val:]], ytr[perm[n_val:]]
     reference = None
     if config.from_checkpoint:
-        from ..checkpoint import build_model_from_checkpoint, load_checkpoint
-
-        reference = evaluate(build_model_from_checkpoint(load_checkpoint(config.from_checkpoint)), xv, yv)
+        reference = evaluate(load_float_source(config.from_checkpoint)[0], xv, yv)
     as_t = lambda a: torch.as_tensor(a).to(device)  # noqa: E731
     say = print if config.progress else (lambda s: None)
     metrics["perparam"] = adapt(model, as_t(xt), as_t(yt).long(), as_t(xv), as_t(yv).long(),

@@ -101,3 +101,16 @@ def test_not_a_program_is_refused(tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(CheckpointError, match="cannot be read as a torch.export program"):
         load_model(bad)
+
+
+def test_train_from_a_program_then_convert(tmp_path, samples):
+    """QAT on the user's own model with no model code: train --from model.pt2, then convert the
+    checkpoint it writes (rebuilt from the program) with bit-exact parity."""
+    model = load_model(SAMPLE_MODEL).model
+    _save_program(model, torch.from_numpy(samples[0][:4]), tmp_path / "cnn.pt2")
+    code, text = run_cli("train", "--from", tmp_path / "cnn.pt2", "--method", "lsq", "--bits", "4", "--data", "samples",
+                         "--epochs", "1", "--limit-train", "128", "--batch-size", "64", "--calib-batches", "1",
+                         "--calib-refine-samples", "0", "--no-progress", "-o", tmp_path / "qat.pt")
+    assert code == 0 and "wrote" in text, text
+    code, text = run_cli("convert", tmp_path / "qat.pt", "--limit", "64", "-o", tmp_path / "qat.onnx")
+    assert code == 0 and "parity: PASS" in text, text
