@@ -847,6 +847,11 @@ def write_report(path: Path, json_path: Path, out: Path) -> None:
         from mixed import markdown as mixed_markdown
 
         lines += [mixed_markdown(json.loads(mixed_json.read_text())), ""]
+    perparam_json = out / "perparam.json"
+    if perparam_json.exists():  # benchmarks/perparam.py's records: its section of this page
+        from perparam import markdown as perparam_markdown
+
+        lines += [perparam_markdown(json.loads(perparam_json.read_text())), ""]
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 

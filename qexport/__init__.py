@@ -59,6 +59,7 @@ _API = {
     "Tolerances": ("qexport.validate", "Tolerances"),
     "ParityReport": ("qexport.validate", "ParityReport"),
     "inspect_model": ("qexport.inspect", "inspect_model"),
+    "build_report": ("qexport.report", "build_report"),
     "bench_model": ("qexport.runtime.bench", "bench_model"),
     "qexport_op_count": ("qexport.runtime.bench", "qexport_op_count"),
     "baselines_for": ("qexport.export.baselines", "baselines_for"),

@@ -310,7 +310,7 @@ def report(
 ) -> None:
     """One self-contained HTML page of what quantization did: per-layer weight and activation SQNR, bit-widths, the size split, ASQ step factors, parity and top-1 (docs/report.md). Exits 1 when parity fails."""
     from . import inspect_model
-    from .report import write_report_html
+    from .report import measure, prepare, write_report_html
     from .runtime.bench import input_shape
 
     for path in (model, onnx_model):
@@ -331,12 +331,14 @@ def report(
         data = "samples"
     x, y = _load_data(data, limit)
     output = output or onnx_model.with_name(onnx_model.stem + ".report.html")
-    with _progress("", f"parity and statistics, 2 passes over {len(x):,} samples", 2 * len(x)) as (_, advance):
-        try:
-            result = write_report_html(output, model, onnx_model, x, y, data_name=data, batch_size=batch_size,
-                                       progress=advance, say=lambda msg: console.print(f"[dim]{msg}[/]"))
-        except ValueError as exc:
-            _fail(str(exc))
+    try:
+        inputs = prepare(model, onnx_model, x)  # a float checkpoint, data the model does not take: before any run
+        with _progress("", f"parity and statistics, 2 passes over {len(x):,} samples", 2 * len(x)) as (_, advance):
+            result = measure(inputs, y, data_name=data, batch_size=batch_size, progress=advance,
+                             say=lambda msg: console.print(f"[dim]{msg}[/]"))
+    except ValueError as exc:
+        _fail(str(exc))
+    write_report_html(output, result)
     sqnr = [s.weight_sqnr_db for s in result.layers.values()]
     out.print(f"wrote {output} ({output.stat().st_size:,} bytes): {len(result.layers)} layers, weight SQNR "
               f"{min(sqnr):.1f}..{max(sqnr):.1f} dB, {result.samples:,} samples; "
