@@ -145,3 +145,28 @@ def test_train_export_inspect_and_run_bit_exact(tmp_path, samples):
     needed = codecs.get("perparam").param_bits(w_int, 8)
     assert layer.param_bits == {str(int(b)): int(c) for b, c in zip(*np.unique(needed, return_counts=True))}
     assert layer.weight_bytes < w_int.size  # below the 8-bit stream
+
+
+def test_inspect_shows_the_bits_per_parameter(tmp_path, samples):
+    import json
+
+    from qexport.export import export_onnx
+
+    from shared import run_cli
+
+    model = _model("perparam_post", 4, samples)
+    x, y = torch.from_numpy(samples[0][:128]), torch.from_numpy(samples[1][:128]).long()
+    sens = sensitivities(model, x, y, batches=2, batch_size=64)
+    assign(model, sens, eps_for_mean_width(model, sens, 2.0))
+    path = tmp_path / "pp.onnx"
+    export_onnx(model, x[:2], path)
+    code, text = run_cli("inspect", path, "--json")
+    assert code == 0, text
+    rows = {row["name"]: row for row in json.loads(text)["layers"]}
+    stats = layer_stats(model)
+    for name, s in stats.items():
+        assert rows[name]["param_bits"] == {str(b): c for b, c in s["bits_histogram"].items()}
+        assert rows[name]["mean_bits"] == pytest.approx(s["mean_bits"])
+        assert rows[name]["weight_bytes"] == s["stream_bytes"]
+    code, text = run_cli("inspect", path)
+    assert code == 0 and "avg per weight" in text and "0b " in text, text
