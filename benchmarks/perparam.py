@@ -73,7 +73,7 @@ def run_one(args, fmt: str, seed: int, out: Path) -> dict:
     from qexport.train import TrainConfig, train
 
     torch.set_num_threads(1)
-    name = f"lsq-{fmt}_s{seed}"
+    name = f"lsq-{fmt}{args.tag}_s{seed}"
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     ckpt = work / f"perparam_{name}.pt"
@@ -98,7 +98,7 @@ def run_one(args, fmt: str, seed: int, out: Path) -> dict:
     top1 = onnx_top1(path, xte, yte)
     layers = layer_stats(model)
     pp = metrics["perparam"]
-    rec = {"name": name, "format": fmt, "top_bits": TOP[fmt], "act_bits": args.act_bits, "seed": seed,
+    rec = {"name": name, "format": fmt, "steps": args.steps, "rounds_max": args.rounds, "tolerance": args.tolerance, "top_bits": TOP[fmt], "act_bits": args.act_bits, "seed": seed,
            "onnx_path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
            "onnx_bytes": path.stat().st_size, "float_onnx_bytes": FLOAT_ONNX.stat().st_size,
            "onnx_top1": top1, "test_samples": int(len(xte)),
@@ -201,6 +201,7 @@ def main() -> None:
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--tag", default="", help="appended to the model names (e.g. -r600 for a variant's settings)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     args = ap.parse_args()
     out = args.out
@@ -211,7 +212,7 @@ def main() -> None:
         if fmt not in TOP:
             ap.error(f"unknown format {fmt!r}: choose from {sorted(TOP)}")
         for seed in [int(s) for s in args.seeds.split(",") if s.strip()]:
-            name = f"lsq-{fmt}_s{seed}"
+            name = f"lsq-{fmt}{args.tag}_s{seed}"
             done = [r for r in records if r["name"] == name and (ROOT / r["onnx_path"]).exists()]
             if done:
                 log(f"{name}: done, skipped")
