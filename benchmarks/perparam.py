@@ -152,6 +152,10 @@ def plot(records: list[dict], out: Path) -> None:
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, s=120, label=f"per-parameter ({fmt})")
     ax.axvline(20, color="green", ls=":", lw=1)
     ax.set_xscale("log")
+    ticks = [4, 6, 8, 10, 15, 20, 30]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t}x" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("compression: float ONNX file / qexport ONNX file (whole files)")
     ax.set_ylabel("top-1 (%), ONNX Runtime, 10,000 test images")
     ax.set_title("Fashion-MNIST small_cnn: accuracy against file size")
