@@ -173,10 +173,11 @@ def markdown(records: list[dict]) -> str:
              "ONNX files in ONNX Runtime with qexport's library on the 10,000 test images; compression = the float "
              "model's ONNX file / the qexport file, whole files (graph, scales, biases included).", "",
              "![accuracy against compression](../benchmarks/results/perparam.png)", "",
-             "| model | top-1 | file bytes | compression | bits/weight | pruned | codes (rANS) | fixed-width | widths+codes |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | settings | top-1 | file bytes | compression | bits/weight | pruned | codes (rANS) | fixed-width | widths+codes |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["format"], r["seed"])):
-        lines.append(f"| {r['name']} | {100 * r['onnx_top1']:.2f}% | {r['onnx_bytes']:,} | {r['ratio']:.1f}x | "
+        settings = (f"{r['act_bits']}-bit acts, tolerance {r.get('tolerance', 0.5)}, {r.get('steps', 200)} steps/round")
+        lines.append(f"| {r['name']} | {settings} | {100 * r['onnx_top1']:.2f}% | {r['onnx_bytes']:,} | {r['ratio']:.1f}x | "
                      f"{r['mean_bits']:.2f} | {100 * r['pruned']:.1f}% | {r['stream_bytes']:,} | "
                      f"{r['fixed_width_bytes']:,} | {r['widths_then_codes_bytes']:,} |")
     lines += ["", "Bits per parameter, per layer (share of the layer's weights at each width; 0 = pruned):", ""]
