@@ -35,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -43,25 +42,12 @@ sys.path.insert(0, str(ROOT))
 from qexport.data import load_dataset  # noqa: E402
 from qexport.io import atomic_write_text  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from mixed import log, onnx_top1  # noqa: E402  (one definition of the scoring and the log line)
+
 FLOAT_CKPT = ROOT / "benchmarks/results/float_s0.pt"
 FLOAT_ONNX = ROOT / "benchmarks/results/models/float_s0.onnx"
 TOP = {"perparam": 8, "perparam_post": 4}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def onnx_top1(path: Path, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
-    from qexport.runtime import make_session
-
-    session = make_session(str(path))
-    name = session.get_inputs()[0].name
-    correct = 0
-    for start in range(0, len(x), batch):
-        logits = session.run(None, {name: np.ascontiguousarray(x[start:start + batch], dtype=np.float32)})[0]
-        correct += int((logits.argmax(1) == y[start:start + batch]).sum())
-    return correct / len(x)
 
 
 def run_one(args, fmt: str, seed: int, out: Path) -> dict:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from qexport.data.loaders import FASHION_MNIST_DIR
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,3 +51,23 @@ def run_cli(*args) -> tuple[int, str]:
     assert result.exception is None or isinstance(result.exception, SystemExit), (result.exception, text)
     assert "Traceback" not in text, text
     return result.exit_code, text
+
+
+def varint(v: int) -> bytes:
+    """Unsigned LEB128, as the entropy-coded weight stream stores frequencies (docs/ops.md)."""
+    out = bytearray()
+    while True:
+        out.append((v & 0x7F) | (0x80 if v >> 7 else 0))
+        v >>= 7
+        if not v:
+            return bytes(out)
+
+
+def rans_stream(entries, state: int, payload: bytes = b"", n: int | None = None) -> np.ndarray:
+    """An entropy-coded weight stream written by hand: the table (code, frequency or raw varint
+    bytes), the coder state, the payload."""
+    head = bytearray([(len(entries) if n is None else n) - 1])
+    for code, f in entries:
+        head.append(code)
+        head += f if isinstance(f, bytes) else varint(f)
+    return np.frombuffer(bytes(head) + state.to_bytes(4, "little") + payload, np.uint8).copy()

@@ -14,6 +14,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from qexport.spec import reference as R
 from qexport.runtime import make_session
 
+from shared import rans_stream
 from kernel_graphs import assert_bitwise_equal, feeds, quantize_model, serialize, weighted_model
 
 WEIGHTS = ("W", "W_scale", "B")
@@ -223,24 +224,6 @@ def test_negative_zero_code(fmt: str, constant: bool) -> None:
 # stream"): the library refuses exactly what qexport/spec/codecs/rans.py refuses (tests/spec/test_rans.py),
 # with a message naming input 'W' and what is wrong, and never reads outside the bytes.
 L = 1 << 23  # the coder's lower bound: the encoder's first state and the decoder's last
-
-
-def varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((v & 0x7F) | (0x80 if v >> 7 else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
-
-
-def rans_stream(entries, state: int, payload: bytes = b"", n: int | None = None) -> np.ndarray:
-    """A stream written by hand: the table (code, frequency or raw varint bytes), the state, the payload."""
-    head = bytearray([(len(entries) if n is None else n) - 1])
-    for code, f in entries:
-        head.append(code)
-        head += f if isinstance(f, bytes) else varint(f)
-    return np.frombuffer(bytes(head) + state.to_bytes(4, "little") + payload, np.uint8).copy()
 
 
 def perparam_case(fmt: str = "perparam", bits: int = 2, o: int = 4, k: int = 16, seed: int = 0):

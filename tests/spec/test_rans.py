@@ -11,25 +11,9 @@ from qexport.spec import codecs
 from qexport.spec import reference as R
 from qexport.spec.codecs import rans
 
+from shared import rans_stream as stream
+
 VARIABLE = [f for f in R.WEIGHT_FORMATS if codecs.get(f).variable_length]
-
-
-def varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((v & 0x7F) | (0x80 if v >> 7 else 0))
-        v >>= 7
-        if not v:
-            return bytes(out)
-
-
-def stream(entries, state: int, payload: bytes = b"", n: int | None = None) -> np.ndarray:
-    """A stream written by hand: the table (code, frequency or raw varint bytes), the state, the payload."""
-    head = bytearray([(len(entries) if n is None else n) - 1])
-    for code, f in entries:
-        head.append(code)
-        head += f if isinstance(f, bytes) else varint(f)
-    return np.frombuffer(bytes(head) + state.to_bytes(4, "little") + payload, np.uint8).copy()
 
 
 def table_length(packed: np.ndarray) -> int:

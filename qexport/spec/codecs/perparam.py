@@ -23,7 +23,7 @@ import numpy as np
 
 from . import Codec, CodecError, register, sign_magnitude
 from . import rans
-from .post import post_table
+from .post import post_levels, post_table
 
 
 class PerParameter(Codec):
@@ -101,8 +101,7 @@ class PerParamPost(PerParameter):
     bits = range(2, 5)
 
     def levels(self, bits: int):
-        table = post_table(bits)
-        return sign_magnitude(bits, lambda m: table[m - 1])
+        return post_levels(bits)
 
     def width_levels(self, top: int, b: int) -> np.ndarray:
         if b == 0:

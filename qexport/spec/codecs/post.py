@@ -28,5 +28,10 @@ class Post(Codec):
     bits = range(2, 5)
 
     def levels(self, bits: int):
-        table = post_table(bits)
-        return sign_magnitude(bits, lambda m: table[m - 1])
+        return post_levels(bits)
+
+
+def post_levels(bits: int):
+    """The b-bit post codes' levels (sign-magnitude over post_table); perparam_post shares them."""
+    table = post_table(bits)
+    return sign_magnitude(bits, lambda m: table[m - 1])
