@@ -3,7 +3,8 @@
 * :func:`build_ops` builds ``libqexport_ops.so`` and the ``qexport-run`` runner for ``x86_64``
   or ``aarch64`` (Debian's g++-aarch64-linux-gnu) and collects the three files a device needs.
 * :func:`fetch_ort_library` / :func:`fetch_qemu` bring ONNX Runtime's library for the target
-  and a qemu-user that runs it, cached under ``${XDG_CACHE_HOME:-~/.cache}/qexport/``.
+  and a qemu-user that runs it, cached under ``${XDG_CACHE_HOME:-~/.cache}/qexport/``;
+  :func:`fetch_qemu_plugins` a qemu-aarch64 that loads TCG plugins (instruction counts).
 * :class:`RunnerSession` runs a model with qexport-run (natively or under qemu-aarch64) behind
   the InferenceSession surface that :func:`qexport.validate.check_parity` uses, and
   :func:`validate_on_runner` runs that parity check per emulated CPU.
@@ -16,11 +17,13 @@ import os
 from pathlib import Path
 
 from .build import TARGETS, BuildResult, build_ops, cross_compiler_hint, elf_machine, source_dir
-from .fetch import DeployError, cache_dir, fetch_ort_library, fetch_qemu, find_qemu, ort_version
+from .fetch import (DeployError, QemuPlugins, cache_dir, fetch_ort_library, fetch_qemu, fetch_qemu_plugins, find_qemu,
+                    find_qemu_plugins, ort_version, qemu_has_plugins)
 from .session import AARCH64_SYSROOT, DEFAULT_CPUS, EmulatedRun, RunnerError, RunnerSession, validate_on_runner
 
 __all__ = ["TARGETS", "BuildResult", "build_ops", "cross_compiler_hint", "elf_machine", "source_dir",
            "DeployError", "cache_dir", "fetch_ort_library", "fetch_qemu", "find_qemu", "ort_version",
+           "QemuPlugins", "fetch_qemu_plugins", "find_qemu_plugins", "qemu_has_plugins",
            "AARCH64_SYSROOT", "DEFAULT_CPUS", "EmulatedRun", "RunnerError", "RunnerSession", "validate_on_runner",
            "dist_files"]
 

@@ -7,6 +7,11 @@
   ONNX Runtime's CPU detection): Debian's ``qemu-user`` package (static binaries) from trixie or
   bookworm-backports, downloaded with a private apt configuration that reads the mirror from
   this machine's own /etc/apt sources (the system's apt state is not touched), then ``dpkg -x``.
+* a qemu-aarch64 that loads TCG plugins, for counting instructions (benchmarks/bench.py
+  --arm-icount): Debian's qemu-user is a static build without plugin support, so
+  :func:`fetch_qemu_plugins` builds the aarch64 user-mode emulator alone from Debian's qemu source
+  package (the same private apt configuration), with plugins enabled, and keeps it with its
+  ``qemu-plugin.h`` (a plugin must be built against the header of the qemu that loads it).
 
 Nothing here is needed on the device itself.
 """
@@ -19,10 +24,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DeployError", "cache_dir", "ort_version", "fetch_ort_library", "find_qemu", "fetch_qemu",
-           "debian_mirror", "QEMU_ENV", "MIN_QEMU_MAJOR"]
+           "debian_mirror", "QEMU_ENV", "MIN_QEMU_MAJOR", "QemuPlugins", "QEMU_PLUGINS_ENV", "qemu_has_plugins",
+           "find_qemu_plugins", "fetch_qemu_plugins"]
 
 #: Environment variable naming a qemu-aarch64 binary to use instead of fetching one.
 QEMU_ENV = "QEXPORT_QEMU"
@@ -179,15 +186,16 @@ def debian_mirror() -> str:
                       f"Install qemu-user >= {MIN_QEMU_MAJOR} yourself and set {QEMU_ENV} to its qemu-aarch64.")
 
 
-def _private_apt(work: Path, suites: tuple[str, ...]) -> list[str]:
+def _private_apt(work: Path, suites: tuple[str, ...], *, sources: bool = False) -> list[str]:
     """apt-get options for a private configuration in ``work`` reading ``suites`` of this
-    machine's Debian mirror; the system's apt state is neither read nor written."""
+    machine's Debian mirror (with ``sources``: the source packages too); the system's apt state
+    is neither read nor written."""
     for d in ("lists/partial", "cache/archives/partial", "etc/sources.list.d", "etc/preferences.d"):
         (work / d).mkdir(parents=True, exist_ok=True)
     keyring = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
     (work / "etc/sources.list").write_text("")
     (work / "etc/sources.list.d/qexport.sources").write_text(
-        "Types: deb\n"
+        f"Types: deb{' deb-src' if sources else ''}\n"
         f"URIs: {debian_mirror()}\n"
         f"Suites: {' '.join(suites)}\n"
         "Components: main\n"
@@ -247,3 +255,126 @@ def fetch_qemu(*, say=None) -> Path:
         _install_atomically(binary, dest)
         say(f"qemu-aarch64 {version} cached in {dest}")
     return dest
+
+
+# ----------------------------------------------------------------------------------------------
+# qemu-user with TCG plugins (instruction counting)
+
+#: Environment variable naming a folder with a plugin-capable ``qemu-aarch64`` and the
+#: ``qemu-plugin.h`` it was built with (the layout :func:`fetch_qemu_plugins` caches).
+QEMU_PLUGINS_ENV = "QEXPORT_QEMU_PLUGINS"
+#: Debian suite whose qemu source package is built.
+QEMU_SOURCE_SUITE = "trixie"
+
+
+@dataclass(frozen=True)
+class QemuPlugins:
+    """A qemu-aarch64 that loads TCG plugins (``-plugin``), and the folder of its qemu-plugin.h."""
+
+    qemu: Path
+    include: Path
+    version: str
+
+
+def qemu_has_plugins(path: str | os.PathLike) -> bool:
+    """Whether ``path`` accepts ``-plugin`` (Debian's static qemu-user says "unknown option")."""
+    try:
+        proc = subprocess.run([str(path), "-plugin", "help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "Plugin options" in proc.stdout + proc.stderr
+
+
+def _plugins_in(folder: Path) -> QemuPlugins | None:
+    qemu, header = folder / "qemu-aarch64", folder / "qemu-plugin.h"
+    if qemu.is_file() and os.access(qemu, os.X_OK) and header.is_file():
+        m = re.search(r"version ([0-9][^ \n]*)", subprocess.run([str(qemu), "--version"], capture_output=True,
+                                                                text=True).stdout)
+        return QemuPlugins(qemu, folder, m.group(1) if m else "?")
+    return None
+
+
+def find_qemu_plugins() -> QemuPlugins | None:
+    """A plugin-capable qemu-aarch64 without building one: ``$QEXPORT_QEMU_PLUGINS`` (a folder with
+    ``qemu-aarch64`` and its ``qemu-plugin.h``), or the one cached by :func:`fetch_qemu_plugins`."""
+    env = os.environ.get(QEMU_PLUGINS_ENV)
+    if env:
+        found = _plugins_in(Path(env).expanduser())
+        if found is None or not qemu_has_plugins(found.qemu):
+            raise DeployError(f"{QEMU_PLUGINS_ENV}={env!r} must be a folder holding a qemu-aarch64 built with plugin "
+                              "support (configure --enable-plugins) and the qemu-plugin.h of that same qemu")
+        return found
+    for folder in sorted(cache_dir().glob("qemu-plugins-*"), reverse=True):
+        found = _plugins_in(folder)
+        if found is not None and qemu_has_plugins(found.qemu):
+            return found
+    return None
+
+
+def fetch_qemu_plugins(*, jobs: int | None = None, say=None) -> QemuPlugins:
+    """:func:`find_qemu_plugins`, else build qemu-aarch64 (user mode, plugins enabled, nothing
+    else) from Debian trixie's qemu source package into ``<cache>/qemu-plugins-<version>/`` with
+    its qemu-plugin.h. Needs gcc, ninja, pkg-config and glib's headers (``apt-get install
+    ninja-build pkg-config libglib2.0-dev``); meson and pycotap, at the versions the source's
+    pythondeps.toml installs, come from PyPI into a throw-away venv. 2-6 minutes (5.5 measured with
+    one job on a busy 2-core machine)."""
+    found = find_qemu_plugins()
+    if found is not None:
+        return found
+    say = say or (lambda msg: None)
+    hint = (f"Or build qemu with --enable-plugins yourself and set {QEMU_PLUGINS_ENV} to a folder holding its "
+            "qemu-aarch64 and the qemu-plugin.h of that qemu (include/qemu/ of its source).")
+    for tool, pkg in (("apt-get", "apt"), ("tar", "tar"), ("gcc", "gcc"), ("ninja", "ninja-build"),
+                      ("pkg-config", "pkg-config")):
+        if shutil.which(tool) is None:
+            raise DeployError(f"'{tool}' not found (needed to build a qemu with plugins): apt-get install {pkg}. {hint}")
+    if subprocess.run(["pkg-config", "--exists", "glib-2.0", "gmodule-2.0"]).returncode != 0:
+        raise DeployError(f"glib's headers are missing (needed to build a qemu with plugins): apt-get install "
+                          f"libglib2.0-dev. {hint}")
+    jobs = jobs or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="qexport-qemu-src-") as tmp:
+        work = Path(tmp)
+        opts = _private_apt(work, (QEMU_SOURCE_SUITE,), sources=True)
+
+        def run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+            if proc.returncode != 0:
+                raise DeployError(f"{what} failed: {(proc.stderr or proc.stdout).strip()[-1500:]}. {hint}")
+
+        say(f"fetching Debian {QEMU_SOURCE_SUITE}'s qemu source package (private apt configuration)")
+        run(["apt-get", *opts, "-qq", "update"], "apt-get update")
+        src = work / "src"
+        src.mkdir()
+        run(["apt-get", *opts, "-qq", "source", "--download-only", "qemu"], "apt-get source qemu", cwd=src)
+        tarballs = sorted(src.glob("qemu_*.orig.tar.*"))
+        if not tarballs:
+            raise DeployError(f"apt-get source qemu gave no qemu_*.orig.tar.*. {hint}")
+        version = tarballs[0].name.split("_")[1].split(".orig")[0]
+        run(["tar", "xf", tarballs[0].name], "unpacking the qemu source", cwd=src)
+        tree = next(p for p in src.iterdir() if p.is_dir())
+        # pythondeps.toml's [meson] section: what configure would install from the bundled wheels,
+        # which the Debian source (+ds) leaves out. (A regex, not tomllib: Python 3.10 has none.)
+        section = re.search(r"^\[meson\]\n(.*?)(?=^\[|\Z)", (tree / "pythondeps.toml").read_text(), re.M | re.S)
+        pins = [f"{n}=={v}" for n, v in re.findall(r'^([\w.]+)\s*=\s*\{[^}]*installed\s*=\s*"([^"]+)"',
+                                                    section.group(1) if section else "", re.M)]
+        if not any(p.startswith("meson==") for p in pins):
+            pins.append("meson>=1.5,<1.6")
+        say(f"qemu {version}: a build venv with {', '.join(pins)} (pip)")
+        venv = work / "venv"
+        run([sys.executable, "-m", "venv", str(venv)], "python -m venv")
+        run([str(venv / "bin/python"), "-m", "pip", "install", "-q", *pins], "pip install " + " ".join(pins))
+        build = work / "build"
+        build.mkdir()
+        say(f"qemu {version}: configuring and building qemu-aarch64 with plugins ({jobs} job(s), a few minutes)")
+        run([str(tree / "configure"), f"--python={venv / 'bin/python'}", "--target-list=aarch64-linux-user",
+             "--without-default-features", "--enable-plugins", "--disable-docs", "--disable-werror",
+             "--disable-debug-info", "--disable-install-blobs"], "qemu's configure", cwd=build)
+        run(["ninja", "-j", str(jobs), "qemu-aarch64"], "building qemu-aarch64", cwd=build)
+        dest = cache_dir() / f"qemu-plugins-{version}"
+        _install_atomically(build / "qemu-aarch64", dest / "qemu-aarch64")
+        _install_atomically(tree / "include/qemu/qemu-plugin.h", dest / "qemu-plugin.h")
+    found = _plugins_in(dest)
+    if found is None or not qemu_has_plugins(found.qemu):
+        raise DeployError(f"the qemu-aarch64 built in {dest} does not accept -plugin. {hint}")
+    say(f"qemu-aarch64 {version} with plugins cached in {dest}")
+    return found

@@ -68,12 +68,13 @@ class RunnerSession:
         sysroot: qemu's ``-L`` (the target's dynamic loader and libc), default /usr/aarch64-linux-gnu.
         threads: the runner's ``--threads`` (None: its default, all CPUs).
         timeout: seconds one runner invocation may take.
+        qemu_args: more qemu options, before the program (e.g. ``-plugin lib.so``).
     """
 
     def __init__(self, model: bytes | str | os.PathLike, *, runner: str | os.PathLike, ops: str | os.PathLike,
                  ort: str | os.PathLike | None = None, qemu: str | os.PathLike | None = None, cpu: str | None = None,
                  sysroot: str | os.PathLike | None = None, threads: int | None = None, timeout: float = 3600.0,
-                 workdir: str | os.PathLike | None = None):
+                 workdir: str | os.PathLike | None = None, qemu_args: Sequence[str] = ()):
         import onnx
 
         self._tmp = tempfile.TemporaryDirectory(prefix="qexport-run-", dir=workdir)
@@ -99,7 +100,7 @@ class RunnerSession:
                 raise DeployError(f"{root} holds no lib/ld-linux-aarch64.so.1 (the aarch64 C library qemu needs): "
                                   "install it with `apt-get install g++-aarch64-linux-gnu` (it brings libc6-arm64-cross "
                                   "and libstdc++6-arm64-cross)")
-            self.prefix = [str(qemu), *(["-cpu", cpu] if cpu else []), "-L", str(root)]
+            self.prefix = [str(qemu), *(["-cpu", cpu] if cpu else []), "-L", str(root), *qemu_args]
         self.cpu = cpu
         self.last_stdout = ""
         self.last_stderr = ""  # e.g. the kernel-path lines of QEXPORT_KERNEL_TRACE=1
