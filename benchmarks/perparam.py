@@ -73,7 +73,7 @@ def run_one(args, fmt: str, seed: int, out: Path) -> dict:
                     "overrides": [["features.0.0", edges], ["fc", edges]]},
         output=str(ckpt), resume=True, progress=args.progress, limit_train=args.limit_train,
         limit_test=args.limit_test, perparam_rounds=args.rounds, perparam_steps=args.steps,
-        perparam_tolerance=args.tolerance))
+        perparam_tolerance=args.tolerance, perparam_growth=args.growth))
     model = build_model_from_checkpoint(load_checkpoint(ckpt)).eval()
     xte, yte = load_dataset("fashion-mnist", "test")
     if args.limit_test:
@@ -84,7 +84,7 @@ def run_one(args, fmt: str, seed: int, out: Path) -> dict:
     top1 = onnx_top1(path, xte, yte)
     layers = layer_stats(model)
     pp = metrics["perparam"]
-    rec = {"name": name, "format": fmt, "steps": args.steps, "rounds_max": args.rounds, "tolerance": args.tolerance, "top_bits": TOP[fmt], "act_bits": args.act_bits, "seed": seed,
+    rec = {"name": name, "format": fmt, "steps": args.steps, "growth": args.growth, "rounds_max": args.rounds, "tolerance": args.tolerance, "top_bits": TOP[fmt], "act_bits": args.act_bits, "seed": seed,
            "onnx_path": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
            "onnx_bytes": path.stat().st_size, "float_onnx_bytes": FLOAT_ONNX.stat().st_size,
            "onnx_top1": top1, "test_samples": int(len(xte)),
@@ -162,7 +162,8 @@ def markdown(records: list[dict]) -> str:
              "| model | settings | top-1 | file bytes | compression | bits/weight | pruned | codes (rANS) | fixed-width | widths+codes |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["format"], r["seed"])):
-        settings = (f"{r['act_bits']}-bit acts, tolerance {r.get('tolerance', 0.5)}, {r.get('steps', 200)} steps/round")
+        settings = (f"{r['act_bits']}-bit acts, tolerance {r.get('tolerance', 0.5)}, {r.get('steps', 200)} steps/round, "
+                    f"eps x{r.get('growth', 4.0):g}")
         lines.append(f"| {r['name']} | {settings} | {100 * r['onnx_top1']:.2f}% | {r['onnx_bytes']:,} | {r['ratio']:.1f}x | "
                      f"{r['mean_bits']:.2f} | {100 * r['pruned']:.1f}% | {r['stream_bytes']:,} | "
                      f"{r['fixed_width_bytes']:,} | {r['widths_then_codes_bytes']:,} |")
@@ -188,6 +189,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--tolerance", type=float, default=0.5)
+    ap.add_argument("--growth", type=float, default=4.0, help="eps factor per kept round")
     ap.add_argument("--act-bits", type=int, default=4)
     ap.add_argument("--limit-train", type=int, default=None)
     ap.add_argument("--limit-test", type=int, default=None)
