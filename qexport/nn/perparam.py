@@ -220,6 +220,7 @@ def adapt(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
     sens = sensitivities(model, x_train, y_train, sens_batches, batch_size, seed)
     eps = eps_for_mean_width(model, sens, top - 2.0 if top > 4 else top - 1.0)
     last_ok: float | None = None
+    failed: float | None = None  # the smallest budget that broke the tolerance
     retried = False
     r = 0
     while r < rounds:
@@ -241,8 +242,13 @@ def adapt(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
         if ok:
             accepted, last_ok, retried = copy.deepcopy(model.state_dict()), eps, False
             eps *= growth
+            if failed is not None and eps >= failed:  # never again at or beyond a budget that broke it
+                eps = math.sqrt(last_ok * failed)
+                if eps < 1.1 * last_ok:
+                    break
         else:
             model.load_state_dict(accepted)
+            failed = eps if failed is None else min(failed, eps)
             if retried:
                 break
             # one more try halfway (log scale) to the last kept budget, or a step back before any
