@@ -55,7 +55,7 @@ def run_one(args, fmt: str, seed: int, out: Path) -> dict:
 
     from qexport.checkpoint import build_model_from_checkpoint, load_checkpoint
     from qexport.export import export_onnx
-    from qexport.nn.perparam import layer_stats
+    from qexport.nn.perparam import layer_stats, totals
     from qexport.train import TrainConfig, train
 
     torch.set_num_threads(1)
@@ -89,13 +89,7 @@ def run_one(args, fmt: str, seed: int, out: Path) -> dict:
            "onnx_bytes": path.stat().st_size, "float_onnx_bytes": FLOAT_ONNX.stat().st_size,
            "onnx_top1": top1, "test_samples": int(len(xte)),
            "ratio": FLOAT_ONNX.stat().st_size / path.stat().st_size,
-           "weights": sum(s["weights"] for s in layers.values()),
-           "mean_bits": sum(s["mean_bits"] * s["weights"] for s in layers.values()) / sum(s["weights"] for s in layers.values()),
-           "pruned": sum(s["pruned"] * s["weights"] for s in layers.values()) / sum(s["weights"] for s in layers.values()),
-           "stream_bytes": sum(s["stream_bytes"] for s in layers.values()),
-           "fixed_width_bytes": sum(s["fixed_width_bytes"] for s in layers.values()),
-           "widths_then_codes_bytes": sum(s["widths_then_codes_bytes"] for s in layers.values()),
-           "entropy_bytes": sum(s["entropy_bytes"] for s in layers.values()),
+           **totals(layers),
            "layers": layers, "rounds": pp["rounds"], "reference_val_acc": pp["reference_acc"],
            "rounds_val_acc": pp["val_acc"], "final_torch_top1": metrics["final_test_acc"],
            "seconds": round(time.perf_counter() - t0, 1)}

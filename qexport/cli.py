@@ -269,14 +269,8 @@ def inspect(
     for col in ("layer", "op", "weights", "bits", "act", "params", "codes (B)", "scales/bias/adapter (B)"):
         table.add_column(col, justify="right" if col in ("params", "codes (B)", "scales/bias/adapter (B)") else "left")
     for layer in info.layers:
-        bits = (next(iter(layer.bits)) if len(layer.bits) == 1 else
-                f"{layer.mean_bits:.2f} avg (" + ", ".join(f"{c}x{b}" for b, c in layer.bits.items()) + ")")
-        if layer.param_bits is not None:  # a width per weight: the histogram of bits per parameter
-            total = sum(layer.param_bits.values())
-            bits = f"{layer.mean_bits:.2f} avg per weight (" + ", ".join(
-                f"{b}b {100 * c / total:.0f}%" for b, c in layer.param_bits.items()) + ")"
         adapter = f" (adapter {layer.adapter_params:,} params)" if layer.adapter_params else ""
-        table.add_row(layer.name, layer.op, layer.weights, bits, f"{layer.act} {layer.act_bits}b", f"{layer.params:,}",
+        table.add_row(layer.name, layer.op, layer.weights, layer.bits_text, f"{layer.act} {layer.act_bits}b", f"{layer.params:,}",
                       f"{layer.weight_bytes:,}", f"{layer.other_bytes:,}{adapter}")
     out.print(table)
     t = info.totals()

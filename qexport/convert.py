@@ -20,6 +20,7 @@ from .nn.fit import FitOptions, fit
 from .nn.mixed import DEFAULT_CHOICES, Budget, allocate, bits_summary, code_bytes
 from .quant.config import QuantConfig
 from .validate import ParityReport, Tolerances, check_parity, top1
+from .validate.steps import sqnr_db
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def fidelity(model: nn.Module, reference: nn.Module, x: np.ndarray, batch_size: 
             agree += int((a.argmax(1) == b.argmax(1)).sum())
         sq_ref += float((b ** 2).sum())
         sq_err += float(((a - b) ** 2).sum())
-    sqnr = None if sq_err == 0 else float(10 * np.log10(max(sq_ref, 1e-300) / sq_err))
+    sqnr = None if sq_err == 0 else sqnr_db(sq_ref, sq_err)
     return {"samples": int(len(x)), "top1_agreement": agree / max(1, len(x)), "sqnr_db": sqnr}
 
 

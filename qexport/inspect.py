@@ -43,6 +43,17 @@ class LayerInfo:
         total = sum(hist.values())
         return sum(int(b) * c for b, c in hist.items()) / total if total else 0.0
 
+    @property
+    def bits_text(self) -> str:
+        """One width; or the mean and the histogram (per channel, or per weight for per-parameter formats)."""
+        if self.param_bits is not None:
+            total = sum(self.param_bits.values())
+            return f"{self.mean_bits:.2f} avg per weight (" + ", ".join(
+                f"{b}b {100 * c / total:.0f}%" for b, c in self.param_bits.items()) + ")"
+        if len(self.bits) == 1:
+            return next(iter(self.bits))
+        return f"{self.mean_bits:.2f} avg (" + ", ".join(f"{c}x{b}" for b, c in self.bits.items()) + ")"
+
 
 @dataclass
 class ModelInfo:

@@ -28,7 +28,7 @@ import torch
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 from .inspect import LayerInfo, ModelInfo, inspect_model
 from .validate import ParityReport, Tolerances
-from .validate.steps import spread
+from .validate.steps import spread, sqnr_db
 
 __all__ = ["LayerStats", "ReportData", "ReportInputs", "build_report", "layer_stats", "measure", "prepare",
            "render_html", "write_report_html"]
@@ -64,11 +64,6 @@ class ReportData:
     @property
     def passed(self) -> bool:
         return self.parity.passed
-
-
-def sqnr_db(signal_sq: float, error_sq: float) -> float:
-    """10 log10(sum x^2 / sum (x - q)^2); inf when there is no error."""
-    return math.inf if error_sq == 0 else 10 * math.log10(max(signal_sq, 1e-300) / error_sq)
 
 
 def _load_quantized(checkpoint) -> tuple[dict, torch.nn.Module]:
@@ -355,17 +350,6 @@ def _table(head: list[str] | None, rows: list[list[str]], numeric: set[int] = fr
     return "\n".join(out) + "</table>"
 
 
-def _bits_text(layer: LayerInfo) -> str:
-    """As ``qexport inspect`` shows them: one width, or the mean and the histogram."""
-    if layer.param_bits is not None:
-        total = sum(layer.param_bits.values())
-        return f"{layer.mean_bits:.2f} avg per weight (" + ", ".join(
-            f"{b}b {100 * c / total:.0f}%" for b, c in layer.param_bits.items()) + ")"
-    if len(layer.bits) == 1:
-        return next(iter(layer.bits))
-    return f"{layer.mean_bits:.2f} avg (" + ", ".join(f"{c}x{b}" for b, c in layer.bits.items()) + ")"
-
-
 def _header(d: ReportData) -> str:
     from . import __version__
 
@@ -406,7 +390,7 @@ def _layers_section(d: ReportData) -> str:
     rows = []
     for layer in d.info.layers:
         s = d.layers.get(layer.name)
-        rows.append([_e(layer.name), _e(layer.op), _e(layer.weights), _e(_bits_text(layer)),
+        rows.append([_e(layer.name), _e(layer.op), _e(layer.weights), _e(layer.bits_text),
                      f"{_e(layer.act)} {layer.act_bits}b", f"{layer.params:,}",
                      _db(s.weight_sqnr_db) if s else "n/a", _db(s.weight_sqnr_min_db) if s else "n/a",
                      _db(s.act_sqnr_db) if s else "n/a"])

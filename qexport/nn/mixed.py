@@ -283,13 +283,11 @@ def code_bytes(model: nn.Module) -> int:
     total = 0
     for layer in quant_layers(model).values():
         q = layer.weight_quant
-        if codecs.get(q.fmt).variable_length:
-            w_int, _ = q.integer_weights(layer.weight)
-            total += int(R.pack_weights(w_int, q.fmt, q.bits).size)
-            continue
-        per = layer.weight[0].numel()
-        total += (per * sum(q.channel_bits) + 7) // 8
-    return int(total)
+        size = codecs.get(q.fmt).packed_length(np.array(q.channel_bits), layer.weight[0].numel())
+        if size is None:  # variable length: known only from the weights
+            size = R.pack_weights(q.integer_weights(layer.weight)[0], q.fmt, q.bits).size
+        total += int(size)
+    return total
 
 
 def bits_summary(model: nn.Module) -> dict[str, dict]:

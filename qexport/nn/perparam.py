@@ -31,9 +31,10 @@ from torch import nn
 
 from ..quant.perparam import PerParamWeightQuantizer
 from ..spec import reference as R
+from ..spec import codecs
 from ..spec.codecs import rans
 
-__all__ = ["perparam_layers", "sensitivities", "assign", "layer_stats", "adapt"]
+__all__ = ["perparam_layers", "sensitivities", "assign", "layer_stats", "totals", "adapt"]
 
 
 def perparam_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -141,28 +142,32 @@ def layer_stats(model: nn.Module) -> dict[str, dict]:
         needed = q.codec.param_bits(w_int, q.top)
         values, counts = np.unique(needed, return_counts=True)
         hist = {int(b): int(c) for b, c in zip(values, counts)}
-        p = counts / counts.sum()
-        widths_then_codes = (float(needed.sum()) + float(-(counts * np.log2(p)).sum())) / 8
+        widths_then_codes = (float(needed.sum()) + rans.ideal_bits(needed)) / 8
         stream = R.pack_weights(w_int, q.fmt, q.top)
         out[name] = {"format": q.fmt, "top_bits": q.top, "weights": int(w_int.size),
                      "mean_bits": float(needed.mean()), "pruned": float((w_int == 0).mean()),
                      "bits_histogram": hist, "stream_bytes": int(stream.size),
-                     "fixed_width_bytes": (int(w_int.size) * q.top + 7) // 8,
+                     "fixed_width_bytes": codecs.fixed_width_length(np.array([q.top]), w_int.size),
                      "widths_then_codes_bytes": int(math.ceil(widths_then_codes)),
                      "entropy_bytes": int(math.ceil(rans.ideal_bits(w_int) / 8))}
     return out
 
 
-def _totals(stats: dict[str, dict]) -> dict:
+def totals(stats: dict[str, dict]) -> dict:
+    """The model's figures from ``layer_stats``: weights, mean bits and pruned share (weighted by
+    the layers' sizes), and every byte count summed."""
     n = sum(s["weights"] for s in stats.values())
-    return {"weights": n, "mean_bits": sum(s["mean_bits"] * s["weights"] for s in stats.values()) / max(1, n),
-            "pruned": sum(s["pruned"] * s["weights"] for s in stats.values()) / max(1, n),
-            "stream_bytes": sum(s["stream_bytes"] for s in stats.values()),
-            "widths_then_codes_bytes": sum(s["widths_then_codes_bytes"] for s in stats.values())}
+    out = {"weights": n, "mean_bits": sum(s["mean_bits"] * s["weights"] for s in stats.values()) / max(1, n),
+           "pruned": sum(s["pruned"] * s["weights"] for s in stats.values()) / max(1, n)}
+    for key in ("stream_bytes", "fixed_width_bytes", "widths_then_codes_bytes", "entropy_bytes"):
+        out[key] = sum(s[key] for s in stats.values())
+    return out
 
 
 def _finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, batch_size: int,
               gen: torch.Generator) -> float:
+    from ..train.loop import lr_factor
+
     # Cosine to 0 within the round: the round ends settled, so its accuracy is the widths', not a
     # point mid-way through SGD's noise at a constant rate.
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9)
@@ -170,7 +175,7 @@ def _finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr
     total = 0.0
     for step, idx in enumerate(_batches(len(x), batch_size, steps, gen)):
         for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+            group["lr"] = lr * lr_factor("cosine", step, steps)
         opt.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x[idx]), y[idx])
         loss.backward()
@@ -213,7 +218,7 @@ def adapt(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
     else:
         record_ref_note = None
     record = {"reference_acc": ref, "float_reference_acc": record_ref_note, "tolerance": tolerance, "growth": growth, "steps": steps,
-              "start": {"val_acc": acc0, "train_loss": loss, **_totals(layer_stats(model))}, "rounds": []}
+              "start": {"val_acc": acc0, "train_loss": loss, **totals(layer_stats(model))}, "rounds": []}
     log(f"per-parameter precision: start {acc0:.2f}% (reference {ref:.2f}%, tolerance {tolerance:.2f} points)")
     top = max(m.weight_quant.top for m in layers.values())
     accepted = copy.deepcopy(model.state_dict())
@@ -235,7 +240,7 @@ def adapt(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
             acc, extra = val_acc(), steps
             ok = acc >= ref - tolerance
         row = {"round": r, "eps": eps, "val_acc": acc, "train_loss": loss, "accepted": ok, "extra_steps": extra,
-               **_totals(layer_stats(model))}
+               **totals(layer_stats(model))}
         record["rounds"].append(row)
         log(f"round {r}: eps {eps:.3g}, {row['mean_bits']:.2f} bits/weight, {100 * row['pruned']:.1f}% pruned, "
             f"{row['stream_bytes']} B of codes, val {acc:.2f}% -> {'kept' if ok else 'undone'}")
@@ -256,5 +261,5 @@ def adapt(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val:
         sens = sensitivities(model, x_train, y_train, sens_batches, batch_size, seed + r)
     model.eval()
     final = layer_stats(model)
-    record.update(final=_totals(final), layers=final, val_acc=val_acc(), time_s=time.perf_counter() - t0)
+    record.update(final=totals(final), layers=final, val_acc=val_acc(), time_s=time.perf_counter() - t0)
     return record

@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-METHODS = ("float", "lsq", "asq", "lsq+pot", "lsq+post", "asq+pot", "asq+post",
-           "lsq+perparam", "asq+perparam", "lsq+perparam_post", "asq+perparam_post")
+from ..quant.config import METHODS as QUANT_METHODS
+
+METHODS = ("float",) + QUANT_METHODS  # float training, or one of QuantConfig's methods
 DEFAULT_ARCH = "small_cnn"
 SCHEDULES = ("cosine", "linear", "constant")
 # Fields that change how a run is shown or kept, not what it computes: a --resume may differ in them.

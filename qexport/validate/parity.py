@@ -26,7 +26,7 @@ from torch import nn
 from ..lower.description import IntegerModel
 from ..lower.modules import deploy_layers, to_deploy
 from ..spec import reference as R
-from .steps import asq_scale_outputs, spread
+from .steps import asq_scale_outputs, spread, sqnr_db
 
 
 @dataclass
@@ -80,7 +80,7 @@ class OutputCompare:
         self.count += ref.shape[0]
 
     def summary(self) -> dict:
-        sqnr = math.inf if self.sq_err == 0 else 10 * math.log10(max(self.sq_ref, 1e-300) / self.sq_err)
+        sqnr = sqnr_db(self.sq_ref, self.sq_err)
         return {"max_abs_err": self.max_abs, "max_rel_err": self.max_abs / self.max_ref if self.max_ref else 0.0,
                 "top1_agreement": self.agree / self.count if self.count else 1.0, "sqnr_db": sqnr}
 

@@ -7,6 +7,7 @@ and the ``Q_scale`` output of every fused conv whose quantizer is ASQ).
 """
 from __future__ import annotations
 
+import math
 import numpy as np
 import onnx
 import torch
@@ -14,6 +15,11 @@ from torch import nn
 
 from ..export.passes import FUSED_QUANTIZE_KEY
 from ..spec import reference as R
+
+
+def sqnr_db(signal_sq: float, error_sq: float) -> float:
+    """10 log10(sum x^2 / sum (x - q)^2) from the two sums; inf when there is no error."""
+    return math.inf if error_sq == 0 else 10 * math.log10(max(signal_sq, 1e-300) / error_sq)
 
 
 def spread(values: np.ndarray, against: np.ndarray | None = None) -> dict:
