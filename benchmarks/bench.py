@@ -28,7 +28,8 @@ instruction count of one inference of the same models under qemu-aarch64 with a 
 (benchmarks/arm_icount.py: qexport's neon and dotprod paths against ONNX Runtime's aarch64 float and
 int8 paths; a proxy, not time), stores it under ``arm_icount`` in performance.json and rewrites
 docs/performance.md from that file: the x86 sections come out as they were, with the ARM section
-added. A later x86 run keeps the ``arm_icount`` it finds in performance.json.
+added. A later x86 run keeps the ``arm_icount`` it finds in performance.json, and the
+``convert_scale`` section that benchmarks/convert_scale.py measures (convert time and memory).
 
 Usage:
   python benchmarks/bench.py                  # build what is missing, wait for a quiet machine, measure
@@ -405,6 +406,10 @@ def write_markdown(doc: Path, result: dict) -> None:
 
         lines += arm_markdown({**result["arm_icount"], "notes": ARM_NOTES},
                               {n: spec["title"] for n, spec in NETWORKS.items()})
+    if result.get("convert_scale"):
+        from convert_scale import markdown as convert_markdown
+
+        lines += convert_markdown(result["convert_scale"])
     doc.parent.mkdir(parents=True, exist_ok=True)
     tmp = doc.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")
@@ -504,10 +509,11 @@ def main() -> int:
                    for net, ps in paths.items()},
     }
     old = args.out / "performance.json"
-    if old.is_file():  # the ARM section is measured by --arm-icount alone: keep it
-        arm = json.loads(old.read_text()).get("arm_icount")
-        if arm:
-            result["arm_icount"] = arm
+    if old.is_file():  # measured by --arm-icount and convert_scale.py alone: keep them
+        previous = json.loads(old.read_text())
+        for key in ("arm_icount", "convert_scale"):
+            if previous.get(key):
+                result[key] = previous[key]
     write_results(args.out, args.doc, result)
     return 0
 

@@ -341,9 +341,18 @@ def report(
         raise typer.Exit(1)
 
 
+def _fit_options(steps: int | None, batch: int | None):
+    """The user's fit options, or None: convert sizes the fit to the model (``plan_work``)."""
+    from . import FitOptions
+
+    if steps is None and batch is None:
+        return None
+    return FitOptions(**({} if steps is None else {"steps": steps}), **({} if batch is None else {"batch_size": batch}))
+
+
 @app.command()
 def convert(
-    model: Path = typer.Argument(..., help="A qexport checkpoint (float or quantized), a state dict (with --arch), or a pickled nn.Module (with --trust-pickle)."),
+    model: Path = typer.Argument(..., help="A qexport checkpoint (float or quantized), a torch.export program (.pt2, no model code needed), a state dict (with --arch), or a pickled nn.Module (with --trust-pickle)."),
     bits: Optional[int] = typer.Option(None, "--bits", "-b", help="Weight bit-width of the body layers (default 4; POST/POT: 2..4)."),
     method: Optional[str] = typer.Option(None, "--method", "-m", help="lsq, asq, lsq+pot, lsq+post, asq+pot, asq+post (default asq+post)."),
     act_bits: Optional[int] = typer.Option(None, "--act-bits", help="Activation bit-width of the body layers (default: --bits)."),
@@ -354,8 +363,8 @@ def convert(
     data: str = typer.Option("samples", "--data", help=DATA_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
     calib_samples: int = typer.Option(512, "--calib-samples", help="Samples used to calibrate and fit a float model (the rest of --data, or else its last eighth, measures fidelity)."),
-    fit_steps: Optional[int] = typer.Option(None, "--fit-steps", help="Steps of the post-training fit to the float model (steps, adapters, scales, weight rounding); 0 skips it. Default 200 (or $QEXPORT_FIT_STEPS)."),
-    fit_batch: int = typer.Option(32, "--fit-batch-size", help="Samples per fitting step."),
+    fit_steps: Optional[int] = typer.Option(None, "--fit-steps", help="Steps of the post-training fit to the float model (steps, adapters, scales, weight rounding); 0 skips it. Default 200 (or $QEXPORT_FIT_STEPS), fewer for large models (see docs/design.md, 'Work budget')."),
+    fit_batch: Optional[int] = typer.Option(None, "--fit-batch-size", help="Samples per fitting step (default 32, fewer for large models)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow loading a pickled nn.Module (runs code from the file: only for files you trust)."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check parity with PyTorch after export (default on)."),
     max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
@@ -369,12 +378,10 @@ def convert(
     """Quantize (if float) and export a model to ONNX with ai.qexport ops (or standard ONNX with --format qdq), then check parity."""
     from . import CheckpointError, ConvertError, ExportError, convert_model as run
 
-    from . import FitOptions
-
     method = _method(method)
     export_format = _check_format(export_format)
     _check_bits(bits)
-    if calib_samples < 1 or (fit_steps is not None and fit_steps < 0) or fit_batch < 1:
+    if calib_samples < 1 or (fit_steps is not None and fit_steps < 0) or (fit_batch is not None and fit_batch < 1):
         _fail("--calib-samples and --fit-batch-size must be >= 1, --fit-steps >= 0")
     overrides = _overrides(override)
     x, y = _load_data(data, limit)
@@ -384,7 +391,7 @@ def convert(
                          first_last_bits=first_last_bits or None, arch=arch, trust_pickle=trust_pickle,
                          calib_samples=calib_samples, validate=validate, data_name=data,
                          tolerances=_tolerances(max_mismatch_rate, min_agreement),
-                         fit_options=FitOptions(batch_size=fit_batch, **({} if fit_steps is None else {"steps": fit_steps})),
+                         fit_options=_fit_options(fit_steps, fit_batch),
                          overrides=overrides, export_format=export_format,
                          mixed=_mixed_options(size_budget, bit_choices, granularity), validate_progress=advance,
                          module_path=tuple(str(p) for p in module_path or ()),
@@ -428,7 +435,7 @@ def validate(
     data: str = typer.Option("samples", "--data", help=DATA_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the report as JSON here."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per ONNX run (default 128; --target aarch64: all at once, one emulator start per CPU)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per ONNX run (default 128, fewer for large inputs; --target aarch64: all at once, one emulator start per CPU)."),
     max_mismatch_rate: float = typer.Option(0.0, "--max-code-mismatch-rate", help="Per-layer fraction of activation codes allowed to differ."),
     min_agreement: float = typer.Option(1.0, "--min-top1-agreement", help="Minimum top-1 agreement with PyTorch."),
     target: str = typer.Option("x86_64", "--target", help="x86_64: ONNX Runtime in this process; aarch64: the aarch64 qexport-run runner and op library under qemu-aarch64 (docs/deploy-arm.md)."),
@@ -475,10 +482,13 @@ def validate(
             if qdq:
                 from . import check_qdq_parity
 
-                result = check_qdq_parity(qmodel, proto, x, y, batch_size=batch_size or 128, threads=threads,
+                from .validate.parity import parity_batch_size
+
+                result = check_qdq_parity(qmodel, proto, x, y, batch_size=batch_size or parity_batch_size(qmodel, x),
+                                          threads=threads,
                                           tolerances=_tolerances(max_mismatch_rate, min_agreement), progress=advance)
             else:
-                result = check_parity(qmodel, proto, x, y, batch_size=batch_size or 128,
+                result = check_parity(qmodel, proto, x, y, batch_size=batch_size,
                                       tolerances=_tolerances(max_mismatch_rate, min_agreement),
                                       session_factory=lambda data_: make_session(data_, threads), progress=advance)
     except ValueError as exc:

@@ -46,3 +46,16 @@ def atomic_save(path: str | os.PathLike, save: Callable[[Path], None]) -> None:
     """Run ``save(tmp_path)`` and atomically move the result to ``path``."""
     with atomic_path(path) as tmp:
         save(tmp)
+
+
+# Input values per batch when a whole model runs on many samples (calibration, fidelity, step
+# statistics): 4M floats is 27 images of 3x224x224, and every Fashion-MNIST batch stays whole.
+BATCH_INPUT_VALUES = 4 << 20
+
+
+def batch_size_for(x, limit: int) -> int:
+    """``limit``, or fewer samples per batch when ``x``'s samples are large (``BATCH_INPUT_VALUES``)."""
+    per_sample = 1
+    for d in x.shape[1:]:
+        per_sample *= int(d)
+    return int(max(1, min(limit, BATCH_INPUT_VALUES // max(1, per_sample))))

@@ -6,6 +6,6 @@ Example:
 """
 from .common import BasicBlock, ConvBNReLU, Normalize
 from .registry import MODELS, build_model, default_arch_args, register_model
-from . import resnet, small_cnn  # noqa: F401  (fill the registry)
+from . import mobilenet, resnet, small_cnn  # noqa: F401  (fill the registry)
 
 __all__ = ["MODELS", "build_model", "default_arch_args", "register_model", "Normalize", "ConvBNReLU", "BasicBlock"]

@@ -6,6 +6,7 @@ ops on tensors that are reused, no data-dependent control flow (fx and torch.exp
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -54,11 +55,12 @@ def channel_stats(mean: Sequence[float], std: Sequence[float], in_channels: int)
 
 
 class ConvBNReLU(nn.Sequential):
-    """Conv2d(bias=False) -> BatchNorm2d -> ReLU (ReLU optional)."""
+    """Conv2d(bias=False) -> BatchNorm2d -> ReLU (ReLU optional; ``groups`` = cin: depthwise)."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, relu: bool = True) -> None:
+    def __init__(self, cin: int, cout: int, kernel_size: int = 3, stride: int = 1, relu: bool = True,
+                 groups: int = 1) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+            nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups, bias=False),
             nn.BatchNorm2d(cout),
         ]
         if relu:
@@ -107,18 +109,19 @@ def init_weights(model: nn.Module, zero_init_residual: bool = False) -> None:
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Multiply-accumulates of one forward pass of ``model`` on ``x``, per sample: every Conv2d
-    (output positions x input channels per group x kernel area x output channels) and Linear."""
+    """Multiply-accumulates of one forward pass of ``model`` on ``x``, per sample: every Conv1d/2d
+    (output positions x input channels per group x kernel size x output channels) and Linear
+    (per output row: an MLP on (N, T, F) counts every T)."""
     total = 0
 
     def hook(m: nn.Module, inp, out) -> None:
         nonlocal total
-        if isinstance(m, nn.Conv2d):
-            total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * math.prod(m.kernel_size)
         elif isinstance(m, nn.Linear):
-            total += m.in_features * m.out_features
+            total += out.numel() // out.shape[0] * m.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
             model.eval()(x)

@@ -213,6 +213,10 @@ class WeightQuantizer(nn.Module):
         """v = w / scale (clamped to the grid's range) -> (level value, integer weight)."""
         raise NotImplementedError
 
+    def level(self, v: torch.Tensor, bits: int) -> torch.Tensor:
+        """The level value of ``project`` alone (what the forward pass needs)."""
+        return self.project(v, bits)[0]
+
     def clamp_range(self, bits: int) -> tuple[float, float]:
         raise NotImplementedError
 
@@ -225,10 +229,31 @@ class WeightQuantizer(nn.Module):
         shape = (-1,) + (1,) * (w.dim() - 1)
         s = grad_scale(s, self.grad_factor(w, bits)).reshape(shape)
         v = torch.clamp(w / s, lo, hi)
-        level, _ = self.project(v.detach(), bits)
+        level = self.level(v.detach(), bits)
         return (v + (level - v).detach()) * s
 
+    def _cache_key(self, w: torch.Tensor) -> tuple:
+        """Changes whenever the quantized weight could: the latent weight, this quantizer's
+        parameters and buffers (in place or replaced) and its bit-widths. The cache holds the
+        tensors themselves too, so that a replaced one cannot free its id for a newcomer."""
+        tensors = (w, *self.parameters(), *self.buffers())
+        state = tuple((id(t), t._version, t.data_ptr()) for t in tensors)
+        return (state, tuple(self.channel_bits))
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or not bool(self.initialized):
+            self._cached = None
+            return self._forward(w)
+        # Without gradients (calibration passes, evaluation, parity) the same weights are
+        # quantized batch after batch: keep the result until something it depends on changes.
+        key = self._cache_key(w)
+        cached = getattr(self, "_cached", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self._forward(w), (w, *self.parameters(), *self.buffers()))
+            self._cached = cached
+        return cached[1]
+
+    def _forward(self, w: torch.Tensor) -> torch.Tensor:
         if not bool(self.initialized):
             self.init_from(w)
         groups = self.groups(w.device)
@@ -267,7 +292,7 @@ class WeightQuantizer(nn.Module):
             best_err = torch.full_like(amax, math.inf)
             for t in torch.linspace(0.2, 1.0, points).tolist():
                 s = amax * t / hi
-                level, _ = self.project(torch.clamp(flat / s[:, None], lo, hi), bits)
+                level = self.level(torch.clamp(flat / s[:, None], lo, hi), bits)
                 err = ((level * s[:, None] - flat) ** 2).mean(dim=1)
                 better = err < best_err
                 best = torch.where(better, s, best)

@@ -44,5 +44,9 @@ class LevelWeightQuantizer(WeightQuantizer):
         sign = torch.sign(v)
         return sign * levels.to(v.dtype)[idx], sign.to(torch.int64) * ints[idx]
 
+    def level(self, v: torch.Tensor, bits: int) -> torch.Tensor:
+        _, levels, mids = self._table(bits, v.device)
+        return torch.sign(v) * levels.to(v.dtype)[torch.bucketize(v.abs(), mids.to(v.dtype))]
+
     def integer_scale(self, bits: int) -> float:
         return float(self._table(bits, torch.device("cpu"))[0][-1])

@@ -369,6 +369,15 @@ def _check_act(codes: np.ndarray, act_bits: int, act_zero_point: int) -> np.ndar
     return codes.astype(np.float64) - act_zero_point
 
 
+def _gemm_dtype(act_bits: int, act_zero_point: int, w_rows: np.ndarray) -> type:
+    """float32 when every product and partial sum of the integer GEMM is an integer below 2^24
+    (then any summation order gives the exact sum, in half the time and memory), else float64
+    (exact below 2^53: always, for these bit-widths). ``w_rows``: (rows, K) integer weights."""
+    amax = max(act_zero_point, 2**act_bits - 1 - act_zero_point)
+    bound = amax * float(np.abs(w_rows).sum(axis=-1).max(initial=0.0))
+    return np.float32 if bound < 2**24 else np.float64
+
+
 def _epilogue(acc: np.ndarray, x_scale: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
     n, o = acc.shape[:2]
     x_scale = np.asarray(x_scale, dtype=np.float32).reshape(-1)
@@ -407,6 +416,8 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     _check(c == group * cg, f"X has {c} channels, expected group*weight_shape[1] = {group * cg}")
     a = _check_act(codes, act_bits, act_zero_point)
     wq = decode_weights(packed, fmt, bits, weight_shape).astype(np.float64)
+    dtype = _gemm_dtype(act_bits, act_zero_point, wq.reshape(o, -1))
+    a, wq = a.astype(dtype), wq.astype(dtype)
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads
     oh = conv_output_size(h, kh, sh, pt, pb, dh)
     ow = conv_output_size(w, kw, sw, pl, pr, dw)
@@ -415,8 +426,8 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     og = o // group
     wg = wq.reshape(group, og, cg * kh * kw).transpose(0, 2, 1)  # (G, K, Og)
     acc = np.empty((n, o, oh, ow), dtype=np.int64)
-    # Chunk the batch so that the float64 im2col buffer stays near 64 MB.
-    per_sample = max(1, oh * ow * c * kh * kw * 8)
+    # Chunk the batch so that the im2col buffer stays near 64 MB.
+    per_sample = max(1, oh * ow * c * kh * kw * np.dtype(dtype).itemsize)
     chunk = max(1, (64 << 20) // per_sample)
     for start in range(0, n, chunk):
         ap = np.pad(a[start : start + chunk], ((0, 0), (0, 0), (pt, pb), (pl, pr)))
@@ -425,7 +436,7 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
         nb = win.shape[0]
         cols = win.reshape(nb, group, cg, oh, ow, kh, kw).transpose(1, 0, 3, 4, 2, 5, 6)
         cols = cols.reshape(group, nb * oh * ow, cg * kh * kw)
-        # float64 GEMM is exact: every product and partial sum is an integer far below 2^53.
+        # Exact: every product and partial sum is an integer below 2^24 (float32) or 2^53 (float64).
         out = np.matmul(cols, wg)  # (G, nb*OH*OW, Og)
         out = out.reshape(group, nb, oh, ow, og).transpose(1, 0, 4, 2, 3).reshape(nb, o, oh, ow)
         acc[start : start + nb] = out.astype(np.int64)
@@ -444,7 +455,8 @@ def qgemm(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     _check(codes.shape[1] == k, f"X has {codes.shape[1]} features, expected {k}")
     a = _check_act(codes, act_bits, act_zero_point)
     wq = decode_weights(packed, fmt, bits, weight_shape).astype(np.float64)
-    acc = np.matmul(a, wq.T).astype(np.int64)
+    dtype = _gemm_dtype(act_bits, act_zero_point, wq)
+    acc = np.matmul(a.astype(dtype), wq.T.astype(dtype)).astype(np.int64)
     y = _epilogue(acc, x_scale, w_scale, bias, relu)
     return (y, acc) if return_acc else y
 

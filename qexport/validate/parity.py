@@ -208,7 +208,10 @@ def _check_weights(proto: onnx.ModelProto, deploy: nn.Module, description: Integ
 @torch.no_grad()
 def top1(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy of a PyTorch model on (x, y)."""
+    from ..io import batch_size_for
+
     model.eval()
+    batch_size = batch_size_for(x, batch_size)
     correct = 0
     for start in range(0, len(x), batch_size):
         out = model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)))
@@ -296,16 +299,45 @@ def make_report(run: _Run, rows: dict[str, LayerParity], n: int, y: np.ndarray |
     return report
 
 
+# Activation codes held per parity batch (PyTorch's, ONNX Runtime's and their difference: about
+# 8 bytes each): batches shrink for large inputs so that memory stays near 256 MB.
+PARITY_BATCH_CODES = 32 << 20
+
+
+@torch.no_grad()
+def parity_batch_size(model: nn.Module, x: np.ndarray, limit: int = 128) -> int:
+    """Samples per parity batch: ``limit``, or fewer when one sample's activation codes (counted
+    at the quantizers on ``x[:1]``) times ``limit`` exceed ``PARITY_BATCH_CODES``."""
+    from ..quant.base import ActQuantizer
+
+    per_sample = 0
+
+    def count(mod, inp, out) -> None:
+        nonlocal per_sample
+        per_sample += int(inp[0][:1].numel())
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, ActQuantizer)]
+    try:
+        model.eval()(torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(max(1, min(limit, PARITY_BATCH_CODES // max(1, per_sample))))
+
+
 def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = None, *,
-                 session_factory: Callable[[bytes], object] | None = None, batch_size: int = 128,
+                 session_factory: Callable[[bytes], object] | None = None, batch_size: int | None = None,
                  tolerances: Tolerances | None = None, progress: Callable[[int], None] | None = None) -> ParityReport:
-    """Compare the quantized PyTorch model with the ONNX model on inputs ``x`` (labels ``y``)."""
+    """Compare the quantized PyTorch model with the ONNX model on inputs ``x`` (labels ``y``),
+    ``batch_size`` samples at a time (None: ``parity_batch_size``)."""
     from ..runtime import make_session
 
     if len(x) == 0:
         raise ValueError("no samples to compare: x is empty, and parity on zero samples proves nothing")
     tol = tolerances or Tolerances()
     model = model.eval()
+    if batch_size is None:
+        batch_size = parity_batch_size(model, x)
     deploy = to_deploy(model)
     layers = deploy_layers(deploy)
     rows = {name: LayerParity(name, **{k: v for k, v in layer.describe().items()

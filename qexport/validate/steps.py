@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..export.passes import FUSED_QUANTIZE_KEY
+from ..io import batch_size_for
 from ..spec import reference as R
 
 
@@ -117,6 +118,7 @@ def onnx_step_stats(proto: onnx.ModelProto, x: np.ndarray, against: np.ndarray |
             existing.add(q["output"])
     session = (session_factory or make_session)(model.SerializeToString())
     input_name = session.get_inputs()[0].name
+    batch_size = batch_size_for(x, batch_size)
     fetch = [proto.graph.output[0].name] + [q["output"] for q in outputs.values()]
     first, seen = [], {name: [] for name in outputs}
     for start in range(0, len(x), batch_size):

@@ -114,3 +114,40 @@ def test_train_from_a_program_then_convert(tmp_path, samples):
     assert code == 0 and "wrote" in text, text
     code, text = run_cli("convert", tmp_path / "qat.pt", "--limit", "64", "-o", tmp_path / "qat.onnx")
     assert code == 0 and "parity: PASS" in text, text
+
+
+def _conv1d_net() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(4, 16, 5, padding=2), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Conv1d(16, 16, 3, padding=1, groups=16), nn.BatchNorm1d(16), nn.ReLU(),
+                         nn.Conv1d(16, 24, 1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(24, 3))
+
+
+def _mobilenet() -> nn.Module:
+    from qexport.models import build_model
+
+    return build_model("mobilenet_v2_cifar", width_mult=0.25, num_classes=5)
+
+
+@pytest.mark.parametrize("kind, shape, layers", [
+    ("mobilenet", (3, 32, 32), 53),  # depthwise 3x3 convs, inverted residuals, pooled by a module
+    ("mlp", (20,), 3),  # flat (N, features) input
+    ("conv1d", (4, 40), 4),  # (N, C, L) input, a depthwise Conv1d, BatchNorm1d folded
+    ("mean", (3, 12, 12), 2),  # pooled by x.mean((2, 3))
+])
+def test_convert_of_a_program_is_bit_exact_and_reports_coverage(tmp_path, kind, shape, layers):
+    from qexport import FitOptions, convert_model
+
+    torch.manual_seed(0)
+    model = {"mobilenet": _mobilenet, "mean": MeanPoolNet, "conv1d": _conv1d_net,
+             "mlp": lambda: nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3))}[kind]()
+    x = torch.rand(96, *shape)
+    model.train()(x)  # BatchNorm statistics that are not the identity
+    _save_program(model, x[:4], tmp_path / f"{kind}.pt2")
+    result = convert_model(tmp_path / f"{kind}.pt2", x=x.numpy(), output=tmp_path / f"{kind}.onnx", method="asq+post",
+                           bits=4, calib_samples=64, fit_options=FitOptions(steps=3, batch_size=16))
+    report = result.report
+    assert report.passed and report.vs_deploy["sqnr_db"] == float("inf"), report.failures
+    assert len(report.layers) == layers and all(row.mismatches == 0 and row.codes > 0 for row in report.layers)
+    assert result.fidelity["coverage"] == {"layers": layers, "skipped": [], "coverage": 1.0}
+    if kind == "mobilenet":
+        assert sum(1 for row in report.layers if row.op == "QConv") == layers - 1

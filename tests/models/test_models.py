@@ -16,6 +16,8 @@ CASES = {
     "small_cnn": ({}, (2, 1, 28, 28)),
     "resnet20": ({}, (2, 3, 32, 32)),
     "resnet18": ({}, (1, 3, 64, 64)),
+    "mobilenet_v2": ({"width_mult": 0.5}, (1, 3, 64, 64)),
+    "mobilenet_v2_cifar": ({"width_mult": 0.5}, (2, 3, 32, 32)),
 }
 
 
@@ -78,7 +80,7 @@ def test_normalize_first_and_no_inplace_ops(case):
     assert not any(getattr(m, "inplace", False) for m in model.modules())
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "resnet20"])
+@pytest.mark.parametrize("name", ["small_cnn", "resnet20", "mobilenet_v2_cifar"])
 def test_torch_export(name):
     args, shape = CASES[name]
     model = build_model(name, **args).eval()
@@ -97,6 +99,19 @@ def test_resnet_parameter_counts():
     # The reference counts of the published architectures.
     assert sum(p.numel() for p in build_model("resnet18").parameters()) == 11_689_512
     assert sum(p.numel() for p in build_model("resnet20").parameters()) == 272_474
+    assert sum(p.numel() for p in build_model("mobilenet_v2").parameters()) == 3_504_872  # torchvision's
+
+
+def test_mobilenet_v2_blocks():
+    model = build_model("mobilenet_v2_cifar")
+    depthwise = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == 17 and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    # 32x32 in: the stem and the second stage keep the resolution, three stride-2 stages leave 4x4
+    feats = model.features(model.normalize(torch.rand(1, 3, 32, 32)))
+    assert feats.shape == (1, 1280, 4, 4)
+    assert sum(isinstance(m, nn.ReLU6) for m in build_model("mobilenet_v2", relu6=True).modules()) == 35
+    with pytest.raises(ValueError, match="width_mult"):
+        build_model("mobilenet_v2", width_mult=0)
 
 
 def test_arch_args():

@@ -232,3 +232,25 @@ def test_gradient_scale_values():
     assert WEIGHT_QUANTIZERS["post"](4, 2).grad_factor(torch.zeros(2, 3, 3, 3), 4) == pytest.approx(1 / math.sqrt(27 * 7))
     assert WEIGHT_QUANTIZERS["uniform"](2, 2).grad_factor(torch.zeros(2, 8), 2) == pytest.approx(1 / math.sqrt(8 * 1))
     assert WEIGHT_QUANTIZERS["pot"](3, 2).grad_factor(torch.zeros(2, 8), 3) == pytest.approx(1 / math.sqrt(8 * 3))
+
+
+@pytest.mark.parametrize("fmt", ["uniform", "pot", "post"])
+def test_weight_cache_without_gradients_follows_every_change(fmt):
+    """No-grad forwards reuse the quantized weight; any change to what it depends on is seen."""
+    torch.manual_seed(0)
+    q = WEIGHT_QUANTIZERS[fmt](3, 4)
+    w = torch.nn.Parameter(torch.randn(4, 8))
+    q.init_from(w)
+    with torch.no_grad():
+        first = q(w)
+        assert q(w) is first  # cached
+        w.mul_(0.5)  # the latent weight, in place
+        second = q(w)
+        assert not torch.equal(second, first)
+        assert torch.equal(second, q._forward(w))
+        q.param.mul_(2.0)  # the scale, in place
+        assert torch.equal(q(w), q._forward(w)) and not torch.equal(q(w), second)
+        other = torch.randn(4, 8)  # another tensor
+        assert torch.equal(q(other), q._forward(other))
+    grad_out = q(w)  # with gradients: never the cached tensor
+    assert grad_out.requires_grad and grad_out is not q._cached

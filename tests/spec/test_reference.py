@@ -92,6 +92,25 @@ def test_qconv_accumulator_equals_float64_conv(seed):
     assert np.array_equal(y, acc.astype(np.float32))
 
 
+@pytest.mark.parametrize("k, expect_dtype", [(200, np.float32), (600, np.float64)])
+def test_gemm_precision_is_exact_on_both_sides_of_2_24(k, expect_dtype):
+    # 8-bit codes 255 x weights 127: a dot product of 200 stays below 2^24 (float32 GEMM), one of
+    # 600 does not (float64). Odd values make float32 rounding visible if it were used beyond 2^24.
+    rng = np.random.default_rng(k)
+    w_int = rng.choice(np.array([127, -127, 125, 123]), size=(3, k))
+    codes = np.full((2, k), 255, np.uint8)
+    codes[1, ::7] = 1
+    assert R._gemm_dtype(8, 0, w_int) is expect_dtype
+    packed = R.pack_weights(w_int, "uniform", 8)
+    _, acc = R.qgemm(codes, np.ones(2, np.float32), packed, np.ones(3, np.float32), np.zeros(3, np.float32), fmt="uniform",
+                     bits=8, act_bits=8, act_zero_point=0, weight_shape=w_int.shape, return_acc=True)
+    assert np.array_equal(acc, codes.astype(np.int64) @ w_int.T.astype(np.int64))
+    conv_codes = codes.reshape(2, k, 1, 1)
+    _, acc_conv = R.qconv(conv_codes, np.ones(2, np.float32), packed, np.ones(3, np.float32), np.zeros(3, np.float32),
+                          fmt="uniform", bits=8, act_bits=8, act_zero_point=0, weight_shape=(3, k, 1, 1), return_acc=True)
+    assert np.array_equal(acc_conv.reshape(2, 3), acc)
+
+
 def test_epilogue_order_and_relu():
     codes = np.array([[3, 0], [1, 2]], dtype=np.uint8)
     w = R.pack_codes(R.encode_weights(np.array([[1, -2], [3, 1]]), "uniform", 4), 4)

@@ -83,10 +83,10 @@ def unpack_fixed_width(packed: np.ndarray, bits: np.ndarray, k: int) -> np.ndarr
     _check(not stream[total:].any(), "packed weights have non-zero padding bits")
     out = np.empty((len(bits), int(k)), dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(bits * int(k))])
-    for b in np.unique(bits):
-        for o in np.nonzero(bits == b)[0]:
-            seg = stream[starts[o] : starts[o + 1]].reshape(int(k), int(b)).astype(np.int64)
-            out[o] = (seg << np.arange(int(b))).sum(axis=1)
+    for b in np.unique(bits):  # all rows of one width at once: row o's k codes start at starts[o]
+        rows = np.nonzero(bits == b)[0]
+        seg = stream[starts[rows][:, None] + np.arange(int(k) * int(b))].reshape(len(rows), int(k), int(b))
+        out[rows] = (seg.astype(np.int64) << np.arange(int(b))).sum(axis=2)
     return out
 
 
