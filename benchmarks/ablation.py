@@ -48,8 +48,8 @@ limits, ...) differs from the one the setting's records were made with is refuse
 --out. Rerun the same command to continue.
 
 Usage:
-  nice -n 19 python benchmarks/ablation.py                      # the plain table (~3 h on 2 idle cores)
-  nice -n 19 python benchmarks/ablation.py --setting bright --methods lsq,lsq+post,asq,asq+post --seeds 0,1,2
+  OMP_NUM_THREADS=1 python benchmarks/ablation.py              # the plain table (~3 h on 2 idle cores)
+  OMP_NUM_THREADS=1 python benchmarks/ablation.py --setting bright --methods lsq,lsq+post,asq,asq+post --seeds 0,1,2
   python benchmarks/ablation.py --rescore                       # re-measure every record from its ONNX file
   python benchmarks/ablation.py --report-only                   # rewrite docs/results.md from the JSON
   python benchmarks/ablation.py --setting bright --limit-train 512 --limit-test 300 --epochs 1 --float-epochs 1 \\
@@ -764,7 +764,7 @@ def write_report(path: Path, json_path: Path, out: Path) -> None:
     for s in settings_present:
         st = by_setting.get(s) or {}
         for c in st.get("commands") or ([st["command"]] if st.get("command") else []):
-            lines.append(f"  nice -n 19 {c}")
+            lines.append(f"  OMP_NUM_THREADS=1 {c}")
     lines += ["  ```", ""]
     wall = lambda r: max(r.get("cell_time_s") or 0.0, r.get("train_time_s") or 0.0)  # noqa: E731  (resumed: train)
     times = [wall(r) for r in records if r["method"] != "float" and wall(r)]
@@ -774,8 +774,8 @@ def write_report(path: Path, json_path: Path, out: Path) -> None:
             + "." if times else "")
     lines += [
         f"* PyTorch {base['torch_version']}, CPU. {cost} On 2 otherwise idle cores a QAT epoch takes about 90 s and "
-        f"a float epoch about 40 s at full data; much longer when the cores are shared (the script runs under "
-        f"`nice -n 19`).",
+        f"a float epoch about 40 s at full data; much longer when the cores are shared (the script runs with "
+        f"`OMP_NUM_THREADS=1`, one core per run: under `nice -n 19` with 2 threads it starved when anything else ran).",
         "* One cell by hand (what the script does through the Python API), and the same training under "
         "torchrun with DistributedDataParallel (2 processes, gloo on CPU; docs/design.md states what is identical); "
         "a bright cell adds `--data benchmarks/results/work/bright_fashion_mnist.npz` and starts from "

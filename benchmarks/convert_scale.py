@@ -105,7 +105,8 @@ def build_program(name: str, size: int, work: Path, cache: Path) -> tuple[Path, 
     kwargs = {"aux_logits": False, "init_weights": True} if name == "googlenet" else {}
     model = getattr(models, name)(num_classes=1000, **kwargs).eval()
     if not pt2.is_file():
-        program = torch.export.export(model, (torch.rand(1, 3, size, size),))
+        batch = torch.export.Dim("batch", min=1)  # as the README says: a program for any batch size
+        program = torch.export.export(model, (torch.rand(2, 3, size, size),), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(pt2))
     if not data.is_file():
         x = np.random.default_rng(0).random((SAMPLES, 3, size, size), dtype=np.float32)

@@ -85,14 +85,26 @@ def resolve_config(loaded: LoadedModel, method: str | None, bits: int | None, ac
 
 
 def check_input(model: nn.Module, x: np.ndarray) -> None:
-    """Run one sample through the float/quantized model and explain a shape mismatch."""
-    try:
+    """Run one sample, then two, through the float/quantized model and explain a mismatch (a
+    program exported for batch 1 runs one sample and fails later, in calibration, cryptically)."""
+    def run(n: int) -> None:
         with torch.no_grad():
-            model.eval()(torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)))
+            model.eval()(torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32)))
+
+    try:
+        run(1)
     except Exception as exc:  # noqa: BLE001 - reported with the input shape
         raise ConvertError(f"the model does not accept the data's input shape {tuple(x.shape[1:])}: {exc}. "
                            f"Pass --data with inputs in the model's own convention (an .npz with x of shape (N, ...): "
                            f"(N, C, H, W) images, (N, C, L) sequences, (N, features) vectors).") from exc
+    if len(x) >= 2:
+        try:
+            run(2)
+        except Exception as exc:  # noqa: BLE001
+            raise ConvertError(f"the model runs on one sample but not on a batch of two ({exc}). A torch.export "
+                               f"program saved with a fixed batch size does this: export it with a dynamic batch, "
+                               f"torch.export.export(model, (x,), dynamic_shapes=({{0: torch.export.Dim('batch')}},)), "
+                               f"and save that.") from exc
 
 
 def quantize_model(model: nn.Module, config: QuantConfig, x: np.ndarray, calib_samples: int = 512,

@@ -92,13 +92,18 @@ class MobileNetV2(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))
 
 
+def _mobilenet(setting, stem_stride: int, in_channels: int, num_classes: int, width_mult: float,
+               mean: Sequence[float], std: Sequence[float], relu6: bool) -> nn.Module:
+    mean, std = channel_stats(mean, std, in_channels)
+    return MobileNetV2(setting, stem_stride, num_classes, width_mult, in_channels, mean, std, relu6)
+
+
 @register_model("mobilenet_v2")
 def mobilenet_v2(in_channels: int = 3, num_classes: int = 1000, width_mult: float = 1.0,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  relu6: bool = False) -> nn.Module:
     """ImageNet-style MobileNetV2 for 224x224 inputs (3.50 M parameters at width 1.0)."""
-    mean, std = channel_stats(mean, std, in_channels)
-    return MobileNetV2(IMAGENET_SETTING, 2, num_classes, width_mult, in_channels, mean, std, relu6)
+    return _mobilenet(IMAGENET_SETTING, 2, in_channels, num_classes, width_mult, mean, std, relu6)
 
 
 @register_model("mobilenet_v2_cifar")
@@ -106,5 +111,4 @@ def mobilenet_v2_cifar(in_channels: int = 3, num_classes: int = 10, width_mult: 
                        mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
                        relu6: bool = False) -> nn.Module:
     """CIFAR-style MobileNetV2 for 32x32 inputs: stride-1 stem and second stage (2.24 M parameters)."""
-    mean, std = channel_stats(mean, std, in_channels)
-    return MobileNetV2(CIFAR_SETTING, 1, num_classes, width_mult, in_channels, mean, std, relu6)
+    return _mobilenet(CIFAR_SETTING, 1, in_channels, num_classes, width_mult, mean, std, relu6)

@@ -151,3 +151,23 @@ def test_convert_of_a_program_is_bit_exact_and_reports_coverage(tmp_path, kind, 
     assert result.fidelity["coverage"] == {"layers": layers, "skipped": [], "coverage": 1.0}
     if kind == "mobilenet":
         assert sum(1 for row in report.layers if row.op == "QConv") == layers - 1
+
+
+class _ReshapeNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 6 * 6, 2)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).reshape(x.shape[0], -1))
+
+
+def test_a_program_fixed_to_batch_one_is_refused_with_the_fix(tmp_path):
+    from qexport import ConvertError, convert_model
+
+    model = _ReshapeNet().eval()
+    x = torch.rand(8, 3, 6, 6)
+    torch.export.save(torch.export.export(model, (x[:1],)), str(tmp_path / "fixed.pt2"))  # no dynamic batch
+    with pytest.raises(ConvertError, match="runs on one sample but not on a batch of two.*dynamic_shapes"):
+        convert_model(tmp_path / "fixed.pt2", x=x.numpy(), output=tmp_path / "fixed.onnx", validate=False)
