@@ -283,21 +283,25 @@ class WeightQuantizer(nn.Module):
         """Per-channel MSE-optimal scale over a grid of clipping ratios of max|w|, on each
         channel's own grid."""
         flat_all = w.detach().reshape(w.shape[0], -1).float()
+        # Rows in chunks of ~4M weights: a grid point's temporaries are a few copies of the chunk
+        # (VGG11's 102M-weight classifier in one piece peaked at gigabytes).
+        chunk = max(1, (4 << 20) // max(1, flat_all.shape[1]))
         for bits, rows in self.groups(w.device):
             rows = torch.arange(w.shape[0], device=w.device) if rows is None else rows
-            flat = flat_all[rows]
-            amax = flat.abs().amax(dim=1).clamp_min(1e-12)
             lo, hi = self.clamp_range(bits)
-            best = amax / hi
-            best_err = torch.full_like(amax, math.inf)
-            for t in torch.linspace(0.2, 1.0, points).tolist():
-                s = amax * t / hi
-                level = self.level(torch.clamp(flat / s[:, None], lo, hi), bits)
-                err = ((level * s[:, None] - flat) ** 2).mean(dim=1)
-                better = err < best_err
-                best = torch.where(better, s, best)
-                best_err = torch.where(better, err, best_err)
-            self.param[rows] = best.to(self.param.dtype)
+            for part in torch.split(rows, chunk):
+                flat = flat_all[part]
+                amax = flat.abs().amax(dim=1).clamp_min(1e-12)
+                best = amax / hi
+                best_err = torch.full_like(amax, math.inf)
+                for t in torch.linspace(0.2, 1.0, points).tolist():
+                    s = amax * t / hi
+                    level = self.level(torch.clamp(flat / s[:, None], lo, hi), bits)
+                    err = ((level * s[:, None] - flat) ** 2).mean(dim=1)
+                    better = err < best_err
+                    best = torch.where(better, s, best)
+                    best_err = torch.where(better, err, best_err)
+                self.param[part] = best.to(self.param.dtype)
         self.initialized.fill_(True)
 
 

@@ -324,11 +324,30 @@ def decode_weights(packed: np.ndarray, fmt: str, bits, shape: Sequence[int]) -> 
     codec = _codec(fmt, bits)
     o = int(shape[0])
     k = int(np.prod(shape, dtype=np.int64)) // o
+    packed = np.asarray(packed)
+    # Parity decodes the same packed weights for every batch: remember the last few decodings,
+    # keyed by the call's arguments and the buffer's address (a tensor's .numpy() is a new array
+    # object each call, on the same memory), with a copy of the bytes compared in full, so an
+    # array changed in place or a reused address never returns a stale result.
+    key = (packed.__array_interface__["data"][0], packed.nbytes, fmt, str(bits), tuple(int(d) for d in shape))
+    hit = _DECODED.get(key)
+    if hit is not None and hit[0].shape == packed.shape and hit[0].dtype == packed.dtype and np.array_equal(hit[0], packed):
+        return hit[1].copy()
     try:
-        rows = codec.unpack_rows(np.asarray(packed), _channel_bits(bits, o), k)
+        rows = codec.unpack_rows(packed, _channel_bits(bits, o), k)
     except codecs.CodecError as e:
         raise ReferenceError_(str(e)) from None
-    return rows.reshape(tuple(int(d) for d in shape))
+    out = rows.reshape(tuple(int(d) for d in shape))
+    if out.nbytes <= _DECODED_BYTES // 8:
+        _DECODED[key] = (packed.copy(), out.copy())
+        while len(_DECODED) > _DECODED_MAX or sum(v[1].nbytes for v in _DECODED.values()) > _DECODED_BYTES:
+            _DECODED.pop(next(iter(_DECODED)))
+    return out
+
+
+_DECODED: dict = {}
+_DECODED_MAX = 256  # entries (a network's layers); each holds its packed bytes and int64 weights
+_DECODED_BYTES = 512 << 20  # and at most this much int64 weights (a layer above an eighth: not kept)
 
 
 def post_product_shift_table(a: np.ndarray, codes: np.ndarray, bits: int) -> np.ndarray:
@@ -424,6 +443,17 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     _check(oh >= 1 and ow >= 1, f"output would be empty ({oh}x{ow}) for input {h}x{w}")
 
     og = o // group
+    if cg == 1 and og == 1:  # depthwise: kh*kw shifted multiply-adds instead of G tiny GEMMs (same exact sums)
+        ap = np.pad(a, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        wd = wq.reshape(o, kh, kw)
+        total = np.zeros((n, o, oh, ow), dtype=a.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                win = ap[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
+                total += win * wd[None, :, i, j, None, None]
+        acc = total.astype(np.int64)
+        y = _epilogue(acc, x_scale, w_scale, bias, relu)
+        return (y, acc) if return_acc else y
     wg = wq.reshape(group, og, cg * kh * kw).transpose(0, 2, 1)  # (G, K, Og)
     acc = np.empty((n, o, oh, ow), dtype=np.int64)
     # Chunk the batch so that the im2col buffer stays near 64 MB.

@@ -255,10 +255,12 @@ def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str,
                 ours, theirs = captured[name], results[codes[name]]
                 if ours.shape != theirs.shape:
                     raise ValueError(f"layer {name}: code shapes differ, PyTorch {ours.shape} vs ONNX {theirs.shape}")
-                diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
-                row.codes += diff.size
-                row.mismatches += int(np.count_nonzero(diff))
-                row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
+                row.codes += ours.size
+                differ = int(np.count_nonzero(ours != theirs))
+                if differ:  # the size of the difference only when there is one (most batches: none)
+                    row.mismatches += differ
+                    diff = np.abs(ours.astype(np.int16) - theirs.astype(np.int16))
+                    row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
             for name in extra_outputs:
                 run.extra[name].append(results[name])
             run.vs_deploy.update(y_deploy, y_onnx)

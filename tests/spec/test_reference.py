@@ -281,3 +281,38 @@ def test_asq_scale_beta_map_default_is_sigmoid2_and_relu_floor():
     assert R.asq_scale(x, *zeros, 0.25, "relu").tolist() == [float(np.float32(0.25 * 1e-8))] * 4
     with pytest.raises(ValueError, match="beta_map must be one of"):
         R.asq_scale(x, w1, b1, w2, b2, 0.25, "Relu")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_depthwise_qconv_equals_float64_conv(seed):
+    """The depthwise path (one input and one output channel per group) against torch's conv."""
+    rng = np.random.default_rng(100 + seed)
+    fmt = R.WEIGHT_FORMATS[seed % len(R.WEIGHT_FORMATS)]
+    bits = int(rng.integers(R.WEIGHT_BITS[fmt].start, R.WEIGHT_BITS[fmt].stop))
+    act_bits, zp = (8, 0) if seed % 2 else (4, 8)
+    c, k = 6, int(rng.integers(1, 6))
+    strides, dilations = [int(v) for v in rng.integers(1, 3, 2)], [int(v) for v in rng.integers(1, 3, 2)]
+    pads = [int(v) for v in rng.integers(0, 3, 4)]
+    codes = rng.integers(0, 2**act_bits, size=(2, c, 9, 11)).astype(np.uint8)
+    values, valid = R.weight_lut(fmt, bits)
+    w_int = rng.choice(values[valid], size=(c, 1, k, k))
+    _, acc = R.qconv(codes, np.ones(2, np.float32), R.pack_weights(w_int, fmt, bits), np.ones(c, np.float32),
+                     np.zeros(c, np.float32), fmt=fmt, bits=bits, act_bits=act_bits, act_zero_point=zp,
+                     weight_shape=w_int.shape, strides=strides, pads=pads, dilations=dilations, group=c, return_acc=True)
+    expect = _torch_conv(codes.astype(np.float64) - zp, w_int, strides, pads, dilations, c)
+    assert np.array_equal(acc, expect.astype(np.int64))
+
+
+def test_decoded_weights_are_remembered_but_never_stale():
+    rng = np.random.default_rng(7)
+    w_int = rng.choice(R.weight_lut("post", 3)[0][R.weight_lut("post", 3)[1]], size=(4, 10))
+    packed = R.pack_weights(w_int, "post", 3)
+    assert np.array_equal(R.decode_weights(packed, "post", 3, w_int.shape), w_int)
+    view = packed.view()  # a new array object on the same bytes: served from the cache
+    assert np.array_equal(R.decode_weights(view, "post", 3, w_int.shape), w_int)
+    other = R.pack_weights(-w_int, "post", 3)
+    packed[:] = other  # changed in place: decoded again
+    assert np.array_equal(R.decode_weights(packed, "post", 3, w_int.shape), -w_int)
+    out = R.decode_weights(packed, "post", 3, w_int.shape)
+    out[:] = 0  # a caller's copy: the cache is not affected
+    assert np.array_equal(R.decode_weights(packed, "post", 3, w_int.shape), -w_int)
