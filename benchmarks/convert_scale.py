@@ -53,6 +53,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench  # noqa: E402  (its say, its doc writer)
+from bench import say  # noqa: E402
 
 TORCHVISION = "0.28.0"
 COVERAGE_MODELS = ("resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x1_0",
@@ -82,15 +84,11 @@ NOTES = [
     "* EfficientNet-B0: parity FAILS. Its SiLU and sigmoid (squeeze-excitation) run as float ops between the "
     "integer ops; the first codes that differ (3 of 15.7 M, at features.2.0.block.1.0) follow such an op, "
     "consistent with ONNX Runtime's float32 SiLU/sigmoid differing from PyTorch's in the last bit for some "
-    "inputs (not yet confirmed op by op), and the differences grow downstream. Fix (not done): define those activations as ai.qexport ops with a fixed "
-    "float computation, as GlobalAvgPool is.",
+    "inputs (not yet confirmed op by op), and the differences grow downstream. Fix (not done): define "
+    "those activations as ai.qexport ops with a fixed float computation, as GlobalAvgPool is.",
     "* VGG11-BN: converts, but its peak memory (10.7 GB) is not yet reduced (its 102 M-weight classifier; "
     "the weight initialisation in row chunks did not change the peak); the other 11 stay under 2.5 GB.",
 ]
-
-
-def say(msg: str) -> None:
-    print(f"[{datetime.now():%H:%M:%S}] {msg}", flush=True)
 
 
 def torchvision_models(cache: Path):
@@ -273,7 +271,6 @@ def main() -> int:
     ap.add_argument("--render", action="store_true",
                     help="measure nothing: re-read the parity reports in --work and rewrite the section")
     args = ap.parse_args()
-    import bench
 
     args.work.mkdir(parents=True, exist_ok=True)
     results = args.out / "performance.json"
