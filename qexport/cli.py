@@ -482,10 +482,7 @@ def validate(
             if qdq:
                 from . import check_qdq_parity
 
-                from .validate.parity import parity_batch_size
-
-                result = check_qdq_parity(qmodel, proto, x, y, batch_size=batch_size or parity_batch_size(qmodel, x),
-                                          threads=threads,
+                result = check_qdq_parity(qmodel, proto, x, y, batch_size=batch_size, threads=threads,
                                           tolerances=_tolerances(max_mismatch_rate, min_agreement), progress=advance)
             else:
                 result = check_parity(qmodel, proto, x, y, batch_size=batch_size,

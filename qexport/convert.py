@@ -145,22 +145,10 @@ class ModelCost:
 
 def measure_cost(model: nn.Module, x: np.ndarray) -> ModelCost:
     """``ModelCost`` of a float model, from one sample of ``x`` (forward hooks on its layers)."""
-    from .models.common import count_macs
+    from .models.common import layer_stats
 
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
-    seen = 0
-
-    def count(mod, inp, out) -> None:
-        nonlocal seen
-        seen += int(inp[0][:1].numel())
-
-    x1 = torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32))
-    hooks = [m.register_forward_hook(count) for m in layers]
-    try:
-        macs = count_macs(model, x1)
-    finally:
-        for h in hooks:
-            h.remove()
+    macs, seen = layer_stats(model, torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)))
     return ModelCost(macs, seen, len(layers), sum(m.weight.numel() for m in layers))
 
 

@@ -421,19 +421,21 @@ def plain_session(model: bytes | str | os.PathLike, threads: int | None = None):
 
 @torch.no_grad()
 def check_qdq_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None = None, *,
-                     tolerances=None, batch_size: int = 128, threads: int | None = None,
+                     tolerances=None, batch_size: int | None = None, threads: int | None = None,
                      session_factory: Callable[[bytes], object] | None = None,
                      progress: Callable[[int], None] | None = None):
     """Parity of a qdq model run by a plain ONNX Runtime session (no qexport library) with the
     quantized PyTorch model: every layer's codes and integer weights against the deploy model,
     the output against the deploy model and the trained (fake-quantized) model. Returns a
     :class:`qexport.validate.ParityReport`, judged by the same tolerances as ``check_parity``."""
-    from ..validate.parity import LayerParity, Tolerances, compare_runs, make_report
+    from ..validate.parity import LayerParity, Tolerances, compare_runs, make_report, parity_batch_size
 
     if len(x) == 0:
         raise ValueError("no samples to compare: x is empty, and parity on zero samples proves nothing")
     tol = tolerances or Tolerances()
     model = model.eval()
+    if batch_size is None:
+        batch_size = parity_batch_size(model, x)
     deploy = model if deploy_layers(model) else to_deploy(model)
     layers = deploy_layers(deploy)
     inits = {i.name: i for i in proto.graph.initializer}

@@ -112,10 +112,18 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     """Multiply-accumulates of one forward pass of ``model`` on ``x``, per sample: every Conv1d/2d
     (output positions x input channels per group x kernel size x output channels) and Linear
     (per output row: an MLP on (N, T, F) counts every T)."""
-    total = 0
+    return layer_stats(model, x)[0]
+
+
+def layer_stats(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """Per sample, in one forward pass of ``model`` on ``x``: (multiply-accumulates as in
+    ``count_macs``, input values of its Conv1d/2d and Linear layers: what their activation
+    quantizers see once the model is quantized)."""
+    total = inputs = 0
 
     def hook(m: nn.Module, inp, out) -> None:
-        nonlocal total
+        nonlocal total, inputs
+        inputs += inp[0].numel() // inp[0].shape[0]
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * math.prod(m.kernel_size)
         elif isinstance(m, nn.Linear):
@@ -128,4 +136,4 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     finally:
         for h in handles:
             h.remove()
-    return total
+    return total, inputs

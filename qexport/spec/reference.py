@@ -434,9 +434,9 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     n, c, h, w = codes.shape
     _check(c == group * cg, f"X has {c} channels, expected group*weight_shape[1] = {group * cg}")
     a = _check_act(codes, act_bits, act_zero_point)
-    wq = decode_weights(packed, fmt, bits, weight_shape).astype(np.float64)
-    dtype = _gemm_dtype(act_bits, act_zero_point, wq.reshape(o, -1))
-    a, wq = a.astype(dtype), wq.astype(dtype)
+    w_int = decode_weights(packed, fmt, bits, weight_shape)
+    dtype = _gemm_dtype(act_bits, act_zero_point, w_int.reshape(o, -1))
+    a, wq = a.astype(dtype), w_int.astype(dtype)
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads
     oh = conv_output_size(h, kh, sh, pt, pb, dh)
     ow = conv_output_size(w, kw, sw, pl, pr, dw)
@@ -484,9 +484,9 @@ def qgemm(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     o, k = (int(v) for v in weight_shape)
     _check(codes.shape[1] == k, f"X has {codes.shape[1]} features, expected {k}")
     a = _check_act(codes, act_bits, act_zero_point)
-    wq = decode_weights(packed, fmt, bits, weight_shape).astype(np.float64)
-    dtype = _gemm_dtype(act_bits, act_zero_point, wq)
-    acc = np.matmul(a.astype(dtype), wq.T.astype(dtype)).astype(np.int64)
+    w_int = decode_weights(packed, fmt, bits, weight_shape)
+    dtype = _gemm_dtype(act_bits, act_zero_point, w_int)
+    acc = np.matmul(a.astype(dtype), w_int.T.astype(dtype)).astype(np.int64)
     y = _epilogue(acc, x_scale, w_scale, bias, relu)
     return (y, acc) if return_acc else y
 

@@ -23,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..io import batch_size_for
 from ..lower.description import IntegerModel
 from ..lower.modules import deploy_layers, to_deploy
 from ..spec import reference as R
@@ -208,8 +209,6 @@ def _check_weights(proto: onnx.ModelProto, deploy: nn.Module, description: Integ
 @torch.no_grad()
 def top1(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
     """Top-1 accuracy of a PyTorch model on (x, y)."""
-    from ..io import batch_size_for
-
     model.eval()
     batch_size = batch_size_for(x, batch_size)
     correct = 0
@@ -306,24 +305,12 @@ def make_report(run: _Run, rows: dict[str, LayerParity], n: int, y: np.ndarray |
 PARITY_BATCH_CODES = 32 << 20
 
 
-@torch.no_grad()
 def parity_batch_size(model: nn.Module, x: np.ndarray, limit: int = 128) -> int:
-    """Samples per parity batch: ``limit``, or fewer when one sample's activation codes (counted
-    at the quantizers on ``x[:1]``) times ``limit`` exceed ``PARITY_BATCH_CODES``."""
-    from ..quant.base import ActQuantizer
+    """Samples per parity batch: ``limit``, or fewer when one sample's activation codes (the
+    inputs of the quantized layers on ``x[:1]``) times ``limit`` exceed ``PARITY_BATCH_CODES``."""
+    from ..models.common import layer_stats
 
-    per_sample = 0
-
-    def count(mod, inp, out) -> None:
-        nonlocal per_sample
-        per_sample += int(inp[0][:1].numel())
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, ActQuantizer)]
-    try:
-        model.eval()(torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)))
-    finally:
-        for h in hooks:
-            h.remove()
+    per_sample = layer_stats(model, torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)))[1]
     return int(max(1, min(limit, PARITY_BATCH_CODES // max(1, per_sample))))
 
 
