@@ -40,6 +40,7 @@ _API = {
     "calibrate": ("qexport.api", "calibrate"),
     "fit": ("qexport.api", "fit"),
     "FitOptions": ("qexport.nn.fit", "FitOptions"),
+    "Inputs": ("qexport.inputs", "Inputs"),  # the samples of a model with several inputs
     "export_onnx": ("qexport.api", "export_onnx"),
     "export_qdq": ("qexport.export.qdq", "export_qdq"),
     "check_parity": ("qexport.api", "check_parity"),

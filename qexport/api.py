@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .checkpoint import LoadedModel, load_model
+from .inputs import Inputs, split, to_torch
 from .nn import calibrate as _calibrate
 from .nn import quantize_
 from .nn.fit import FitOptions
@@ -24,8 +25,9 @@ from .validate import ParityReport, Tolerances
 from .validate import check_parity as _check_parity
 
 
-def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+def _tensor(x):
+    """float32 tensors of the samples ``x`` (an array, a tensor, or ``qexport.Inputs``)."""
+    return to_torch(x)
 
 
 def load(path: str | os.PathLike, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
@@ -65,7 +67,7 @@ def calibrate(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 
     Example:
         >>> qexport.calibrate(model, x[:512])
     """
-    _calibrate(model, list(torch.split(_tensor(x), batch_size)), **kwargs)
+    _calibrate(model, split(_tensor(x), batch_size), **kwargs)
     return model.eval()
 
 
@@ -103,4 +105,5 @@ def check_parity(model: nn.Module, onnx_model: onnx.ModelProto | str | os.PathLi
         >>> report.passed, report.asq_steps
     """
     proto = onnx_model if isinstance(onnx_model, onnx.ModelProto) else onnx.load(os.fspath(onnx_model))
-    return _check_parity(model, proto, np.asarray(x, dtype=np.float32), y, tolerances=tolerances, **kwargs)
+    x = x if isinstance(x, Inputs) else np.asarray(x, dtype=np.float32)
+    return _check_parity(model, proto, x, y, tolerances=tolerances, **kwargs)

@@ -112,14 +112,18 @@ def print_report(report, title: str = "parity") -> None:
                          ("vs PyTorch trained model (fake quantization)", report.vs_trained)):
         sq = block["sqnr_db"]
         sq_txt = "inf" if sq == float("inf") else f"{sq:.1f} dB"
-        out.print(f"ONNX {label}: max abs err {block['max_abs_err']:.3g}, max rel err {block['max_rel_err']:.3g}, "
-                  f"top-1 agreement {block['top1_agreement']:.2%}, SQNR {sq_txt}")
+        steps = block.get("max_err_output_steps")
+        steps_txt = "" if steps is None else f" ({steps:.3g} output steps)"
+        out.print(f"ONNX {label}: max abs err {block['max_abs_err']:.3g}{steps_txt}, max rel err "
+                  f"{block['max_rel_err']:.3g}, top-1 agreement {block['top1_agreement']:.2%}, SQNR {sq_txt}")
     if report.asq_steps:
         out.print("ASQ per-sample step (ONNX Runtime), std/mean (min..max): " + "; ".join(
             f"{name.removesuffix('/quantize')} {v['cv']:.2%} ({v['min']:.3g}..{v['max']:.3g})"
             for name, v in report.asq_steps.items() if v.get("cv") is not None), highlight=False)
     if report.accuracy:
         out.print("accuracy on these samples: " + ", ".join(f"{k} {v:.2%}" for k, v in report.accuracy.items()))
+    for note in report.notes:
+        out.print(f"[bold yellow]note:[/] {note}")
     if report.passed:
         out.print("[bold green]parity: PASS[/]")
     else:

@@ -14,6 +14,7 @@ from torch import nn
 
 from .checkpoint import PROGRAM_ARCH, LoadedModel, load_model, program_arch_args, save_checkpoint
 from .export import export_onnx
+from .inputs import InputError, Inputs, bind_inputs, run, sample_shapes, split, tensors, to_torch
 from .io import atomic_write_text, batch_size_for
 from .nn import calibrate, quantize_
 from .nn.fit import FitOptions, fit
@@ -84,22 +85,25 @@ def resolve_config(loaded: LoadedModel, method: str | None, bits: int | None, ac
         raise ConvertError(str(exc)) from exc
 
 
-def check_input(model: nn.Module, x: np.ndarray) -> None:
+def check_input(model: nn.Module, x: np.ndarray | Inputs) -> None:
     """Run one sample, then two, through the float/quantized model and explain a mismatch (a
     program exported for batch 1 runs one sample and fails later, in calibration, cryptically)."""
-    def run(n: int) -> None:
+    def run_n(n: int) -> None:
         with torch.no_grad():
-            model.eval()(torch.from_numpy(np.ascontiguousarray(x[:n], dtype=np.float32)))
+            model.eval()(*tensors(x[:n]))
 
+    shapes = sample_shapes(x)
+    shape_txt = str(shapes[0]) if len(shapes) == 1 else ", ".join(
+        f"{name} {shape}" for name, shape in zip(x.names, shapes))
     try:
-        run(1)
+        run_n(1)
     except Exception as exc:  # noqa: BLE001 - reported with the input shape
-        raise ConvertError(f"the model does not accept the data's input shape {tuple(x.shape[1:])}: {exc}. "
+        raise ConvertError(f"the model does not accept the data's input shape {shape_txt}: {exc}. "
                            f"Pass --data with inputs in the model's own convention (an .npz with x of shape (N, ...): "
                            f"(N, C, H, W) images, (N, C, L) sequences, (N, features) vectors).") from exc
     if len(x) >= 2:
         try:
-            run(2)
+            run_n(2)
         except Exception as exc:  # noqa: BLE001
             raise ConvertError(f"the model runs on one sample but not on a batch of two ({exc}). A torch.export "
                                f"program saved with a fixed batch size does this: export it with a dynamic batch, "
@@ -107,7 +111,7 @@ def check_input(model: nn.Module, x: np.ndarray) -> None:
                                f"and save that.") from exc
 
 
-def quantize_model(model: nn.Module, config: QuantConfig, x: np.ndarray, calib_samples: int = 512,
+def quantize_model(model: nn.Module, config: QuantConfig, x: np.ndarray | Inputs, calib_samples: int = 512,
                    batch_size: int = 128, check: Callable[[nn.Module], None] | None = None,
                    refine_samples: int = 128) -> nn.Module:
     """quantize_ + calibrate on the first ``calib_samples`` inputs (``check(model)`` runs in
@@ -115,8 +119,8 @@ def quantize_model(model: nn.Module, config: QuantConfig, x: np.ndarray, calib_s
     quantize_(model, config)
     if check is not None:
         check(model)
-    xc = torch.from_numpy(np.ascontiguousarray(x[:calib_samples], dtype=np.float32))
-    calibrate(model, list(torch.split(xc, batch_size_for(x, batch_size))), refine_samples=refine_samples)
+    xc = to_torch(x[:calib_samples])
+    calibrate(model, split(xc, batch_size_for(x, batch_size)), refine_samples=refine_samples)
     return model.eval()
 
 
@@ -143,12 +147,12 @@ class ModelCost:
         return samples * (1.2 * self.macs + 450 * self.activations) + 1000 * self.weights
 
 
-def measure_cost(model: nn.Module, x: np.ndarray) -> ModelCost:
+def measure_cost(model: nn.Module, x: np.ndarray | Inputs) -> ModelCost:
     """``ModelCost`` of a float model, from one sample of ``x`` (forward hooks on its layers)."""
     from .models.common import layer_stats
 
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
-    macs, seen = layer_stats(model, torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)))
+    macs, seen = layer_stats(model, to_torch(x[:1]))
     return ModelCost(macs, seen, len(layers), sum(m.weight.numel() for m in layers))
 
 
@@ -224,7 +228,7 @@ def split_calibration(n: int, calib_samples: int) -> tuple[int, slice]:
 
 
 @torch.no_grad()
-def fidelity(model: nn.Module, reference: nn.Module, x: np.ndarray, batch_size: int = 256) -> dict:
+def fidelity(model: nn.Module, reference: nn.Module, x: np.ndarray | Inputs, batch_size: int = 256) -> dict:
     """How closely ``model`` reproduces ``reference`` (the float model) on ``x``, no labels needed:
     top-1 agreement of the predictions and the output SQNR in dB."""
     model.eval()
@@ -232,8 +236,8 @@ def fidelity(model: nn.Module, reference: nn.Module, x: np.ndarray, batch_size: 
     batch_size = batch_size_for(x, batch_size)
     agree, sq_ref, sq_err = 0, 0.0, 0.0
     for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32))
-        a, b = model(xb).double(), reference(xb).double()
+        xb = to_torch(x[start:start + batch_size])
+        a, b = run(model, xb).double(), run(reference, xb).double()
         if a.dim() == 2:
             agree += int((a.argmax(1) == b.argmax(1)).sum())
         sq_ref += float((b ** 2).sum())
@@ -317,6 +321,10 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
         raise ConvertError(f"output must end in .onnx, got {out}")
     if out.resolve() == model_path.resolve():
         raise ConvertError("output would overwrite the input model")
+    try:
+        x = bind_inputs(loaded.model, x)
+    except InputError as exc:
+        raise ConvertError(str(exc)) from None
     check_input(loaded.model, x)
     model = loaded.model
     coverage = _coverage(model)
@@ -341,9 +349,8 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     say(f"exporting {out}" + (" (standard ONNX, qdq)" if qdq else ""))
     meta = {"qexport.method": config.method, "qexport.source": loaded.sha256,
             "qexport.config": json.dumps(config.to_dict(), sort_keys=True),
-            "qexport.input": json.dumps({"shape": ["N", *map(int, x.shape[1:])], "dtype": "float32",
-                                         "convention": "the PyTorch model's own input (zoo models: pixels in [0, 1])"})}
-    example = torch.from_numpy(np.ascontiguousarray(x[:2], dtype=np.float32))
+            "qexport.input": json.dumps(_input_meta(x))}
+    example = to_torch(x[:2])
     if qdq:
         proto = export_qdq(model, out, example, meta=meta)
     else:
@@ -360,6 +367,17 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     return ConvertResult(out, ckpt_path, report_path, report, config, loaded, fid)
 
 
+def _input_meta(x: np.ndarray | Inputs) -> dict:
+    """What the file's ``qexport.input`` metadata says about the inputs: one input's shape, or
+    every input's name and shape for a model with several."""
+    convention = "the PyTorch model's own input (zoo models: pixels in [0, 1])"
+    shapes = sample_shapes(x)
+    if not isinstance(x, Inputs):
+        return {"shape": ["N", *shapes[0]], "dtype": "float32", "convention": convention}
+    return {"inputs": [{"name": n, "shape": ["N", *s], "dtype": "float32"} for n, s in zip(x.names, shapes)],
+            "convention": convention}
+
+
 def _coverage(model: nn.Module) -> dict:
     """Conv/Linear layers qexport can quantize, and what stays float (a torch.export program's
     ops with run-time weights; ``qexport.lower.program``)."""
@@ -368,7 +386,7 @@ def _coverage(model: nn.Module) -> dict:
     return {"layers": len(layers), "skipped": skipped, "coverage": len(layers) / max(1, len(layers) + len(skipped))}
 
 
-def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray, y: np.ndarray | None,
+def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray | Inputs, y: np.ndarray | None,
                       calib_samples: int, fit_opts: FitOptions | None, say: Callable[[str], None],
                       fit_progress: Callable[[int, int, float], None] | None, check: Callable | None,
                       mixed: MixedOptions | None = None) -> tuple[nn.Module, dict, dict, int, QuantConfig]:
@@ -382,6 +400,9 @@ def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray, y
     if y is not None:
         accuracy["float"] = top1(teacher, x, y)
     if mixed is not None:
+        if isinstance(x, Inputs):
+            raise ConvertError("--size-budget (mixed precision) takes models with one input; this one has "
+                               f"{len(x.names)} ({', '.join(x.names)})")
         say(f"allocating weight bit-widths per {mixed.granularity} to {mixed.budget} (choices "
             f"{', '.join(map(str, mixed.choices or DEFAULT_CHOICES))})")
         xc = torch.from_numpy(np.ascontiguousarray(x[:n_cal], dtype=np.float32))
@@ -406,7 +427,7 @@ def _quantize_and_fit(loaded: LoadedModel, config: QuantConfig, x: np.ndarray, y
         accuracy["calibrated"] = top1(model, x, y)
     if fit_opts.steps > 0:
         say(f"fitting to the float model on {n_cal} samples ({fit_opts.steps} steps of {fit_opts.batch_size})")
-        xc = torch.from_numpy(np.ascontiguousarray(x[:n_cal], dtype=np.float32))
+        xc = to_torch(x[:n_cal])
         before = copy.deepcopy(model.state_dict())
         fid["fit"] = fit(model, teacher, xc, fit_opts, progress=fit_progress)
         model.eval()

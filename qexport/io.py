@@ -55,7 +55,7 @@ BATCH_INPUT_VALUES = 4 << 20
 
 def batch_size_for(x, limit: int) -> int:
     """``limit``, or fewer samples per batch when ``x``'s samples are large (``BATCH_INPUT_VALUES``)."""
-    per_sample = 1
-    for d in x.shape[1:]:
-        per_sample *= int(d)
+    from .inputs import values_per_sample
+
+    per_sample = values_per_sample(x)
     return int(max(1, min(limit, BATCH_INPUT_VALUES // max(1, per_sample))))

@@ -26,6 +26,7 @@ import onnx
 import torch
 
 from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+from .inputs import run
 from .inspect import LayerInfo, ModelInfo, inspect_model
 from .validate import ParityReport, Tolerances
 from .validate.steps import spread, sqnr_db
@@ -109,8 +110,8 @@ def layer_stats(model: torch.nn.Module, x: np.ndarray, batch_size: int = 128,
     model.eval()
     try:
         for start in range(0, len(x), batch_size):
-            xb = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
-            model(torch.from_numpy(xb))
+            xb = x[start:start + batch_size]
+            run(model, xb)
             if progress:
                 progress(len(xb))
     finally:
@@ -447,6 +448,8 @@ def _parity_section(d: ReportData) -> str:
                         f"{b['max_rel_err']:.3g}"] for label, b in blocks], numeric={1, 2, 3, 4}))
     if p.failures:
         out.append("<p class=bad>Failures:</p><ul>" + "".join(f"<li>{_e(f)}</li>" for f in p.failures) + "</ul>")
+    if p.notes:
+        out.append("<p>Notes:</p><ul>" + "".join(f"<li>{_e(n)}</li>" for n in p.notes) + "</ul>")
     return "\n".join(out)
 
 

@@ -79,7 +79,7 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
     return xf[:, None], y.astype(np.int64)
 
 
-def load_npz(path: str | os.PathLike, split: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def load_npz(path: str | os.PathLike, split: str | None = None):
     """Load ``x`` (and ``y`` if present) from an .npz file and validate them.
 
     With ``split`` ("train" or "test") and arrays ``x_<split>``/``y_<split>`` in the file (for
@@ -89,6 +89,10 @@ def load_npz(path: str | os.PathLike, split: str | None = None) -> tuple[np.ndar
     sequences, (N, features) vectors: whatever the model takes) and be finite. dtype: float32 is used as is, float64/float16 are
     cast to float32 (values kept), uint8 is divided by 255 (so 0..255 pixels map to [0, 1]).
     ``y``, when present, must be 1-D integers with one label per sample; it is returned as int64.
+
+    A model with several inputs: a file without ``x`` holds one array per input, named as the
+    model's inputs (``y`` for labels, optional); ``x`` is then a ``qexport.inputs.Inputs`` of
+    them, in the file's order (convert matches them to the model's inputs by name).
     """
     path = Path(path)
     if not path.is_file():
@@ -106,29 +110,44 @@ def load_npz(path: str | os.PathLike, split: str | None = None) -> tuple[np.ndar
             if f"x_{name}" in npz.files:
                 xkey, ykey = f"x_{name}", f"y_{name}"
                 break
-        if xkey not in npz.files:
-            raise ValueError(f"{path}: no array 'x'{' or ' + repr('x_' + split) if split else ''} "
-                             f"(found: {', '.join(npz.files) or 'none'})")
-        x = npz[xkey]
         y = npz[ykey] if ykey in npz.files else None
+        if xkey in npz.files:
+            x = _input_array(path, xkey, npz[xkey])
+        else:
+            keys = [k for k in npz.files if k != "y" and not k.startswith(("x_", "y_"))]
+            if not keys:
+                raise ValueError(f"{path}: no array 'x'{' or ' + repr('x_' + split) if split else ''} "
+                                 f"(found: {', '.join(npz.files) or 'none'}); a model with several inputs "
+                                 f"takes one array per input name")
+            if len(keys) == 1:
+                raise ValueError(f"{path}: no array 'x' (found {keys[0]!r}{' and y' if y is not None else ''}): "
+                                 f"name the input array x, or give one array per input of a model with several")
+            from ..inputs import Inputs
+
+            x = Inputs([_input_array(path, k, npz[k]) for k in keys], keys)
+    if y is not None:
+        if y.ndim != 1 or y.shape[0] != len(x):
+            raise ValueError(f"{path}: 'y' must be 1-D with {len(x)} labels, got shape {y.shape}")
+        if not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"{path}: 'y' must hold integers, got {y.dtype}")
+        y = y.astype(np.int64)
+    return x, y
+
+
+def _input_array(path: Path, key: str, x: np.ndarray) -> np.ndarray:
+    """One input array of an .npz, checked and as float32 (see ``load_npz``)."""
     if x.ndim < 2:
-        raise ValueError(f"{path}: 'x' must be (N, ...) with one sample per row, e.g. (N, C, H, W) images or "
+        raise ValueError(f"{path}: {key!r} must be (N, ...) with one sample per row, e.g. (N, C, H, W) images or "
                          f"(N, features) vectors; got shape {x.shape}")
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     elif x.dtype in (np.float64, np.float16):
         x = x.astype(np.float32)
     elif x.dtype != np.float32:
-        raise ValueError(f"{path}: 'x' must be float32 (or float64/float16/uint8), got {x.dtype}")
+        raise ValueError(f"{path}: {key!r} must be float32 (or float64/float16/uint8), got {x.dtype}")
     if not np.isfinite(x).all():
-        raise ValueError(f"{path}: 'x' contains NaN or infinite values")
-    if y is not None:
-        if y.ndim != 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"{path}: 'y' must be 1-D with {x.shape[0]} labels, got shape {y.shape}")
-        if not np.issubdtype(y.dtype, np.integer):
-            raise ValueError(f"{path}: 'y' must hold integers, got {y.dtype}")
-        y = y.astype(np.int64)
-    return np.ascontiguousarray(x), y
+        raise ValueError(f"{path}: {key!r} contains NaN or infinite values")
+    return np.ascontiguousarray(x)
 
 
 def samples_dir() -> Path:

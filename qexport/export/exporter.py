@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..inputs import input_names, tensors
 from ..io import atomic_write_bytes
 from ..lower.description import LAYERS_KEY
 from ..lower.modules import deploy_layers, lower, to_deploy
@@ -81,14 +82,15 @@ def _finalize(proto: onnx.ModelProto, deploy: nn.Module, meta: dict[str, str]) -
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=str(entries[key])))
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike | None = None, *,
+def export_onnx(model: nn.Module, example, path: str | os.PathLike | None = None, *,
                 meta: dict[str, str] | None = None, fuse: bool = True) -> onnx.ModelProto:
     """Export a quantized model (QAT/calibrated, or already a deploy model) to ONNX.
 
     Args:
         model: a model after ``quantize_`` + ``calibrate``/training, or ``to_deploy``'s result.
-        example: an input batch in the model's own convention; its batch dimension is exported
-            as dynamic ("batch").
+        example: an input batch in the model's own convention (a tensor, or ``qexport.inputs.Inputs``
+            for a model with several inputs: the ONNX inputs take their names); the batch
+            dimension is exported as dynamic ("batch"), shared by every input.
         path: where to write the .onnx (atomically); None only returns the proto.
         meta: extra ``metadata_props`` (qexport.method, qexport.source, ...).
         fuse: fold each conv's ReLU, residual Add and following quantizer into one node
@@ -107,22 +109,23 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | os.PathLike
     return proto
 
 
-def trace_deploy(model: nn.Module, example: torch.Tensor, error: type[Exception] = ExportError
+def trace_deploy(model: nn.Module, example, error: type[Exception] = ExportError
                  ) -> tuple[nn.Module, onnx.ModelProto]:
     """(deploy model, its ONNX graph straight from torch.onnx.export): the ai.qexport torch ops
     translated to custom-domain nodes, the batch dimension dynamic ("batch"). Both export
     targets start from it. Failures raise ``error`` with the exporter's message."""
     deploy = model if deploy_layers(model) else to_deploy(model)
     deploy.eval()
-    example = example.detach().float()
-    if example.shape[0] < 2:  # a batch of 1 would be specialised to a static dimension
-        example = example.expand(2, *example.shape[1:]).contiguous()
+    args = [a.detach().float() for a in tensors(example)]
+    # a batch of 1 would be specialised to a static dimension
+    args = [a if a.shape[0] >= 2 else a.expand(2, *a.shape[1:]).contiguous() for a in args]
+    batch = torch.export.Dim("batch")
     with torch.no_grad(), quiet_exporter():
         try:
             program = torch.onnx.export(
-                deploy, (example,), dynamo=True, custom_translation_table=TRANSLATIONS,
-                dynamic_shapes=({0: torch.export.Dim("batch")},), input_names=["input"], output_names=["output"],
-                verbose=False)
+                deploy, tuple(args), dynamo=True, custom_translation_table=TRANSLATIONS,
+                dynamic_shapes=tuple({0: batch} for _ in args), input_names=input_names(example),
+                output_names=["output"], verbose=False)
         except Exception as exc:  # noqa: BLE001 - re-raised with context
             raise error(f"torch.onnx.export failed: {exc}") from exc
     return deploy, program.model_proto

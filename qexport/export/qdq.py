@@ -428,12 +428,14 @@ def check_qdq_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y:
     quantized PyTorch model: every layer's codes and integer weights against the deploy model,
     the output against the deploy model and the trained (fake-quantized) model. Returns a
     :class:`qexport.validate.ParityReport`, judged by the same tolerances as ``check_parity``."""
+    from ..inputs import bind_inputs
     from ..validate.parity import LayerParity, Tolerances, compare_runs, make_report, parity_batch_size
 
     if len(x) == 0:
         raise ValueError("no samples to compare: x is empty, and parity on zero samples proves nothing")
     tol = tolerances or Tolerances()
     model = model.eval()
+    x = bind_inputs(model, x)  # several inputs: in the model's order (InputError names what is missing)
     if batch_size is None:
         batch_size = parity_batch_size(model, x)
     deploy = model if deploy_layers(model) else to_deploy(model)

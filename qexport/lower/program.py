@@ -143,7 +143,17 @@ def _module_for(gm: torch.fx.GraphModule, node) -> tuple[str, nn.Module] | None:
 
 def from_program(program) -> torch.fx.GraphModule:
     """The program's graph with its layers as modules (see the module docstring)."""
-    gm = program.module()
+    try:
+        gm = program.module()
+    except Exception as exc:  # noqa: BLE001 - torch's unlifting fails in many ways
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ""
+        clash = sorted({part for name, _ in program.named_parameters() for part in name.split(".")[:-1]}
+                       & {"meta", "graph", "code", "training"})
+        if clash:
+            hint = (f" The model has a submodule named {clash[0]!r}, which torch.export's module() cannot rebuild "
+                    f"(a torch.fx.GraphModule attribute has that name): rename it before exporting.")
+        raise ProgramError(f"torch.export could not rebuild the program as a module ({first}).{hint}") from None
     graph = gm.graph
     taken = {name for name, _ in gm.named_modules()} - {""}
     # containers torch.export left at a layer's path (holding only its tensors) may be replaced

@@ -119,6 +119,8 @@ def layer_stats(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     """Per sample, in one forward pass of ``model`` on ``x``: (multiply-accumulates as in
     ``count_macs``, input values of its Conv1d/2d and Linear layers: what their activation
     quantizers see once the model is quantized)."""
+    from ..inputs import run
+
     total = inputs = 0
 
     def hook(m: nn.Module, inp, out) -> None:
@@ -132,7 +134,7 @@ def layer_stats(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
-            model.eval()(x)
+            run(model.eval(), x)
     finally:
         for h in handles:
             h.remove()

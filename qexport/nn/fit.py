@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..inputs import run, split
 from ..io import batch_size_for
 from ..quant.asq import AsqActQuantizer
 from ..quant.base import ActQuantizer, WeightQuantizer
@@ -124,8 +125,8 @@ def init_adapters(model: nn.Module, x: torch.Tensor, *, iters: int = 200, batch_
     hooks = [q.register_forward_pre_hook(record) for q in quants]
     try:
         with torch.no_grad():
-            for xb in torch.split(x, batch_size_for(x, batch_size)):
-                model(xb)
+            for xb in split(x, batch_size_for(x, batch_size)):
+                run(model, xb)
     finally:
         for h in hooks:
             h.remove()
@@ -198,9 +199,9 @@ def fit(model: nn.Module, teacher: nn.Module, x: torch.Tensor, options: FitOptio
     def sums(xb: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(squared error, squared target) of the logits and of every quantized layer's output."""
         with torch.no_grad():
-            t_out = teacher(xb)
+            t_out = run(teacher, xb)
             targets = {n: t_store[n].detach() for n in names}
-        s_out = model(xb)
+        s_out = run(model, xb)
         pairs = [(s_out, t_out)] + [(s_store[n], targets[n]) for n in names]
         return [(((out - target) ** 2).sum(), (target ** 2).sum()) for out, target in pairs]
 
@@ -211,7 +212,7 @@ def fit(model: nn.Module, teacher: nn.Module, x: torch.Tensor, options: FitOptio
     def probe_loss(xp: torch.Tensor) -> float:
         """loss_on(xp), summed over chunks (one batch of 256 at 224x224 held gigabytes of outputs)."""
         totals = None
-        for xb in torch.split(xp, max(1, opts.batch_size)):
+        for xb in split(xp, max(1, opts.batch_size)):
             chunk = [(float(e), float(r)) for e, r in sums(xb)]
             totals = chunk if totals is None else [(a + e, b + r) for (a, b), (e, r) in zip(totals, chunk)]
         return sum(e / max(r, 1e-12) for e, r in totals) / (len(names) + 1)

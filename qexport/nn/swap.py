@@ -8,6 +8,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..inputs import cat, run, to_device
 from ..quant.base import ACT_QUANTIZERS, WEIGHT_QUANTIZERS, ActQuantizer, WeightQuantizer
 from ..quant.config import QuantConfig
 from .layers import QUANT_LAYERS, QuantMixin
@@ -113,8 +114,8 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], refine_samples:
     try:
         device = next(model.parameters()).device
         for xb in batches:
-            xb = xb.to(device)
-            model(xb)
+            xb = to_device(xb, device)
+            run(model, xb)
             seen += 1
             if sum(len(k) for k in kept) < max(refine_samples, adapter_samples if fit_adapters else 0):
                 kept.append(xb)
@@ -126,10 +127,10 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor], refine_samples:
     if fit_adapters:
         from .fit import init_adapters
 
-        init_adapters(model, torch.cat(kept)[:adapter_samples])
+        init_adapters(model, cat(kept)[:adapter_samples])
     if refine_samples > 0:
         try:
-            _refine_steps(model, layers, torch.cat(kept)[:refine_samples], refine_ratios)
+            _refine_steps(model, layers, cat(kept)[:refine_samples], refine_ratios)
         finally:  # never leave a layer in float mode
             for layer in layers.values():
                 layer.quantize_weights = True
@@ -141,13 +142,13 @@ def _refine_steps(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tenso
     for layer in layers.values():
         layer.quantize_weights = False
         layer.act_quant.enabled = False
-    target = model(x)
+    target = run(model, x)
     for layer in layers.values():
         layer.quantize_weights = True
     # Greedy, in forward order: upstream layers are already quantized with their chosen steps.
     order: list[nn.Module] = []
     hooks = [m.register_forward_pre_hook(lambda mod, inp: order.append(mod)) for m in layers.values()]
-    model(x)
+    run(model, x)
     for h in hooks:
         h.remove()
     for layer in dict.fromkeys(order):
@@ -159,5 +160,5 @@ def _refine_steps(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tenso
         errors = []
         for r in ratios:
             quant.step.fill_(base * r)
-            errors.append(float(((model(x) - target) ** 2).mean()))
+            errors.append(float(((run(model, x) - target) ** 2).mean()))
         quant.step.fill_(base * ratios[min(range(len(ratios)), key=errors.__getitem__)])

@@ -23,6 +23,7 @@ import onnx
 import torch
 from torch import nn
 
+from ..inputs import bind_inputs, feeds, run as run_model, to_torch
 from ..io import batch_size_for
 from ..lower.description import IntegerModel
 from ..lower.modules import deploy_layers, to_deploy
@@ -32,12 +33,23 @@ from .steps import asq_scale_outputs, spread, sqnr_db
 
 @dataclass
 class Tolerances:
-    """What validate accepts. Defaults are strict: integer codes are identical, top-1 agrees."""
+    """What validate accepts. Defaults are strict: integer codes are identical, top-1 agrees.
+
+    Output errors are also measured in *output steps*: the resolution of the layer that
+    produces the model's output: per sample and output channel, its input step times that
+    channel's weight scale, the change of the output when one accumulator unit changes). ONNX against the integer
+    deploy model may differ by at most ``max_output_steps`` of them (float rounding of the
+    epilogue, far below one code). The trained (fake-quantized) model is the reference the
+    user trained; ONNX's top-1 agreement with it below ``min_reference_agreement`` is reported
+    with its cause (the first layer whose codes differ between the trained and the integer
+    model), never passed over silently."""
 
     max_code_mismatch_rate: float = 0.0  # per layer, fraction of codes that may differ
     max_code_diff: int = 1  # largest |code difference| tolerated among those
     min_top1_agreement: float = 1.0  # ONNX vs deploy model
     min_sqnr_db: float = 40.0  # ONNX output vs deploy model output
+    max_output_steps: float = 0.5  # ONNX vs deploy model, in output steps (see above)
+    min_reference_agreement: float = 0.999  # ONNX vs trained model: below it, the report says why
 
 
 @dataclass
@@ -52,6 +64,8 @@ class LayerParity:
     mismatches: int = 0
     max_diff: int = 0
     weight_mismatches: int = 0
+    # codes of the trained (fake-quantized) model that differ from the integer model's (-1: not compared)
+    trained_mismatches: int = -1
 
     @property
     def rate(self) -> float:
@@ -68,11 +82,17 @@ class OutputCompare:
     sq_err: float = 0.0
     agree: int = 0
     count: int = 0
+    max_steps: float | None = 0.0  # largest error in output steps (None: no output step known)
 
-    def update(self, ref: np.ndarray, out: np.ndarray) -> None:
+    def update(self, ref: np.ndarray, out: np.ndarray, step: np.ndarray | None = None) -> None:
         ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
         err = out64 - ref64
         self.max_abs = max(self.max_abs, float(np.abs(err).max(initial=0.0)))
+        if step is None or self.max_steps is None:
+            self.max_steps = None
+        elif err.size:
+            step = step.reshape(step.shape + (1,) * (err.ndim - step.ndim))
+            self.max_steps = max(self.max_steps, float((np.abs(err) / np.maximum(step, 1e-300)).max()))
         self.max_ref = max(self.max_ref, float(np.abs(ref64).max(initial=0.0)))
         self.sq_ref += float((ref64**2).sum())
         self.sq_err += float((err**2).sum())
@@ -83,7 +103,8 @@ class OutputCompare:
     def summary(self) -> dict:
         sqnr = sqnr_db(self.sq_ref, self.sq_err)
         return {"max_abs_err": self.max_abs, "max_rel_err": self.max_abs / self.max_ref if self.max_ref else 0.0,
-                "top1_agreement": self.agree / self.count if self.count else 1.0, "sqnr_db": sqnr}
+                "top1_agreement": self.agree / self.count if self.count else 1.0, "sqnr_db": sqnr,
+                "max_err_output_steps": self.max_steps}
 
 
 @dataclass
@@ -101,6 +122,13 @@ class ParityReport:
     # Fidelity to the float model (convert of a float model): top-1 agreement and output SQNR on
     # samples not used to calibrate/fit, for the calibrated and the fitted model.
     fidelity: dict = field(default_factory=dict)
+    # The first layer, in forward order, whose ONNX codes differ from the integer model's
+    # ({"layer", "mismatches", "codes", "max_diff"}; None: every code equal). Later layers inherit it.
+    first_divergence: dict | None = None
+    # The same between the trained (fake-quantized) model and the integer model (None: equal or not compared).
+    first_trained_divergence: dict | None = None
+    # What the reader must know although parity passed (e.g. why agreement with the trained model is low).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -213,7 +241,7 @@ def top1(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256) 
     batch_size = batch_size_for(x, batch_size)
     correct = 0
     for start in range(0, len(x), batch_size):
-        out = model(torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)))
+        out = run_model(model, x[start : start + batch_size])
         correct += int((out.argmax(1).numpy() == y[start : start + batch_size]).sum())
     return correct / max(1, len(x))
 
@@ -226,29 +254,88 @@ class _Run:
     vs_trained: OutputCompare = field(default_factory=OutputCompare)
     correct: dict = field(default_factory=lambda: {"torch": 0, "deploy": 0, "onnx": 0})
     extra: dict = field(default_factory=dict)  # tensor name -> list of its values per batch
+    order: list = field(default_factory=list)  # the quantized layers in forward order
+    output_layer: str | None = None  # the layer whose output is the model's output (its step: output steps)
+
+
+def _trained_codes_hooks(model: nn.Module, captured: dict[str, np.ndarray], rows: dict[str, LayerParity]) -> list:
+    """Hooks that count, per layer, the trained model's activation codes (its fake-quantized
+    output divided by its step) that differ from the integer model's in ``captured``."""
+    from ..nn.layers import QuantMixin
+
+    hooks = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, QuantMixin) or name not in rows:
+            continue
+        quant = layer.act_quant
+        rows[name].trained_mismatches = 0
+
+        def hook(mod, inp, out, name=name) -> None:
+            ref = captured.get(name)
+            if ref is None or not getattr(mod, "enabled", True):
+                return
+            x = inp[0]
+            step = mod.step.detach().float()
+            factor = mod.factor(x)
+            if factor is not None:
+                step = step * factor.detach().reshape((-1,) + (1,) * (x.dim() - 1))
+            codes = torch.round(out.detach() / step) + R.act_zero_point(mod.bits, mod.is_signed)
+            ours = codes.reshape(-1).numpy()
+            if ours.size == ref.size:
+                rows[name].trained_mismatches += int(np.count_nonzero(ours != ref.reshape(-1)))
+
+        hooks.append(quant.register_forward_hook(hook))
+    return hooks
 
 
 def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str, codes: dict[str, str],
                  rows: dict[str, LayerParity], x: np.ndarray, y: np.ndarray | None, batch_size: int,
                  extra_outputs: tuple[str, ...] = (), progress: Callable[[int], None] | None = None) -> _Run:
-    """Run the trained model, the deploy model and the ONNX session on ``x`` batch by batch:
+    """Run the deploy model, the trained model and the ONNX session on ``x`` batch by batch:
     compare each layer's codes (the deploy layer's quantizer output against the ONNX tensor
-    ``codes[layer]``, counted into ``rows``) and the outputs; collect ``extra_outputs``."""
+    ``codes[layer]``, counted into ``rows``, and against the trained model's codes) and the
+    outputs (also in output steps: see ``Tolerances``); collect ``extra_outputs``."""
     layers = deploy_layers(deploy)
-    input_name = session.get_inputs()[0].name
+    in_names = [i.name for i in session.get_inputs()]
     out_names = [o.name for o in session.get_outputs()]
     captured: dict[str, np.ndarray] = {}
-    hooks = [layer.quant.register_forward_hook(lambda mod, inp, out, key=name: captured.__setitem__(key, out[0].numpy()))
+    scales: dict[str, np.ndarray] = {}
+    last: list = [None, None]  # (name, output) of the last quantized layer that ran
+
+    def on_quant(mod, inp, out, key) -> None:
+        captured[key] = out[0].numpy()
+        scales[key] = out[1].numpy()
+
+    def on_layer(mod, inp, out, key) -> None:
+        last[0], last[1] = key, out
+
+    hooks = [layer.quant.register_forward_hook(lambda mod, inp, out, key=name: on_quant(mod, inp, out, key))
              for name, layer in layers.items()]
+    hooks += [layer.register_forward_hook(lambda mod, inp, out, key=name: on_layer(mod, inp, out, key))
+              for name, layer in layers.items()]
+    hooks += _trained_codes_hooks(model, captured, rows)
     run = _Run(extra={name: [] for name in extra_outputs})
     try:
         for start in range(0, len(x), batch_size):
-            xb = np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32)
+            xb = x[start : start + batch_size]
+            feed = feeds(in_names, xb)
             with torch.no_grad():
-                y_trained = model(torch.from_numpy(xb)).numpy()
                 captured.clear()
-                y_deploy = deploy(torch.from_numpy(xb)).numpy()
-            results = dict(zip(out_names, session.run(None, {input_name: xb})))
+                last[0] = None
+                y_deploy_t = run_model(deploy, xb)
+                y_deploy = y_deploy_t.numpy()
+                if not run.order:
+                    run.order = list(captured)
+                    if last[0] is not None and last[1] is y_deploy_t:
+                        run.output_layer = last[0]
+                y_trained = run_model(model, xb).numpy()  # its hooks compare its codes with captured
+            step = None
+            if run.output_layer is not None:  # (N, C): one accumulator unit of each output channel
+                w_scale = layers[run.output_layer].w_scale.numpy().astype(np.float64).reshape(-1)
+                per_sample = scales[run.output_layer].reshape(len(y_deploy), -1)[:, :1].astype(np.float64)
+                if y_deploy.ndim >= 2 and y_deploy.shape[1] == len(w_scale):
+                    step = per_sample * w_scale[None, :]
+            results = dict(zip(out_names, session.run(None, feed)))
             y_onnx = results[main_output]
             for name, row in rows.items():
                 ours, theirs = captured[name], results[codes[name]]
@@ -262,8 +349,8 @@ def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str,
                     row.max_diff = max(row.max_diff, int(diff.max(initial=0)))
             for name in extra_outputs:
                 run.extra[name].append(results[name])
-            run.vs_deploy.update(y_deploy, y_onnx)
-            run.vs_trained.update(y_trained, y_onnx)
+            run.vs_deploy.update(y_deploy, y_onnx, step)
+            run.vs_trained.update(y_trained, y_onnx, step)
             if y is not None and y_onnx.ndim == 2:
                 yb = y[start : start + batch_size]
                 for key, out in (("torch", y_trained), ("deploy", y_deploy), ("onnx", y_onnx)):
@@ -276,28 +363,71 @@ def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str,
     return run
 
 
+def _first(rows: dict[str, LayerParity], order: list[str], count: str) -> dict | None:
+    """The first layer in forward ``order`` whose ``count`` (mismatches / trained_mismatches) is positive."""
+    for name in list(order) + [n for n in rows if n not in order]:
+        row = rows.get(name)
+        if row is not None and getattr(row, count) > 0:
+            return {"layer": name, "mismatches": getattr(row, count), "codes": row.codes,
+                    **({"max_diff": row.max_diff} if count == "mismatches" else {})}
+    return None
+
+
 def make_report(run: _Run, rows: dict[str, LayerParity], n: int, y: np.ndarray | None, tol: Tolerances,
                 proto: onnx.ModelProto, weights_required: bool = False, **fields) -> ParityReport:
     """The report of a run, judged by ``tol`` (weights that differ, or are missing when
-    ``weights_required``; codes; agreement; SQNR)."""
+    ``weights_required``; codes, with the first diverging layer named; agreement; SQNR; the
+    error in output steps), with a note saying why when ONNX agrees with the trained model on
+    fewer than ``tol.min_reference_agreement`` of the samples."""
     report = ParityReport(n, list(rows.values()), run.vs_deploy.summary(), run.vs_trained.summary(),
                           tolerances=asdict(tol), quant=_quant_of(proto), **fields)
+    report.vs_deploy["output_layer"] = report.vs_trained["output_layer"] = run.output_layer
     if y is not None and n:
         report.accuracy = {k: v / n for k, v in run.correct.items()}
+    report.first_divergence = _first(rows, run.order, "mismatches")
+    report.first_trained_divergence = _first(rows, run.order, "trained_mismatches")
     for row in rows.values():
         if row.weight_mismatches > 0:
             report.failures.append(f"{row.name}: {row.weight_mismatches} packed weight codes differ from the model's")
         elif row.weight_mismatches < 0 and weights_required:
             report.failures.append(f"{row.name}: the file's integer weights are missing")
-        if row.rate > tol.max_code_mismatch_rate or row.max_diff > tol.max_code_diff:
-            report.failures.append(f"{row.name}: {row.mismatches} of {row.codes} activation codes differ "
-                                   f"(max |diff| {row.max_diff})")
+    bad = [row for row in (rows[name] for name in list(run.order) + [k for k in rows if k not in run.order])
+           if row.rate > tol.max_code_mismatch_rate or row.max_diff > tol.max_code_diff]
+    for k, row in enumerate(bad):
+        where = " (the first diverging layer in forward order; later layers inherit its difference)" if k == 0 else ""
+        report.failures.append(f"{row.name}: {row.mismatches} of {row.codes} activation codes differ "
+                               f"(max |diff| {row.max_diff}){where}")
     if report.vs_deploy["top1_agreement"] < tol.min_top1_agreement:
         report.failures.append(f"top-1 agreement with the PyTorch model {report.vs_deploy['top1_agreement']:.4%} "
                                f"< {tol.min_top1_agreement:.4%}")
     if report.vs_deploy["sqnr_db"] < tol.min_sqnr_db:
         report.failures.append(f"output SQNR {report.vs_deploy['sqnr_db']:.1f} dB < {tol.min_sqnr_db} dB")
+    steps = report.vs_deploy["max_err_output_steps"]
+    if steps is not None and steps > tol.max_output_steps:
+        report.failures.append(f"output error {steps:.3g} output steps of layer {run.output_layer} "
+                               f"> {tol.max_output_steps} (ONNX vs the integer model)")
+    agreement = report.vs_trained["top1_agreement"]
+    if n and agreement < tol.min_reference_agreement:
+        report.notes.append(_why_low_agreement(report, agreement, tol))
     return report
+
+
+def _why_low_agreement(report: ParityReport, agreement: float, tol: Tolerances) -> str:
+    """Why ONNX's top-1 agreement with the trained model is below ``tol.min_reference_agreement``."""
+    head = (f"top-1 agreement with the trained (fake-quantized) PyTorch model is {agreement:.2%} "
+            f"(< {tol.min_reference_agreement:.1%}): ")
+    if report.failures:
+        return head + "ONNX does not match the integer model either (see the failures)."
+    first = report.first_trained_divergence
+    if first is None:
+        return head + ("ONNX matches the integer model exactly and every activation code of the trained model is the "
+                       "same, so the difference is in the float epilogues (BatchNorm folded into the weight scales, "
+                       "float rounding of the outputs) on near-ties between classes.")
+    return head + (f"ONNX matches the integer model exactly; the trained model's own activation codes first differ "
+                   f"from the integer model's at layer {first['layer']} ({first['mismatches']:,} of "
+                   f"{first['codes']:,} codes), where BatchNorm is folded into the weights and the step is applied "
+                   f"in float, and later layers inherit the difference. The ONNX file computes the integer model "
+                   f"(`qexport validate` checks it); train longer or with more bits if the two must agree more.")
 
 
 # Activation codes held per parity batch (PyTorch's, ONNX Runtime's and their difference: about
@@ -310,7 +440,7 @@ def parity_batch_size(model: nn.Module, x: np.ndarray, limit: int = 128) -> int:
     inputs of the quantized layers on ``x[:1]``) times ``limit`` exceed ``PARITY_BATCH_CODES``."""
     from ..models.common import layer_stats
 
-    per_sample = layer_stats(model, torch.from_numpy(np.ascontiguousarray(x[:1], dtype=np.float32)))[1]
+    per_sample = layer_stats(model, to_torch(x[:1]))[1]
     return int(max(1, min(limit, PARITY_BATCH_CODES // max(1, per_sample))))
 
 
@@ -325,6 +455,7 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
         raise ValueError("no samples to compare: x is empty, and parity on zero samples proves nothing")
     tol = tolerances or Tolerances()
     model = model.eval()
+    x = bind_inputs(model, x)  # several inputs: in the model's order (InputError names what is missing)
     if batch_size is None:
         batch_size = parity_batch_size(model, x)
     deploy = to_deploy(model)

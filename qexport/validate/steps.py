@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..export.passes import FUSED_QUANTIZE_KEY
+from ..inputs import feeds, run, to_device, to_torch
 from ..io import batch_size_for
 from ..spec import reference as R
 
@@ -64,10 +65,10 @@ def torch_step_stats(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size:
     was_training = model.training
     model.eval()
     try:
-        xt = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x
+        xt = to_torch(x)
         device = next(model.parameters()).device
         for start in range(0, len(xt), batch_size):
-            model(xt[start:start + batch_size].to(device))
+            run(model, to_device(xt[start:start + batch_size], device))
     finally:
         for h in hooks:
             h.remove()
@@ -117,13 +118,12 @@ def onnx_step_stats(proto: onnx.ModelProto, x: np.ndarray, against: np.ndarray |
             model.graph.output.append(onnx.helper.make_tensor_value_info(q["output"], onnx.TensorProto.FLOAT, None))
             existing.add(q["output"])
     session = (session_factory or make_session)(model.SerializeToString())
-    input_name = session.get_inputs()[0].name
+    in_names = [i.name for i in session.get_inputs()]
     batch_size = batch_size_for(x, batch_size)
     fetch = [proto.graph.output[0].name] + [q["output"] for q in outputs.values()]
     first, seen = [], {name: [] for name in outputs}
     for start in range(0, len(x), batch_size):
-        xb = np.ascontiguousarray(x[start:start + batch_size], dtype=np.float32)
-        result = session.run(fetch, {input_name: xb})
+        result = session.run(fetch, feeds(in_names, x[start:start + batch_size]))
         first.append(result[0])
         for name, value in zip(outputs, result[1:]):
             seen[name].append(np.asarray(value).reshape(-1))

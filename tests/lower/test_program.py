@@ -171,3 +171,108 @@ def test_a_program_fixed_to_batch_one_is_refused_with_the_fix(tmp_path):
     torch.export.save(torch.export.export(model, (x[:1],)), str(tmp_path / "fixed.pt2"))  # no dynamic batch
     with pytest.raises(ConvertError, match="runs on one sample but not on a batch of two.*dynamic_shapes"):
         convert_model(tmp_path / "fixed.pt2", x=x.numpy(), output=tmp_path / "fixed.onnx", validate=False)
+
+
+class TwoInputNet(nn.Module):
+    """An image and a side vector (say, sensor readings), joined before the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        self.side = nn.Sequential(nn.Linear(6, 16), nn.ReLU())
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, image, extra):
+        return self.head(torch.cat([self.conv(image).mean((2, 3)), self.side(extra)], 1))
+
+
+def _two_inputs(n: int = 160):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.random((n, 1, 10, 10), dtype=np.float32), rng.standard_normal((n, 6)).astype(np.float32)
+
+
+def _two_input_program(tmp_path):
+    torch.manual_seed(0)
+    model = TwoInputNet()
+    image, extra = (torch.from_numpy(a) for a in _two_inputs())
+    model.train()(image, extra)
+    batch = torch.export.Dim("batch", min=1)
+    path = tmp_path / "two.pt2"
+    torch.export.save(torch.export.export(model.eval(), (image[:4], extra[:4]), dynamic_shapes=({0: batch}, {0: batch})),
+                      str(path))
+    return model, path
+
+
+def test_convert_of_a_two_input_program_is_bit_exact(tmp_path):
+    """Several inputs: matched to the model's arguments by name, fed to ONNX Runtime under those
+    names, every layer (both branches) bit-exact."""
+    import numpy as np
+
+    from qexport import FitOptions, convert_model
+    from qexport.inputs import Inputs
+
+    _, path = _two_input_program(tmp_path)
+    image, extra = _two_inputs()
+    x = Inputs([extra, image], ["extra", "image"])  # any order: bound by name
+    result = convert_model(path, x=x, output=tmp_path / "two.onnx", method="asq+post", bits=3, calib_samples=128,
+                           fit_options=FitOptions(steps=3, batch_size=16))
+    report = result.report
+    assert report.passed and report.vs_deploy["sqnr_db"] == float("inf"), report.failures
+    assert {row.name for row in report.layers} == {"conv.0", "conv.3", "side.0", "head"}
+    assert all(row.mismatches == 0 and row.codes > 0 for row in report.layers)
+    assert result.fidelity["coverage"]["coverage"] == 1.0
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "two.onnx"))
+    assert [i.name for i in proto.graph.input] == ["image", "extra"]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert '"name": "extra"' in meta["qexport.input"]
+    # the file runs in ONNX Runtime on named inputs like the quantized model does in PyTorch
+    from qexport.runtime import make_session
+
+    sess = make_session(str(tmp_path / "two.onnx"))
+    out = sess.run(None, {"image": image[:7], "extra": extra[:7]})[0]
+    assert out.shape == (7, 5) and np.isfinite(out).all()
+
+
+def test_two_input_cli_round_trip_and_refusals(tmp_path):
+    """.npz with one array per input name (and y): convert, then validate re-checks; data that
+    does not match the model's inputs is refused by name."""
+    import numpy as np
+
+    model, path = _two_input_program(tmp_path)
+    image, extra = _two_inputs()
+    with torch.no_grad():
+        y = model.eval()(torch.from_numpy(image), torch.from_numpy(extra)).argmax(1).numpy()
+    np.savez(tmp_path / "two.npz", image=image, extra=extra, y=y)
+    code, text = run_cli("convert", path, "--bits", "4", "--data", tmp_path / "two.npz", "--fit-steps", "3",
+                         "-o", tmp_path / "two_w4.onnx")
+    assert code == 0 and "parity: PASS" in text and "accuracy on these samples: float 100.00%" in text, text
+    code, text = run_cli("validate", tmp_path / "two_w4.pt", tmp_path / "two_w4.onnx", "--data", tmp_path / "two.npz")
+    assert code == 0 and "parity: PASS" in text, text
+    np.savez(tmp_path / "one.npz", x=image)
+    code, text = run_cli("convert", path, "--data", tmp_path / "one.npz", "-o", tmp_path / "bad.onnx")
+    assert code != 0 and "takes 2 inputs (image, extra)" in text and "one array per input" in text, text
+    np.savez(tmp_path / "wrong.npz", image=image, meta=extra)
+    code, text = run_cli("convert", path, "--data", tmp_path / "wrong.npz", "-o", tmp_path / "bad.onnx")
+    assert code != 0 and "no array extra" in text, text
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_two_input_pickled_module(tmp_path):
+    """A plain nn.Module with two forward arguments converts the same way (names from forward)."""
+    from qexport import FitOptions, convert_model
+    from qexport.checkpoint import save_checkpoint  # noqa: F401 - the module is saved whole below
+    from qexport.inputs import Inputs
+
+    torch.manual_seed(1)
+    model = TwoInputNet().eval()
+    torch.save(model, tmp_path / "two_module.pt")
+    image, extra = _two_inputs(96)
+    result = convert_model(tmp_path / "two_module.pt", x=Inputs([image, extra], ["image", "extra"]), trust_pickle=True,
+                           output=tmp_path / "two_module.onnx", bits=4, calib_samples=64,
+                           fit_options=FitOptions(steps=2, batch_size=16))
+    assert result.report.passed and all(row.mismatches == 0 for row in result.report.layers), result.report.failures
