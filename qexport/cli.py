@@ -142,16 +142,32 @@ def _progress(step_label: str, sample_label: str = "", samples: int = 0):
                   TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         tasks: dict[str, object] = {}
 
+        def done_status() -> None:
+            if "status" in tasks:
+                bar.remove_task(tasks.pop("status"))
+
         def steps(step: int, total: int, loss: float) -> None:
             if "steps" not in tasks:
+                done_status()
                 tasks["steps"] = bar.add_task(step_label, total=total, status="")
             bar.update(tasks["steps"], completed=step, status=f"loss {loss:.4f}")
 
         def advance(n: int) -> None:
             if "samples" not in tasks:
+                done_status()
                 tasks["samples"] = bar.add_task(sample_label, total=samples, status="")
             bar.advance(tasks["samples"], n)
 
+        def status(msg: str) -> None:
+            """Print a step's message and show it as a running (indeterminate) bar with its elapsed
+            time until the next message or bar: no step of a long convert runs without one."""
+            console.print(f"[dim]{msg}[/]")
+            done_status()
+            if "steps" in tasks:  # the fit is over once convert says what comes next
+                bar.remove_task(tasks.pop("steps"))
+            tasks["status"] = bar.add_task(msg.split(" (")[0][:60], total=None, status="")
+
+        steps.status = status  # type: ignore[attr-defined]
         yield steps, advance
 
 
@@ -399,7 +415,7 @@ def convert(
                          overrides=overrides, export_format=export_format,
                          mixed=_mixed_options(size_budget, bit_choices, granularity), validate_progress=advance,
                          module_path=tuple(str(p) for p in module_path or ()),
-                         progress=lambda msg: console.print(f"[dim]{msg}[/]"), fit_progress=fit_progress)
+                         progress=fit_progress.status, fit_progress=fit_progress)
         except (CheckpointError, ConvertError, ExportError) as exc:
             _fail(str(exc))
     _print_result(result, export_format)

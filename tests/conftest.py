@@ -21,6 +21,11 @@ from pathlib import Path
 # convert's post-training fit (200 steps by default) is the subject of tests/nn/test_fit.py; every
 # other conversion in the suite fits briefly, or a CLI test would cost a minute on shared cores.
 os.environ.setdefault("QEXPORT_FIT_STEPS", "10")
+# One intra-op thread (torch's OpenMP pool; inherited by the CLI and torchrun subprocesses): the
+# tests' tensors are small, and two threads spin-wait for each other when the machine's other
+# core is busy. Measured on 2 cores with another CPU-bound job running: the quick suite took 11:12
+# with the default threads, 4:21 with one (about the same as the default on an idle machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # pytest's default import mode adds it too; --import-mode=importlib does not

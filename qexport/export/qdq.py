@@ -467,6 +467,6 @@ def check_qdq_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y:
             probe.graph.output.append(helper.make_tensor_value_info(code_names[name], TensorProto.UINT8, None))
     session = (session_factory or (lambda data: plain_session(data, threads)))(probe.SerializeToString())
     run = compare_runs(model, deploy, session, proto.graph.output[0].name, code_names, rows, x, y, batch_size,
-                       progress=progress)
+                       progress=progress, diagnose_below=tol.min_reference_agreement)
     report = make_report(run, rows, len(x), y, tol, proto, weights_required=True)
     return report

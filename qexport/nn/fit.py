@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..inputs import run, split
@@ -130,6 +131,7 @@ def init_adapters(model: nn.Module, x: torch.Tensor, *, iters: int = 200, batch_
     finally:
         for h in hooks:
             h.remove()
+    jobs: list[tuple[AsqActQuantizer, torch.Tensor, torch.Tensor]] = []
     for q in quants:
         values, feats_list = seen.pop(id(q))
         if not values:  # not on the forward path
@@ -139,12 +141,18 @@ def init_adapters(model: nn.Module, x: torch.Tensor, *, iters: int = 200, batch_
         # Relative to the samples' mean: the calibrated step keeps the level, beta the variation.
         target = target / target.mean()
         spread[names[id(q)]] = float(target.std())
-        feats = torch.cat(feats_list)
-        opt = torch.optim.Adam([q.fc1.weight, q.fc1.bias, q.fc2.weight, q.fc2.bias], lr=1e-2)
+        jobs.append((q, torch.cat(feats_list), torch.log(target)))
+    if jobs:
+        # Every adapter regressed at once: the sum of their losses has each adapter's own gradient
+        # (no parameter is shared) and Adam is elementwise, so this is exactly one Adam per
+        # adapter, with one backward pass and one optimizer step per iteration instead of one each.
+        params = [p for q, _, _ in jobs for p in (q.fc1.weight, q.fc1.bias, q.fc2.weight, q.fc2.bias)]
+        opt = torch.optim.Adam(params, lr=1e-2)
         with torch.enable_grad():
             for _ in range(iters):
                 opt.zero_grad(set_to_none=True)
-                loss = ((torch.log(q.beta(feats).clamp_min(1e-6)) - torch.log(target)) ** 2).mean()
+                loss = sum(((torch.log(q.beta(feats).clamp_min(1e-6)) - log_target) ** 2).mean()
+                           for q, feats, log_target in jobs)
                 loss.backward()
                 opt.step()
     model.train(was_training)
@@ -203,7 +211,9 @@ def fit(model: nn.Module, teacher: nn.Module, x: torch.Tensor, options: FitOptio
             targets = {n: t_store[n].detach() for n in names}
         s_out = run(model, xb)
         pairs = [(s_out, t_out)] + [(s_store[n], targets[n]) for n in names]
-        return [(((out - target) ** 2).sum(), (target ** 2).sum()) for out, target in pairs]
+        with torch.no_grad():
+            refs = [torch.linalg.vector_norm(target.reshape(-1)) ** 2 for _, target in pairs]
+        return [(F.mse_loss(out, target, reduction="sum"), ref) for (out, target), ref in zip(pairs, refs)]
 
     def loss_on(xb: torch.Tensor) -> torch.Tensor:
         return sum(err / ref.clamp_min(1e-12) for err, ref in sums(xb)) / (len(names) + 1)

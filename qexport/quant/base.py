@@ -92,14 +92,17 @@ class ActQuantizer(nn.Module):
         if not bool(self.initialized):
             self._init_from_batch(x)
         lo, hi = self.qrange()
-        g = 1.0 / math.sqrt(max(1, x[0].numel()) * max(1, hi))
-        s = grad_scale(self.step, g)
+        if torch.is_grad_enabled():
+            g = 1.0 / math.sqrt(max(1, x[0].numel()) * max(1, hi))
+            s = grad_scale(self.step, g)
+        else:  # no gradient: the step itself (grad_scale's forward may differ from it in the last bit)
+            s = self.step
         f = self.factor(x)
         if f is not None:
             # LSQ's g scales the step's own gradient only: the per-sample factor gets the full
             # gradient (grad wrt s' times s), as in the ASQ authors' code.
             s = s * f.reshape((-1,) + (1,) * (x.dim() - 1))
-        return round_pass(torch.clamp(x / s, lo, hi)) * s
+        return fake_quant(x, s, lo, hi)
 
     # ----------------------------------------------------------------- init / calibration
     @torch.no_grad()
@@ -305,4 +308,4 @@ class WeightQuantizer(nn.Module):
         self.initialized.fill_(True)
 
 
-from .ste import grad_scale, round_pass  # noqa: E402  (kept at the end: base defines the registries)
+from .ste import fake_quant, grad_scale  # noqa: E402  (kept at the end: base defines the registries)

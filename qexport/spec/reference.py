@@ -74,10 +74,15 @@ def quantize_codes(x: np.ndarray, scale: np.ndarray, bits: int, signed: bool) ->
     lo, hi = act_range(bits, signed)
     s = scale.reshape((-1,) + (1,) * (x.ndim - 1))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        r = np.rint(x / s)
-    r = np.where(np.isnan(r), 0.0, r)
-    q = np.clip(r, lo, hi).astype(np.int16) + act_zero_point(bits, signed)
-    return q.astype(np.uint8)
+        r = np.divide(x, s, dtype=np.float32)
+        np.rint(r, out=r)
+    if lo < 0:
+        r[np.isnan(r)] = 0.0
+    np.fmax(r, lo, out=r)  # (unsigned: a NaN becomes lo = 0 here)
+    np.minimum(r, hi, out=r)
+    if signed:
+        r += act_zero_point(bits, signed)
+    return r.astype(np.uint8)
 
 
 def lsq_quantize(x: np.ndarray, step: float, bits: int, signed: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -109,11 +114,16 @@ def spatial_mean(x: np.ndarray) -> np.ndarray:
     _check(s >= 1, "X has an empty spatial extent")
     if n * c == 0:
         return np.zeros((n, c), dtype=np.float64)
-    blocks = -(-s // MEAN_LANES)
-    flat = np.zeros((n, c, blocks * MEAN_LANES), dtype=np.float64)
-    flat[:, :, :s] = x.reshape(n, c, s)
-    lanes = np.concatenate([np.zeros((n, c, 1, MEAN_LANES)), flat.reshape(n, c, blocks, MEAN_LANES)], axis=2)
-    lane = np.cumsum(lanes, axis=2)[:, :, -1, :]  # strictly sequential per lane, from +0.0
+    flat = x.reshape(n, c, s)
+    full = s // MEAN_LANES
+    # lane j = (((+0.0 + x[j]) + x[j + 8]) + ...): numpy reduces an axis that is not the innermost
+    # one element row at a time, in order (tests/spec check it against a cumulative sum)
+    lane = np.add.reduce(flat[:, :, : full * MEAN_LANES].reshape(n, c, full, MEAN_LANES), axis=2,
+                         dtype=np.float64, initial=0.0)
+    if full * MEAN_LANES < s:  # the last, partial block, padded with +0.0
+        tail = np.zeros((n, c, MEAN_LANES), dtype=np.float64)
+        tail[:, :, : s - full * MEAN_LANES] = flat[:, :, full * MEAN_LANES :]
+        lane = lane + tail
     t = lane[..., :4] + lane[..., 4:]
     u = t[..., :2] + t[..., 2:]
     return (u[..., 0] + u[..., 1]) / float(s)
@@ -380,12 +390,13 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_en
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _check_act(codes: np.ndarray, act_bits: int, act_zero_point: int) -> np.ndarray:
+def _check_act(codes: np.ndarray, act_bits: int, act_zero_point: int, dtype: type = np.float64) -> np.ndarray:
+    """The codes minus the zero point, as ``dtype`` (exact: small integers), after checking them."""
     _check(codes.dtype == np.uint8, f"X must be uint8 codes, got {codes.dtype}")
     _check(act_bits in ACT_BITS, f"act_bits must be in 2..8, got {act_bits}")
     _check(0 <= act_zero_point < 2**act_bits, f"act_zero_point must be in 0..{2**act_bits - 1}, got {act_zero_point}")
     _check(codes.size == 0 or int(codes.max()) < 2**act_bits, f"X holds a code above {2**act_bits - 1} (act_bits={act_bits})")
-    return codes.astype(np.float64) - act_zero_point
+    return np.subtract(codes, act_zero_point, dtype=dtype)
 
 
 def _gemm_dtype(act_bits: int, act_zero_point: int, w_rows: np.ndarray) -> type:
@@ -433,10 +444,10 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     _check(group >= 1 and o % group == 0, f"group={group} must be >= 1 and divide out channels {o}")
     n, c, h, w = codes.shape
     _check(c == group * cg, f"X has {c} channels, expected group*weight_shape[1] = {group * cg}")
-    a = _check_act(codes, act_bits, act_zero_point)
+    _check_act(codes[:0], act_bits, act_zero_point)  # argument checks before the weights are decoded
     w_int = decode_weights(packed, fmt, bits, weight_shape)
     dtype = _gemm_dtype(act_bits, act_zero_point, w_int.reshape(o, -1))
-    a, wq = a.astype(dtype), w_int.astype(dtype)
+    a, wq = _check_act(codes, act_bits, act_zero_point, dtype), w_int.astype(dtype)
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads
     oh = conv_output_size(h, kh, sh, pt, pb, dh)
     ow = conv_output_size(w, kw, sw, pl, pr, dw)
@@ -447,15 +458,17 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
         ap = np.pad(a, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
         wd = wq.reshape(o, kh, kw)
         total = np.zeros((n, o, oh, ow), dtype=a.dtype)
+        term = np.empty_like(total)
         for i in range(kh):
             for j in range(kw):
                 win = ap[:, :, i * dh : i * dh + (oh - 1) * sh + 1 : sh, j * dw : j * dw + (ow - 1) * sw + 1 : sw]
-                total += win * wd[None, :, i, j, None, None]
-        acc = total.astype(np.int64)
-        y = _epilogue(acc, x_scale, w_scale, bias, relu)
-        return (y, acc) if return_acc else y
+                total += np.multiply(win, wd[None, :, i, j, None, None], out=term)
+        return _conv_result(total, x_scale, w_scale, bias, relu, return_acc)
+    if kh == kw == 1 and group == 1 and (sh, sw) == (1, 1) and not any(pads):  # pointwise: one GEMM per sample
+        total = np.matmul(wq.reshape(o, c), a.reshape(n, c, h * w)).reshape(n, o, h, w)
+        return _conv_result(total, x_scale, w_scale, bias, relu, return_acc)
     wg = wq.reshape(group, og, cg * kh * kw).transpose(0, 2, 1)  # (G, K, Og)
-    acc = np.empty((n, o, oh, ow), dtype=np.int64)
+    acc = np.empty((n, o, oh, ow), dtype=dtype)
     # Chunk the batch so that the im2col buffer stays near 64 MB.
     per_sample = max(1, oh * ow * c * kh * kw * np.dtype(dtype).itemsize)
     chunk = max(1, (64 << 20) // per_sample)
@@ -469,9 +482,15 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
         # Exact: every product and partial sum is an integer below 2^24 (float32) or 2^53 (float64).
         out = np.matmul(cols, wg)  # (G, nb*OH*OW, Og)
         out = out.reshape(group, nb, oh, ow, og).transpose(1, 0, 4, 2, 3).reshape(nb, o, oh, ow)
-        acc[start : start + nb] = out.astype(np.int64)
-    y = _epilogue(acc, x_scale, w_scale, bias, relu)
-    return (y, acc) if return_acc else y
+        acc[start : start + nb] = out
+    return _conv_result(acc, x_scale, w_scale, bias, relu, return_acc)
+
+
+def _conv_result(total: np.ndarray, x_scale, w_scale, bias, relu: bool, return_acc: bool):
+    """The epilogue of exact integer sums held as floats (their conversion to float32 rounds the
+    same integer as the kernels' int32 -> float32 does), and the int64 accumulator if asked."""
+    y = _epilogue(total, x_scale, w_scale, bias, relu)
+    return (y, total.astype(np.int64)) if return_acc else y
 
 
 def qgemm(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, *,
@@ -483,12 +502,11 @@ def qgemm(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     _check(len(weight_shape) == 2, f"weight_shape must have 2 entries, got {list(weight_shape)}")
     o, k = (int(v) for v in weight_shape)
     _check(codes.shape[1] == k, f"X has {codes.shape[1]} features, expected {k}")
-    a = _check_act(codes, act_bits, act_zero_point)
+    _check_act(codes[:0], act_bits, act_zero_point)
     w_int = decode_weights(packed, fmt, bits, weight_shape)
     dtype = _gemm_dtype(act_bits, act_zero_point, w_int)
-    acc = np.matmul(a.astype(dtype), w_int.T.astype(dtype)).astype(np.int64)
-    y = _epilogue(acc, x_scale, w_scale, bias, relu)
-    return (y, acc) if return_acc else y
+    total = np.matmul(_check_act(codes, act_bits, act_zero_point, dtype), w_int.T.astype(dtype))
+    return _conv_result(total, x_scale, w_scale, bias, relu, return_acc)
 
 
 # --------------------------------------------------------------------------- fused conv

@@ -255,6 +255,13 @@ def _load_data(config: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     xte, yte = load_dataset(config.test_data or config.data, "test")
     if ytr is None or yte is None:
         raise ValueError(f"dataset {config.data!r} has no labels 'y': training needs them")
+    from ..inputs import Inputs
+
+    if isinstance(xtr, Inputs) or isinstance(xte, Inputs):
+        several = xtr if isinstance(xtr, Inputs) else xte
+        raise ValueError(f"dataset {config.data!r} holds several inputs ({', '.join(several.names)}): qexport train "
+                         f"takes models with one input. Quantize a model with several inputs post-training with "
+                         f"`qexport convert model --data {config.data}`.")
     if xte.shape[1:] != xtr.shape[1:]:
         raise ValueError(f"train samples are {xtr.shape[1:]}, test samples {xte.shape[1:]}: they must match")
     if config.limit_train is not None and config.limit_train < len(xtr):

@@ -64,8 +64,10 @@ class LayerParity:
     mismatches: int = 0
     max_diff: int = 0
     weight_mismatches: int = 0
-    # codes of the trained (fake-quantized) model that differ from the integer model's (-1: not compared)
+    # codes of the trained (fake-quantized) model that differ from the integer model's, of
+    # trained_codes compared (-1: not compared; see compare_runs's diagnose_below)
     trained_mismatches: int = -1
+    trained_codes: int = 0
 
     @property
     def rate(self) -> float:
@@ -256,6 +258,8 @@ class _Run:
     extra: dict = field(default_factory=dict)  # tensor name -> list of its values per batch
     order: list = field(default_factory=list)  # the quantized layers in forward order
     output_layer: str | None = None  # the layer whose output is the model's output (its step: output steps)
+    disagree: list = field(default_factory=list)  # samples whose top-1 differs between ONNX and the trained model
+    diagnosed: int = 0  # of those, how many the trained model's codes were compared on
 
 
 def _trained_codes_hooks(model: nn.Module, captured: dict[str, np.ndarray], rows: dict[str, LayerParity]) -> list:
@@ -269,6 +273,7 @@ def _trained_codes_hooks(model: nn.Module, captured: dict[str, np.ndarray], rows
             continue
         quant = layer.act_quant
         rows[name].trained_mismatches = 0
+        rows[name].trained_codes = 0
 
         def hook(mod, inp, out, name=name) -> None:
             ref = captured.get(name)
@@ -283,18 +288,28 @@ def _trained_codes_hooks(model: nn.Module, captured: dict[str, np.ndarray], rows
             ours = codes.reshape(-1).numpy()
             if ours.size == ref.size:
                 rows[name].trained_mismatches += int(np.count_nonzero(ours != ref.reshape(-1)))
+                rows[name].trained_codes += ours.size
 
         hooks.append(quant.register_forward_hook(hook))
     return hooks
 
 
+# Samples whose top-1 differs between ONNX and the trained model on which the two PyTorch
+# models' codes are compared, to name where they part (``Tolerances.min_reference_agreement``).
+DIAGNOSE_SAMPLES = 64
+
+
 def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str, codes: dict[str, str],
                  rows: dict[str, LayerParity], x: np.ndarray, y: np.ndarray | None, batch_size: int,
-                 extra_outputs: tuple[str, ...] = (), progress: Callable[[int], None] | None = None) -> _Run:
+                 extra_outputs: tuple[str, ...] = (), progress: Callable[[int], None] | None = None,
+                 diagnose_below: float = 0.999) -> _Run:
     """Run the deploy model, the trained model and the ONNX session on ``x`` batch by batch:
     compare each layer's codes (the deploy layer's quantizer output against the ONNX tensor
-    ``codes[layer]``, counted into ``rows``, and against the trained model's codes) and the
-    outputs (also in output steps: see ``Tolerances``); collect ``extra_outputs``."""
+    ``codes[layer]``, counted into ``rows``) and the outputs (also in output steps: see
+    ``Tolerances``); collect ``extra_outputs``. When ONNX's top-1 agrees with the trained model
+    on fewer than ``diagnose_below`` of the samples, the trained model's own codes are compared
+    with the integer model's on (up to ``DIAGNOSE_SAMPLES`` of) the samples that differ, into
+    ``rows[*].trained_mismatches``."""
     layers = deploy_layers(deploy)
     in_names = [i.name for i in session.get_inputs()]
     out_names = [o.name for o in session.get_outputs()]
@@ -313,7 +328,6 @@ def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str,
              for name, layer in layers.items()]
     hooks += [layer.register_forward_hook(lambda mod, inp, out, key=name: on_layer(mod, inp, out, key))
               for name, layer in layers.items()]
-    hooks += _trained_codes_hooks(model, captured, rows)
     run = _Run(extra={name: [] for name in extra_outputs})
     try:
         for start in range(0, len(x), batch_size):
@@ -328,7 +342,7 @@ def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str,
                     run.order = list(captured)
                     if last[0] is not None and last[1] is y_deploy_t:
                         run.output_layer = last[0]
-                y_trained = run_model(model, xb).numpy()  # its hooks compare its codes with captured
+                y_trained = run_model(model, xb).numpy()
             step = None
             if run.output_layer is not None:  # (N, C): one accumulator unit of each output channel
                 w_scale = layers[run.output_layer].w_scale.numpy().astype(np.float64).reshape(-1)
@@ -351,12 +365,25 @@ def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str,
                 run.extra[name].append(results[name])
             run.vs_deploy.update(y_deploy, y_onnx, step)
             run.vs_trained.update(y_trained, y_onnx, step)
+            if y_onnx.ndim == 2:
+                run.disagree += (start + np.flatnonzero(y_trained.argmax(1) != y_onnx.argmax(1))).tolist()
             if y is not None and y_onnx.ndim == 2:
                 yb = y[start : start + batch_size]
                 for key, out in (("torch", y_trained), ("deploy", y_deploy), ("onnx", y_onnx)):
                     run.correct[key] += int((out.argmax(1) == yb).sum())
             if progress:
                 progress(len(xb))
+        agreement = run.vs_trained.summary()["top1_agreement"]
+        if run.disagree and agreement < diagnose_below:
+            hooks += _trained_codes_hooks(model, captured, rows)
+            picked = np.asarray(run.disagree[:DIAGNOSE_SAMPLES])
+            for start in range(0, len(picked), batch_size):
+                xb = x[picked[start : start + batch_size]]
+                with torch.no_grad():
+                    captured.clear()
+                    run_model(deploy, xb)
+                    run_model(model, xb)  # its hooks compare its codes with captured
+            run.diagnosed = len(picked)
     finally:
         for h in hooks:
             h.remove()
@@ -368,7 +395,8 @@ def _first(rows: dict[str, LayerParity], order: list[str], count: str) -> dict |
     for name in list(order) + [n for n in rows if n not in order]:
         row = rows.get(name)
         if row is not None and getattr(row, count) > 0:
-            return {"layer": name, "mismatches": getattr(row, count), "codes": row.codes,
+            return {"layer": name, "mismatches": getattr(row, count),
+                    "codes": row.codes if count == "mismatches" else row.trained_codes,
                     **({"max_diff": row.max_diff} if count == "mismatches" else {})}
     return None
 
@@ -386,6 +414,8 @@ def make_report(run: _Run, rows: dict[str, LayerParity], n: int, y: np.ndarray |
         report.accuracy = {k: v / n for k, v in run.correct.items()}
     report.first_divergence = _first(rows, run.order, "mismatches")
     report.first_trained_divergence = _first(rows, run.order, "trained_mismatches")
+    if report.first_trained_divergence is not None:
+        report.first_trained_divergence["samples"] = run.diagnosed
     for row in rows.values():
         if row.weight_mismatches > 0:
             report.failures.append(f"{row.name}: {row.weight_mismatches} packed weight codes differ from the model's")
@@ -408,11 +438,11 @@ def make_report(run: _Run, rows: dict[str, LayerParity], n: int, y: np.ndarray |
                                f"> {tol.max_output_steps} (ONNX vs the integer model)")
     agreement = report.vs_trained["top1_agreement"]
     if n and agreement < tol.min_reference_agreement:
-        report.notes.append(_why_low_agreement(report, agreement, tol))
+        report.notes.append(_why_low_agreement(report, agreement, tol, run.diagnosed))
     return report
 
 
-def _why_low_agreement(report: ParityReport, agreement: float, tol: Tolerances) -> str:
+def _why_low_agreement(report: ParityReport, agreement: float, tol: Tolerances, diagnosed: int) -> str:
     """Why ONNX's top-1 agreement with the trained model is below ``tol.min_reference_agreement``."""
     head = (f"top-1 agreement with the trained (fake-quantized) PyTorch model is {agreement:.2%} "
             f"(< {tol.min_reference_agreement:.1%}): ")
@@ -420,12 +450,15 @@ def _why_low_agreement(report: ParityReport, agreement: float, tol: Tolerances) 
         return head + "ONNX does not match the integer model either (see the failures)."
     first = report.first_trained_divergence
     if first is None:
-        return head + ("ONNX matches the integer model exactly and every activation code of the trained model is the "
-                       "same, so the difference is in the float epilogues (BatchNorm folded into the weight scales, "
-                       "float rounding of the outputs) on near-ties between classes.")
-    return head + (f"ONNX matches the integer model exactly; the trained model's own activation codes first differ "
-                   f"from the integer model's at layer {first['layer']} ({first['mismatches']:,} of "
-                   f"{first['codes']:,} codes), where BatchNorm is folded into the weights and the step is applied "
+        where = (f"on the {diagnosed} samples whose top-1 differs every activation code of the trained model is "
+                 f"the same as the integer model's" if diagnosed else "no sample's top-1 differs")
+        return head + (f"ONNX matches the integer model exactly and {where}, so the difference is in the float "
+                       "epilogues (BatchNorm folded into the weight scales, float rounding of the outputs) on "
+                       "near-ties between classes.")
+    return head + (f"ONNX matches the integer model exactly; on the {diagnosed} samples whose top-1 differs, the "
+                   f"trained model's own activation codes first differ from the integer model's at layer "
+                   f"{first['layer']} ({first['mismatches']:,} of {first['codes']:,} codes), where BatchNorm is "
+                   f"folded into the weights and the step is applied "
                    f"in float, and later layers inherit the difference. The ONNX file computes the integer model "
                    f"(`qexport validate` checks it); train longer or with more bits if the two must agree more.")
 
@@ -473,7 +506,7 @@ def check_parity(model: nn.Module, proto: onnx.ModelProto, x: np.ndarray, y: np.
     scale_outputs = asq_scale_outputs(proto)
     run = compare_runs(model, deploy, session, proto.graph.output[0].name,
                        {name: spec.onnx.codes for name, spec in description.layers.items()}, rows, x, y, batch_size,
-                       tuple(q["output"] for q in scale_outputs.values()), progress)
+                       tuple(q["output"] for q in scale_outputs.values()), progress, tol.min_reference_agreement)
     steps = {node: spread(np.concatenate(run.extra[q["output"]])) for node, q in scale_outputs.items()
              if run.extra[q["output"]]}
     return make_report(run, rows, len(x), y, tol, proto, asq_steps=steps)
