@@ -28,7 +28,7 @@ import ablation  # noqa: E402  (the bright test set, the ONNX scoring)
 from qexport.io import atomic_write_text  # noqa: E402
 
 BINS = (0.5, 0.75, 1.0, 1.25, 1.5)
-METHODS = ("lsq", "lsq+post", "asq", "asq+post")
+METHODS = ("lsq", "lsq+post", "asq", "asq+post")  # the bright setting's methods
 
 
 def bin_of(factors: np.ndarray) -> np.ndarray:
@@ -56,24 +56,9 @@ def main() -> int:
     out = {"bins": list(BINS), "records": results}
     atomic_write_text(args.out / "bright_bins.json", json.dumps(out, indent=1) + "\n")
     print(json.dumps({"records": len(results)}))
-    for line in table(out):
+    for line in ablation.brightness_table(out):
         print(line)
     return 0
-
-
-def table(data: dict) -> list[str]:
-    """Markdown: per bit-width and method, mean top-1 per brightness bin over the seeds."""
-    bins = data["bins"]
-    head = "| bits | method | " + " | ".join(f"x{lo:g}-{hi:g}" for lo, hi in zip(bins[:-1], bins[1:])) + " | seeds |"
-    lines = [head, "|" + "---|" * (len(bins) + 2)]
-    groups: dict = {}
-    for r in data["records"]:
-        groups.setdefault((r["bits"], r["method"]), []).append(r)
-    for (bits, method), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], METHODS.index(kv[0][1]))):
-        means = np.mean([r["top1"] for r in rs], axis=0)
-        lines.append(f"| {bits} | {ablation.LABELS[method]} | " + " | ".join(f"{100 * v:.2f}" for v in means)
-                     + f" | {len(rs)} |")
-    return lines
 
 
 if __name__ == "__main__":
