@@ -73,7 +73,7 @@ NOTES = [
     "What the runs show:",
     "",
     "* Every conv/linear layer of all 12 architectures is quantized (coverage 100%), from a .pt2 with no model "
-    "code. Each runs with the work budget of `qexport.convert.plan_work` (docs/design.md, 'Work budget'); the "
+    "code, and all 12 pass parity bit for bit. Each runs with the work budget of `qexport.convert.plan_work` (docs/design.md, 'Work budget'); the "
     "'fit' column says what ran (calibration's refinement was skipped for all but SqueezeNet).",
     "* ResNet-18 and MobileNetV2 at 224x224 meet both targets (the scale rows, rerun on 2026-12-02 with the "
     "other core's job paused). Before this work ResNet-18 took 6:45 and 5.2 GB (with 1 core free): "
@@ -85,11 +85,10 @@ NOTES = [
     "as floats (exact), codes quantized in place and the 8-lane spatial mean as a strided reduction "
     "(validation 71 -> 41 s, fit 71 -> 43 s, calibration 27 -> 15 s; the fit now runs 57 steps of 4 at "
     "0.76 s each, what the work budget's cost model predicts).",
-    "* EfficientNet-B0: parity FAILS. Its SiLU and sigmoid (squeeze-excitation) run as float ops between the "
-    "integer ops; the first codes that differ (3 of 15.7 M, at features.2.0.block.1.0) follow such an op, "
-    "consistent with ONNX Runtime's float32 SiLU/sigmoid differing from PyTorch's in the last bit for some "
-    "inputs (not yet confirmed op by op), and the differences grow downstream. Fix (not done): define "
-    "those activations as ai.qexport ops with a fixed float computation, as GlobalAvgPool is.",
+    "* EfficientNet-B0 passes since its SiLU and sigmoid (squeeze-excitation) became ai.qexport.Silu / Sigmoid "
+    "with a defined float64 computation (docs/ops.md): before, they ran as ONNX Runtime's float32 Sigmoid, "
+    "which differs from PyTorch's in the last bits of 67% of values, and 3 of 15.7 M codes differed from "
+    "features.2.0.block.1.0 on. Its row was rerun on 2026-12-02 after the change (every code identical).",
     "* VGG11-BN: converts, but its peak memory (10.7 GB) is not yet reduced (its 102 M-weight classifier; "
     "the weight initialisation in row chunks did not change the peak); the other 11 stay under 2.5 GB.",
 ]

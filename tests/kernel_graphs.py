@@ -129,13 +129,13 @@ def assert_bitwise_equal(actual: np.ndarray, expected: np.ndarray, what: str) ->
 # --------------------------------------------------------------------------- kernel paths
 #: The code each part of an op runs when a path is selected (docs/ops.md, "Kernel paths"):
 #: (conv, gemm, means and quantizer). A part run by another path's code reports reason=not_in_path.
-PATH_PARTS = {
-    "scalar": ("scalar", "scalar", "scalar"),
-    "avx2": ("avx2", "avx2", "avx2"),
-    "avx512vnni": ("avx512vnni", "avx512vnni", "avx512vnni"),
-    "amx": ("amx", "avx512vnni", "avx512vnni"),
-    "neon": ("neon", "scalar", "scalar"),
-    "dotprod": ("dotprod", "dotprod", "scalar"),
+PATH_PARTS = {  # conv, gemm, means and quantizer, activations (Sigmoid, Silu: portable everywhere)
+    "scalar": ("scalar", "scalar", "scalar", "scalar"),
+    "avx2": ("avx2", "avx2", "avx2", "scalar"),
+    "avx512vnni": ("avx512vnni", "avx512vnni", "avx512vnni", "scalar"),
+    "amx": ("amx", "avx512vnni", "avx512vnni", "scalar"),
+    "neon": ("neon", "scalar", "scalar", "scalar"),
+    "dotprod": ("dotprod", "dotprod", "scalar", "scalar"),
 }
 #: Why a node runs the portable code whatever the path: these depend on the node, not on the path.
 PORTABLE_REASONS = ("int64_accumulator", "input_too_large")
@@ -143,13 +143,15 @@ PORTABLE_REASONS = ("int64_accumulator", "input_too_large")
 
 def op_part(op_type: str) -> int:
     """The part of PATH_PARTS an op's kernel reports: 0 conv (QConv, QConvFused, <Fmt>Conv...), 1 gemm,
-    2 means and quantizer (the quantize ops, GlobalAvgPool)."""
+    2 means and quantizer (the quantize ops, GlobalAvgPool), 3 activations (Sigmoid, Silu)."""
     if op_type.endswith(("Conv", "ConvFused")):
         return 0
     if op_type.endswith("Gemm"):
         return 1
     if op_type.endswith(("Quantize", "Pool")):
         return 2
+    if op_type in ("Sigmoid", "Silu"):
+        return 3  # one portable float64 loop on every path (PATH_PARTS' last column: scalar)
     raise ValueError(f"not an ai.qexport op: {op_type}")
 
 

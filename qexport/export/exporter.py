@@ -51,6 +51,9 @@ def _finalize(proto: onnx.ModelProto, deploy: nn.Module, meta: dict[str, str]) -
         if OPS[node.op_type].kind == "pool":
             node.name = f"{_module_of(node, ('.DeployGlobalAvgPool',)) or 'pool'}/pool"
             continue
+        if OPS[node.op_type].kind == "activation":
+            node.name = f"{_module_of(node, ('.DeployActivation',)) or 'act'}/{node.op_type.lower()}"
+            continue
         layer = _module_of(node, (".DeployConv2d", ".DeployConv1d", ".DeployLinear"))
         if layer is None or layer not in layers:
             raise ExportError(f"cannot tell which layer emitted node {node.name} ({node.op_type})")

@@ -312,6 +312,14 @@ def _lower(proto: onnx.ModelProto, deploy: nn.Module) -> None:
             name = _module_of(node, (".DeployGlobalAvgPool",)) or f"pool{pools}"
             pools += 1
             _global_avg_pool(b, f"{name}/pool", node.input[0], shapes.get(node.input[0], []), node.output[0])
+        elif kind == "activation":
+            # Standard ONNX has no op with the defined float64 computation: the float Sigmoid of the
+            # runtime (its last bits may differ from PyTorch's, so parity may report code mismatches).
+            base = node.name or f"act{pools}"
+            sig = node.output[0] if node.op_type == "Sigmoid" else f"{node.output[0]}/sigmoid"
+            b.node("Sigmoid", [node.input[0]], sig, f"{base}/sigmoid")
+            if node.op_type == "Silu":
+                b.node("Mul", [node.input[0], sig], node.output[0], f"{base}/mul")
         elif kind in ("quantize", "conv", "gemm"):
             layer = _module_of(node, (".DeployConv2d", ".DeployConv1d", ".DeployLinear"))
             if layer not in layers:

@@ -163,6 +163,23 @@ class DeployGlobalAvgPool(nn.Module):
         return y if self.keepdim else y.reshape(y.shape[0], y.shape[1])
 
 
+class DeployActivation(nn.Module):
+    """nn.Sigmoid / nn.SiLU with the defined float computation of ai.qexport.Sigmoid / Silu, so
+    the quantizer after it sees the same floats in PyTorch and in ONNX Runtime (whose own float32
+    Sigmoid differs from PyTorch's in the last bits)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return OPS[self.op].torch_op(x.contiguous())
+
+
+# float modules whose float32 result depends on the library: the defined op that replaces them
+ACTIVATIONS = {nn.Sigmoid: "Sigmoid", nn.SiLU: "Silu"}
+
+
 def _is_global_pool(m: nn.Module) -> bool:
     from .program import GlobalMean
 
@@ -233,6 +250,8 @@ def to_deploy(model: nn.Module) -> nn.Module:
             _set_submodule(deploy, pairs[name], nn.Identity())
     for name, m in [(n, m) for n, m in deploy.named_modules() if _is_global_pool(m)]:
         _set_submodule(deploy, name, DeployGlobalAvgPool(getattr(m, "keepdim", True)))
+    for name, m in [(n, m) for n, m in deploy.named_modules() if type(m) in ACTIVATIONS]:
+        _set_submodule(deploy, name, DeployActivation(ACTIVATIONS[type(m)]))
     return deploy
 
 

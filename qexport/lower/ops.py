@@ -133,6 +133,18 @@ _register(
     lambda x: OPSET.GlobalAvgPool(x),
 )
 
+for _name, _fn, _doc in (("Sigmoid", "sigmoid", "float32(1 / (1 + exp(-x))), computed in float64 in a defined order"),
+                         ("Silu", "silu", "float32(x / (1 + exp(-x))), computed in float64 in a defined order")):
+    _register(
+        OpDef(_name, f"act_{_fn}", "activation", None),
+        _schema(_name, _doc + " (reference.exp64): identical bits in PyTorch and ONNX Runtime.", [("X", "F")],
+                [("Y", "F")], []),
+        "(Tensor x) -> Tensor",
+        (lambda fn: lambda x: torch.from_numpy(np.ascontiguousarray(fn(_np(x)))))(getattr(R, _fn)),
+        lambda x: torch.empty_like(x),
+        (lambda name: lambda x: getattr(OPSET, name)(x))(_name),
+    )
+
 # --------------------------------------------------------------------------- weighted ops
 # QConv / QGemm / QConvFused take the weight format as data: attribute ``format`` names a codec
 # (qexport/spec/codecs/) and ``bits`` holds one bit-width for every output channel or one per

@@ -131,6 +131,8 @@ def _module_for(gm: torch.fx.GraphModule, node) -> tuple[str, nn.Module] | None:
             bn.weight, bn.bias = nn.Parameter(w, requires_grad=False) if not isinstance(w, nn.Parameter) else w, \
                 nn.Parameter(b, requires_grad=False) if not isinstance(b, nn.Parameter) else b
         return _owner(a[1]) or _owner(a[3]), bn.eval()
+    if t in (aten.sigmoid.default, aten.silu.default, aten.silu_.default) and len(a) == 1:
+        return "", nn.Sigmoid() if t == aten.sigmoid.default else nn.SiLU()
     if t == aten.adaptive_avg_pool2d.default and list(a[1]) == [1, 1]:
         return "", nn.AdaptiveAvgPool2d(1)
     if t == aten.mean.dim and "val" in a[0].meta:
@@ -174,7 +176,7 @@ def from_program(program) -> torch.fx.GraphModule:
             continue
         path, module = found
         if not path:
-            path = f"pool_{converted}"
+            path = f"{'act' if isinstance(module, (nn.Sigmoid, nn.SiLU)) else 'pool'}_{converted}"
         if path in replaceable:  # the container torch.export left there: the module takes its place
             replaceable.discard(path)
             taken.discard(path)

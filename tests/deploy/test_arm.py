@@ -347,3 +347,24 @@ def test_kernel_paths_under_qemu(cpu, fastest, other, qemu, a64_dist, model, inp
             assert line.op == nodes[line.node] and line.selected == selected, line
             assert (line.path, line.reason) == (want, None if want == selected else "not_in_path"), line
         assert {line.path for line in lines if line.op.endswith(("Conv", "ConvFused"))} == {selected}
+
+
+@needs_qemu
+@pytest.mark.parametrize("op", ["Sigmoid", "Silu"])
+def test_activations_under_qemu_equal_the_reference(op, qemu, a64_dist, tmp_path):
+    """ai.qexport.Sigmoid / Silu on aarch64 (its libm's rint and ldexp, no FMA contraction): the
+    reference's bits, special values included."""
+    from kernel_graphs import single_node_model
+
+    from qexport.spec import reference as R
+
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((4, 3, 50, 50)) * 10.0 ** rng.uniform(-3, 2.2, size=(4, 3, 50, 50))).astype(np.float32)
+    x.reshape(-1)[:11] = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, 3e38, -3e38, 110, -110, -120], np.float32)
+    path = tmp_path / f"{op}.onnx"
+    onnx.save(single_node_model(op, {"X": x}, [("Y", TensorProto.FLOAT)], {}), str(path))
+    with RunnerSession(path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu,
+                       cpu="cortex-a53", threads=1) as sess:
+        (got,) = sess.run(None, {"X": x})
+    want = R.sigmoid(x) if op == "Sigmoid" else R.silu(x)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -33,7 +33,7 @@ def _op_case(op: str) -> tuple[dict, dict, list, tuple]:
     rng = np.random.default_rng(1)
     floats = rng.normal(size=(2, 4, 3, 3)).astype(np.float32)
     quantized = [("Y", TensorProto.UINT8), ("scale", TensorProto.FLOAT)]
-    if op == "GlobalAvgPool":
+    if op in ("GlobalAvgPool", "Sigmoid", "Silu"):
         return {"X": floats}, {}, [("Y", TensorProto.FLOAT)], ()
     if op == "LsqQuantize":
         return {"X": floats}, dict(bits=4, signed=0, step=0.1), quantized, ()
@@ -70,7 +70,7 @@ def test_kernel_isas_are_known_paths_slowest_first():
 
 def test_op_parts_follow_the_op_table():
     """kernel_graphs.op_part (torch-free, by name) agrees with the kinds of qexport.export.OPS."""
-    part_of_kind = {"conv": 0, "conv_fused": 0, "gemm": 1, "quantize": 2, "pool": 2}
+    part_of_kind = {"conv": 0, "conv_fused": 0, "gemm": 1, "quantize": 2, "pool": 2, "activation": 3}
     assert {name: op_part(name) for name in OPS} == {name: part_of_kind[d.kind] for name, d in OPS.items()}
 
 

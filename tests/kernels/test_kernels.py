@@ -858,3 +858,27 @@ def test_every_codec_decodes_to_the_reference_levels(fmt: str) -> None:
         attrs = dict(bits=bits, act_bits=2, act_zero_point=0, weight_shape=[o, o], relu=0)
         (y,) = run_single(weighted_model("gemm", fmt, inputs, attrs), inputs, ("W", "W_scale", "B"))
         np.testing.assert_array_equal(np.diag(y), values[codes].astype(np.float32), f"{fmt} {bits}-bit")
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "Silu"])
+@pytest.mark.parametrize("seed", range(6))
+def test_activations_match_reference(op: str, seed: int) -> None:
+    """ai.qexport.Sigmoid / Silu: the defined float64 computation, bit for bit (ONNX Runtime's own
+    Sigmoid differs from PyTorch's in the last bits of most values), special values included."""
+    rng = np.random.default_rng(9500 + seed)
+    shape = [int(rng.integers(1, 4)), int(rng.integers(1, 9)), int(rng.integers(1, 40)), int(rng.integers(1, 40))]
+    x = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 2.2, size=shape)).astype(np.float32)
+    if seed == 0:
+        x.reshape(-1)[:15] = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38, 100, -100,
+                                       110, -110, 120, -120], np.float32)[: x.size]
+    model = single_node_model(op, {"X": x}, [("Y", TensorProto.FLOAT)], {})
+    (y,) = run_single(model, {"X": x}, ())
+    want = R.sigmoid(x) if op == "Sigmoid" else R.silu(x)
+    assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), f"{op} case {seed}: " \
+        f"{int((y.view(np.uint32) != want.view(np.uint32)).sum())} values differ"
+
+
+def test_exp64_is_exp() -> None:
+    t = np.linspace(-110, 110, 200001)
+    assert np.max(np.abs(R.exp64(t) / np.exp(t) - 1)) < 1e-15
+    assert R.exp64(np.array([1e9]))[0] == R.exp64(np.array([110.0]))[0] and np.isnan(R.exp64(np.array([np.nan]))[0])

@@ -276,3 +276,52 @@ def test_two_input_pickled_module(tmp_path):
                            output=tmp_path / "two_module.onnx", bits=4, calib_samples=64,
                            fit_options=FitOptions(steps=2, batch_size=16))
     assert result.report.passed and all(row.mismatches == 0 for row in result.report.layers), result.report.failures
+
+
+class _SiluSeNet(nn.Module):
+    """EfficientNet's float ops between integer layers: SiLU activations and a squeeze-excitation
+    gate (mean, 1x1 convs, sigmoid, multiply)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16), nn.SiLU())
+        self.se_reduce, self.se_expand = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.project = nn.Conv2d(16, 8, 1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.dw(self.stem(x))
+        gate = torch.sigmoid(self.se_expand(torch.nn.functional.silu(self.se_reduce(x.mean((2, 3), keepdim=True)))))
+        return self.head(self.project(x * gate).mean((2, 3)))
+
+
+@pytest.mark.parametrize("source", ["program", "module"])
+def test_silu_and_sigmoid_run_bit_exact(tmp_path, source):
+    """SiLU and sigmoid become ai.qexport.Silu / Sigmoid (a defined float computation): every code
+    of every layer after them is identical in PyTorch and ONNX Runtime. Before, ONNX Runtime's
+    float Sigmoid made EfficientNet-B0's parity fail."""
+    from qexport import FitOptions, convert_model
+
+    torch.manual_seed(0)
+    model = _SiluSeNet()
+    x = torch.rand(96, 3, 16, 16) * 4 - 2
+    model.train()(x)
+    if source == "program":
+        _save_program(model, x[:4], tmp_path / "se.pt2")
+        path, extra = tmp_path / "se.pt2", {}
+    else:
+        torch.save(model.eval(), tmp_path / "se.pt")
+        path, extra = tmp_path / "se.pt", {"trust_pickle": True}
+    result = convert_model(path, x=x.numpy(), output=tmp_path / "se.onnx", bits=4, calib_samples=64,
+                           fit_options=FitOptions(steps=2, batch_size=16), **extra)
+    report = result.report
+    assert report.passed and report.vs_deploy["sqnr_db"] == float("inf"), report.failures
+    assert all(row.mismatches == 0 and row.codes > 0 for row in report.layers)
+    import onnx
+
+    ours = [n.op_type for n in onnx.load(str(tmp_path / "se.onnx")).graph.node if n.domain == "ai.qexport"]
+    if source == "program":  # every sigmoid/silu call of the graph
+        assert ours.count("Silu") == 3 and ours.count("Sigmoid") == 1, ours
+    else:  # a module's nn.SiLU / nn.Sigmoid; its functional calls stay float (docs/ops.md)
+        assert ours.count("Silu") == 2 and ours.count("Sigmoid") == 0, ours

@@ -15,6 +15,8 @@
   X(QGemm)                 \
   X(QConvFused)            \
   X(GlobalAvgPool)         \
+  X(Sigmoid)               \
+  X(Silu)                  \
   X(PostConv)              \
   X(PotConv)               \
   X(UniformConv)           \

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "qexport/common.h"
+#include "qexport/float_op.h"
 #include "qexport/isa.h"
 #include "qexport/ops.h"
 #include "qexport/simd.h"
@@ -49,22 +50,9 @@ struct PoolKernel {
   PathTrace trace_;  // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
-struct GlobalAvgPoolOp : Ort::CustomOpBase<GlobalAvgPoolOp, PoolKernel, /*WithStatus=*/true> {
-  explicit GlobalAvgPoolOp(const char* name) : name_(name) {}
-
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const noexcept {
-    *kernel = nullptr;
-    return guarded(name_, node_name(info), [&] { *kernel = new PoolKernel(info, name_); });
-  }
-
-  const char* GetName() const { return name_; }
-  size_t GetInputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-
- private:
-  const char* name_;
+struct GlobalAvgPoolOp : FloatOp<GlobalAvgPoolOp, PoolKernel> {
+  using FloatOp::FloatOp;
+  PoolKernel* make(const OrtKernelInfo* info) const { return new PoolKernel(info, name_); }
 };
 
 }  // namespace
