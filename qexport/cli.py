@@ -361,6 +361,19 @@ def report(
         raise typer.Exit(1)
 
 
+def _arch_args(text: str | None) -> dict | None:
+    """--arch-args: a JSON object of architecture arguments (None when not given)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        _fail(f"--arch-args is not valid JSON ({exc}): give an object, e.g. '{{\"width\": 16}}'")
+    if not isinstance(value, dict):
+        _fail(f"--arch-args must be a JSON object, got {text!r}")
+    return value
+
+
 def _fit_options(steps: int | None, batch: int | None):
     """The user's fit options, or None: convert sizes the fit to the model (``plan_work``)."""
     from . import FitOptions
@@ -380,6 +393,7 @@ def convert(
     override: Optional[List[str]] = typer.Option(None, "--override", help=OVERRIDE_HELP),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="The .onnx to write (default: <model>_<method>_w<bits>.onnx here)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Zoo architecture of a plain state dict (see `qexport models`)."),
+    arch_args: Optional[str] = typer.Option(None, "--arch-args", help="With --arch: JSON object of the architecture's arguments, e.g. '{\"width\": 16}'."),
     data: str = typer.Option("samples", "--data", help=DATA_HELP),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N samples of --data."),
     calib_samples: int = typer.Option(512, "--calib-samples", help="Samples used to calibrate and fit a float model (the rest of --data, or else its last eighth, measures fidelity)."),
@@ -404,6 +418,7 @@ def convert(
     if calib_samples < 1 or (fit_steps is not None and fit_steps < 0) or (fit_batch is not None and fit_batch < 1):
         _fail("--calib-samples and --fit-batch-size must be >= 1, --fit-steps >= 0")
     overrides = _overrides(override)
+    model_args = _arch_args(arch_args)
     x, y = _load_data(data, limit)
     with _progress("fitting", f"validating on {len(x):,} samples", len(x)) as (fit_progress, advance):
         try:
@@ -414,7 +429,7 @@ def convert(
                          fit_options=_fit_options(fit_steps, fit_batch),
                          overrides=overrides, export_format=export_format,
                          mixed=_mixed_options(size_budget, bit_choices, granularity), validate_progress=advance,
-                         module_path=tuple(str(p) for p in module_path or ()),
+                         module_path=tuple(str(p) for p in module_path or ()), arch_args=model_args,
                          progress=fit_progress.status, fit_progress=fit_progress)
         except (CheckpointError, ConvertError, ExportError) as exc:
             _fail(str(exc))
@@ -646,9 +661,7 @@ def train(
         quant_args["overrides"] = [list(o) for o in _overrides(override)]
     mixed = _mixed_options(size_budget, bit_choices, granularity)
     try:
-        model_args = json.loads(arch_args) if arch_args else {}
-        if not isinstance(model_args, dict):
-            raise ValueError(f"--arch-args must be a JSON object, got {arch_args!r}")
+        model_args = _arch_args(arch_args) or {}
         config = TrainConfig(arch=arch, arch_args=model_args, method=method, bits=bits,
                              quant_args=quant_args if method != "float" else {}, epochs=epochs, batch_size=batch_size,
                              lr=lr, schedule=schedule, warmup_epochs=warmup_epochs, momentum=momentum,

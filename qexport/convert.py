@@ -278,7 +278,7 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
             export_format: str = "qexport", require_quantized: bool = False,
             mixed: MixedOptions | None = None,
             validate_progress: Callable[[int], None] | None = None,
-            module_path: tuple[str, ...] = ()) -> ConvertResult:
+            module_path: tuple[str, ...] = (), arch_args: dict | None = None) -> ConvertResult:
     """Convert a model file to ONNX with ai.qexport ops, and check parity.
 
     A float model (qexport checkpoint, state dict + ``arch``, or trusted pickle) is quantized
@@ -307,7 +307,8 @@ def convert(model_path: str | os.PathLike, *, x: np.ndarray, y: np.ndarray | Non
     qdq = export_format == "qdq"
     say = progress or (lambda msg: None)
     model_path = Path(model_path)
-    loaded = load_model(model_path, arch=arch, trust_pickle=trust_pickle, module_path=tuple(module_path))
+    loaded = load_model(model_path, arch=arch, arch_args=arch_args, trust_pickle=trust_pickle,
+                        module_path=tuple(module_path))
     if require_quantized and not loaded.is_quantized:
         raise ConvertError(f"{model_path} is a float model: `qexport export` writes a quantized checkpoint as it is. "
                            f"Quantize it with `qexport convert` (or `qexport train --from`).")

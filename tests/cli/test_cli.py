@@ -124,6 +124,20 @@ def test_non_qexport_torch_file_and_state_dict_without_arch(tmp_path):
     assert code == 2 and "do not fit" in text
 
 
+def test_state_dict_with_arch_args_converts(tmp_path):
+    """A zoo architecture built with other arguments (width 8): without --arch-args the mismatch
+    is refused with its detail; with them, convert runs."""
+    sd = tmp_path / "sd8.pt"
+    torch.save(build_model("small_cnn", width=8).state_dict(), sd)
+    code, text = run("convert", sd, "--arch", "small_cnn", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "do not fit" in text and not (tmp_path / "x.onnx").exists()
+    code, text = run("convert", sd, "--arch", "small_cnn", "--arch-args", "[8]", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "--arch-args must be a JSON object" in text
+    code, text = run("convert", sd, "--arch", "small_cnn", "--arch-args", '{"width": 8}', "--bits", 4, "--limit", 96,
+                     "--fit-steps", 2, "-o", tmp_path / "w8.onnx")
+    assert code == 0 and "parity: PASS" in text, text
+
+
 @pytest.mark.slow
 def test_state_dict_with_arch_converts(tmp_path):
     sd = tmp_path / "sd.pt"
