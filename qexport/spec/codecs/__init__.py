@@ -56,37 +56,68 @@ def fixed_width_length(bits: np.ndarray, k: int) -> int:
     return (int(k) * int(np.sum(bits)) + 7) // 8
 
 
+def _width_runs(bits: np.ndarray) -> list[tuple[int, int, int]]:
+    """(first row, end row, width) of each run of consecutive rows with one bit-width."""
+    edges = np.flatnonzero(np.diff(bits)) + 1
+    bounds = [0, *edges.tolist(), len(bits)]
+    return [(a, b, int(bits[a])) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+_CHUNK_CODES = 1 << 24  # codes per step of the (un)packing loops: about 16 MB per bit of width
+
+
 def pack_fixed_width(codes: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """Codes (O, K) with row o of ``bits[o]`` bits -> the fixed-width stream (uint8)."""
-    codes = np.asarray(codes, dtype=np.int64)
+    """Codes (O, K) with row o of ``bits[o]`` bits -> the fixed-width stream (uint8).
+
+    Code by code in row-major order, each code's ``bits[o]`` bits least significant first, then
+    the bits packed 8 to a byte (little bit order), zero padding at the end. Memory: about
+    (width + 1) bytes per code in chunks, not the 8-byte-per-bit arrays of a direct shift."""
+    codes = np.asarray(codes)
     bits = np.asarray(bits, dtype=np.int64)
     _check(codes.ndim == 2 and codes.shape[0] == len(bits), "codes must be (O, K) with one bit-width per row")
     for b in np.unique(bits):
         _check(1 <= b <= 8, f"bits must be in 1..8, got {b}")
         block = codes[bits == b]
-        _check(bool(np.all((block >= 0) & (block < (1 << int(b))))), f"codes out of range for {b} bits")
-    rows = [((row[:, None] >> np.arange(int(b))) & 1).astype(np.uint8).ravel() for row, b in zip(codes, bits)]
-    return np.packbits(np.concatenate(rows) if rows else np.zeros((0,), np.uint8), bitorder="little")
+        _check(block.size == 0 or (int(block.min()) >= 0 and int(block.max()) < (1 << int(b))),
+               f"codes out of range for {b} bits")
+    k = codes.shape[1]
+    stream = np.empty(int(k) * int(bits.sum()), dtype=np.uint8)
+    pos = 0
+    for r0, r1, b in _width_runs(bits):
+        flat = codes[r0:r1].reshape(-1)
+        for start in range(0, flat.size, _CHUNK_CODES):
+            part = flat[start:start + _CHUNK_CODES].astype(np.uint8).reshape(-1, 1)
+            stream[pos:pos + part.size * b] = np.unpackbits(part, axis=1, bitorder="little")[:, :b].reshape(-1)
+            pos += part.size * b
+    return np.packbits(stream, bitorder="little")
 
 
 def unpack_fixed_width(packed: np.ndarray, bits: np.ndarray, k: int) -> np.ndarray:
-    """Inverse of pack_fixed_width: (O, K) codes; checks the exact length and zero padding bits."""
+    """Inverse of pack_fixed_width: (O, K) uint8 codes; checks the exact length and zero padding bits."""
     packed = np.asarray(packed)
     _check(packed.dtype == np.uint8 and packed.ndim == 1,
            f"packed weights must be 1-D uint8, got {packed.dtype} rank {packed.ndim}")
+    bits = np.asarray(bits, dtype=np.int64)
     need = fixed_width_length(bits, k)
     total = int(k) * int(np.sum(bits))
     _check(packed.shape[0] == need,
            f"packed weights hold {packed.shape[0]} bytes, expected {need} for {len(bits) * k} codes of "
            f"{_bits_text(bits)} bits")
-    stream = np.unpackbits(packed, bitorder="little")
-    _check(not stream[total:].any(), "packed weights have non-zero padding bits")
-    out = np.empty((len(bits), int(k)), dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(bits * int(k))])
-    for b in np.unique(bits):  # all rows of one width at once: row o's k codes start at starts[o]
-        rows = np.nonzero(bits == b)[0]
-        seg = stream[starts[rows][:, None] + np.arange(int(k) * int(b))].reshape(len(rows), int(k), int(b))
-        out[rows] = (seg.astype(np.int64) << np.arange(int(b))).sum(axis=2)
+    _check(total % 8 == 0 or not (int(packed[-1]) >> (total % 8)), "packed weights have non-zero padding bits")
+    out = np.empty((len(bits), int(k)), dtype=np.uint8)
+    flat = out.reshape(-1)
+    pos = 0  # bit position in the stream
+    for r0, r1, b in _width_runs(bits):
+        count = (r1 - r0) * int(k)
+        done = 0
+        while done < count:
+            n = min(_CHUNK_CODES, count - done)
+            first, last = pos // 8, -(-(pos + n * b) // 8)
+            chunk = np.unpackbits(packed[first:last], bitorder="little")[pos - 8 * first:pos - 8 * first + n * b]
+            flat[r0 * int(k) + done:r0 * int(k) + done + n] = np.packbits(
+                chunk.reshape(n, b), axis=1, bitorder="little").reshape(-1)
+            pos += n * b
+            done += n
     return out
 
 
@@ -122,19 +153,32 @@ class Codec:
 
     # ----------------------------------------------------------------- the stream
     def encode_rows(self, w_int: np.ndarray, bits: np.ndarray) -> np.ndarray:
-        """Integer weights (O, K) -> codes (O, K), refusing values that are not levels."""
-        w_int = np.asarray(w_int, dtype=np.int64)
-        codes = np.empty(w_int.shape, dtype=np.int64)
-        for b in np.unique(bits):
-            rows = np.nonzero(bits == b)[0]
-            values, valid = self.lut(int(b))
-            inverse = {int(v): c for c, v in enumerate(values) if valid[c]}
-            block = w_int[rows]
-            uniq = np.unique(block)
-            bad = [int(u) for u in uniq if int(u) not in inverse]
-            _check(not bad, f"integer weights {bad[:5]} are not {int(b)}-bit {self.name} levels")
-            table = np.array([inverse[int(u)] for u in uniq], dtype=np.int64)
-            codes[rows] = table[np.searchsorted(uniq, block)]
+        """Integer weights (O, K) -> codes (O, K) uint8, refusing values that are not levels.
+
+        By a lookup table over the level range (every level of these formats is within
+        +-2^16), in row runs of one width: a few bytes per weight, no sort."""
+        w_int = np.asarray(w_int)
+        codes = np.empty(w_int.shape, dtype=np.uint8)
+        for r0, r1, b in _width_runs(np.asarray(bits, dtype=np.int64)):
+            values, valid = self.lut(b)
+            lo, hi = int(values.min()), int(values.max())
+            table = np.zeros(hi - lo + 1, dtype=np.uint8)  # read only where ok (a level of this width)
+            ok = np.zeros(hi - lo + 1, dtype=bool)
+            for c, v in enumerate(values):
+                if valid[c]:
+                    table[int(v) - lo], ok[int(v) - lo] = c, True
+            block = w_int[r0:r1]
+            if block.size:
+                bmin, bmax = int(block.min()), int(block.max())
+                inside = bmin >= lo and bmax <= hi
+                index = (block - lo) if inside else None
+                if not inside or not bool(ok[index].all()):
+                    flat = block.reshape(-1)
+                    bad = np.unique(flat[(flat < lo) | (flat > hi)]).tolist()
+                    if not bad:
+                        bad = np.unique(flat[~ok[np.clip(flat - lo, 0, hi - lo)]]).tolist()
+                    _check(False, f"integer weights {[int(v) for v in bad[:5]]} are not {b}-bit {self.name} levels")
+                codes[r0:r1] = table[index]
         return codes
 
     def pack_rows(self, w_int: np.ndarray, bits: np.ndarray) -> np.ndarray:
@@ -147,12 +191,11 @@ class Codec:
         self.check_bits(bits)
         codes = unpack_fixed_width(packed, bits, k)
         out = np.empty(codes.shape, dtype=np.int64)
-        for b in np.unique(bits):
-            rows = np.nonzero(bits == b)[0]
-            values, valid = self.lut(int(b))
-            c = codes[rows]
+        for r0, r1, b in _width_runs(np.asarray(bits, dtype=np.int64)):
+            values, valid = self.lut(b)
+            c = codes[r0:r1]
             _check(bool(valid[c].all()), f"packed weights contain a non-canonical {self.name} code (negative zero)")
-            out[rows] = values[c]
+            out[r0:r1] = values[c]
         return out
 
     def packed_length(self, bits: np.ndarray, k: int) -> int:
