@@ -162,6 +162,11 @@ def mse_step(values: torch.Tensor, lo: int, hi: int, points: int = 40) -> float:
     return amax * best / top
 
 
+# Weights per row that weight-scale initialisation measures the error on (evenly spaced, see
+# WeightQuantizer.init_from).
+INIT_COLUMNS = 8192
+
+
 class WeightQuantizer(nn.Module):
     """Per-output-channel weight quantizer. Subclasses define the integer grid of a bit-width.
 
@@ -284,8 +289,15 @@ class WeightQuantizer(nn.Module):
     @torch.no_grad()
     def init_from(self, w: torch.Tensor, points: int = 40) -> None:
         """Per-channel MSE-optimal scale over a grid of clipping ratios of max|w|, on each
-        channel's own grid."""
+        channel's own grid. A row of more than ``INIT_COLUMNS`` weights measures the error on
+        that many evenly spaced ones (its max|w| on all of them): VGG's 25,088-input classifier
+        took 135 s of its convert's calibration, 35 s so; the full-row error of the scales found
+        was 0.3% above the full search's on average (3.9% at most, 256 random rows). Every conv
+        of the zoo's networks has fewer weights per row."""
         flat_all = w.detach().reshape(w.shape[0], -1).float()
+        amax_all = flat_all.abs().amax(dim=1).clamp_min(1e-12)
+        if flat_all.shape[1] > INIT_COLUMNS:
+            flat_all = flat_all[:, torch.linspace(0, flat_all.shape[1] - 1, INIT_COLUMNS).long()]
         # Rows in chunks of ~4M weights: a grid point's temporaries are a few copies of the chunk
         # (VGG11's 102M-weight classifier in one piece peaked at gigabytes).
         chunk = max(1, (4 << 20) // max(1, flat_all.shape[1]))
@@ -294,7 +306,7 @@ class WeightQuantizer(nn.Module):
             lo, hi = self.clamp_range(bits)
             for part in torch.split(rows, chunk):
                 flat = flat_all[part]
-                amax = flat.abs().amax(dim=1).clamp_min(1e-12)
+                amax = amax_all[part]
                 best = amax / hi
                 best_err = torch.full_like(amax, math.inf)
                 for t in torch.linspace(0.2, 1.0, points).tolist():
