@@ -89,10 +89,10 @@ NOTES = [
     "with a defined float64 computation (docs/ops.md): before, they ran as ONNX Runtime's float32 Sigmoid, "
     "which differs from PyTorch's in the last bits of 67% of values, and 3 of 15.7 M codes differed from "
     "features.2.0.block.1.0 on. Its row was rerun on 2026-12-02 after the change (every code identical).",
-    "* VGG11-BN: converts; rerun on 2026-12-02 (with the other core busy) after the weight packing went to "
-    "bounded memory: 375 s and 9.6 GB peak (was 475 s, 10.7 GB). Calibration is now the largest step (204 s) and "
-    "holds the peak: its 102 M-weight classifier's weight-scale search is the next thing to fix; the other 11 "
-    "stay under 2.5 GB.",
+    "* VGG11-BN: converts; rerun on 2026-12-02 (other core paused) after the weight packing went to bounded "
+    "memory and the weight-scale search of rows over 8,192 weights to a subsample: 150 s and 9.1 GB peak (was "
+    "475 s, 10.7 GB; calibration 204 -> 38 s). The peak is not yet traced to its step (a proxy of its "
+    "classifier alone peaked at 5.1 GB in the fit); the other 11 stay under 2.5 GB.",
 ]
 
 
