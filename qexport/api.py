@@ -25,11 +25,6 @@ from .validate import ParityReport, Tolerances
 from .validate import check_parity as _check_parity
 
 
-def _tensor(x):
-    """float32 tensors of the samples ``x`` (an array, a tensor, or ``qexport.Inputs``)."""
-    return to_torch(x)
-
-
 def load(path: str | os.PathLike, *, arch: str | None = None, trust_pickle: bool = False) -> LoadedModel:
     """Load a model file: a qexport checkpoint (float or quantized), a state dict of a zoo
     architecture (``arch``), or a pickled ``nn.Module`` (only with ``trust_pickle=True``).
@@ -67,7 +62,7 @@ def calibrate(model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 
     Example:
         >>> qexport.calibrate(model, x[:512])
     """
-    _calibrate(model, split(_tensor(x), batch_size), **kwargs)
+    _calibrate(model, split(to_torch(x), batch_size), **kwargs)
     return model.eval()
 
 
@@ -79,7 +74,7 @@ def fit(model: nn.Module, teacher: nn.Module, x: np.ndarray | torch.Tensor, opti
     Example:
         >>> qexport.fit(model, teacher, x[:448], qexport.FitOptions(steps=300))
     """
-    summary = _fit(model, teacher, _tensor(x), options, **kwargs)
+    summary = _fit(model, teacher, to_torch(x), options, **kwargs)
     model.eval()
     return summary
 
@@ -92,7 +87,7 @@ def export_onnx(model: nn.Module, example: np.ndarray | torch.Tensor, path: str 
     """
     from .export import export_onnx as _export
 
-    return _export(model, _tensor(example), path, **kwargs)
+    return _export(model, to_torch(example), path, **kwargs)
 
 
 def check_parity(model: nn.Module, onnx_model: onnx.ModelProto | str | os.PathLike, x: np.ndarray,

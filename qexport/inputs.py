@@ -18,7 +18,7 @@ import torch
 import torch.fx
 from torch import nn
 
-__all__ = ["Inputs", "InputError", "as_inputs", "bind_inputs", "cat", "feeds", "input_names", "model_input_names",
+__all__ = ["Inputs", "InputError", "bind_inputs", "cat", "feeds", "input_names", "model_input_names",
            "run", "sample_shapes", "split", "tensors", "to_device", "to_torch", "values_per_sample"]
 
 
@@ -63,11 +63,6 @@ class Inputs:
         return Inputs([have[n] for n in names], names)
 
 
-def as_inputs(x: Any, name: str = "input") -> Inputs:
-    """``x`` as ``Inputs`` (a single array becomes one input named ``name``)."""
-    return x if isinstance(x, Inputs) else Inputs([x], [name])
-
-
 def _tensor(a: Any) -> torch.Tensor:
     if isinstance(a, torch.Tensor):
         return a if a.dtype == torch.float32 else a.float()
@@ -99,10 +94,6 @@ def run(model: nn.Module, x: Any) -> torch.Tensor:
 
 def split(x: Any, size: int) -> list[Any]:
     """``x`` in consecutive chunks of ``size`` samples (the last may be smaller)."""
-    if isinstance(x, Inputs):
-        return [x[i:i + size] for i in range(0, len(x), size)]
-    if isinstance(x, torch.Tensor):
-        return list(torch.split(x, size))
     return [x[i:i + size] for i in range(0, len(x), size)]
 
 

@@ -133,17 +133,22 @@ _register(
     lambda x: OPSET.GlobalAvgPool(x),
 )
 
-for _name, _fn, _doc in (("Sigmoid", "sigmoid", "float32(1 / (1 + exp(-x))), computed in float64 in a defined order"),
-                         ("Silu", "silu", "float32(x / (1 + exp(-x))), computed in float64 in a defined order")):
+
+def _register_activation(name: str, fn: Callable[[np.ndarray], np.ndarray], formula: str) -> None:
+    """Sigmoid / Silu: float32 in, float32 out, computed by the reference (``fn``)."""
     _register(
-        OpDef(_name, f"act_{_fn}", "activation", None),
-        _schema(_name, _doc + " (reference.exp64): identical bits in PyTorch and ONNX Runtime.", [("X", "F")],
-                [("Y", "F")], []),
+        OpDef(name, f"act_{fn.__name__}", "activation", None),
+        _schema(name, f"{formula}, computed in float64 in a defined order (reference.exp64): identical bits in "
+                "PyTorch and ONNX Runtime.", [("X", "F")], [("Y", "F")], []),
         "(Tensor x) -> Tensor",
-        (lambda fn: lambda x: torch.from_numpy(np.ascontiguousarray(fn(_np(x)))))(getattr(R, _fn)),
+        lambda x: torch.from_numpy(np.ascontiguousarray(fn(_np(x)))),
         lambda x: torch.empty_like(x),
-        (lambda name: lambda x: getattr(OPSET, name)(x))(_name),
+        lambda x: getattr(OPSET, name)(x),
     )
+
+
+_register_activation("Sigmoid", R.sigmoid, "float32(1 / (1 + exp(-x)))")
+_register_activation("Silu", R.silu, "float32(x / (1 + exp(-x)))")
 
 # --------------------------------------------------------------------------- weighted ops
 # QConv / QGemm / QConvFused take the weight format as data: attribute ``format`` names a codec

@@ -1,6 +1,8 @@
 """ASQ (the ASQ paper, section 3.2): an adapter scales the activation step per input sample."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -36,19 +38,13 @@ def group_mean(pooled: torch.Tensor, groups: int) -> torch.Tensor:
     return sums / sizes.to(pooled.dtype)
 
 
-_GROUP_INDEX: dict = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _group_index(c: int, groups: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(the group of each channel, the size of each group) for ``group_mean``: one index_add
     instead of a mean per group (64 small ops per quantizer and pass)."""
-    key = (c, groups, str(device))
-    if key not in _GROUP_INDEX:
-        bounds = R.adapter_group_bounds(c, groups)
-        sizes = np.diff(bounds)
-        _GROUP_INDEX[key] = (torch.from_numpy(np.repeat(np.arange(groups), sizes)).to(device),
-                             torch.from_numpy(sizes.astype(np.float64)).to(device))
-    return _GROUP_INDEX[key]
+    sizes = np.diff(R.adapter_group_bounds(c, groups))
+    return (torch.from_numpy(np.repeat(np.arange(groups), sizes)).to(device),
+            torch.from_numpy(sizes.astype(np.float64)).to(device))
 
 
 @register_act("asq")

@@ -97,12 +97,22 @@ class ActQuantizer(nn.Module):
             s = grad_scale(self.step, g)
         else:  # no gradient: the step itself (grad_scale's forward may differ from it in the last bit)
             s = self.step
+        return fake_quant(x, self._per_sample(s, x), lo, hi)
+
+    def _per_sample(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The step ``s`` times the per-sample factor, shaped to broadcast over ``x``. LSQ's g
+        scales the step's own gradient only: the factor gets the full gradient (grad wrt s'
+        times s), as in the ASQ authors' code."""
         f = self.factor(x)
-        if f is not None:
-            # LSQ's g scales the step's own gradient only: the per-sample factor gets the full
-            # gradient (grad wrt s' times s), as in the ASQ authors' code.
-            s = s * f.reshape((-1,) + (1,) * (x.dim() - 1))
-        return fake_quant(x, s, lo, hi)
+        return s if f is None else s * f.reshape((-1,) + (1,) * (x.dim() - 1))
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer codes (zero point added, as float) this quantizer gives ``x`` in eval:
+        what ``forward`` outputs divided by its step."""
+        lo, hi = self.qrange()
+        q = torch.div(x, self._per_sample(self.step, x)).clamp_(lo, hi).round_()
+        return q.add_(R.act_zero_point(self.bits, self.is_signed))
 
     # ----------------------------------------------------------------- init / calibration
     @torch.no_grad()

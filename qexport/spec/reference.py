@@ -76,7 +76,7 @@ def quantize_codes(x: np.ndarray, scale: np.ndarray, bits: int, signed: bool) ->
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         r = np.divide(x, s, dtype=np.float32)
         np.rint(r, out=r)
-    if lo < 0:
+    if signed:
         r[np.isnan(r)] = 0.0
     np.fmax(r, lo, out=r)  # (unsigned: a NaN becomes lo = 0 here)
     np.minimum(r, hi, out=r)
@@ -439,13 +439,13 @@ def conv_output_size(size: int, kernel: int, stride: int, pad_begin: int, pad_en
     return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _check_act(codes: np.ndarray, act_bits: int, act_zero_point: int, dtype: type = np.float64) -> np.ndarray:
-    """The codes minus the zero point, as ``dtype`` (exact: small integers), after checking them."""
+def _check_act(codes: np.ndarray, act_bits: int, act_zero_point: int) -> None:
+    """Refuse codes that are not uint8 of ``act_bits`` bits, or a zero point outside their range."""
     _check(codes.dtype == np.uint8, f"X must be uint8 codes, got {codes.dtype}")
     _check(act_bits in ACT_BITS, f"act_bits must be in 2..8, got {act_bits}")
     _check(0 <= act_zero_point < 2**act_bits, f"act_zero_point must be in 0..{2**act_bits - 1}, got {act_zero_point}")
     _check(codes.size == 0 or int(codes.max()) < 2**act_bits, f"X holds a code above {2**act_bits - 1} (act_bits={act_bits})")
-    return np.subtract(codes, act_zero_point, dtype=dtype)
+
 
 
 def _gemm_dtype(act_bits: int, act_zero_point: int, w_rows: np.ndarray) -> type:
@@ -493,10 +493,10 @@ def qconv(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     _check(group >= 1 and o % group == 0, f"group={group} must be >= 1 and divide out channels {o}")
     n, c, h, w = codes.shape
     _check(c == group * cg, f"X has {c} channels, expected group*weight_shape[1] = {group * cg}")
-    _check_act(codes[:0], act_bits, act_zero_point)  # argument checks before the weights are decoded
+    _check_act(codes, act_bits, act_zero_point)
     w_int = decode_weights(packed, fmt, bits, weight_shape)
     dtype = _gemm_dtype(act_bits, act_zero_point, w_int.reshape(o, -1))
-    a, wq = _check_act(codes, act_bits, act_zero_point, dtype), w_int.astype(dtype)
+    a, wq = np.subtract(codes, act_zero_point, dtype=dtype), w_int.astype(dtype)  # exact: small integers
     (sh, sw), (dh, dw), (pt, pl, pb, pr) = strides, dilations, pads
     oh = conv_output_size(h, kh, sh, pt, pb, dh)
     ow = conv_output_size(w, kw, sw, pl, pr, dw)
@@ -551,10 +551,10 @@ def qgemm(codes: np.ndarray, x_scale: np.ndarray, packed: np.ndarray, w_scale: n
     _check(len(weight_shape) == 2, f"weight_shape must have 2 entries, got {list(weight_shape)}")
     o, k = (int(v) for v in weight_shape)
     _check(codes.shape[1] == k, f"X has {codes.shape[1]} features, expected {k}")
-    _check_act(codes[:0], act_bits, act_zero_point)
+    _check_act(codes, act_bits, act_zero_point)
     w_int = decode_weights(packed, fmt, bits, weight_shape)
     dtype = _gemm_dtype(act_bits, act_zero_point, w_int)
-    total = np.matmul(_check_act(codes, act_bits, act_zero_point, dtype), w_int.T.astype(dtype))
+    total = np.matmul(np.subtract(codes, act_zero_point, dtype=dtype), w_int.T.astype(dtype))
     return _conv_result(total, x_scale, w_scale, bias, relu, return_acc)
 
 

@@ -263,8 +263,8 @@ class _Run:
 
 
 def _trained_codes_hooks(model: nn.Module, captured: dict[str, np.ndarray], rows: dict[str, LayerParity]) -> list:
-    """Hooks that count, per layer, the trained model's activation codes (its fake-quantized
-    output divided by its step) that differ from the integer model's in ``captured``."""
+    """Hooks that count, per layer, the trained model's activation codes (``ActQuantizer.codes``)
+    that differ from the integer model's in ``captured``."""
     from ..nn.layers import QuantMixin
 
     hooks = []
@@ -279,13 +279,7 @@ def _trained_codes_hooks(model: nn.Module, captured: dict[str, np.ndarray], rows
             ref = captured.get(name)
             if ref is None or not getattr(mod, "enabled", True):
                 return
-            x = inp[0]
-            step = mod.step.detach().float()
-            factor = mod.factor(x)
-            if factor is not None:
-                step = step * factor.detach().reshape((-1,) + (1,) * (x.dim() - 1))
-            codes = torch.round(out.detach() / step) + R.act_zero_point(mod.bits, mod.is_signed)
-            ours = codes.reshape(-1).numpy()
+            ours = mod.codes(inp[0]).reshape(-1).numpy()
             if ours.size == ref.size:
                 rows[name].trained_mismatches += int(np.count_nonzero(ours != ref.reshape(-1)))
                 rows[name].trained_codes += ours.size
@@ -390,12 +384,16 @@ def compare_runs(model: nn.Module, deploy: nn.Module, session, main_output: str,
     return run
 
 
+def _in_order(rows: dict[str, LayerParity], order: list[str]) -> list[LayerParity]:
+    """The rows in forward ``order``, then any layer that did not run."""
+    return [rows[n] for n in order if n in rows] + [row for n, row in rows.items() if n not in order]
+
+
 def _first(rows: dict[str, LayerParity], order: list[str], count: str) -> dict | None:
     """The first layer in forward ``order`` whose ``count`` (mismatches / trained_mismatches) is positive."""
-    for name in list(order) + [n for n in rows if n not in order]:
-        row = rows.get(name)
-        if row is not None and getattr(row, count) > 0:
-            return {"layer": name, "mismatches": getattr(row, count),
+    for row in _in_order(rows, order):
+        if getattr(row, count) > 0:
+            return {"layer": row.name, "mismatches": getattr(row, count),
                     "codes": row.codes if count == "mismatches" else row.trained_codes,
                     **({"max_diff": row.max_diff} if count == "mismatches" else {})}
     return None
@@ -421,7 +419,7 @@ def make_report(run: _Run, rows: dict[str, LayerParity], n: int, y: np.ndarray |
             report.failures.append(f"{row.name}: {row.weight_mismatches} packed weight codes differ from the model's")
         elif row.weight_mismatches < 0 and weights_required:
             report.failures.append(f"{row.name}: the file's integer weights are missing")
-    bad = [row for row in (rows[name] for name in list(run.order) + [k for k in rows if k not in run.order])
+    bad = [row for row in _in_order(rows, run.order)
            if row.rate > tol.max_code_mismatch_rate or row.max_diff > tol.max_code_diff]
     for k, row in enumerate(bad):
         where = " (the first diverging layer in forward order; later layers inherit its difference)" if k == 0 else ""

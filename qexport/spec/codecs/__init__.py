@@ -75,15 +75,16 @@ def pack_fixed_width(codes: np.ndarray, bits: np.ndarray) -> np.ndarray:
     codes = np.asarray(codes)
     bits = np.asarray(bits, dtype=np.int64)
     _check(codes.ndim == 2 and codes.shape[0] == len(bits), "codes must be (O, K) with one bit-width per row")
-    for b in np.unique(bits):
+    runs = _width_runs(bits)
+    for r0, r1, b in runs:
         _check(1 <= b <= 8, f"bits must be in 1..8, got {b}")
-        block = codes[bits == b]
-        _check(block.size == 0 or (int(block.min()) >= 0 and int(block.max()) < (1 << int(b))),
+        block = codes[r0:r1]
+        _check(block.size == 0 or (int(block.min()) >= 0 and int(block.max()) < (1 << b)),
                f"codes out of range for {b} bits")
     k = codes.shape[1]
     stream = np.empty(int(k) * int(bits.sum()), dtype=np.uint8)
     pos = 0
-    for r0, r1, b in _width_runs(bits):
+    for r0, r1, b in runs:
         flat = codes[r0:r1].reshape(-1)
         for start in range(0, flat.size, _CHUNK_CODES):
             part = flat[start:start + _CHUNK_CODES].astype(np.uint8).reshape(-1, 1)
@@ -168,17 +169,14 @@ class Codec:
                 if valid[c]:
                     table[int(v) - lo], ok[int(v) - lo] = c, True
             block = w_int[r0:r1]
-            if block.size:
-                bmin, bmax = int(block.min()), int(block.max())
-                inside = bmin >= lo and bmax <= hi
-                index = (block - lo) if inside else None
-                if not inside or not bool(ok[index].all()):
-                    flat = block.reshape(-1)
-                    bad = np.unique(flat[(flat < lo) | (flat > hi)]).tolist()
-                    if not bad:
-                        bad = np.unique(flat[~ok[np.clip(flat - lo, 0, hi - lo)]]).tolist()
-                    _check(False, f"integer weights {[int(v) for v in bad[:5]]} are not {b}-bit {self.name} levels")
-                codes[r0:r1] = table[index]
+            if not block.size:
+                continue
+            index = np.subtract(block, lo, dtype=np.int64)
+            if int(index.min()) < 0 or int(index.max()) > hi - lo or not bool(ok[index].all()):
+                flat = block.reshape(-1)
+                bad = np.unique(flat[(flat < lo) | (flat > hi) | ~ok[np.clip(flat - lo, 0, hi - lo)]])
+                _check(False, f"integer weights {[int(v) for v in bad[:5]]} are not {b}-bit {self.name} levels")
+            codes[r0:r1] = table[index]
         return codes
 
     def pack_rows(self, w_int: np.ndarray, bits: np.ndarray) -> np.ndarray:
