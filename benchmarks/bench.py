@@ -65,8 +65,12 @@ NETWORKS = {
                      title="ResNet-20 (CIFAR, 3x32x32)"),
     "small_cnn": dict(arch="small_cnn", shape=(1, 28, 28), bits=(4, 3), batches=(1, 64), threads=(1, 2), calib=256,
                       checkpoint="samples/small_cnn_float.pt", title="Fashion-MNIST CNN (1x28x28)"),
-    "resnet18": dict(arch="resnet18", shape=(3, 224, 224), bits=(4,), batches=(1,), threads=(1, 2), calib=8,
+    "resnet18": dict(arch="resnet18", shape=(3, 224, 224), bits=(4, 3), batches=(1, 8), threads=(1, 2), calib=8,
                      title="ResNet-18 (3x224x224)"),
+    "mobilenet_v2_cifar": dict(arch="mobilenet_v2_cifar", shape=(3, 32, 32), bits=(4, 3), batches=(1, 32),
+                               threads=(1, 2), calib=64, title="MobileNetV2 (CIFAR, 3x32x32)"),
+    "mobilenet_v2": dict(arch="mobilenet_v2", shape=(3, 224, 224), bits=(4, 3), batches=(1, 8), threads=(1, 2),
+                         calib=8, title="MobileNetV2 (3x224x224)"),
 }
 TARGETS = {"vs_float": 0.5, "vs_int8": 0.8}  # issue 4: ResNet-20, batch 1 and 32, 1 and 2 threads
 X86_NETWORKS = "resnet20,small_cnn,resnet18"

@@ -139,6 +139,10 @@ PATH_PARTS = {  # conv, gemm, means and quantizer, activations (Sigmoid, Silu: p
 }
 #: Why a node runs the portable code whatever the path: these depend on the node, not on the path.
 PORTABLE_REASONS = ("int64_accumulator", "input_too_large")
+#: The depthwise conv kernel each path runs (a conv with one input channel per group reports it
+#: with reason=depthwise; docs/ops.md, "Kernel paths").
+DEPTHWISE_PATH = {"scalar": "scalar", "avx2": "avx2", "avx512vnni": "avx512vnni", "amx": "avx512vnni",
+                  "neon": "neon", "dotprod": "dotprod"}
 
 
 def op_part(op_type: str) -> int:
@@ -167,7 +171,9 @@ def check_trace(lines: Sequence[Any], selected: str) -> None:
     for line in lines:
         assert line.selected == selected, f"{line}: forced {selected}"
         want = expected_path(selected, line.op)
-        if line.path == want:
+        if line.reason == "depthwise":
+            assert op_part(line.op) == 0 and line.path == DEPTHWISE_PATH[selected], f"{line}: forced {selected}"
+        elif line.path == want:
             assert line.reason == (None if want == selected else "not_in_path"), line
         else:
             assert line.path == "scalar" and line.reason in PORTABLE_REASONS, f"{line}: expected path={want}"

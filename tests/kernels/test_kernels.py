@@ -30,6 +30,7 @@ N_CONV_CASES = 600
 N_LARGE_CONV_CASES = 24
 N_WIDE_CONV_CASES = 40
 N_FUSED_CASES = 160
+N_DEPTHWISE_CASES = 30
 N_GEMM_CASES = 200
 N_ASQ_CASES = 120
 N_LSQ_CASES = 80
@@ -148,8 +149,8 @@ def run_single(model, inputs, constant, threads=None):
 
 
 # --------------------------------------------------------------------------- conv
-def conv_case(seed: int, large: bool = False, wide: bool = False) -> dict:
-    rng = np.random.default_rng((70000 if large else 90000 if wide else 1000) + seed)
+def conv_case(seed: int, large: bool = False, wide: bool = False, depthwise: bool = False) -> dict:
+    rng = np.random.default_rng((70000 if large else 90000 if wide else 110000 if depthwise else 1000) + seed)
     fmt, bits = random_format(rng)
     act_bits, zp = random_act(rng)
     r = rng.random()
@@ -178,6 +179,21 @@ def conv_case(seed: int, large: bool = False, wide: bool = False) -> dict:
     if wide:
         strides = [int(rng.integers(1, 3)), int(rng.integers(1, 3))]
         w = w_min + int(rng.integers(20, 150))
+        n = int(rng.integers(1, 3))
+    if depthwise:  # MobileNet-like: 8-96 channels, 3x3/5x5 "same" convs, strides 1/2, planes up to 60x60
+        group, cg, og = int(rng.integers(8, 97)), 1, int(rng.choice([1, 1, 2]))
+        o, c = group * og, group
+        kh = kw = int(rng.choice([3, 3, 5, 1, 7]))
+        if rng.random() < 0.3:
+            kh = int(rng.integers(1, 6))
+        s = int(rng.integers(1, 3))
+        strides = [s, s] if rng.random() < 0.8 else [int(v) for v in rng.integers(1, 3, size=2)]
+        dilations = [1, 1] if rng.random() < 0.8 else [int(v) for v in rng.integers(1, 3, size=2)]
+        pads = [kh // 2, kw // 2, kh // 2, kw // 2] if rng.random() < 0.7 else [int(v) for v in rng.integers(0, 4, size=4)]
+        h_min = max(1, dilations[0] * (kh - 1) + 1 - pads[0] - pads[2])
+        w_min = max(1, dilations[1] * (kw - 1) + 1 - pads[1] - pads[3])
+        h = max(h_min, int(rng.integers(4, 61)))
+        w = max(w_min, h + int(rng.integers(-2, 3)))
         n = int(rng.integers(1, 3))
     weight_shape = [o, cg, kh, kw]
     bits, packed = random_weights(rng, fmt, bits, weight_shape)
@@ -226,9 +242,9 @@ def test_wide_conv_matches_reference(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- fused conv
-def fused_case(seed: int) -> dict:
+def fused_case(seed: int, depthwise: bool = False) -> dict:
     """A conv case plus the fused parts: residual R, ReLU, output quantizer, optional outputs."""
-    case = conv_case(seed, large=seed % 4 == 0)
+    case = conv_case(seed, large=seed % 4 == 0 and not depthwise, depthwise=depthwise)
     rng = np.random.default_rng(40000 + seed)
     i, a = case["inputs"], case["attrs"]
     y = reference_conv(dict(case, attrs=dict(a, relu=0)))
@@ -281,12 +297,10 @@ def fused_model(case: dict):
     return model, everything
 
 
-@pytest.mark.parametrize("seed", range(N_FUSED_CASES))
-def test_fused_conv_matches_reference(seed: int) -> None:
-    case = fused_case(seed)
+def check_fused(case: dict, seed: int, threads: int | None = None) -> None:
     a, i, e = case["attrs"], case["inputs"], case["extra"]
     model, everything = fused_model(case)
-    got = dict(zip(case["outputs"], run_single(model, everything, case["constant"])))
+    got = dict(zip(case["outputs"], run_single(model, everything, case["constant"], threads=threads)))
     y, q, scale = R.qconv_fused(
         i["X"], i["X_scale"], i["W"], i["W_scale"], i["B"], e["R"], e.get("QW1"), e.get("QB1"), e.get("QW2"),
         e.get("QB2"), fmt=case["fmt"], bits=a["bits"], act_bits=a["act_bits"], act_zero_point=a["act_zero_point"],
@@ -300,6 +314,46 @@ def test_fused_conv_matches_reference(seed: int) -> None:
     if "Q" in got:
         assert_bitwise_equal(got["Q_scale"], scale, what + " Q_scale")
         assert_bitwise_equal(got["Q"], q, what + " Q")
+
+
+@pytest.mark.parametrize("seed", range(N_FUSED_CASES))
+def test_fused_conv_matches_reference(seed: int) -> None:
+    check_fused(fused_case(seed), seed)
+
+
+@pytest.mark.parametrize("seed", range(N_DEPTHWISE_CASES))
+def test_depthwise_conv_matches_reference(seed: int, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """Depthwise convs as MobileNets have them (one input channel per group), plain and fused, one
+    and two threads (a single image's channels are split over tasks): the depthwise kernel of the
+    path, bit for bit."""
+    if seed % 3 == 0:
+        case = conv_case(seed, depthwise=True)
+        model = weighted_model("conv", case["fmt"], case["inputs"], case["attrs"], case["constant"])
+        (y,) = run_single(model, case["inputs"], case["constant"], threads=1 + seed % 2)
+        assert_bitwise_equal(y, reference_conv(case), f"depthwise conv case {seed} ({case['fmt']}, {case['attrs']})")
+    else:
+        check_fused(fused_case(seed, depthwise=True), seed, threads=1 + seed % 2)
+    (line,) = ran_paths(capfd)
+    assert line.reason == "depthwise", line
+
+
+def test_depthwise_beyond_float_exactness_runs_the_dense_conv(kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """A depthwise conv whose sums could reach 2^24 (23x23 taps of 8-bit weights: 529 * 255 * 128)
+    is not computed in float32: it runs the path's grouped conv, still exact."""
+    rng = np.random.default_rng(3)
+    c, k = 3, 23
+    wcodes = rng.integers(0, 256, size=(c, 1, k, k), dtype=np.uint8)
+    wcodes[:, :, :, :2] = 0  # the extreme weight -128 is present
+    inputs = {"X": rng.integers(0, 256, size=(1, c, 30, 30), dtype=np.uint8),
+              "X_scale": np.array([0.5], dtype=np.float32), "W": R.pack_codes(wcodes, 8),
+              "W_scale": np.full(c, 0.25, dtype=np.float32), "B": np.zeros(c, dtype=np.float32)}
+    attrs = dict(bits=8, act_bits=8, act_zero_point=0, weight_shape=[c, 1, k, k], strides=[1, 1],
+                 pads=[11, 11, 11, 11], dilations=[1, 1], group=c, relu=0)
+    case = dict(fmt="uniform", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"))
+    (y,) = run_single(weighted_model("conv", "uniform", inputs, attrs, case["constant"]), inputs, case["constant"])
+    assert_bitwise_equal(y, reference_conv(case), "23x23 depthwise conv, 8-bit weights")
+    (line,) = ran_paths(capfd)
+    assert line.reason != "depthwise", line
 
 
 def test_fused_conv_equals_the_unfused_ops() -> None:

@@ -48,6 +48,8 @@ inline constexpr const char* kNotInPath = "not_in_path";            // the selec
 inline constexpr const char* kInt64Acc = "int64_accumulator";       // the overflow bound needs int64 sums
 inline constexpr const char* kInputTooLarge = "input_too_large";    // the SIMD conv's re-laid-out input would
                                                                     // exceed its 32-bit offsets
+inline constexpr const char* kDepthwise = "depthwise";  // a depthwise conv: the path's depthwise kernel
+                                                        // (reported whenever it runs; amx: avx512vnni's)
 
 // The kernel-path report (docs/ops.md, "Kernel paths"). When QEXPORT_KERNEL_TRACE=1 at kernel
 // creation (read then, like QEXPORT_KERNEL_ISA), the first Compute that runs a given path writes

@@ -104,6 +104,44 @@ struct ConvTask {
   uint8_t* buf = nullptr;  // the re-laid-out input, g->buf_bytes
 };
 
+// ------------------------------------------------------------------------------ depthwise conv
+// A conv with one input channel per group (group = C, any number `mult` of output channels per
+// group), for output channels [o0, o1) of one sample. Each input channel's codes minus the zero
+// point are re-laid out as float32 into its sh*sw stride-phase planes of hs x ws values (the
+// planes of ConvGeometry with one channel; positions outside the input are 0), then each block of
+// kDepthwiseBlock flat output positions (q = y * ws + x) sums w[tap] * plane[q + tap_off[tap]]
+// over the taps in float32: every product and partial sum is an integer of magnitude at most
+// kh*kw*255*wmax, which the op takes this path for only when that is below 2^24, so each float32
+// operation is exact and the sum equals the reference's integer accumulator. The epilogue is the
+// conv's (float(acc) * (x_scale * w_scale[o]), + bias, [+ residual], [ReLU]).
+constexpr int64_t kDepthwiseBlock = 128;  // flat positions per block, at most
+constexpr int64_t kDepthwiseSmall = 64;   // planes of at most this many flat positions ...
+constexpr int64_t kDepthwiseSlots = 8;    // ... are done up to this many channels at a time
+
+struct DepthwiseTask {
+  const uint8_t* x = nullptr;  // codes of one sample, (C, H, W)
+  int64_t h = 0, w = 0, oh = 0, ow = 0, kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
+  // The layout (set by the op): ws = ow + (kw-1)*dw/sw, hs = oh + (kh-1)*dh/sh, each plane psize
+  // floats (hs*ws, then zeros for the reads of the last block), nq = oh*ws flat positions (the
+  // kernel computes them in blocks of up to kDepthwiseBlock, the last one past nq).
+  int64_t ws = 0, hs = 0, psize = 0, nq = 0;
+  const int64_t* tap_off = nullptr;  // [kh*kw] tap (i, j): its plane * psize + (i*dh/sh)*ws + j*dw/sw
+  int64_t mult = 1;            // output channels per input channel
+  int64_t o0 = 0, o1 = 0;      // output channels [o0, o1)
+  int zero_point = 0;
+  const float* wf = nullptr;   // [O][kh*kw] the integer weights, as float32
+  float x_scale = 0;
+  const float* w_scale = nullptr;   // [O]
+  const float* bias = nullptr;      // [O]
+  bool relu = false;                // after the residual, when there is one
+  const float* residual = nullptr;  // (O, OH, OW) of this sample, or nullptr
+  float* y = nullptr;               // (O, OH, OW) of this sample
+  // Scratch, 64-byte aligned: slots * sh*sw*psize floats of planes (slots = kDepthwiseSlots when
+  // nq <= kDepthwiseSmall, else 1), then nq rounded up to kDepthwiseBlock plus kDepthwiseSlots *
+  // kDepthwiseSmall floats of accumulators, then h*w + 64 floats for one converted input plane.
+  float* buf = nullptr;
+};
+
 // ------------------------------------------------------------------------------ gemm
 struct GemmTask {
   const uint8_t* x = nullptr;  // (N, k) codes
@@ -151,6 +189,8 @@ struct SimdKernels {
   // class): a single image is split into tasks of at least this many times the base task size,
   // so that a task stays long against the thread pool's cost per task.
   int conv_speed = 1;
+  // The depthwise conv (DepthwiseTask); nullptr: the grouped conv of the paths above.
+  void (*depthwise)(const DepthwiseTask&) = nullptr;
 };
 
 // The kernels of a path; nullptr when the path is not compiled into this library. The scalar
@@ -165,6 +205,7 @@ const SimdKernels* simd_kernels(Isa isa) noexcept;
 Isa conv_path(const SimdKernels& k) noexcept;
 Isa gemm_path(const SimdKernels& k) noexcept;
 Isa vector_path(const SimdKernels& k) noexcept;
+Isa depthwise_path(const SimdKernels& k) noexcept;
 
 // Reports (QEXPORT_KERNEL_TRACE) that a kernel of table k ran `path`, one of the above: the
 // reason is kNotInPath when that is not k's own path.
@@ -193,6 +234,7 @@ inline double mean_of_lanes(const double* l, size_t count) {
 
 // The portable versions (also the reference for the others).
 void plane_means_portable(const float* x, size_t channels, size_t plane, double* out);
+void depthwise_portable(const DepthwiseTask& t);
 void quantize_portable(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q);
 uint8_t max_code_portable(const uint8_t* x, size_t count);
 

@@ -151,6 +151,210 @@ inline void conv_relayout(const ConvTask& t) {
       }
 }
 
+// The depthwise conv (simd.h, DepthwiseTask): plain loops and GCC/Clang vector extensions that the
+// compiler turns into each file's instruction set.
+typedef float DwVec __attribute__((vector_size(64)));
+typedef float DwVecU __attribute__((vector_size(64), aligned(4), may_alias));
+
+// dst[u] = float(src[u] - zp): a function of its own so that the compiler takes the __restrict
+// of its parameters (and vectorizes it).
+inline void codes_minus_zp(const uint8_t* __restrict src, float* __restrict dst, int64_t len, int32_t zp) {
+  for (int64_t u = 0; u < len; ++u) dst[u] = static_cast<float>(static_cast<int32_t>(src[u]) - zp);
+}
+
+// The columns [u_lo, u_hi) of phase px whose input column u*sw + px - pl lies in [0, W), and
+// the input column of u_lo.
+struct DwColumns {
+  int64_t lo = 0, hi = 0, ix = 0;
+};
+
+inline DwColumns depthwise_columns(const DepthwiseTask& t, int64_t px) {
+  DwColumns c;
+  const int64_t first = t.pl - px;
+  c.lo = first > 0 ? (first + t.sw - 1) / t.sw : 0;
+  c.hi = (t.w - 1 + first) >= 0 ? (t.w - 1 + first) / t.sw + 1 : 0;
+  if (c.hi > t.ws) c.hi = t.ws;
+  if (c.lo > c.hi) c.lo = c.hi;
+  c.ix = c.lo * t.sw - first;
+  return c;
+}
+
+// src[0 .. 16) (stride 1) or src[0, 2, .., 30] (stride 2) as one vector.
+template <int kStride>
+inline DwVec depthwise_pick(const float* src) {
+  const DwVecU* v = reinterpret_cast<const DwVecU*>(src);
+  if (kStride == 1) return v[0];
+  return __builtin_shufflevector(v[0], v[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+
+// Row r of one phase plane: zeros, the values xf[0], xf[stride], ... for columns [lo, hi), zeros.
+// The values go 16 at a time (the last vector may write past hi: the zeros after it and the next
+// row come later; past the last row lies the planes' slack, never read for an output position).
+template <int kStride>
+inline void depthwise_row(float* row, const float* xf, int64_t lo, int64_t hi, int64_t ws) {
+  for (int64_t u = 0; u < lo; ++u) row[u] = 0.0f;
+  for (int64_t u = lo; u < hi; u += 16) {
+    const DwVec v = depthwise_pick<kStride>(xf + (u - lo) * kStride);
+    std::memcpy(row + u, &v, sizeof v);
+  }
+  for (int64_t u = hi; u < ws; ++u) row[u] = 0.0f;
+}
+
+// The sh*sw phase planes of input channel ci (psize floats apart; values [0, hs*ws) of each);
+// cols[px]: depthwise_columns(t, px); xf: scratch for the channel's h*w codes minus the zero
+// point as float32, with 64 floats of slack (the vectors of depthwise_row read past a row).
+inline void depthwise_planes(const DepthwiseTask& t, const DwColumns* cols, int64_t ci, float* planes, float* xf) {
+  const int64_t ws = t.ws;
+  codes_minus_zp(t.x + ci * t.h * t.w, xf, t.h * t.w, t.zero_point);
+  for (int64_t py = 0; py < t.sh; ++py)
+    for (int64_t px = 0; px < t.sw; ++px) {
+      float* pl = planes + (py * t.sw + px) * t.psize;
+      const DwColumns c = cols[px];
+      for (int64_t r = 0; r < t.hs; ++r) {
+        float* row = pl + r * ws;
+        const int64_t iy = r * t.sh + py - t.pt;
+        if (iy < 0 || iy >= t.h || c.lo >= c.hi) {
+          for (int64_t u = 0; u < ws; ++u) row[u] = 0.0f;
+          continue;
+        }
+        const float* src = xf + iy * t.w + c.ix;
+        if (t.sw == 1) {
+          depthwise_row<1>(row, src, c.lo, c.hi, ws);
+        } else if (t.sw == 2) {
+          depthwise_row<2>(row, src, c.lo, c.hi, ws);
+        } else {
+          for (int64_t u = 0; u < c.lo; ++u) row[u] = 0.0f;
+          for (int64_t u = c.lo; u < c.hi; ++u) row[u] = src[(u - c.lo) * t.sw];
+          for (int64_t u = c.hi; u < ws; ++u) row[u] = 0.0f;
+        }
+      }
+    }
+}
+
+// The values of the phase planes past hs*ws (read by the last block; never written otherwise).
+inline void depthwise_zero_slack(const DepthwiseTask& t, float* planes) {
+  for (int64_t ph = 0; ph < t.sh * t.sw; ++ph)
+    for (int64_t q = t.hs * t.ws; q < t.psize; ++q) planes[ph * t.psize + q] = 0.0f;
+}
+
+// y[x] = float(acc[x]) * m + b [+ r[x]] [ReLU], one float32 operation each.
+template <bool kRes, bool kRelu>
+inline void depthwise_epilogue(const float* __restrict acc, const float* __restrict r, float* __restrict y, int64_t n,
+                               float m, float b) {
+  for (int64_t x = 0; x < n; ++x) {
+    float v = acc[x] * m;
+    v = v + b;
+    if (kRes) v = v + r[x];
+    if (kRelu) v = v < 0.0f ? 0.0f : v;
+    y[x] = v;
+  }
+}
+
+// Output channel o from its flat accumulators (rows ws apart).
+template <bool kRes, bool kRelu>
+inline void depthwise_finish(const DepthwiseTask& t, int64_t o, const float* acc) {
+  const float m = t.x_scale * t.w_scale[o], b = t.bias[o];
+  float* yo = t.y + o * t.oh * t.ow;
+  const float* ro = kRes ? t.residual + o * t.oh * t.ow : nullptr;
+  for (int64_t oy = 0; oy < t.oh; ++oy)
+    depthwise_epilogue<kRes, kRelu>(acc + oy * t.ws, kRes ? ro + oy * t.ow : nullptr, yo + oy * t.ow, t.ow, m, b);
+}
+
+// For kChans channels c (planes pstride floats apart, weights w[c]): acc[c*16*kVecs + ...] = the
+// sum over the taps of w[c][tap] * plane_c[tap_off[tap] + ...] for 16*kVecs consecutive flat
+// positions (from `planes`, already offset to the block's first one). kChans x kVecs vectors of
+// 16 float32 accumulators: enough independent sums to hide the addition's latency, few enough to
+// stay in registers. acc is 64-byte aligned.
+template <int kChans, int kVecs>
+inline void depthwise_block(const float* planes, int64_t pstride, const int64_t* tap_off, const float* const* w,
+                            int64_t taps, float* acc) {
+  DwVec a[kChans][kVecs];
+  for (int c = 0; c < kChans; ++c)
+    for (int v = 0; v < kVecs; ++v) a[c][v] = DwVec{};
+  for (int64_t tp = 0; tp < taps; ++tp) {
+    const int64_t off = tap_off[tp];
+    for (int c = 0; c < kChans; ++c) {
+      const float wv = w[c][tp];
+      const DwVecU* p = reinterpret_cast<const DwVecU*>(planes + c * pstride + off);
+      for (int v = 0; v < kVecs; ++v) a[c][v] += wv * p[v];  // exact: integers below 2^24
+    }
+  }
+  DwVec* out = reinterpret_cast<DwVec*>(acc);
+  for (int c = 0; c < kChans; ++c)
+    for (int v = 0; v < kVecs; ++v) out[c * kVecs + v] = a[c][v];
+}
+
+// One output channel at a time (planes of one input channel in slot 0): blocks of kVecs vectors,
+// the rest in blocks of 2.
+template <int kVecs, bool kRes, bool kRelu>
+inline void depthwise_channel(const DepthwiseTask& t, const DwColumns* cols, int64_t o, int64_t& built, float* planes,
+                              float* acc, float* xf) {
+  const int64_t ci = o / t.mult, taps = t.kh * t.kw;
+  if (ci != built) {
+    depthwise_planes(t, cols, ci, planes, xf);
+    built = ci;
+  }
+  const float* w[1] = {t.wf + o * taps};
+  int64_t q0 = 0;
+  for (; q0 + 16 * kVecs <= t.nq; q0 += 16 * kVecs) depthwise_block<1, kVecs>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
+  for (; q0 < t.nq; q0 += 32) depthwise_block<1, 2>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
+  depthwise_finish<kRes, kRelu>(t, o, acc);
+}
+
+// Small planes (nq <= 16 * kSmallVecs): kChans output channels at a time, each in kSmallVecs
+// vectors, their planes in kChans slots.
+template <int kChans, int kSmallVecs, int kVecs, bool kRes, bool kRelu>
+inline void depthwise_small(const DepthwiseTask& t, const DwColumns* cols, float* planes, float* acc, float* xf) {
+  const int64_t taps = t.kh * t.kw, pstride = t.sh * t.sw * t.psize;
+  for (int c = 0; c < kChans; ++c) depthwise_zero_slack(t, planes + c * pstride);
+  int64_t o = t.o0;
+  for (; o + kChans <= t.o1; o += kChans) {
+    const float* w[kChans];
+    for (int c = 0; c < kChans; ++c) {
+      depthwise_planes(t, cols, (o + c) / t.mult, planes + c * pstride, xf);
+      w[c] = t.wf + (o + c) * taps;
+    }
+    depthwise_block<kChans, kSmallVecs>(planes, pstride, t.tap_off, w, taps, acc);
+    for (int c = 0; c < kChans; ++c) depthwise_finish<kRes, kRelu>(t, o + c, acc + c * 16 * kSmallVecs);
+  }
+  int64_t built = -1;
+  for (; o < t.o1; ++o) depthwise_channel<kVecs, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
+}
+
+template <int kVecs, bool kRes, bool kRelu>
+inline void depthwise_t(const DepthwiseTask& t) {
+  static_assert(kDepthwiseBlock % (16 * kVecs) == 0 && kVecs <= kDepthwiseSlots, "see simd.h");
+  float* planes = t.buf;
+  const int64_t slots = t.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
+  float* acc = t.buf + slots * t.sh * t.sw * t.psize;
+  float* xf = acc + (t.nq + kDepthwiseBlock - 1) / kDepthwiseBlock * kDepthwiseBlock + kDepthwiseSlots * kDepthwiseSmall;
+  DwColumns cols[16];  // the op takes this path for sw <= 16 only
+  for (int64_t px = 0; px < t.sw; ++px) cols[px] = depthwise_columns(t, px);
+  const int64_t nv = (t.nq + 15) / 16;
+  // kVecs accumulator vectors in all (kChans x kSmallVecs), one channel when that is 1.
+  if (nv == 1 && kVecs >= 2) return depthwise_small<kVecs, 1, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
+  if (nv == 2 && kVecs >= 4) return depthwise_small<kVecs / 2, 2, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
+  if (nv <= 4 && kVecs >= 8) return depthwise_small<kVecs / 4, 4, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
+  depthwise_zero_slack(t, planes);
+  int64_t built = -1;
+  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<kVecs, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
+}
+
+template <int kVecs>
+inline void depthwise_conv(const DepthwiseTask& t) {
+  if (t.residual != nullptr) {
+    if (t.relu) {
+      depthwise_t<kVecs, true, true>(t);
+    } else {
+      depthwise_t<kVecs, true, false>(t);
+    }
+  } else if (t.relu) {
+    depthwise_t<kVecs, false, true>(t);
+  } else {
+    depthwise_t<kVecs, false, false>(t);
+  }
+}
+
 // Gemm rows, padded to kp with zeros (the padded weights are zero), minus act_offset.
 inline void gemm_rows(const GemmTask& t) {
   for (int64_t n = t.n0; n < t.n1; ++n) {

@@ -39,6 +39,10 @@ constexpr int64_t kFastTaskMacs = int64_t{1} << 17;  // SIMD path, single image:
 // SIMD path, single image: convs below this many multiply-adds (times SimdKernels::conv_speed)
 // are not split over threads.
 constexpr int64_t kParallelMinMacs = int64_t{1} << 22;
+// The depthwise path, single image: output channels are split into tasks of at least
+// kDepthwiseTaskMacs multiply-adds when the conv has kDepthwiseParallelMinMacs or more.
+constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
+constexpr int64_t kDepthwiseParallelMinMacs = int64_t{1} << 20;
 
 // floor((size + pb + pe - d*(k-1) - 1) / s) + 1, or 0 when that is <= 0.
 int64_t conv_out(const char* op, int64_t size, int64_t k, int64_t s, int64_t pb, int64_t pe, int64_t d) {
@@ -82,6 +86,11 @@ class ConvKernel {
     const WeightedAttrs& a = state_.attrs();
     if (fused_) init_fused(info);
     simd_ = simd_kernels(select_isa(op));
+    // Depthwise (one input channel per group) in float32, exact while every partial sum stays
+    // below 2^24 in magnitude (simd.h, DepthwiseTask).
+    depthwise_ = cg_ == 1 && group_ > 1 && sw_ <= 16 && simd_->depthwise != nullptr && !a.int64_acc &&
+                 static_cast<double>(a.k) * 255.0 * static_cast<double>(a.wmax) < 16777216.0;
+    if (depthwise_ && state_.weights_constant()) depthwise_weights(state_.weights_at_creation(), &dw_weights_);
     fast_ = simd_->conv != nullptr && !a.int64_acc;
     if (!fast_) return;
     act_offset_ = act_offset_for(*simd_, a.act_bits);
@@ -94,6 +103,15 @@ class ConvKernel {
   }
 
  private:
+  // The decoded weights (out_channels rows of k_padded) as the depthwise path's float32 rows of k.
+  void depthwise_weights(const int16_t* decoded, std::vector<float>* out) const {
+    const WeightedAttrs& a = state_.attrs();
+    out->resize(static_cast<size_t>(a.out_channels * a.k));
+    for (int64_t oc = 0; oc < a.out_channels; ++oc)
+      for (int64_t k = 0; k < a.k; ++k)
+        (*out)[static_cast<size_t>(oc * a.k + k)] = static_cast<float>(decoded[oc * a.k_padded + k]);
+  }
+
   // The decoded weights in the SIMD path's layout (simd.h).
   void pack_weights(const int16_t* decoded, PackedWeights* out) const {
     if (simd_->conv_expand) {
@@ -211,6 +229,11 @@ class ConvKernel {
     }
     const bool quantize = ex.q != nullptr;
     if (n == 0 || (ex.y == nullptr && !quantize)) return;
+    if (depthwise_) {
+      compute_depthwise(ctx, xd, sc, wts, n, h, w, oh, ow, ex);
+      trace_.ran(simd_->isa, depthwise_path(*simd_), kDepthwise);
+      return;
+    }
     if (fast_ && compute_fast(ctx, xd, sc, wts, n, h, w, oh, ow, ex)) {
       trace_part(trace_, *simd_, conv_path(*simd_));
       return;
@@ -332,6 +355,88 @@ class ConvKernel {
     }
     ex.q_scale[ni] = s;
     simd_->quantize(yn, ex.q + ni * o * plane, static_cast<size_t>(o * plane), s, q_);
+  }
+
+  // The depthwise path (simd.h, DepthwiseTask): per sample, every output channel and then the
+  // quantizer; a single image's channels split over threads when the conv is large enough.
+  void compute_depthwise(Ort::KernelContext& ctx, const uint8_t* x, const WeightedState::Scales& sc,
+                         const int16_t* wts, int64_t n, int64_t h, int64_t w, int64_t oh, int64_t ow,
+                         const Extras& ex) const {
+    const WeightedAttrs& a = state_.attrs();
+    std::vector<float> local;
+    const float* wf = dw_weights_.data();
+    if (!state_.weights_constant()) {
+      depthwise_weights(wts, &local);
+      wf = local.data();
+    }
+    const int64_t o = a.out_channels, plane_in = h * w, plane_out = oh * ow, sample = o * plane_out;
+    const bool quantize = ex.q != nullptr;
+    DepthwiseTask proto;
+    proto.h = h, proto.w = w, proto.oh = oh, proto.ow = ow, proto.kh = kh_, proto.kw = kw_;
+    proto.sh = sh_, proto.sw = sw_, proto.dh = dh_, proto.dw = dw_, proto.pt = pt_, proto.pl = pl_;
+    proto.mult = o / group_;
+    proto.zero_point = a.act_zero_point;
+    proto.wf = wf;
+    proto.w_scale = sc.w_scale, proto.bias = sc.bias;
+    proto.relu = a.relu;
+    const int64_t row_max = ((kh_ - 1) * dh_) / sh_, col_max = ((kw_ - 1) * dw_) / sw_;
+    proto.ws = ow + col_max, proto.hs = oh + row_max;
+    proto.nq = oh * proto.ws;
+    // The last block reads up to nq + block - 1 + row_max*ws + col_max <= hs*ws + col_max + block - 1.
+    proto.psize = (proto.hs * proto.ws + col_max + kDepthwiseBlock + 15) / 16 * 16;
+    thread_local std::vector<int64_t> tap_off;
+    tap_off.resize(static_cast<size_t>(kh_ * kw_));
+    for (int64_t i = 0; i < kh_; ++i)
+      for (int64_t j = 0; j < kw_; ++j) {
+        const int64_t plane = ((i * dh_) % sh_) * sw_ + (j * dw_) % sw_;
+        tap_off[static_cast<size_t>(i * kw_ + j)] = plane * proto.psize + ((i * dh_) / sh_) * proto.ws + (j * dw_) / sw_;
+      }
+    proto.tap_off = tap_off.data();
+    const int64_t slots = proto.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
+    const int64_t acc_floats = (proto.nq + kDepthwiseBlock - 1) / kDepthwiseBlock * kDepthwiseBlock;
+    const size_t buf_floats = static_cast<size_t>(slots * sh_ * sw_ * proto.psize + acc_floats +
+                                                  kDepthwiseSlots * kDepthwiseSmall + h * w + 64);
+    auto task_for = [&](int64_t ni, float* yn, float* buf) {
+      DepthwiseTask t = proto;
+      t.x = x + ni * group_ * plane_in;
+      t.x_scale = sc.x_scale[sc.x_scale_per_sample ? ni : 0];
+      t.residual = ex.residual != nullptr ? ex.residual + ni * sample : nullptr;
+      t.y = yn;
+      t.buf = buf;
+      t.o0 = 0, t.o1 = o;
+      return t;
+    };
+    if (n > 1) {
+      parallel_for(ctx, static_cast<size_t>(n), [&](size_t i) {
+        const int64_t ni = static_cast<int64_t>(i);
+        thread_local Scratch<float> bufs, scratch;
+        float* yn = ex.y != nullptr ? ex.y + ni * sample : scratch.get(static_cast<size_t>(sample));
+        simd_->depthwise(task_for(ni, yn, bufs.get(buf_floats)));
+        if (quantize) quantize_sample(yn, ni, o, plane_out, ex);
+      });
+      return;
+    }
+    thread_local Scratch<float> scratch;
+    float* y0 = ex.y != nullptr ? ex.y : scratch.get(static_cast<size_t>(sample));
+    const int64_t per_channel = plane_out * a.k;
+    int64_t chunk = (kDepthwiseTaskMacs + per_channel - 1) / per_channel;
+    chunk = (chunk + proto.mult - 1) / proto.mult * proto.mult;  // whole groups: each plane built once
+    const int64_t tasks = (o + chunk - 1) / chunk;
+    auto body = [&](size_t ti) {
+      thread_local Scratch<float> bufs;
+      DepthwiseTask t = task_for(0, y0, bufs.get(buf_floats));
+      t.o0 = static_cast<int64_t>(ti) * chunk;
+      t.o1 = t.o0 + chunk < o ? t.o0 + chunk : o;
+      simd_->depthwise(t);
+    };
+    if (tasks > 1 && o * per_channel >= kDepthwiseParallelMinMacs) {
+      parallel_for(ctx, static_cast<size_t>(tasks), body);
+    } else {
+      thread_local Scratch<float> bufs;
+      DepthwiseTask t = task_for(0, y0, bufs.get(buf_floats));
+      simd_->depthwise(t);
+    }
+    if (quantize) quantize_sample(y0, 0, o, plane_out, ex);
   }
 
   // The SIMD path; false (nothing done) when the re-laid-out input would be too large for it.
@@ -601,6 +706,8 @@ class ConvKernel {
   WeightedState state_;  // initialised by init(), which sets the fields above
   const SimdKernels* simd_ = nullptr;
   bool fast_ = false;      // the SIMD path (else the portable one)
+  bool depthwise_ = false;  // the depthwise path (simd.h, DepthwiseTask)
+  std::vector<float> dw_weights_;  // constant weights for the depthwise path
   uint8_t act_offset_ = 0;
   bool safe16_ = false;
   PackedWeights packed_;   // constant weights, packed for the SIMD path

@@ -1,6 +1,7 @@
 // The path table (include/qexport/simd.h): the portable kernels and the lookup of the ISA files'
 // tables. This file is compiled for the baseline ISA.
 #include "qexport/simd.h"
+#include "qexport/simd_impl.h"
 
 namespace qexport {
 
@@ -53,9 +54,11 @@ uint8_t max_code_portable(const uint8_t* x, size_t count) {
   return mx;
 }
 
+void depthwise_portable(const DepthwiseTask& t) { simd::depthwise_conv<4>(t); }
+
 namespace {
-constexpr SimdKernels kPortable{Isa::kScalar, 0,       0, false, nullptr, nullptr, nullptr, &plane_means_portable,
-                                &quantize_portable, &max_code_portable};
+constexpr SimdKernels kPortable{Isa::kScalar,      0,    0, false, nullptr, nullptr, nullptr, &plane_means_portable,
+                                &quantize_portable, &max_code_portable, kConvBlock, false, 2, 1, &depthwise_portable};
 }  // namespace
 
 const SimdKernels* simd_kernels(Isa isa) noexcept {
@@ -76,6 +79,7 @@ const SimdKernels* simd_kernels(Isa isa) noexcept {
         const SimdKernels& v = *simd_kernels_avx512vnni();
         k.gemm = v.gemm, k.gemm_block = v.gemm_block;
         k.plane_means = v.plane_means, k.quantize = v.quantize, k.max_code = v.max_code;
+        k.depthwise = v.depthwise;
         return k;
       }();
       return &merged;
@@ -100,6 +104,10 @@ Isa owner(const SimdKernels& k) noexcept { return k.isa == Isa::kAmx ? Isa::kAvx
 Isa conv_path(const SimdKernels& k) noexcept { return k.conv == nullptr ? Isa::kScalar : k.isa; }
 
 Isa gemm_path(const SimdKernels& k) noexcept { return k.gemm == nullptr ? Isa::kScalar : owner(k); }
+
+Isa depthwise_path(const SimdKernels& k) noexcept {
+  return k.depthwise == &depthwise_portable ? Isa::kScalar : owner(k);
+}
 
 Isa vector_path(const SimdKernels& k) noexcept {
   return k.quantize == &quantize_portable && k.plane_means == &plane_means_portable ? Isa::kScalar : owner(k);

@@ -236,7 +236,10 @@ void quantize(const float* x, uint8_t* y, size_t count, float scale, const Quant
 
 // Constant-initialized (no code runs when the library loads: this file may hold instructions
 // the CPU lacks).
-constexpr SimdKernels kKernels{Isa::kAvx512Vnni, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code};
+void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<8>(t); }
+
+constexpr SimdKernels kKernels{Isa::kAvx512Vnni, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code,
+                               kConvBlock, false, 2, 1, &depthwise};
 
 }  // namespace
 
