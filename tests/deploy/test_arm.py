@@ -368,3 +368,47 @@ def test_activations_under_qemu_equal_the_reference(op, qemu, a64_dist, tmp_path
         (got,) = sess.run(None, {"X": x})
     want = R.sigmoid(x) if op == "Sigmoid" else R.silu(x)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@needs_qemu
+@pytest.mark.parametrize("cpu,isa", [("cortex-a53", "neon"), ("cortex-a76", "dotprod")])
+def test_depthwise_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist, tmp_path, monkeypatch):
+    """The depthwise kernel on aarch64 (NEON vectors of the GCC vector extensions): MobileNet-like
+    depthwise convs (large and small planes, strides 1 and 2, a channel multiplier of 2, dilation,
+    POST and uniform weights) give the reference's bits on both ARM paths, and say they ran it."""
+    from kernel_graphs import weighted_model
+
+    from qexport.spec import reference as R
+
+    monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
+    cases = [  # (channels, multiplier, h, w, k, stride, pad, dilation, fmt, bits)
+        (32, 1, 16, 16, 3, 1, 1, 1, "post", 4), (24, 1, 15, 15, 3, 2, 1, 1, "post", 3),
+        (40, 1, 4, 4, 3, 1, 1, 1, "uniform", 4), (9, 1, 7, 7, 3, 2, 1, 1, "post", 4),
+        (8, 2, 7, 9, 5, 2, 2, 2, "uniform", 8)]
+    rng = np.random.default_rng(11)
+    for i, (c, mult, h, w, k, s, p, d, fmt, bits) in enumerate(cases):
+        o = c * mult
+        values, valid = R.weight_lut(fmt, bits)
+        levels = values[valid]
+        w_int = levels[rng.integers(0, len(levels), size=(o, k * k))]
+        inputs = {"X": rng.integers(0, 16, size=(2, c, h, w), dtype=np.uint8),
+                  "X_scale": np.array([0.05, 0.07], np.float32),
+                  "W": R.pack_weights(w_int, fmt, bits),
+                  "W_scale": rng.uniform(0.01, 0.1, size=o).astype(np.float32),
+                  "B": rng.normal(size=o).astype(np.float32)}
+        attrs = dict(bits=bits, act_bits=4, act_zero_point=0 if i % 2 else 8, weight_shape=[o, 1, k, k],
+                     strides=[s, s], pads=[p] * 4, dilations=[d, d], group=c, relu=i % 2)
+        constant = ("W", "W_scale", "B")
+        path = tmp_path / f"dw{i}.onnx"
+        onnx.save(weighted_model("conv", fmt, inputs, attrs, constant), str(path))
+        feed = {"X": inputs["X"], "X_scale": inputs["X_scale"]}
+        with RunnerSession(path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu, cpu=cpu,
+                           threads=1 + i % 2) as sess:
+            (got,) = sess.run(None, feed)
+            (line,) = parse_kernel_trace(sess.last_stderr)
+        want = R.qconv(inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"], fmt=fmt,
+                       bits=bits, act_bits=4, act_zero_point=attrs["act_zero_point"], weight_shape=attrs["weight_shape"],
+                       strides=attrs["strides"], pads=attrs["pads"], dilations=attrs["dilations"], group=c,
+                       relu=bool(attrs["relu"]))
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"case {cases[i]} on {cpu}"
+        assert (line.path, line.reason) == (isa, "depthwise"), line
