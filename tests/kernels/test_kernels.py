@@ -337,6 +337,30 @@ def test_depthwise_conv_matches_reference(seed: int, kernel_isa: str, capfd: pyt
     assert line.reason == "depthwise", line
 
 
+@pytest.mark.parametrize("quantizer,depthwise", [("asq", False), ("lsq", False), ("asq", True)])
+def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) -> None:
+    """One image whose output has over 2^16 values (a MobileNet-sized 1x1 or depthwise conv): with
+    2 threads its conv epilogue and its quantizer (means by channels, codes by ranges) are split
+    over tasks; every value as the reference."""
+    rng = np.random.default_rng(21)
+    c, o, hw = (96, 96, 40) if depthwise else (16, 96, 48)
+    k = 3 if depthwise else 1
+    bits, packed = random_weights(rng, "post", 4, [o, 1 if depthwise else c, k, k])
+    inputs = {"X": random_codes(rng, (1, c, hw, hw), 4), "X_scale": np.array([0.03], np.float32), "W": packed,
+              "W_scale": random_scales(rng, o), "B": random_bias(rng, o)}
+    attrs = dict(bits=bits, act_bits=4, act_zero_point=0, weight_shape=[o, 1 if depthwise else c, k, k],
+                 strides=[1, 1], pads=[k // 2] * 4, dilations=[1, 1], group=c if depthwise else 1, relu=1,
+                 quantizer=quantizer, q_bits=4, q_signed=0, q_step=0.05)
+    extra = {"R": None}
+    if quantizer == "asq":
+        attrs.update(q_beta_map="relu", q_groups=16)
+        extra.update(QW1=rng.normal(size=(4, 16)).astype(np.float32), QB1=rng.normal(size=4).astype(np.float32),
+                     QW2=rng.normal(size=(1, 4)).astype(np.float32), QB2=np.array([1.5], np.float32))
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"),
+                constant=("W", "W_scale", "B") + tuple(k for k in ("QW1", "QB1", "QW2", "QB2") if k in extra))
+    check_fused(case, 0, threads=2)
+
+
 def test_depthwise_beyond_float_exactness_runs_the_dense_conv(kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
     """A depthwise conv whose sums could reach 2^24 (23x23 taps of 8-bit weights: 529 * 255 * 128)
     is not computed in float32: it runs the path's grouped conv, still exact."""

@@ -39,6 +39,14 @@ constexpr int64_t kFastTaskMacs = int64_t{1} << 17;  // SIMD path, single image:
 // SIMD path, single image: convs below this many multiply-adds (times SimdKernels::conv_speed)
 // are not split over threads.
 constexpr int64_t kParallelMinMacs = int64_t{1} << 22;
+// ... unless its output has at least this many values: then the epilogue (float output, ReLU,
+// residual) is the larger cost, and it splits well (MobileNetV2's pointwise convs: 1x1, few
+// multiply-adds per output).
+constexpr int64_t kParallelMinOutputs = int64_t{1} << 16;
+// A single image's quantizer (means and codes) is split over threads from this many values on,
+// in tasks of kQuantizeTask values.
+constexpr int64_t kParallelQuantize = int64_t{1} << 16;
+constexpr int64_t kQuantizeTask = int64_t{1} << 15;
 // The depthwise path, single image: output channels are split into tasks of at least
 // kDepthwiseTaskMacs multiply-adds when the conv has kDepthwiseParallelMinMacs or more.
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
@@ -436,7 +444,35 @@ class ConvKernel {
       DepthwiseTask t = task_for(0, y0, bufs.get(buf_floats));
       simd_->depthwise(t);
     }
-    if (quantize) quantize_sample(y0, 0, o, plane_out, ex);
+    if (quantize) quantize_image(ctx, y0, o, plane_out, ex);
+  }
+
+  // quantize_sample of a single image: a large one's means (by channels) and codes (by ranges)
+  // split over threads; each value is computed as in quantize_sample.
+  void quantize_image(Ort::KernelContext& ctx, const float* y0, int64_t o, int64_t plane, const Extras& ex) const {
+    const int64_t count = o * plane;
+    if (count < kParallelQuantize) {
+      quantize_sample(y0, 0, o, plane, ex);
+      return;
+    }
+    float s = q_.step;
+    if (quantizer_ == Quantizer::kAsq) {
+      thread_local std::vector<double> p;
+      p.resize(static_cast<size_t>(o));
+      double* means = p.data();
+      const int64_t chunk = plane >= kQuantizeTask ? 1 : kQuantizeTask / plane;  // channels per task
+      parallel_for(ctx, static_cast<size_t>((o + chunk - 1) / chunk), [&](size_t t) {
+        const int64_t c0 = static_cast<int64_t>(t) * chunk, nc = chunk < o - c0 ? chunk : o - c0;
+        simd_->plane_means(y0 + c0 * plane, static_cast<size_t>(nc), static_cast<size_t>(plane), means + c0);
+      });
+      s = asq_scale(means, o, ex.w1, ex.b1, ex.w2, ex.b2, ex.hidden, q_);
+    }
+    ex.q_scale[0] = s;
+    parallel_for(ctx, static_cast<size_t>((count + kQuantizeTask - 1) / kQuantizeTask), [&](size_t t) {
+      const int64_t i0 = static_cast<int64_t>(t) * kQuantizeTask;
+      const int64_t n = kQuantizeTask < count - i0 ? kQuantizeTask : count - i0;
+      simd_->quantize(y0 + i0, ex.q + i0, static_cast<size_t>(n), s, q_);
+    });
   }
 
   // The SIMD path; false (nothing done) when the re-laid-out input would be too large for it.
@@ -595,13 +631,13 @@ class ConvKernel {
       // A small conv runs in the calling thread: measured on ResNet-20 at batch 1 (2.4M
       // multiply-adds per conv, ~10 us), splitting it over 2 threads made the model 1.4x slower
       // (ONNX Runtime's cost per ParallelFor plus the serial re-layout and quantizer).
-      if (pairs * nob * unit < kParallelMinMacs * simd_->conv_speed) {
+      if (pairs * nob * unit < kParallelMinMacs * simd_->conv_speed && og * plane_out < kParallelMinOutputs) {
         for (size_t ti = 0; ti < ntasks; ++ti) body(ti);
       } else {
         parallel_for(ctx, ntasks, body);
       }
     }
-    if (quantize) quantize_sample(y0, 0, o, plane_out, ex);
+    if (quantize) quantize_image(ctx, y0, o, plane_out, ex);
     return true;
   }
 
