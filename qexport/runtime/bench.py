@@ -134,10 +134,13 @@ def peak_memory_mb(variant: Variant, batch: int, threads: int, input_shape: Sequ
     return {"peak_mb": r["after_kb"] / 1024, "session_mb": (r["after_kb"] - r["before_kb"]) / 1024}
 
 
-def profile_ops(variant: Variant, x: np.ndarray, threads: int = 1, runs: int = 20) -> dict[str, dict]:
+def profile_ops(variant: Variant, x: np.ndarray, threads: int = 1, runs: int = 20,
+                label: Callable[[dict], str] | None = None) -> dict[str, dict]:
     """Per op type: total kernel time per run (us), node count and share, from ONNX Runtime's
     profiler (``{op_type: {"us": ..., "nodes": ..., "share": ...}}``, plus ``"_run"``: the mean
-    model_run duration in us, which includes the framework's own work between kernels)."""
+    model_run duration in us, which includes the framework's own work between kernels). ``label``
+    groups the nodes otherwise: it maps a profiler event (its "name" is the node's name + "_kernel_time",
+    its "args" hold "op_name" and "input_type_shape") to the group's name."""
     import onnxruntime as ort
 
     from . import session_options
@@ -157,7 +160,7 @@ def profile_ops(variant: Variant, x: np.ndarray, threads: int = 1, runs: int = 2
     run_us = [e["dur"] for e in events if e.get("name") == "model_run"]
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            op = e["args"]["op_name"]
+            op = label(e) if label is not None else e["args"]["op_name"]
             per_op[op] += e["dur"]
             nodes[op].add(e["name"])
     n = max(1, len(run_us))

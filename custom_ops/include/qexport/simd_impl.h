@@ -265,7 +265,7 @@ inline void depthwise_finish(const DepthwiseTask& t, int64_t o, const float* acc
 // positions (from `planes`, already offset to the block's first one). kChans x kVecs vectors of
 // 16 float32 accumulators: enough independent sums to hide the addition's latency, few enough to
 // stay in registers. acc is 64-byte aligned.
-template <int kChans, int kVecs>
+template <typename MA, int kChans, int kVecs>
 inline void depthwise_block(const float* planes, int64_t pstride, const int64_t* tap_off, const float* const* w,
                             int64_t taps, float* acc) {
   DwVec a[kChans][kVecs];
@@ -276,7 +276,7 @@ inline void depthwise_block(const float* planes, int64_t pstride, const int64_t*
     for (int c = 0; c < kChans; ++c) {
       const float wv = w[c][tp];
       const DwVecU* p = reinterpret_cast<const DwVecU*>(planes + c * pstride + off);
-      for (int v = 0; v < kVecs; ++v) a[c][v] += wv * p[v];  // exact: integers below 2^24
+      for (int v = 0; v < kVecs; ++v) a[c][v] = MA::apply(a[c][v], wv, p[v]);  // exact: integers below 2^24
     }
   }
   DwVec* out = reinterpret_cast<DwVec*>(acc);
@@ -286,7 +286,7 @@ inline void depthwise_block(const float* planes, int64_t pstride, const int64_t*
 
 // One output channel at a time (planes of one input channel in slot 0): blocks of kVecs vectors,
 // the rest in blocks of 2.
-template <int kVecs, bool kRes, bool kRelu>
+template <typename MA, int kVecs, bool kRes, bool kRelu>
 inline void depthwise_channel(const DepthwiseTask& t, const DwColumns* cols, int64_t o, int64_t& built, float* planes,
                               float* acc, float* xf) {
   const int64_t ci = o / t.mult, taps = t.kh * t.kw;
@@ -296,14 +296,14 @@ inline void depthwise_channel(const DepthwiseTask& t, const DwColumns* cols, int
   }
   const float* w[1] = {t.wf + o * taps};
   int64_t q0 = 0;
-  for (; q0 + 16 * kVecs <= t.nq; q0 += 16 * kVecs) depthwise_block<1, kVecs>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
-  for (; q0 < t.nq; q0 += 32) depthwise_block<1, 2>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
+  for (; q0 + 16 * kVecs <= t.nq; q0 += 16 * kVecs) depthwise_block<MA, 1, kVecs>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
+  for (; q0 < t.nq; q0 += 32) depthwise_block<MA, 1, 2>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
   depthwise_finish<kRes, kRelu>(t, o, acc);
 }
 
 // Small planes (nq <= 16 * kSmallVecs): kChans output channels at a time, each in kSmallVecs
 // vectors, their planes in kChans slots.
-template <int kChans, int kSmallVecs, int kVecs, bool kRes, bool kRelu>
+template <typename MA, int kChans, int kSmallVecs, int kVecs, bool kRes, bool kRelu>
 inline void depthwise_small(const DepthwiseTask& t, const DwColumns* cols, float* planes, float* acc, float* xf) {
   const int64_t taps = t.kh * t.kw, pstride = t.sh * t.sw * t.psize;
   for (int c = 0; c < kChans; ++c) depthwise_zero_slack(t, planes + c * pstride);
@@ -314,14 +314,14 @@ inline void depthwise_small(const DepthwiseTask& t, const DwColumns* cols, float
       depthwise_planes(t, cols, (o + c) / t.mult, planes + c * pstride, xf);
       w[c] = t.wf + (o + c) * taps;
     }
-    depthwise_block<kChans, kSmallVecs>(planes, pstride, t.tap_off, w, taps, acc);
+    depthwise_block<MA, kChans, kSmallVecs>(planes, pstride, t.tap_off, w, taps, acc);
     for (int c = 0; c < kChans; ++c) depthwise_finish<kRes, kRelu>(t, o + c, acc + c * 16 * kSmallVecs);
   }
   int64_t built = -1;
-  for (; o < t.o1; ++o) depthwise_channel<kVecs, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
+  for (; o < t.o1; ++o) depthwise_channel<MA, kVecs, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
 }
 
-template <int kVecs, bool kRes, bool kRelu>
+template <typename MA, int kVecs, bool kRes, bool kRelu>
 inline void depthwise_t(const DepthwiseTask& t) {
   static_assert(kDepthwiseBlock % (16 * kVecs) == 0 && kVecs <= kDepthwiseSlots, "see simd.h");
   float* planes = t.buf;
@@ -332,26 +332,32 @@ inline void depthwise_t(const DepthwiseTask& t) {
   for (int64_t px = 0; px < t.sw; ++px) cols[px] = depthwise_columns(t, px);
   const int64_t nv = (t.nq + 15) / 16;
   // kVecs accumulator vectors in all (kChans x kSmallVecs), one channel when that is 1.
-  if (nv == 1 && kVecs >= 2) return depthwise_small<kVecs, 1, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
-  if (nv == 2 && kVecs >= 4) return depthwise_small<kVecs / 2, 2, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
-  if (nv <= 4 && kVecs >= 8) return depthwise_small<kVecs / 4, 4, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
+  if (nv == 1 && kVecs >= 2) return depthwise_small<MA, kVecs, 1, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
+  if (nv == 2 && kVecs >= 4) return depthwise_small<MA, kVecs / 2, 2, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
+  if (nv <= 4 && kVecs >= 8) return depthwise_small<MA, kVecs / 4, 4, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
   depthwise_zero_slack(t, planes);
   int64_t built = -1;
-  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<kVecs, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
+  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<MA, kVecs, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
 }
 
-template <int kVecs>
+// MA::apply(a, w, p) = a + w * p on 16 lanes: as two operations (MulAdd) or as a fused multiply-add
+// where the path has one: the same values (every product and sum is an integer below 2^24).
+struct MulAdd {
+  static DwVec apply(DwVec a, float w, DwVec p) { return a + w * p; }
+};
+
+template <typename MA, int kVecs>
 inline void depthwise_conv(const DepthwiseTask& t) {
   if (t.residual != nullptr) {
     if (t.relu) {
-      depthwise_t<kVecs, true, true>(t);
+      depthwise_t<MA, kVecs, true, true>(t);
     } else {
-      depthwise_t<kVecs, true, false>(t);
+      depthwise_t<MA, kVecs, true, false>(t);
     }
   } else if (t.relu) {
-    depthwise_t<kVecs, false, true>(t);
+    depthwise_t<MA, kVecs, false, true>(t);
   } else {
-    depthwise_t<kVecs, false, false>(t);
+    depthwise_t<MA, kVecs, false, false>(t);
   }
 }
 

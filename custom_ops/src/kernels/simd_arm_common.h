@@ -6,6 +6,7 @@
 #include <arm_neon.h>
 
 #include <cstdint>
+#include <cstring>
 
 #include "qexport/simd.h"
 #include "qexport/simd_impl.h"
@@ -14,6 +15,19 @@ namespace qexport {
 namespace {  // NOLINT: internal linkage on purpose
 
 constexpr int VL = 8;  // output positions per conv vector
+
+// The depthwise conv's multiply-add as 4 fmla (exact there: every product and sum is an integer
+// below 2^24).
+struct FusedMulAdd {
+  static simd::DwVec apply(simd::DwVec a, float w, simd::DwVec p) {
+    float32x4_t av[4], pv[4];
+    std::memcpy(av, &a, sizeof a);
+    std::memcpy(pv, &p, sizeof p);
+    for (int i = 0; i < 4; ++i) av[i] = vfmaq_n_f32(av[i], pv[i], w);
+    std::memcpy(&a, av, sizeof a);
+    return a;
+  }
+};
 
 // relu: y < 0 ? 0 : y (keeps -0 and NaN, as the reference does).
 inline float32x4_t relu_f32(float32x4_t y) { return vbslq_f32(vcltq_f32(y, vdupq_n_f32(0.0f)), vdupq_n_f32(0.0f), y); }
