@@ -152,9 +152,41 @@ inline void conv_relayout(const ConvTask& t) {
 }
 
 // The depthwise conv (simd.h, DepthwiseTask): plain loops and GCC/Clang vector extensions that the
-// compiler turns into each file's instruction set.
-typedef float DwVec __attribute__((vector_size(64)));
-typedef float DwVecU __attribute__((vector_size(64), aligned(4), may_alias));
+// compiler turns into each file's instruction set. A path gives its vector (P::V, P::L float32
+// lanes: the width of its registers, so that the compiler keeps the accumulators in them), how
+// many accumulator vectors a block has (P::kVecs) and P::fma(a, w, p) = a + w * p (one fused
+// multiply-add where the path has one: the same values, as every product and sum is an integer
+// below 2^24).
+typedef float DwV4 __attribute__((vector_size(16)));
+typedef float DwV8 __attribute__((vector_size(32)));
+typedef float DwV16 __attribute__((vector_size(64)));
+
+template <typename V>
+inline V dw_load(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename V>
+inline void dw_store(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// A store to sizeof(V)-aligned p (a vector type aliases its element type).
+template <typename V>
+inline void dw_store_aligned(float* p, V v) {
+  *reinterpret_cast<V*>(p) = v;
+}
+
+// The generic multiply-add (two operations).
+template <typename Vec, int kAccumulators>
+struct DwGeneric {
+  using V = Vec;
+  static constexpr int L = static_cast<int>(sizeof(V) / sizeof(float));
+  static constexpr int kVecs = kAccumulators;
+  static V fma(V a, float w, V p) { return a + w * p; }
+};
 
 // dst[u] = float(src[u] - zp): a function of its own so that the compiler takes the __restrict
 // of its parameters (and vectorizes it).
@@ -179,23 +211,26 @@ inline DwColumns depthwise_columns(const DepthwiseTask& t, int64_t px) {
   return c;
 }
 
-// src[0 .. 16) (stride 1) or src[0, 2, .., 30] (stride 2) as one vector.
-template <int kStride>
-inline DwVec depthwise_pick(const float* src) {
-  const DwVecU* v = reinterpret_cast<const DwVecU*>(src);
-  if (kStride == 1) return v[0];
-  return __builtin_shufflevector(v[0], v[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-}
-
 // Row r of one phase plane: zeros, the values xf[0], xf[stride], ... for columns [lo, hi), zeros.
-// The values go 16 at a time (the last vector may write past hi: the zeros after it and the next
-// row come later; past the last row lies the planes' slack, never read for an output position).
-template <int kStride>
+// The values go a vector at a time (the last one may write past hi: the zeros after it and the
+// next row come later; past the last row lies the planes' slack, never read for an output
+// position). Stride 2 takes the even lanes of two vectors.
+template <typename P, int kStride>
 inline void depthwise_row(float* row, const float* xf, int64_t lo, int64_t hi, int64_t ws) {
+  using V = typename P::V;
   for (int64_t u = 0; u < lo; ++u) row[u] = 0.0f;
-  for (int64_t u = lo; u < hi; u += 16) {
-    const DwVec v = depthwise_pick<kStride>(xf + (u - lo) * kStride);
-    std::memcpy(row + u, &v, sizeof v);
+  for (int64_t u = lo; u < hi; u += P::L) {
+    const float* src = xf + (u - lo) * kStride;
+    if constexpr (kStride == 1) {
+      dw_store<V>(row + u, dw_load<V>(src));
+    } else if constexpr (P::L == 16) {
+      dw_store<V>(row + u, __builtin_shufflevector(dw_load<V>(src), dw_load<V>(src + 16), 0, 2, 4, 6, 8, 10, 12, 14,
+                                                   16, 18, 20, 22, 24, 26, 28, 30));
+    } else if constexpr (P::L == 8) {
+      dw_store<V>(row + u, __builtin_shufflevector(dw_load<V>(src), dw_load<V>(src + 8), 0, 2, 4, 6, 8, 10, 12, 14));
+    } else {
+      dw_store<V>(row + u, __builtin_shufflevector(dw_load<V>(src), dw_load<V>(src + 4), 0, 2, 4, 6));
+    }
   }
   for (int64_t u = hi; u < ws; ++u) row[u] = 0.0f;
 }
@@ -203,6 +238,7 @@ inline void depthwise_row(float* row, const float* xf, int64_t lo, int64_t hi, i
 // The sh*sw phase planes of input channel ci (psize floats apart; values [0, hs*ws) of each);
 // cols[px]: depthwise_columns(t, px); xf: scratch for the channel's h*w codes minus the zero
 // point as float32, with 64 floats of slack (the vectors of depthwise_row read past a row).
+template <typename P>
 inline void depthwise_planes(const DepthwiseTask& t, const DwColumns* cols, int64_t ci, float* planes, float* xf) {
   const int64_t ws = t.ws;
   codes_minus_zp(t.x + ci * t.h * t.w, xf, t.h * t.w, t.zero_point);
@@ -219,9 +255,9 @@ inline void depthwise_planes(const DepthwiseTask& t, const DwColumns* cols, int6
         }
         const float* src = xf + iy * t.w + c.ix;
         if (t.sw == 1) {
-          depthwise_row<1>(row, src, c.lo, c.hi, ws);
+          depthwise_row<P, 1>(row, src, c.lo, c.hi, ws);
         } else if (t.sw == 2) {
-          depthwise_row<2>(row, src, c.lo, c.hi, ws);
+          depthwise_row<P, 2>(row, src, c.lo, c.hi, ws);
         } else {
           for (int64_t u = 0; u < c.lo; ++u) row[u] = 0.0f;
           for (int64_t u = c.lo; u < c.hi; ++u) row[u] = src[(u - c.lo) * t.sw];
@@ -260,50 +296,51 @@ inline void depthwise_finish(const DepthwiseTask& t, int64_t o, const float* acc
     depthwise_epilogue<kRes, kRelu>(acc + oy * t.ws, kRes ? ro + oy * t.ow : nullptr, yo + oy * t.ow, t.ow, m, b);
 }
 
-// For kChans channels c (planes pstride floats apart, weights w[c]): acc[c*16*kVecs + ...] = the
-// sum over the taps of w[c][tap] * plane_c[tap_off[tap] + ...] for 16*kVecs consecutive flat
-// positions (from `planes`, already offset to the block's first one). kChans x kVecs vectors of
-// 16 float32 accumulators: enough independent sums to hide the addition's latency, few enough to
-// stay in registers. acc is 64-byte aligned.
-template <typename MA, int kChans, int kVecs>
+// For kChans channels c (planes pstride floats apart, weights w[c]): acc[(c*kVecs + v)*L + lane]
+// = the sum over the taps of w[c][tap] * plane_c[tap_off[tap] + v*L + lane] (from `planes`,
+// already offset to the block's first flat position): kChans x kVecs accumulator vectors, enough
+// independent sums to hide the latency, few enough to stay in registers. acc is aligned to a
+// vector (the accumulators start 64-byte aligned and blocks are whole vectors).
+template <typename P, int kChans, int kVecs>
 inline void depthwise_block(const float* planes, int64_t pstride, const int64_t* tap_off, const float* const* w,
                             int64_t taps, float* acc) {
-  DwVec a[kChans][kVecs];
+  using V = typename P::V;
+  V a[kChans][kVecs];
   for (int c = 0; c < kChans; ++c)
-    for (int v = 0; v < kVecs; ++v) a[c][v] = DwVec{};
+    for (int v = 0; v < kVecs; ++v) a[c][v] = V{};
   for (int64_t tp = 0; tp < taps; ++tp) {
     const int64_t off = tap_off[tp];
     for (int c = 0; c < kChans; ++c) {
       const float wv = w[c][tp];
-      const DwVecU* p = reinterpret_cast<const DwVecU*>(planes + c * pstride + off);
-      for (int v = 0; v < kVecs; ++v) a[c][v] = MA::apply(a[c][v], wv, p[v]);  // exact: integers below 2^24
+      const float* p = planes + c * pstride + off;
+      for (int v = 0; v < kVecs; ++v) a[c][v] = P::fma(a[c][v], wv, dw_load<V>(p + v * P::L));
     }
   }
-  DwVec* out = reinterpret_cast<DwVec*>(acc);
   for (int c = 0; c < kChans; ++c)
-    for (int v = 0; v < kVecs; ++v) out[c * kVecs + v] = a[c][v];
+    for (int v = 0; v < kVecs; ++v) dw_store_aligned<V>(acc + (c * kVecs + v) * P::L, a[c][v]);
 }
 
 // One output channel at a time (planes of one input channel in slot 0): blocks of kVecs vectors,
 // the rest in blocks of 2.
-template <typename MA, int kVecs, bool kRes, bool kRelu>
+template <typename P, bool kRes, bool kRelu>
 inline void depthwise_channel(const DepthwiseTask& t, const DwColumns* cols, int64_t o, int64_t& built, float* planes,
                               float* acc, float* xf) {
   const int64_t ci = o / t.mult, taps = t.kh * t.kw;
   if (ci != built) {
-    depthwise_planes(t, cols, ci, planes, xf);
+    depthwise_planes<P>(t, cols, ci, planes, xf);
     built = ci;
   }
   const float* w[1] = {t.wf + o * taps};
+  constexpr int64_t B = P::kVecs * P::L;
   int64_t q0 = 0;
-  for (; q0 + 16 * kVecs <= t.nq; q0 += 16 * kVecs) depthwise_block<MA, 1, kVecs>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
-  for (; q0 < t.nq; q0 += 32) depthwise_block<MA, 1, 2>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
+  for (; q0 + B <= t.nq; q0 += B) depthwise_block<P, 1, P::kVecs>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
+  for (; q0 < t.nq; q0 += 2 * P::L) depthwise_block<P, 1, 2>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
   depthwise_finish<kRes, kRelu>(t, o, acc);
 }
 
-// Small planes (nq <= 16 * kSmallVecs): kChans output channels at a time, each in kSmallVecs
-// vectors, their planes in kChans slots.
-template <typename MA, int kChans, int kSmallVecs, int kVecs, bool kRes, bool kRelu>
+// Small planes (nq <= kSmallVecs vectors): kChans output channels at a time, their planes in
+// kChans slots.
+template <typename P, int kChans, int kSmallVecs, bool kRes, bool kRelu>
 inline void depthwise_small(const DepthwiseTask& t, const DwColumns* cols, float* planes, float* acc, float* xf) {
   const int64_t taps = t.kh * t.kw, pstride = t.sh * t.sw * t.psize;
   for (int c = 0; c < kChans; ++c) depthwise_zero_slack(t, planes + c * pstride);
@@ -311,53 +348,46 @@ inline void depthwise_small(const DepthwiseTask& t, const DwColumns* cols, float
   for (; o + kChans <= t.o1; o += kChans) {
     const float* w[kChans];
     for (int c = 0; c < kChans; ++c) {
-      depthwise_planes(t, cols, (o + c) / t.mult, planes + c * pstride, xf);
+      depthwise_planes<P>(t, cols, (o + c) / t.mult, planes + c * pstride, xf);
       w[c] = t.wf + (o + c) * taps;
     }
-    depthwise_block<MA, kChans, kSmallVecs>(planes, pstride, t.tap_off, w, taps, acc);
-    for (int c = 0; c < kChans; ++c) depthwise_finish<kRes, kRelu>(t, o + c, acc + c * 16 * kSmallVecs);
+    depthwise_block<P, kChans, kSmallVecs>(planes, pstride, t.tap_off, w, taps, acc);
+    for (int c = 0; c < kChans; ++c) depthwise_finish<kRes, kRelu>(t, o + c, acc + c * kSmallVecs * P::L);
   }
   int64_t built = -1;
-  for (; o < t.o1; ++o) depthwise_channel<MA, kVecs, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
+  for (; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
 }
 
-template <typename MA, int kVecs, bool kRes, bool kRelu>
+template <typename P, bool kRes, bool kRelu>
 inline void depthwise_t(const DepthwiseTask& t) {
-  static_assert(kDepthwiseBlock % (16 * kVecs) == 0 && kVecs <= kDepthwiseSlots, "see simd.h");
+  static_assert(P::kVecs % 4 == 0 && P::kVecs * P::L <= kDepthwiseBlock && 4 <= kDepthwiseSlots, "see simd.h");
   float* planes = t.buf;
   const int64_t slots = t.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
   float* acc = t.buf + slots * t.sh * t.sw * t.psize;
   float* xf = acc + (t.nq + kDepthwiseBlock - 1) / kDepthwiseBlock * kDepthwiseBlock + kDepthwiseSlots * kDepthwiseSmall;
   DwColumns cols[16];  // the op takes this path for sw <= 16 only
   for (int64_t px = 0; px < t.sw; ++px) cols[px] = depthwise_columns(t, px);
-  const int64_t nv = (t.nq + 15) / 16;
-  // kVecs accumulator vectors in all (kChans x kSmallVecs), one channel when that is 1.
-  if (nv == 1 && kVecs >= 2) return depthwise_small<MA, kVecs, 1, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
-  if (nv == 2 && kVecs >= 4) return depthwise_small<MA, kVecs / 2, 2, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
-  if (nv <= 4 && kVecs >= 8) return depthwise_small<MA, kVecs / 4, 4, kVecs, kRes, kRelu>(t, cols, planes, acc, xf);
+  const int64_t nv = (t.nq + P::L - 1) / P::L;
+  // kVecs accumulator vectors in all: 4 channels of kVecs/4 vectors, or 2 of kVecs/2.
+  if (nv <= P::kVecs / 4) return depthwise_small<P, 4, P::kVecs / 4, kRes, kRelu>(t, cols, planes, acc, xf);
+  if (nv <= P::kVecs / 2) return depthwise_small<P, 2, P::kVecs / 2, kRes, kRelu>(t, cols, planes, acc, xf);
   depthwise_zero_slack(t, planes);
   int64_t built = -1;
-  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<MA, kVecs, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
+  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
 }
 
-// MA::apply(a, w, p) = a + w * p on 16 lanes: as two operations (MulAdd) or as a fused multiply-add
-// where the path has one: the same values (every product and sum is an integer below 2^24).
-struct MulAdd {
-  static DwVec apply(DwVec a, float w, DwVec p) { return a + w * p; }
-};
-
-template <typename MA, int kVecs>
+template <typename P>
 inline void depthwise_conv(const DepthwiseTask& t) {
   if (t.residual != nullptr) {
     if (t.relu) {
-      depthwise_t<MA, kVecs, true, true>(t);
+      depthwise_t<P, true, true>(t);
     } else {
-      depthwise_t<MA, kVecs, true, false>(t);
+      depthwise_t<P, true, false>(t);
     }
   } else if (t.relu) {
-    depthwise_t<MA, kVecs, false, true>(t);
+    depthwise_t<P, false, true>(t);
   } else {
-    depthwise_t<MA, kVecs, false, false>(t);
+    depthwise_t<P, false, false>(t);
   }
 }
 

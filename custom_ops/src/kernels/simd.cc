@@ -54,7 +54,7 @@ uint8_t max_code_portable(const uint8_t* x, size_t count) {
   return mx;
 }
 
-void depthwise_portable(const DepthwiseTask& t) { simd::depthwise_conv<simd::MulAdd, 4>(t); }
+void depthwise_portable(const DepthwiseTask& t) { simd::depthwise_conv<simd::DwGeneric<simd::DwV4, 8>>(t); }
 
 namespace {
 constexpr SimdKernels kPortable{Isa::kScalar,      0,    0, false, nullptr, nullptr, nullptr, &plane_means_portable,

@@ -16,17 +16,10 @@ namespace {  // NOLINT: internal linkage on purpose
 
 constexpr int VL = 8;  // output positions per conv vector
 
-// The depthwise conv's multiply-add as 4 fmla (exact there: every product and sum is an integer
-// below 2^24).
-struct FusedMulAdd {
-  static simd::DwVec apply(simd::DwVec a, float w, simd::DwVec p) {
-    float32x4_t av[4], pv[4];
-    std::memcpy(av, &a, sizeof a);
-    std::memcpy(pv, &p, sizeof p);
-    for (int i = 0; i < 4; ++i) av[i] = vfmaq_n_f32(av[i], pv[i], w);
-    std::memcpy(&a, av, sizeof a);
-    return a;
-  }
+// The depthwise conv on q registers (4 float32), 16 accumulators, the multiply-add as one fmla
+// (exact there: every product and sum is an integer below 2^24).
+struct DwNeon : simd::DwGeneric<float32x4_t, 16> {
+  static V fma(V a, float w, V p) { return vfmaq_n_f32(a, p, w); }
 };
 
 // relu: y < 0 ? 0 : y (keeps -0 and NaN, as the reference does).

@@ -79,7 +79,7 @@ void gemm(const GemmTask& t) {
 }
 
 // Constant-initialized.
-void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<FusedMulAdd, 4>(t); }
+void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwNeon>(t); }
 
 constexpr SimdKernels kKernels{Isa::kDotprod, VL, VL, true, &relayout, &conv, &gemm, &plane_means_portable,
                                &quantize_portable, &max_code_portable, kConvBlock, false, 1, 1, &depthwise};

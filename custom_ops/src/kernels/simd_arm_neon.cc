@@ -51,7 +51,7 @@ void conv(const ConvTask& t) { conv_with<&dot>(t); }
 void relayout(const ConvTask& t) { simd::conv_relayout<simd::InterleavePortable>(t); }
 
 // Constant-initialized.
-void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<FusedMulAdd, 4>(t); }
+void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwNeon>(t); }
 
 constexpr SimdKernels kKernels{Isa::kNeon, VL, 0, false, &relayout, &conv, nullptr, &plane_means_portable,
                                &quantize_portable, &max_code_portable, kConvBlock, false, 1, 1, &depthwise};

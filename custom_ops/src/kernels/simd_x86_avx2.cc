@@ -289,7 +289,7 @@ uint8_t max_code(const uint8_t* x, size_t count) {
 
 // Constant-initialized (no code runs when the library loads: this file may hold instructions
 // the CPU lacks).
-void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<simd::MulAdd, 4>(t); }
+void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<simd::DwGeneric<simd::DwV8, 8>>(t); }
 
 constexpr SimdKernels kKernels{Isa::kAvx2, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code,
                                kConvBlock, false, 1, 1, &depthwise};

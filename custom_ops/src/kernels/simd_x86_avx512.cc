@@ -236,12 +236,13 @@ void quantize(const float* x, uint8_t* y, size_t count, float scale, const Quant
 
 // Constant-initialized (no code runs when the library loads: this file may hold instructions
 // the CPU lacks).
-// The depthwise conv's multiply-add as one vfmadd (exact there: integers below 2^24).
-struct FusedMulAdd {
-  static simd::DwVec apply(simd::DwVec a, float w, simd::DwVec p) { return _mm512_fmadd_ps(_mm512_set1_ps(w), p, a); }
+// The depthwise conv on zmm vectors, 8 accumulators, the multiply-add as one vfmadd (exact there:
+// integers below 2^24).
+struct DwAvx512 : simd::DwGeneric<simd::DwV16, 8> {
+  static V fma(V a, float w, V p) { return _mm512_fmadd_ps(_mm512_set1_ps(w), p, a); }
 };
 
-void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<FusedMulAdd, 8>(t); }
+void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwAvx512>(t); }
 
 constexpr SimdKernels kKernels{Isa::kAvx512Vnni, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code,
                                kConvBlock, false, 2, 1, &depthwise};
