@@ -16,7 +16,8 @@ the shipped trained) weights:
 Then, in this one process, it times them interleaved (qexport.runtime.bench.time_variants:
 every round runs each variant once untimed and then ``per_round`` timed runs; the result is the
 median) for every (batch, intra-op threads), measures peak memory (a fresh subprocess per
-configuration, the VmHWM of /proc/self/status), profiles ResNet-20 per op (ONNX Runtime's profiler) and
+configuration, the VmHWM of /proc/self/status), profiles ResNet-20 per op and MobileNetV2 per layer kind
+(depthwise, pointwise; ONNX Runtime's profiler) and
 the per-core instruction peaks (benchmarks/peak.cc), and writes
 ``benchmarks/results/performance.json`` (one record per network, bits, batch, threads) and
 ``docs/performance.md``. The ResNet-20 files are kept in benchmarks/results/models/perf/
@@ -35,8 +36,9 @@ Usage:
   python benchmarks/bench.py                  # build what is missing, wait for a quiet machine, measure
   python benchmarks/bench.py --quick          # fewer rounds, ResNet-20 only (a smoke test)
   python benchmarks/bench.py --rebuild        # re-export every model
-  python benchmarks/bench.py --arm-icount     # ARM instruction counts (ResNet-20, the CNN) under qemu
-Options: --networks resnet20,small_cnn,resnet18  --rounds N  --no-memory  --no-wait  --out DIR  --doc PATH
+  python benchmarks/bench.py --arm-icount     # ARM instruction counts (ResNet-20, the CNN, MobileNetV2 32x32)
+Options: --networks resnet20,small_cnn,resnet18,mobilenet_v2_cifar,mobilenet_v2  --rounds N  --no-memory
+         --no-wait  --out DIR  --doc PATH
 """
 from __future__ import annotations
 
@@ -75,25 +77,32 @@ NETWORKS = {
 TARGETS = {"vs_float": 0.5, "vs_int8": 0.8}  # issue 4: ResNet-20, batch 1 and 32, 1 and 2 threads
 TARGETS_EVERY = {"vs_float": 0.45, "vs_int8": 0.6}  # issue 16: every network and cell
 KIND_NETWORKS = ("mobilenet_v2_cifar", "mobilenet_v2")  # profiled by layer kind (depthwise, pointwise, ...)
-X86_NETWORKS = "resnet20,small_cnn,resnet18"
+X86_NETWORKS = "resnet20,small_cnn,resnet18,mobilenet_v2_cifar,mobilenet_v2"
 ARM_NETWORKS = "resnet20,small_cnn,mobilenet_v2_cifar"
 # What the ARM instruction counts show (docs/performance.md, ARM section), written from the run of
 # 2026-12-01 (the table above them is regenerated; these sentences are not).
 ARM_NOTES = [
     "* What the table says: on the dotprod path (cortex-a76) qexport executes 0.96x ONNX Runtime int8's "
-    "instructions on ResNet-20 and 1.32x on the Fashion-MNIST CNN; on the NEON-only core (cortex-a53) 1.23x and "
-    "1.50x, while ONNX Runtime int8 itself needs 1.9-2.3x more there than with dotprod. So by this proxy qexport "
-    "is not ahead of ONNX Runtime int8 on ARM, unlike on x86. Against float it is at 0.40-0.44x with dotprod and "
-    "0.95-1.15x on NEON. 3-bit and 4-bit models count the same: on ARM codes of every width go through the same "
-    "8-bit (dotprod) or 16-bit (neon) multiplies, so the low bit width buys no instructions yet.",
-    "* NEON path: the dot product is 79-83% of qexport's instructions. It widens codes and weights to int16 and "
-    "multiplies with SMLAL (`vmlal_laneq_s16`, 4 multiply-adds per instruction): its loop is 94 instructions per "
-    "256 multiply-adds, 0.37 per MAC (15.2M for ResNet-20's 40.8M MACs), about what ONNX Runtime int8 spends on "
-    "the whole model there (0.39 per MAC), and qexport's epilogue, re-layout and quantizer come on top. With "
-    "codes and weights of at most 4 bits a product is at most 15 x 8 = 120, so int16 accumulators take about 270 "
-    "of them before a widening step: multiply-adds on 8-bit lanes (SMULL/SMLAL, 8 per instruction) with an "
-    "occasional SADALP could come near half the instructions of the present loop. That is the low-bit gain "
-    "(ULPPACK-style) that the NEON path does not take yet.",
+    "instructions on ResNet-20, 1.32x on the Fashion-MNIST CNN and 2.68x on MobileNetV2 (32x32); on the NEON-only "
+    "core (cortex-a53) 1.23x, 1.50x and 2.09x, while ONNX Runtime int8 itself needs 1.9-2.3x more there than with "
+    "dotprod. So by this proxy qexport is not ahead of ONNX Runtime int8 on ARM, unlike on x86 for the ResNets. "
+    "Against float it is at 0.40-0.86x with dotprod and 0.95-1.29x on NEON. 3-bit and 4-bit models count the same: "
+    "on ARM codes of every width go through the same 8-bit (dotprod) or 16-bit (neon) multiplies, so the low bit "
+    "width buys no instructions yet.",
+    "* MobileNetV2 (32x32, measured 2026-12-02): its depthwise convs first ran as grouped dense convs (81.0M "
+    "instructions on cortex-a53, 58.5M on cortex-a76, with the first depthwise kernel on 64-byte generic vectors "
+    "that GCC kept in memory on aarch64); the kernel on q registers with fmla brought them to 67.3M and 44.8M. The "
+    "depthwise kernel is still the largest part on cortex-a76 (32%, 14.3M for about 5.9M multiply-adds: its float "
+    "planes and epilogue cost more than its fmla), then the dot products (20%), the conv epilogue (16%), and the "
+    "portable quantizer (11%) and means (7%).",
+    "* NEON path: the dot product is 79-83% of qexport's instructions on the ResNet and the CNN. It widens codes and "
+    "weights to int16 and multiplies with SMLAL (`vmlal_laneq_s16`, 4 multiply-adds per instruction): its loop is "
+    "94 instructions per 256 multiply-adds, 0.37 per MAC (15.2M for ResNet-20's 40.8M MACs), about what ONNX "
+    "Runtime int8 spends on the whole model there (0.39 per MAC), and qexport's epilogue, re-layout and quantizer "
+    "come on top. With codes and weights of at most 4 bits a product is at most 15 x 8 = 120, so int16 "
+    "accumulators take about 270 of them before a widening step: multiply-adds on 8-bit lanes (SMULL/SMLAL, 8 per "
+    "instruction) with an occasional SADALP could come near half the instructions of the present loop. That is "
+    "the low-bit gain (ULPPACK-style) that the NEON path does not take yet.",
     "* dotprod path: the dot product is close to its floor (its loop is 24 instructions per 256 multiply-adds: 16 "
     "SDOT, 4 vector loads, the offset load and the loop control; 3.8M for ResNet-20, measured 4.05M), and about "
     "half of qexport's instructions are elsewhere: the conv epilogue (`conv_t`: int32 to float, scale, bias, "
@@ -102,9 +111,9 @@ ARM_NOTES = [
     "`plane_means_portable`; x86 has AVX2/AVX-512 kernels for both). NEON versions of the quantizer and the "
     "means, and a leaner epilogue, are what can take the dotprod path clearly below ONNX Runtime int8.",
     "* ONNX Runtime's framework work is small in instructions: 1-3% of qexport's count lies in "
-    "libonnxruntime.so.1. ONNX Runtime's int8 model spends 2-8% of its instructions in libc.",
+    "libonnxruntime.so.1. ONNX Runtime's int8 model spends 1-8% of its instructions in libc.",
     "* Not in the table: starting the process, loading ONNX Runtime and creating the session cost 140-195M "
-    "instructions, 8-45 times one inference (the line above the notes).",
+    "instructions, 8-45 times one inference on the ResNet and the CNN (the line above the notes).",
 ]
 
 
@@ -544,6 +553,27 @@ NOTES = [
     "process's heap put them decided how many 64-byte loads split across cache lines. With the buffers on "
     "64-byte boundaries (`Scratch` in custom_ops/include/qexport/common.h) four separate processes gave "
     "4.74-4.92 ms at batch 32 and 0.174-0.177 ms at batch 1.",
+    "* MobileNetV2 (run of 2026-12-02): qexport takes 1.9-2.5x ONNX Runtime int8's time and 1.2-1.9x float's; "
+    "no cell meets issue 16's targets. Its depthwise convs first ran as grouped convs of the dense kernels (one "
+    "4-channel cell and an 8- or 16-channel weight block per single-channel group: 32-64x the multiply-adds): the "
+    "CIFAR network took 6.0 ms at batch 1 (6.2x int8). The depthwise kernel (docs/ops.md, 'Kernel paths': float32 "
+    "stride-phase planes, exact below 2^24, fused multiply-add, several channels at a time on small planes) took "
+    "it to 2.1 ms. What remains is per-value work, and MobileNetV2 has 6x-expanded activations with few "
+    "multiply-adds per value (9 for a depthwise conv, 16-160 for a pointwise one): every conv writes its float "
+    "output, the ASQ quantizer then reads it twice (float64 means, then the division-exact codes), and the "
+    "depthwise kernel converts its input codes to float planes; ONNX Runtime's QLinearConv requantizes in its "
+    "GEMM's output loop. The layer-kind table shows both kinds about equal in qexport, and qexport's depthwise "
+    "convs at 3x ONNX Runtime int8's and 4x its float's (NCHWc) time.",
+    "* Not understood yet: the QConvFused nodes of MobileNetV2 (CIFAR) timed one at a time (a one-node model, "
+    "same shapes and attributes, inputs in the same range) add up to about 1.0 ms at batch 1, half the 2.1 ms of "
+    "the model; the depthwise node features.3.conv.1.0 takes ~100 us alone and ~180 us in the model (profiler). "
+    "Cache state between nodes, ONNX Runtime's per-node work and the inputs' real distribution are the candidates.",
+    "* Two threads at batch 1: a conv whose output has at least 2^15 values is split over the threads (not only "
+    "by its multiply-adds), and so is a single image's quantizer (means by channels, codes by ranges); depthwise "
+    "convs from 2^19 multiply-adds. MobileNetV2@224 went from 7.1 ms (2 threads, no better than 1) to 5.5 ms; "
+    "ResNet-20 is unchanged (its largest output, 16x32x32, stays below 2^15: at 2^14 it was 1.2x slower with 2 "
+    "threads than with 1). MobileNetV2 (CIFAR) still gains nothing from a second thread at batch 1 (ONNX Runtime "
+    "int8 gains 1.16x): its 4x4-16x16 layers are below every threshold.",
     "* Timing: every session stops its worker threads' spinning when a run returns "
     "(`session.force_spinning_stop`). Without it, with 2 threads, the idle workers of the sessions timed just "
     "before kept spinning on both cores and every model ran at 1-thread speed or worse (float 15.4 ms instead "
