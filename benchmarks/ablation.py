@@ -986,6 +986,14 @@ def _setting_section(setting: str, records: list[dict], st: dict | None, bins: d
                 line += ": the seeds cannot separate the methods."
         elif len(rl) < 2 or len(ra) < 2:
             line += " (One seed: no spread to compare the difference with.)"
+        lp, aa = mean_of("lsq+post", bits), mean_of("asq", bits)
+        if a_ < l_ and lp is not None and aa is not None:
+            # Which half of ASQ+POST the shortfall comes from: the weights (LSQ+POST) or the activations (ASQ).
+            line += (f" Apart: POST weights with LSQ activations {lp:.2f}% ({lp - l_:+.2f} vs LSQ), ASQ activations "
+                     f"with uniform weights {aa:.2f}% ({aa - l_:+.2f}); ASQ+POST vs LSQ+POST {a_ - lp:+.2f}.")
+            if lp - l_ < aa - l_ and a_ >= lp:
+                line += (" The shortfall comes with POST's weight levels (LSQ+POST is the lowest of the three), and "
+                         "ASQ's per-sample step recovers part of it.")
         checks.append(line)
     a2, l2 = mean_of("asq", 2), mean_of("lsq", 2)
     if setting == "bright" and a2 is not None and l2 is not None:
