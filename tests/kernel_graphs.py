@@ -134,8 +134,8 @@ PATH_PARTS = {  # conv, gemm, means and quantizer, activations (Sigmoid, Silu: p
     "avx2": ("avx2", "avx2", "avx2", "scalar"),
     "avx512vnni": ("avx512vnni", "avx512vnni", "avx512vnni", "scalar"),
     "amx": ("amx", "avx512vnni", "avx512vnni", "scalar"),
-    "neon": ("neon", "scalar", "scalar", "scalar"),
-    "dotprod": ("dotprod", "dotprod", "scalar", "scalar"),
+    "neon": ("neon", "scalar", "neon", "scalar"),
+    "dotprod": ("dotprod", "dotprod", "dotprod", "scalar"),
 }
 #: Why a node runs the portable code whatever the path: these depend on the node, not on the path.
 PORTABLE_REASONS = ("int64_accumulator", "input_too_large")

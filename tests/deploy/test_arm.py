@@ -412,3 +412,42 @@ def test_depthwise_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist
                        relu=bool(attrs["relu"]))
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"case {cases[i]} on {cpu}"
         assert (line.path, line.reason) == (isa, "depthwise"), line
+
+
+@needs_qemu
+@pytest.mark.parametrize("cpu", ["cortex-a53", "cortex-a76"])
+def test_quantizers_under_qemu_equal_the_reference(cpu, qemu, a64_dist, tmp_path):
+    """The ARM quantizer (fdiv, fcvtns, integer clamp) and means: LsqQuantize over a dense grid of
+    quarter steps with ties, signed zeros, NaN, +-inf and extremes, at 2, 4 and 8 bits, signed and
+    unsigned, and AsqQuantize on random activations: the reference's codes and scales."""
+    from kernel_graphs import quantize_model
+
+    from qexport.spec import reference as R
+
+    step = 0.0625
+    grid = np.arange(-4200, 4200, dtype=np.float32) * np.float32(step / 4)
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, np.finfo(np.float32).max,
+                         -np.finfo(np.float32).max, np.finfo(np.float32).tiny, 1e-45, -1e-45], dtype=np.float32)
+    x = np.concatenate([grid, specials]).reshape(1, -1)
+    for bits in (2, 4, 8):
+        for signed in (0, 1):
+            path = tmp_path / f"lsq{bits}{signed}.onnx"
+            onnx.save(quantize_model("LsqQuantize", {"X": x}, dict(bits=bits, signed=signed, step=step)), str(path))
+            with RunnerSession(path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu, cpu=cpu,
+                               threads=1) as sess:
+                codes, _ = sess.run(None, {"X": x})
+            ref, _ = R.lsq_quantize(x, step, bits, bool(signed))
+            assert np.array_equal(codes, ref), f"LsqQuantize {bits}-bit signed={signed} on {cpu}"
+    rng = np.random.default_rng(5)
+    a = (rng.normal(size=(3, 8, 13, 11)) * 2).astype(np.float32)
+    inputs = {"X": a, "W1": rng.normal(size=(2, 8)).astype(np.float32), "B1": rng.normal(size=2).astype(np.float32),
+              "W2": rng.normal(size=(1, 2)).astype(np.float32), "B2": np.array([1.5], np.float32)}
+    attrs = dict(bits=4, signed=1, step=0.125, beta_map="relu")
+    path = tmp_path / "asq.onnx"
+    onnx.save(quantize_model("AsqQuantize", inputs, attrs, ("W1", "B1", "W2", "B2")), str(path))
+    with RunnerSession(path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu, cpu=cpu,
+                       threads=1) as sess:
+        codes, scale = sess.run(None, {"X": a})
+    ref_codes, ref_scale = R.asq_quantize(a, inputs["W1"], inputs["B1"], inputs["W2"], inputs["B2"], 0.125, 4, True,
+                                          "relu")
+    assert np.array_equal(codes, ref_codes) and np.array_equal(scale.view(np.uint32), ref_scale.view(np.uint32))

@@ -200,8 +200,8 @@ const SimdKernels* simd_kernels(Isa isa) noexcept;
 // The path whose code a table runs for each part of an op (what PathTrace reports): a path may
 // lack a kernel of its own. conv: k.isa, or scalar when k.conv is nullptr; gemm: scalar when
 // k.gemm is nullptr (scalar, neon), avx512vnni in the amx table; means and quantizer (they
-// always come from the same path): scalar for the portable ones (scalar, neon, dotprod),
-// avx512vnni in the amx table.
+// always come from the same path): scalar for the portable ones (the scalar table), avx512vnni
+// in the amx table.
 Isa conv_path(const SimdKernels& k) noexcept;
 Isa gemm_path(const SimdKernels& k) noexcept;
 Isa vector_path(const SimdKernels& k) noexcept;

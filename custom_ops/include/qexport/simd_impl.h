@@ -19,6 +19,25 @@ namespace {  // NOLINT: internal linkage on purpose (see above)
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The 8-lane float64 mean of each plane (docs/ops.md, AsqQuantize step 1): position i goes to
+// lane i % 8, each lane a sequential sum from +0.0 (positions past the plane add +0.0), combined
+// as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), divided by the count. The lanes are
+// independent, so the loop already overlaps 8 additions (and vectorizes).
+inline void plane_means_lanes(const float* x, size_t channels, size_t plane, double* out) {
+  for (size_t c = 0; c < channels; ++c) {
+    const float* p = x + c * plane;
+    double l[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    size_t i = 0;
+    for (; i + 8 <= plane; i += 8) {
+      for (int j = 0; j < 8; ++j) l[j] += static_cast<double>(p[i + j]);
+    }
+    if (i < plane) {
+      for (size_t j = 0; j < 8; ++j) l[j] += (i + j < plane) ? static_cast<double>(p[i + j]) : 0.0;
+    }
+    out[c] = mean_of_lanes(l, plane);
+  }
+}
+
 // Portable version of Interleave::row and Interleave::copy (see conv_relayout).
 struct InterleavePortable {
   static int64_t row(const uint8_t*, const uint8_t*, const uint8_t*, const uint8_t*, uint32_t*, int64_t, int64_t,

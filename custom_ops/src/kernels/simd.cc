@@ -5,23 +5,8 @@
 
 namespace qexport {
 
-// The 8-lane float64 mean of each plane (docs/ops.md, AsqQuantize step 1): position i goes to
-// lane i % 8, each lane a sequential sum from +0.0 (positions past the plane add +0.0), combined
-// as ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)), divided by the count. The lanes are
-// independent, so this loop already overlaps 8 additions.
 void plane_means_portable(const float* x, size_t channels, size_t plane, double* out) {
-  for (size_t c = 0; c < channels; ++c) {
-    const float* p = x + c * plane;
-    double l[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 8 <= plane; i += 8) {
-      for (int j = 0; j < 8; ++j) l[j] += static_cast<double>(p[i + j]);
-    }
-    if (i < plane) {
-      for (size_t j = 0; j < 8; ++j) l[j] += (i + j < plane) ? static_cast<double>(p[i + j]) : 0.0;
-    }
-    out[c] = mean_of_lanes(l, plane);
-  }
+  simd::plane_means_lanes(x, channels, plane, out);
 }
 
 namespace {

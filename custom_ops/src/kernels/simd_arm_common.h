@@ -22,6 +22,34 @@ struct DwNeon : simd::DwGeneric<float32x4_t, 16> {
   static V fma(V a, float w, V p) { return vfmaq_n_f32(a, p, w); }
 };
 
+// The ASQ means: the portable loop (simd_impl.h) compiled here, so that an ARM path's means and
+// quantizer come from the same place (its trace says so).
+inline void plane_means_arm(const float* x, size_t channels, size_t plane, double* out) {
+  simd::plane_means_lanes(x, channels, plane, out);
+}
+
+// The quantizer (docs/ops.md): v = x / s (IEEE division, as the definition; no reciprocal), then
+// FCVTNS rounds v half to even to int32 (NaN -> 0, beyond the int32 range it saturates), clamped
+// to [lo, hi] as integers (the same as rounding the clamped value: the bounds are integers), plus
+// the zero point; 16 values per iteration, the rest by the portable loop.
+inline void quantize_arm(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q) {
+  const float32x4_t s = vdupq_n_f32(scale);
+  const int32x4_t lo = vdupq_n_s32(static_cast<int32_t>(q.lo)), hi = vdupq_n_s32(static_cast<int32_t>(q.hi));
+  const int32x4_t zp = vdupq_n_s32(q.zero_point);
+  size_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    int32x4_t c[4];
+    for (int k = 0; k < 4; ++k) {
+      const float32x4_t v = vdivq_f32(vld1q_f32(x + i + 4 * k), s);
+      c[k] = vaddq_s32(vminq_s32(vmaxq_s32(vcvtnq_s32_f32(v), lo), hi), zp);
+    }
+    const uint16x8_t h0 = vcombine_u16(vqmovun_s32(c[0]), vqmovun_s32(c[1]));
+    const uint16x8_t h1 = vcombine_u16(vqmovun_s32(c[2]), vqmovun_s32(c[3]));
+    vst1q_u8(y + i, vcombine_u8(vqmovn_u16(h0), vqmovn_u16(h1)));
+  }
+  if (i < count) quantize_portable(x + i, y + i, count - i, scale, q);
+}
+
 // relu: y < 0 ? 0 : y (keeps -0 and NaN, as the reference does).
 inline float32x4_t relu_f32(float32x4_t y) { return vbslq_f32(vcltq_f32(y, vdupq_n_f32(0.0f)), vdupq_n_f32(0.0f), y); }
 

@@ -6,8 +6,8 @@
 // else 0, so they fit int8) and the accumulators start from init[o] = -(zp - act_offset) sum w.
 // Conv: the cell layout of simd.h, 8 positions per vector (two 16-byte loads of 4 cells per
 // step), vdotq_laneq_s32 with the 4 weights of an output channel as the lane operand; 8 output
-// channels x 2 = 16 accumulators. Gemm: 8 output channels per block. Means and quantizer: the
-// portable code.
+// channels x 2 = 16 accumulators. Gemm: 8 output channels per block. Means and quantizer:
+// simd_arm_common.h's.
 #include <arm_neon.h>
 
 #include <cstdint>
@@ -81,8 +81,8 @@ void gemm(const GemmTask& t) {
 // Constant-initialized.
 void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwNeon>(t); }
 
-constexpr SimdKernels kKernels{Isa::kDotprod, VL, VL, true, &relayout, &conv, &gemm, &plane_means_portable,
-                               &quantize_portable, &max_code_portable, kConvBlock, false, 1, 1, &depthwise};
+constexpr SimdKernels kKernels{Isa::kDotprod, VL, VL, true, &relayout, &conv, &gemm, &plane_means_arm,
+                               &quantize_arm, &max_code_portable, kConvBlock, false, 1, 1, &depthwise};
 
 }  // namespace
 

@@ -5,8 +5,8 @@
 // vld4 of 8 cells deinterleaves the 4 channels; codes widen to int16 (exact, <= 255) and
 // vmlal_laneq_s16 multiplies them by the int16 weight of (output channel, channel) into int32
 // accumulators (modular, exact under the op's bound); 8 output channels x 2 halves = 16
-// accumulators. The gemm, the means and the quantizer are the portable code (compiled for
-// aarch64, where the compiler vectorizes them with NEON).
+// accumulators. The gemm is the portable code (compiled for aarch64, where the compiler vectorizes
+// it with NEON); the means and the quantizer are simd_arm_common.h's.
 #include <arm_neon.h>
 
 #include <cstdint>
@@ -53,8 +53,8 @@ void relayout(const ConvTask& t) { simd::conv_relayout<simd::InterleavePortable>
 // Constant-initialized.
 void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwNeon>(t); }
 
-constexpr SimdKernels kKernels{Isa::kNeon, VL, 0, false, &relayout, &conv, nullptr, &plane_means_portable,
-                               &quantize_portable, &max_code_portable, kConvBlock, false, 1, 1, &depthwise};
+constexpr SimdKernels kKernels{Isa::kNeon, VL, 0, false, &relayout, &conv, nullptr, &plane_means_arm,
+                               &quantize_arm, &max_code_portable, kConvBlock, false, 1, 1, &depthwise};
 
 }  // namespace
 
