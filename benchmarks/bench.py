@@ -82,19 +82,19 @@ ARM_NETWORKS = "resnet20,small_cnn,mobilenet_v2_cifar"
 # What the ARM instruction counts show (docs/performance.md, ARM section), written from the run of
 # 2026-12-01 (the table above them is regenerated; these sentences are not).
 ARM_NOTES = [
-    "* What the table says: on the dotprod path (cortex-a76) qexport executes 0.96x ONNX Runtime int8's "
-    "instructions on ResNet-20, 1.32x on the Fashion-MNIST CNN and 2.68x on MobileNetV2 (32x32); on the NEON-only "
-    "core (cortex-a53) 1.23x, 1.50x and 2.09x, while ONNX Runtime int8 itself needs 1.9-2.3x more there than with "
+    "* What the table says: on the dotprod path (cortex-a76) qexport executes 0.94x ONNX Runtime int8's "
+    "instructions on ResNet-20, 1.30x on the Fashion-MNIST CNN and 2.58x on MobileNetV2 (32x32); on the NEON-only "
+    "core (cortex-a53) 1.22x, 1.48x and 2.03x, while ONNX Runtime int8 itself needs 1.9-2.3x more there than with "
     "dotprod. So by this proxy qexport is not ahead of ONNX Runtime int8 on ARM, unlike on x86 for the ResNets. "
-    "Against float it is at 0.40-0.86x with dotprod and 0.95-1.29x on NEON. 3-bit and 4-bit models count the same: "
+    "Against float it is at 0.39-0.82x with dotprod and 0.94-1.26x on NEON. 3-bit and 4-bit models count the same: "
     "on ARM codes of every width go through the same 8-bit (dotprod) or 16-bit (neon) multiplies, so the low bit "
     "width buys no instructions yet.",
-    "* MobileNetV2 (32x32, measured 2026-12-02): its depthwise convs first ran as grouped dense convs (81.0M "
-    "instructions on cortex-a53, 58.5M on cortex-a76, with the first depthwise kernel on 64-byte generic vectors "
-    "that GCC kept in memory on aarch64); the kernel on q registers with fmla brought them to 67.3M and 44.8M. The "
-    "depthwise kernel is still the largest part on cortex-a76 (32%, 14.3M for about 5.9M multiply-adds: its float "
-    "planes and epilogue cost more than its fmla), then the dot products (20%), the conv epilogue (16%), and the "
-    "portable quantizer (11%) and means (7%).",
+    "* MobileNetV2 (32x32, measured 2026-12-02): with the first depthwise kernel (64-byte generic vectors, which "
+    "GCC kept in memory on aarch64) it took 81.0M instructions on cortex-a53 and 58.5M on cortex-a76; the kernel on "
+    "q registers with fmla brought them to 67.3M and 44.8M, and the NEON quantizer (fdiv, fcvtns, integer clamp: "
+    "5.1M -> 3.3M) to 65.5M and 43.0M. The depthwise kernel is still the largest part on cortex-a76 (33%, 14.3M "
+    "for about 5.9M multiply-adds: its float planes and epilogue cost more than its fmla), then the dot products "
+    "(20%), the conv epilogue (17%), the quantizer (8%) and the means (7%).",
     "* NEON path: the dot product is 79-83% of qexport's instructions on the ResNet and the CNN. It widens codes and "
     "weights to int16 and multiplies with SMLAL (`vmlal_laneq_s16`, 4 multiply-adds per instruction): its loop is "
     "94 instructions per 256 multiply-adds, 0.37 per MAC (15.2M for ResNet-20's 40.8M MACs), about what ONNX "
@@ -106,10 +106,10 @@ ARM_NOTES = [
     "* dotprod path: the dot product is close to its floor (its loop is 24 instructions per 256 multiply-adds: 16 "
     "SDOT, 4 vector loads, the offset load and the loop control; 3.8M for ResNet-20, measured 4.05M), and about "
     "half of qexport's instructions are elsewhere: the conv epilogue (`conv_t`: int32 to float, scale, bias, "
-    "residual, ReLU, stores; about 20%), the re-layout of the codes into cells (9-10%), and the ASQ quantizer "
-    "(6-8%) and spatial means (4%), which on ARM are the portable C++ (`quantize_portable`, "
-    "`plane_means_portable`; x86 has AVX2/AVX-512 kernels for both). NEON versions of the quantizer and the "
-    "means, and a leaner epilogue, are what can take the dotprod path clearly below ONNX Runtime int8.",
+    "residual, ReLU, stores; about 20%), the re-layout of the codes into cells (9%), the ASQ quantizer (5%; "
+    "NEON code since 2026-12-02: fdiv, fcvtns and an integer clamp, where the portable loop rounded through "
+    "float additions: ResNet-20 8.21M -> 7.97M) and the spatial means (5%, float64 lanes, compiler-vectorized). "
+    "A leaner epilogue and means are what remain to take the dotprod path clearly below ONNX Runtime int8.",
     "* ONNX Runtime's framework work is small in instructions: 1-3% of qexport's count lies in "
     "libonnxruntime.so.1. ONNX Runtime's int8 model spends 1-8% of its instructions in libc.",
     "* Not in the table: starting the process, loading ONNX Runtime and creating the session cost 140-195M "
