@@ -6,8 +6,8 @@
 # The 3-bit model runs with 1 intra-op thread, the 4-bit one with 2, so both the single- and the
 # multi-threaded kernel paths are checked on both CPUs. Then each model runs once more per CPU with
 # QEXPORT_KERNEL_TRACE=1, and every node must report the path that CPU selects (cortex-a76:
-# dotprod, cortex-a53: neon), or, for a part that path has no kernel of its own for (neon: gemm;
-# both: means and quantizer), the portable code with reason=not_in_path (docs/ops.md, "Kernel paths").
+# dotprod, cortex-a53: neon), or, for a part that path has no kernel of its own for (neon: gemm),
+# the portable code with reason=not_in_path (docs/ops.md, "Kernel paths").
 #
 # Expects `qexport` installed in the active Python environment (as .ci/run leaves it); installs
 # the apt packages it needs; qemu-user >= 10 and the aarch64 ONNX Runtime are fetched into
@@ -58,8 +58,9 @@ runner, ops, ort = dist_files(dist, "aarch64")
 nodes = {n.name: n.op_type for n in onnx.load(model).graph.node if n.domain == "ai.qexport"}
 x = np.load("samples/fashion_mnist_512.npz")["x"][:8]
 # per CPU: the path it selects, and the ops whose kernels have that path's own code (the others
-# run the portable code: neon has no gemm; the means and quantizers are portable on ARM)
-cpus = {"cortex-a76": ("dotprod", ("Conv", "ConvFused", "Gemm")), "cortex-a53": ("neon", ("Conv", "ConvFused"))}
+# run the portable code: neon has no gemm)
+cpus = {"cortex-a76": ("dotprod", ("Conv", "ConvFused", "Gemm", "Quantize", "Pool")),
+        "cortex-a53": ("neon", ("Conv", "ConvFused", "Quantize", "Pool"))}
 ok = True
 for cpu, (path, own) in cpus.items():
     with RunnerSession(model, runner=runner, ops=ops, ort=ort, qemu=fetch_qemu(), cpu=cpu, threads=threads) as s:
