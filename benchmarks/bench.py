@@ -480,7 +480,7 @@ def write_markdown(doc: Path, result: dict) -> None:
                   "included: the sums exceed the timed latencies above). qexport: one QConvFused per conv (its "
                   "epilogue and the next quantizer included); ONNX Runtime: QLinearConv / Conv nodes.", ""]
         for net, models in kinds.items():
-            names = [k for k in ("depthwise conv", "pointwise conv", "conv", "gemm")]
+            names = ["depthwise conv", "pointwise conv", "conv", "gemm"]
             lines += [f"**{NETWORKS[net]['title']}**", "",
                       "| model | " + " | ".join(names) + " | other ops | all kernels |", "|---" * (len(names) + 3) + "|"]
             for mname, ops in models.items():

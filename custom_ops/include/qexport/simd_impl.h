@@ -49,6 +49,22 @@ struct InterleavePortable {
   }
 };
 
+// The columns [lo, hi) of a phase plane of ws columns whose input column u*sw - first lies in
+// [0, w), and the input column ix of column lo.
+struct PhaseColumns {
+  int64_t lo = 0, hi = 0, ix = 0;
+};
+
+inline PhaseColumns phase_columns(int64_t first, int64_t sw, int64_t w, int64_t ws) {
+  PhaseColumns c;
+  c.lo = first > 0 ? (first + sw - 1) / sw : 0;
+  c.hi = (w - 1 + first) >= 0 ? (w - 1 + first) / sw + 1 : 0;
+  if (c.hi > ws) c.hi = ws;
+  if (c.lo > c.hi) c.lo = c.hi;
+  c.ix = c.lo * sw - first;
+  return c;
+}
+
 // Fills one plane (see ConvGeometry) of channel group g4: cell (row t, column xs) holds the
 // codes of channels 4*g4 .. 4*g4+3 at input row t*sh + py - pt, column (xs + cshift)*sw + px - pl,
 // each minus act_offset; positions outside the input hold pad_code. Channels beyond cg (the last
@@ -67,12 +83,8 @@ inline void fill_plane(const ConvTask& t, int64_t g4, int64_t py, int64_t px, in
   const int64_t nc = min64(4, g.cg - 4 * g4);
   const uint8_t* xc[4];
   for (int64_t ci = 0; ci < 4; ++ci) xc[ci] = t.x + (4 * g4 + (ci < nc ? ci : 0)) * hw;
-  // Columns xs whose input column xs*sw - first lies in [0, W).
-  const int64_t first = g.pl - px - cshift * g.sw;
-  int64_t xs_lo = first > 0 ? (first + g.sw - 1) / g.sw : 0;
-  int64_t xs_hi = (g.w - 1 + first) >= 0 ? (g.w - 1 + first) / g.sw + 1 : 0;
-  if (xs_hi > g.ws) xs_hi = g.ws;
-  if (xs_lo > xs_hi) xs_lo = xs_hi;
+  const PhaseColumns cols = phase_columns(g.pl - px - cshift * g.sw, g.sw, g.w, g.ws);
+  const int64_t xs_lo = cols.lo, xs_hi = cols.hi;
   for (int64_t tr = 0; tr < g.hs; ++tr) {
     uint32_t* row = plane + tr * g.ws;
     const int64_t iy = tr * g.sh + py - g.pt;
@@ -82,7 +94,7 @@ inline void fill_plane(const ConvTask& t, int64_t g4, int64_t py, int64_t px, in
     }
     for (int64_t xs = 0; xs < xs_lo; ++xs) row[xs] = pad;
     for (int64_t xs = xs_hi; xs < g.ws; ++xs) row[xs] = pad;
-    const int64_t ix0 = xs_lo * g.sw - first;
+    const int64_t ix0 = cols.ix;
     const int64_t len = xs_hi - xs_lo, st = g.sw;
     uint32_t* dst = row + xs_lo;
     const uint8_t* s0 = xc[0] + iy * g.w + ix0;
@@ -213,23 +225,6 @@ inline void codes_minus_zp(const uint8_t* __restrict src, float* __restrict dst,
   for (int64_t u = 0; u < len; ++u) dst[u] = static_cast<float>(static_cast<int32_t>(src[u]) - zp);
 }
 
-// The columns [u_lo, u_hi) of phase px whose input column u*sw + px - pl lies in [0, W), and
-// the input column of u_lo.
-struct DwColumns {
-  int64_t lo = 0, hi = 0, ix = 0;
-};
-
-inline DwColumns depthwise_columns(const DepthwiseTask& t, int64_t px) {
-  DwColumns c;
-  const int64_t first = t.pl - px;
-  c.lo = first > 0 ? (first + t.sw - 1) / t.sw : 0;
-  c.hi = (t.w - 1 + first) >= 0 ? (t.w - 1 + first) / t.sw + 1 : 0;
-  if (c.hi > t.ws) c.hi = t.ws;
-  if (c.lo > c.hi) c.lo = c.hi;
-  c.ix = c.lo * t.sw - first;
-  return c;
-}
-
 // Row r of one phase plane: zeros, the values xf[0], xf[stride], ... for columns [lo, hi), zeros.
 // The values go a vector at a time (the last one may write past hi: the zeros after it and the
 // next row come later; past the last row lies the planes' slack, never read for an output
@@ -255,16 +250,16 @@ inline void depthwise_row(float* row, const float* xf, int64_t lo, int64_t hi, i
 }
 
 // The sh*sw phase planes of input channel ci (psize floats apart; values [0, hs*ws) of each);
-// cols[px]: depthwise_columns(t, px); xf: scratch for the channel's h*w codes minus the zero
+// cols[px]: phase_columns(t.pl - px, t.sw, t.w, t.ws); xf: scratch for the channel's h*w codes minus the zero
 // point as float32, with 64 floats of slack (the vectors of depthwise_row read past a row).
 template <typename P>
-inline void depthwise_planes(const DepthwiseTask& t, const DwColumns* cols, int64_t ci, float* planes, float* xf) {
+inline void depthwise_planes(const DepthwiseTask& t, const PhaseColumns* cols, int64_t ci, float* planes, float* xf) {
   const int64_t ws = t.ws;
   codes_minus_zp(t.x + ci * t.h * t.w, xf, t.h * t.w, t.zero_point);
   for (int64_t py = 0; py < t.sh; ++py)
     for (int64_t px = 0; px < t.sw; ++px) {
       float* pl = planes + (py * t.sw + px) * t.psize;
-      const DwColumns c = cols[px];
+      const PhaseColumns c = cols[px];
       for (int64_t r = 0; r < t.hs; ++r) {
         float* row = pl + r * ws;
         const int64_t iy = r * t.sh + py - t.pt;
@@ -342,7 +337,7 @@ inline void depthwise_block(const float* planes, int64_t pstride, const int64_t*
 // One output channel at a time (planes of one input channel in slot 0): blocks of kVecs vectors,
 // the rest in blocks of 2.
 template <typename P, bool kRes, bool kRelu>
-inline void depthwise_channel(const DepthwiseTask& t, const DwColumns* cols, int64_t o, int64_t& built, float* planes,
+inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, int64_t o, int64_t& built, float* planes,
                               float* acc, float* xf) {
   const int64_t ci = o / t.mult, taps = t.kh * t.kw;
   if (ci != built) {
@@ -360,7 +355,7 @@ inline void depthwise_channel(const DepthwiseTask& t, const DwColumns* cols, int
 // Small planes (nq <= kSmallVecs vectors): kChans output channels at a time, their planes in
 // kChans slots.
 template <typename P, int kChans, int kSmallVecs, bool kRes, bool kRelu>
-inline void depthwise_small(const DepthwiseTask& t, const DwColumns* cols, float* planes, float* acc, float* xf) {
+inline void depthwise_small(const DepthwiseTask& t, const PhaseColumns* cols, float* planes, float* acc, float* xf) {
   const int64_t taps = t.kh * t.kw, pstride = t.sh * t.sw * t.psize;
   for (int c = 0; c < kChans; ++c) depthwise_zero_slack(t, planes + c * pstride);
   int64_t o = t.o0;
@@ -384,8 +379,8 @@ inline void depthwise_t(const DepthwiseTask& t) {
   const int64_t slots = t.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
   float* acc = t.buf + slots * t.sh * t.sw * t.psize;
   float* xf = acc + (t.nq + kDepthwiseBlock - 1) / kDepthwiseBlock * kDepthwiseBlock + kDepthwiseSlots * kDepthwiseSmall;
-  DwColumns cols[16];  // the op takes this path for sw <= 16 only
-  for (int64_t px = 0; px < t.sw; ++px) cols[px] = depthwise_columns(t, px);
+  PhaseColumns cols[16];  // the op takes this path for sw <= 16 only
+  for (int64_t px = 0; px < t.sw; ++px) cols[px] = phase_columns(t.pl - px, t.sw, t.w, t.ws);
   const int64_t nv = (t.nq + P::L - 1) / P::L;
   // kVecs accumulator vectors in all: 4 channels of kVecs/4 vectors, or 2 of kVecs/2.
   if (nv <= P::kVecs / 4) return depthwise_small<P, 4, P::kVecs / 4, kRes, kRelu>(t, cols, planes, acc, xf);

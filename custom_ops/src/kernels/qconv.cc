@@ -89,18 +89,16 @@ void build_vectors(const ConvGeometry& g, int64_t lanes, std::vector<int32_t>* v
   (*vseg)[static_cast<size_t>(g.vectors)] = static_cast<int32_t>(segs->size());
 }
 
-// The float output of one sample when the node does not use Y: one buffer per thread, shared by
-// every conv kernel and path (a thread runs one kernel at a time) rather than one per code path.
-// (Whether it stays in cache between nodes matters: a MobileNetV2 depthwise node took 110 us with
-// its buffers in cache and 196 us after 32 MB of other traffic; sharing it did not change the
-// model's time measurably, 1.87-1.97 ms before and 1.89-1.95 ms after.)
-float* output_scratch(size_t count) {
-  thread_local Scratch<float> scratch;
-  return scratch.get(count);
-}
+// Per-thread float scratch, one buffer per tag, shared by every conv kernel and path (a thread
+// runs one kernel at a time): kOutputScratch, the float output of one sample when the node does
+// not use Y; kDepthwiseScratch, the depthwise kernel's planes and accumulators. (Whether they stay
+// in cache between nodes matters: a MobileNetV2 depthwise node took 110 us with its buffers in
+// cache and 196 us after 32 MB of other traffic; sharing them did not change the model's time
+// measurably, 1.87-1.97 ms before and 1.89-1.95 ms after.)
+enum ScratchTag { kOutputScratch, kDepthwiseScratch };
 
-// The depthwise kernel's planes and accumulators (DepthwiseTask::buf), one buffer per thread.
-float* depthwise_scratch(size_t count) {
+template <ScratchTag Tag>
+float* thread_scratch(size_t count) {
   thread_local Scratch<float> scratch;
   return scratch.get(count);
 }
@@ -369,6 +367,11 @@ class ConvKernel {
     if ((ex->q == nullptr) != (ex->q_scale == nullptr)) invalid(op_, "outputs 'Q' and 'Q_scale' go together");
   }
 
+  // The ASQ quantizer's step of a sample from its o plane means.
+  float asq_step(const double* means, int64_t o, const Extras& ex) const {
+    return asq_scale(means, o, ex.w1, ex.b1, ex.w2, ex.b2, ex.hidden, q_);
+  }
+
   // Codes and scale of sample ni from its conv output yn (o planes of `plane` values), exactly
   // as LsqQuantize / AsqQuantize.
   void quantize_sample(const float* yn, int64_t ni, int64_t o, int64_t plane, const Extras& ex) const {
@@ -377,7 +380,7 @@ class ConvKernel {
       thread_local std::vector<double> p;
       p.resize(static_cast<size_t>(o));
       simd_->plane_means(yn, static_cast<size_t>(o), static_cast<size_t>(plane), p.data());
-      s = asq_scale(p.data(), o, ex.w1, ex.b1, ex.w2, ex.b2, ex.hidden, q_);
+      s = asq_step(p.data(), o, ex);
     }
     ex.q_scale[ni] = s;
     simd_->quantize(yn, ex.q + ni * o * plane, static_cast<size_t>(o * plane), s, q_);
@@ -435,19 +438,19 @@ class ConvKernel {
     if (n > 1) {
       parallel_for(ctx, static_cast<size_t>(n), [&](size_t i) {
         const int64_t ni = static_cast<int64_t>(i);
-        float* yn = ex.y != nullptr ? ex.y + ni * sample : output_scratch(static_cast<size_t>(sample));
-        simd_->depthwise(task_for(ni, yn, depthwise_scratch(buf_floats)));
+        float* yn = ex.y != nullptr ? ex.y + ni * sample : thread_scratch<kOutputScratch>(static_cast<size_t>(sample));
+        simd_->depthwise(task_for(ni, yn, thread_scratch<kDepthwiseScratch>(buf_floats)));
         if (quantize) quantize_sample(yn, ni, o, plane_out, ex);
       });
       return;
     }
-    float* y0 = ex.y != nullptr ? ex.y : output_scratch(static_cast<size_t>(sample));
+    float* y0 = ex.y != nullptr ? ex.y : thread_scratch<kOutputScratch>(static_cast<size_t>(sample));
     const int64_t per_channel = plane_out * a.k;
     int64_t chunk = (kDepthwiseTaskMacs + per_channel - 1) / per_channel;
     chunk = (chunk + proto.mult - 1) / proto.mult * proto.mult;  // whole groups: each plane built once
     const int64_t tasks = (o + chunk - 1) / chunk;
     auto body = [&](size_t ti) {
-      DepthwiseTask t = task_for(0, y0, depthwise_scratch(buf_floats));
+      DepthwiseTask t = task_for(0, y0, thread_scratch<kDepthwiseScratch>(buf_floats));
       t.o0 = static_cast<int64_t>(ti) * chunk;
       t.o1 = t.o0 + chunk < o ? t.o0 + chunk : o;
       simd_->depthwise(t);
@@ -455,7 +458,7 @@ class ConvKernel {
     if (tasks > 1 && o * per_channel >= kDepthwiseParallelMinMacs) {
       parallel_for(ctx, static_cast<size_t>(tasks), body);
     } else {
-      DepthwiseTask t = task_for(0, y0, depthwise_scratch(buf_floats));
+      DepthwiseTask t = task_for(0, y0, thread_scratch<kDepthwiseScratch>(buf_floats));
       simd_->depthwise(t);
     }
     if (quantize) quantize_image(ctx, y0, o, plane_out, ex);
@@ -479,7 +482,7 @@ class ConvKernel {
         const int64_t c0 = static_cast<int64_t>(t) * chunk, nc = chunk < o - c0 ? chunk : o - c0;
         simd_->plane_means(y0 + c0 * plane, static_cast<size_t>(nc), static_cast<size_t>(plane), means + c0);
       });
-      s = asq_scale(means, o, ex.w1, ex.b1, ex.w2, ex.b2, ex.hidden, q_);
+      s = asq_step(means, o, ex);
     }
     ex.q_scale[0] = s;
     parallel_for(ctx, static_cast<size_t>((count + kQuantizeTask - 1) / kQuantizeTask), [&](size_t t) {
@@ -582,7 +585,7 @@ class ConvKernel {
     // Y, or a scratch plane set of one sample when only the codes are wanted.
     auto sample_out = [&](int64_t ni) {
       if (ex.y != nullptr) return ex.y + ni * sample;
-      return output_scratch(static_cast<size_t>(sample));
+      return thread_scratch<kOutputScratch>(static_cast<size_t>(sample));
     };
 
     if (n > 1) {

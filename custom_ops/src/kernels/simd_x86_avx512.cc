@@ -234,8 +234,6 @@ void quantize(const float* x, uint8_t* y, size_t count, float scale, const Quant
   }
 }
 
-// Constant-initialized (no code runs when the library loads: this file may hold instructions
-// the CPU lacks).
 // The depthwise conv on zmm vectors, 8 accumulators, the multiply-add as one vfmadd (exact there:
 // integers below 2^24).
 struct DwAvx512 : simd::DwGeneric<simd::DwV16, 8> {
@@ -244,6 +242,8 @@ struct DwAvx512 : simd::DwGeneric<simd::DwV16, 8> {
 
 void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwAvx512>(t); }
 
+// Constant-initialized (no code runs when the library loads: this file may hold instructions
+// the CPU lacks).
 constexpr SimdKernels kKernels{Isa::kAvx512Vnni, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code,
                                kConvBlock, false, 2, 1, &depthwise};
 
