@@ -337,6 +337,42 @@ def test_depthwise_conv_matches_reference(seed: int, kernel_isa: str, capfd: pyt
     assert line.reason == "depthwise", line
 
 
+# (h, w, kernel, strides, pads, dilations): a stride phase with no input row (h 1, stride 3: the
+# phase planes' row range is empty), rows of 1-33 codes read a vector at a time up to the end of
+# the input (the last channel's last row ends the tensor), 1x1 planes, wide odd rows at stride 2.
+DEPTHWISE_EDGES = [
+    (1, 7, (3, 5), (3, 2), (1, 1, 3, 1), (2, 1)),
+    (2, 2, (3, 3), (3, 3), (2, 2, 2, 2), (1, 1)),
+    (1, 1, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    (5, 17, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    (3, 33, (5, 5), (2, 1), (2, 2, 2, 2), (1, 2)),
+    (9, 31, (3, 3), (1, 2), (0, 3, 1, 0), (1, 1)),
+    (6, 15, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("geometry", DEPTHWISE_EDGES, ids=lambda g: f"{g[0]}x{g[1]}k{g[2][0]}{g[2][1]}s{g[3][0]}{g[3][1]}")
+def test_depthwise_edge_geometries(geometry, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """The depthwise kernel where its planes are built a vector at a time: stride phases without
+    input rows, rows shorter and longer than a vector, reads up to the last code of the input."""
+    h, w, (kh, kw), strides, pads, dilations = geometry
+    rng = np.random.default_rng(h * 100 + w)
+    c, mult = 5, 2
+    bits, packed = random_weights(rng, "post", 4, [c * mult, 1, kh, kw])
+    inputs = {"X": random_codes(rng, (2, c, h, w), 4), "X_scale": np.array([0.03], np.float32), "W": packed,
+              "W_scale": random_scales(rng, c * mult), "B": random_bias(rng, c * mult)}
+    attrs = dict(bits=bits, act_bits=4, act_zero_point=3, weight_shape=[c * mult, 1, kh, kw], strides=list(strides),
+                 pads=list(pads), dilations=list(dilations), group=c, relu=1)
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"))
+    for n in (1, 2):  # a single image ends the tensor with its last channel
+        one = dict(case, inputs=dict(inputs, X=np.ascontiguousarray(inputs["X"][:n])))
+        model = weighted_model("conv", "post", one["inputs"], attrs, case["constant"])
+        (y,) = run_single(model, one["inputs"], case["constant"])
+        assert_bitwise_equal(y, reference_conv(one), f"depthwise {geometry}, batch {n}")
+    assert {line.reason for line in ran_paths(capfd)} == {"depthwise"}
+
+
 @pytest.mark.parametrize("quantizer,depthwise", [("asq", False), ("lsq", False), ("asq", True)])
 def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) -> None:
     """One image whose output has over 2^16 values (a MobileNet-sized 1x1 or depthwise conv): with

@@ -107,8 +107,9 @@ struct ConvTask {
 // ------------------------------------------------------------------------------ depthwise conv
 // A conv with one input channel per group (group = C, any number `mult` of output channels per
 // group), for output channels [o0, o1) of one sample. Each input channel's codes minus the zero
-// point are re-laid out as float32 into its sh*sw stride-phase planes of hs x ws values (the
-// planes of ConvGeometry with one channel; positions outside the input are 0), then each block of
+// point are converted to float32 straight into its sh*sw stride-phase planes of hs x ws values
+// (the planes of ConvGeometry with one channel; positions outside the input are 0, written once
+// per task), then each block of
 // kDepthwiseBlock flat output positions (q = y * ws + x) sums w[tap] * plane[q + tap_off[tap]]
 // over the taps in float32: every product and partial sum is an integer of magnitude at most
 // kh*kw*255*wmax, which the op takes this path for only when that is below 2^24, so each float32
@@ -119,7 +120,8 @@ constexpr int64_t kDepthwiseSmall = 64;   // planes of at most this many flat po
 constexpr int64_t kDepthwiseSlots = 8;    // ... are done up to this many channels at a time
 
 struct DepthwiseTask {
-  const uint8_t* x = nullptr;  // codes of one sample, (C, H, W)
+  const uint8_t* x = nullptr;      // codes of one sample, (C, H, W)
+  const uint8_t* x_end = nullptr;  // one past them: the kernel reads no code at or past it
   int64_t h = 0, w = 0, oh = 0, ow = 0, kh = 0, kw = 0, sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0;
   // The layout (set by the op): ws = ow + (kw-1)*dw/sw, hs = oh + (kh-1)*dh/sh, each plane psize
   // floats (hs*ws, then zeros for the reads of the last block), nq = oh*ws flat positions (the
@@ -138,7 +140,7 @@ struct DepthwiseTask {
   float* y = nullptr;               // (O, OH, OW) of this sample
   // Scratch, 64-byte aligned: slots * sh*sw*psize floats of planes (slots = kDepthwiseSlots when
   // nq <= kDepthwiseSmall, else 1), then nq rounded up to kDepthwiseBlock plus kDepthwiseSlots *
-  // kDepthwiseSmall floats of accumulators, then h*w + 64 floats for one converted input plane.
+  // kDepthwiseSmall floats of accumulators.
   float* buf = nullptr;
 };
 

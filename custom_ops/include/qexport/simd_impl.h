@@ -210,81 +210,100 @@ inline void dw_store_aligned(float* p, V v) {
   *reinterpret_cast<V*>(p) = v;
 }
 
-// The generic multiply-add (two operations).
+// The generic multiply-add (two operations) and code conversion (a path with a conversion
+// instruction gives its own: GCC 12 scalarizes a uint8 -> float __builtin_convertvector).
 template <typename Vec, int kAccumulators>
 struct DwGeneric {
   using V = Vec;
   static constexpr int L = static_cast<int>(sizeof(V) / sizeof(float));
   static constexpr int kVecs = kAccumulators;
   static V fma(V a, float w, V p) { return a + w * p; }
+  // float(p[0]), ..., float(p[L - 1])
+  static V codes(const uint8_t* p) {
+    float f[L];
+    for (int j = 0; j < L; ++j) f[j] = static_cast<float>(p[j]);
+    return dw_load<V>(f);
+  }
 };
 
-// dst[u] = float(src[u] - zp): a function of its own so that the compiler takes the __restrict
-// of its parameters (and vectorizes it).
-inline void codes_minus_zp(const uint8_t* __restrict src, float* __restrict dst, int64_t len, int32_t zp) {
-  for (int64_t u = 0; u < len; ++u) dst[u] = static_cast<float>(static_cast<int32_t>(src[u]) - zp);
-}
-
-// Row r of one phase plane: zeros, the values xf[0], xf[stride], ... for columns [lo, hi), zeros.
-// The values go a vector at a time (the last one may write past hi: the zeros after it and the
-// next row come later; past the last row lies the planes' slack, never read for an output
-// position). Stride 2 takes the even lanes of two vectors.
-template <typename P, int kStride>
-inline void depthwise_row(float* row, const float* xf, int64_t lo, int64_t hi, int64_t ws) {
-  using V = typename P::V;
-  for (int64_t u = 0; u < lo; ++u) row[u] = 0.0f;
-  for (int64_t u = lo; u < hi; u += P::L) {
-    const float* src = xf + (u - lo) * kStride;
-    if constexpr (kStride == 1) {
-      dw_store<V>(row + u, dw_load<V>(src));
-    } else if constexpr (P::L == 16) {
-      dw_store<V>(row + u, __builtin_shufflevector(dw_load<V>(src), dw_load<V>(src + 16), 0, 2, 4, 6, 8, 10, 12, 14,
-                                                   16, 18, 20, 22, 24, 26, 28, 30));
-    } else if constexpr (P::L == 8) {
-      dw_store<V>(row + u, __builtin_shufflevector(dw_load<V>(src), dw_load<V>(src + 8), 0, 2, 4, 6, 8, 10, 12, 14));
-    } else {
-      dw_store<V>(row + u, __builtin_shufflevector(dw_load<V>(src), dw_load<V>(src + 4), 0, 2, 4, 6));
-    }
-  }
-  for (int64_t u = hi; u < ws; ++u) row[u] = 0.0f;
-}
-
-// The sh*sw phase planes of input channel ci (psize floats apart; values [0, hs*ws) of each);
-// cols[px]: phase_columns(t.pl - px, t.sw, t.w, t.ws); xf: scratch for the channel's h*w codes minus the zero
-// point as float32, with 64 floats of slack (the vectors of depthwise_row read past a row).
+// 1.0f in lanes [0, n), 0.0f in the others.
 template <typename P>
-inline void depthwise_planes(const DepthwiseTask& t, const PhaseColumns* cols, int64_t ci, float* planes, float* xf) {
-  const int64_t ws = t.ws;
-  codes_minus_zp(t.x + ci * t.h * t.w, xf, t.h * t.w, t.zero_point);
-  for (int64_t py = 0; py < t.sh; ++py)
-    for (int64_t px = 0; px < t.sw; ++px) {
-      float* pl = planes + (py * t.sw + px) * t.psize;
-      const PhaseColumns c = cols[px];
-      for (int64_t r = 0; r < t.hs; ++r) {
-        float* row = pl + r * ws;
-        const int64_t iy = r * t.sh + py - t.pt;
-        if (iy < 0 || iy >= t.h || c.lo >= c.hi) {
-          for (int64_t u = 0; u < ws; ++u) row[u] = 0.0f;
-          continue;
-        }
-        const float* src = xf + iy * t.w + c.ix;
+inline typename P::V dw_lane_mask(int64_t n) {
+  float f[P::L];
+  for (int j = 0; j < P::L; ++j) f[j] = j < n ? 1.0f : 0.0f;
+  return dw_load<typename P::V>(f);
+}
+
+// dst[u] = float(src[u * kStride]) - zp for u in [0, n): whole vectors of P::L values; the last
+// vector's lanes past n are multiplied by 0 (`last` = dw_lane_mask(n % L)), so the vector's
+// spill past dst + n writes zeros (see depthwise_planes). Stride 2 takes the even lanes of two
+// vectors. A vector whose codes would be read at or past `end` is done value by value (no spill).
+template <typename P, int kStride>
+inline void depthwise_row(float* dst, const uint8_t* src, int64_t n, float zp, typename P::V last, const uint8_t* end) {
+  using V = typename P::V;
+  constexpr int L = P::L;
+  for (int64_t u = 0; u < n; u += L) {
+    const uint8_t* s = src + u * kStride;
+    if (end - s < L * kStride) {
+      for (int64_t v = u; v < n; ++v) dst[v] = static_cast<float>(src[v * kStride]) - zp;
+      return;
+    }
+    V x;
+    if constexpr (kStride == 1) {
+      x = P::codes(s);
+    } else if constexpr (L == 16) {
+      x = __builtin_shufflevector(P::codes(s), P::codes(s + L), 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28,
+                                  30);
+    } else if constexpr (L == 8) {
+      x = __builtin_shufflevector(P::codes(s), P::codes(s + L), 0, 2, 4, 6, 8, 10, 12, 14);
+    } else {
+      x = __builtin_shufflevector(P::codes(s), P::codes(s + L), 0, 2, 4, 6);
+    }
+    x = x - zp;
+    if (u + L > n) x = x * last;
+    dw_store<V>(dst + u, x);
+  }
+}
+
+// The sh*sw phase planes of input channel ci (psize floats apart; cols[px]: phase_columns(t.pl -
+// px, t.sw, t.w, t.ws)) in planes whose every value is zero or a value of an earlier channel's
+// planes: only the values at input positions are written (`depthwise_zero_planes` zeroes a
+// slot once per task; every other value of a plane is only ever written with zeros). Rows go top
+// to bottom, so a row's spill of zeros (depthwise_row) past its last column lands on padding or on
+// the next row, which is written after it; the last row's lands in the slack.
+template <typename P>
+inline void depthwise_planes(const DepthwiseTask& t, const PhaseColumns* cols, int64_t ci, float* planes) {
+  const uint8_t* xc = t.x + ci * t.h * t.w;
+  const float zp = static_cast<float>(t.zero_point);
+  for (int64_t px = 0; px < t.sw; ++px) {
+    const PhaseColumns c = cols[px];
+    const int64_t n = c.hi - c.lo;
+    if (n <= 0) continue;
+    const typename P::V last = dw_lane_mask<P>(n % P::L);
+    for (int64_t py = 0; py < t.sh; ++py) {
+      float* pl = planes + (py * t.sw + px) * t.psize + c.lo;
+      // rows r with 0 <= iy = r*sh + py - pt < h
+      const int64_t r0 = t.pt > py ? (t.pt - py + t.sh - 1) / t.sh : 0;
+      const int64_t top = t.h - 1 + t.pt - py;  // r*sh <= top
+      const int64_t r1 = top < 0 ? 0 : min64(t.hs, top / t.sh + 1);
+      for (int64_t r = r0; r < r1; ++r) {
+        float* row = pl + r * t.ws;
+        const uint8_t* src = xc + (r * t.sh + py - t.pt) * t.w + c.ix;
         if (t.sw == 1) {
-          depthwise_row<P, 1>(row, src, c.lo, c.hi, ws);
+          depthwise_row<P, 1>(row, src, n, zp, last, t.x_end);
         } else if (t.sw == 2) {
-          depthwise_row<P, 2>(row, src, c.lo, c.hi, ws);
+          depthwise_row<P, 2>(row, src, n, zp, last, t.x_end);
         } else {
-          for (int64_t u = 0; u < c.lo; ++u) row[u] = 0.0f;
-          for (int64_t u = c.lo; u < c.hi; ++u) row[u] = src[(u - c.lo) * t.sw];
-          for (int64_t u = c.hi; u < ws; ++u) row[u] = 0.0f;
+          for (int64_t u = 0; u < n; ++u) row[u] = static_cast<float>(src[u * t.sw]) - zp;
         }
       }
     }
+  }
 }
 
-// The values of the phase planes past hs*ws (read by the last block; never written otherwise).
-inline void depthwise_zero_slack(const DepthwiseTask& t, float* planes) {
-  for (int64_t ph = 0; ph < t.sh * t.sw; ++ph)
-    for (int64_t q = t.hs * t.ws; q < t.psize; ++q) planes[ph * t.psize + q] = 0.0f;
+// Zeroes the sh*sw planes of one slot, slack included (once per task: see depthwise_planes).
+inline void depthwise_zero_planes(const DepthwiseTask& t, float* planes) {
+  std::memset(planes, 0, static_cast<size_t>(t.sh * t.sw * t.psize) * sizeof(float));
 }
 
 // y[x] = float(acc[x]) * m + b [+ r[x]] [ReLU], one float32 operation each.
@@ -300,14 +319,31 @@ inline void depthwise_epilogue(const float* __restrict acc, const float* __restr
   }
 }
 
-// Output channel o from its flat accumulators (rows ws apart).
-template <bool kRes, bool kRelu>
+// Output channel o from its flat accumulators (rows ws apart): vectors of P::L values, each
+// operation on all lanes as depthwise_epilogue does on one value. A vector that would run past
+// the end of the row writes the start of the next rows (and reads their residual), which are
+// computed after it; one that would run past the channel's plane, and what follows it, is done
+// by depthwise_epilogue (so no value outside the channel is read or written).
+template <typename P, bool kRes, bool kRelu>
 inline void depthwise_finish(const DepthwiseTask& t, int64_t o, const float* acc) {
+  using V = typename P::V;
   const float m = t.x_scale * t.w_scale[o], b = t.bias[o];
-  float* yo = t.y + o * t.oh * t.ow;
-  const float* ro = kRes ? t.residual + o * t.oh * t.ow : nullptr;
-  for (int64_t oy = 0; oy < t.oh; ++oy)
-    depthwise_epilogue<kRes, kRelu>(acc + oy * t.ws, kRes ? ro + oy * t.ow : nullptr, yo + oy * t.ow, t.ow, m, b);
+  const int64_t plane = t.oh * t.ow;
+  float* yo = t.y + o * plane;
+  const float* ro = kRes ? t.residual + o * plane : nullptr;
+  for (int64_t oy = 0; oy < t.oh; ++oy) {
+    const float* a = acc + oy * t.ws;
+    const int64_t i0 = oy * t.ow;
+    int64_t x = 0;
+    for (; x < t.ow && i0 + x + P::L <= plane; x += P::L) {
+      V v = dw_load<V>(a + x) * m;
+      v = v + b;
+      if (kRes) v = v + dw_load<V>(ro + i0 + x);
+      if (kRelu) v = v < 0.0f ? V{} : v;
+      dw_store<V>(yo + i0 + x, v);
+    }
+    if (x < t.ow) depthwise_epilogue<kRes, kRelu>(a + x, kRes ? ro + i0 + x : nullptr, yo + i0 + x, t.ow - x, m, b);
+  }
 }
 
 // For kChans channels c (planes pstride floats apart, weights w[c]): acc[(c*kVecs + v)*L + lane]
@@ -338,10 +374,10 @@ inline void depthwise_block(const float* planes, int64_t pstride, const int64_t*
 // the rest in blocks of 2.
 template <typename P, bool kRes, bool kRelu>
 inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, int64_t o, int64_t& built, float* planes,
-                              float* acc, float* xf) {
+                              float* acc) {
   const int64_t ci = o / t.mult, taps = t.kh * t.kw;
   if (ci != built) {
-    depthwise_planes<P>(t, cols, ci, planes, xf);
+    depthwise_planes<P>(t, cols, ci, planes);
     built = ci;
   }
   const float* w[1] = {t.wf + o * taps};
@@ -349,27 +385,27 @@ inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, 
   int64_t q0 = 0;
   for (; q0 + B <= t.nq; q0 += B) depthwise_block<P, 1, P::kVecs>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
   for (; q0 < t.nq; q0 += 2 * P::L) depthwise_block<P, 1, 2>(planes + q0, 0, t.tap_off, w, taps, acc + q0);
-  depthwise_finish<kRes, kRelu>(t, o, acc);
+  depthwise_finish<P, kRes, kRelu>(t, o, acc);
 }
 
 // Small planes (nq <= kSmallVecs vectors): kChans output channels at a time, their planes in
 // kChans slots.
 template <typename P, int kChans, int kSmallVecs, bool kRes, bool kRelu>
-inline void depthwise_small(const DepthwiseTask& t, const PhaseColumns* cols, float* planes, float* acc, float* xf) {
+inline void depthwise_small(const DepthwiseTask& t, const PhaseColumns* cols, float* planes, float* acc) {
   const int64_t taps = t.kh * t.kw, pstride = t.sh * t.sw * t.psize;
-  for (int c = 0; c < kChans; ++c) depthwise_zero_slack(t, planes + c * pstride);
+  for (int c = 0; c < kChans; ++c) depthwise_zero_planes(t, planes + c * pstride);
   int64_t o = t.o0;
   for (; o + kChans <= t.o1; o += kChans) {
     const float* w[kChans];
     for (int c = 0; c < kChans; ++c) {
-      depthwise_planes<P>(t, cols, (o + c) / t.mult, planes + c * pstride, xf);
+      depthwise_planes<P>(t, cols, (o + c) / t.mult, planes + c * pstride);
       w[c] = t.wf + (o + c) * taps;
     }
     depthwise_block<P, kChans, kSmallVecs>(planes, pstride, t.tap_off, w, taps, acc);
-    for (int c = 0; c < kChans; ++c) depthwise_finish<kRes, kRelu>(t, o + c, acc + c * kSmallVecs * P::L);
+    for (int c = 0; c < kChans; ++c) depthwise_finish<P, kRes, kRelu>(t, o + c, acc + c * kSmallVecs * P::L);
   }
   int64_t built = -1;
-  for (; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
+  for (; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, o, built, planes, acc);
 }
 
 template <typename P, bool kRes, bool kRelu>
@@ -378,16 +414,15 @@ inline void depthwise_t(const DepthwiseTask& t) {
   float* planes = t.buf;
   const int64_t slots = t.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
   float* acc = t.buf + slots * t.sh * t.sw * t.psize;
-  float* xf = acc + (t.nq + kDepthwiseBlock - 1) / kDepthwiseBlock * kDepthwiseBlock + kDepthwiseSlots * kDepthwiseSmall;
   PhaseColumns cols[16];  // the op takes this path for sw <= 16 only
   for (int64_t px = 0; px < t.sw; ++px) cols[px] = phase_columns(t.pl - px, t.sw, t.w, t.ws);
   const int64_t nv = (t.nq + P::L - 1) / P::L;
   // kVecs accumulator vectors in all: 4 channels of kVecs/4 vectors, or 2 of kVecs/2.
-  if (nv <= P::kVecs / 4) return depthwise_small<P, 4, P::kVecs / 4, kRes, kRelu>(t, cols, planes, acc, xf);
-  if (nv <= P::kVecs / 2) return depthwise_small<P, 2, P::kVecs / 2, kRes, kRelu>(t, cols, planes, acc, xf);
-  depthwise_zero_slack(t, planes);
+  if (nv <= P::kVecs / 4) return depthwise_small<P, 4, P::kVecs / 4, kRes, kRelu>(t, cols, planes, acc);
+  if (nv <= P::kVecs / 2) return depthwise_small<P, 2, P::kVecs / 2, kRes, kRelu>(t, cols, planes, acc);
+  depthwise_zero_planes(t, planes);
   int64_t built = -1;
-  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, o, built, planes, acc, xf);
+  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, o, built, planes, acc);
 }
 
 template <typename P>

@@ -424,10 +424,11 @@ class ConvKernel {
     const int64_t slots = proto.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
     const int64_t acc_floats = (proto.nq + kDepthwiseBlock - 1) / kDepthwiseBlock * kDepthwiseBlock;
     const size_t buf_floats = static_cast<size_t>(slots * sh_ * sw_ * proto.psize + acc_floats +
-                                                  kDepthwiseSlots * kDepthwiseSmall + h * w + 64);
+                                                  kDepthwiseSlots * kDepthwiseSmall);
     auto task_for = [&](int64_t ni, float* yn, float* buf) {
       DepthwiseTask t = proto;
       t.x = x + ni * group_ * plane_in;
+      t.x_end = t.x + group_ * plane_in;
       t.x_scale = sc.x_scale[sc.x_scale_per_sample ? ni : 0];
       t.residual = ex.residual != nullptr ? ex.residual + ni * sample : nullptr;
       t.y = yn;

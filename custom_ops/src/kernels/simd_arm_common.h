@@ -20,6 +20,12 @@ constexpr int VL = 8;  // output positions per conv vector
 // (exact there: every product and sum is an integer below 2^24).
 struct DwNeon : simd::DwGeneric<float32x4_t, 16> {
   static V fma(V a, float w, V p) { return vfmaq_n_f32(a, p, w); }
+  static V codes(const uint8_t* p) {
+    uint32_t four;
+    std::memcpy(&four, p, sizeof four);
+    const uint16x8_t h = vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(four)));
+    return vcvtq_f32_u32(vmovl_u16(vget_low_u16(h)));
+  }
 };
 
 // The ASQ means: the portable loop (simd_impl.h) compiled here, so that an ARM path's means and

@@ -238,6 +238,9 @@ void quantize(const float* x, uint8_t* y, size_t count, float scale, const Quant
 // integers below 2^24).
 struct DwAvx512 : simd::DwGeneric<simd::DwV16, 8> {
   static V fma(V a, float w, V p) { return _mm512_fmadd_ps(_mm512_set1_ps(w), p, a); }
+  static V codes(const uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
 };
 
 void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwAvx512>(t); }
