@@ -61,6 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from qexport.runtime.bench import Variant, peak_memory_mb, profile_ops, time_variants  # noqa: E402
+from qexport.io import atomic_write_text  # noqa: E402
 
 NETWORKS = {
     "resnet20": dict(arch="resnet20", shape=(3, 32, 32), bits=(4, 3), batches=(1, 32), threads=(1, 2), calib=64,
@@ -446,6 +447,15 @@ def write_markdown(doc: Path, result: dict) -> None:
                      f"{fmt_miss(r['qexport_vs_int8'], TARGETS_EVERY['vs_int8'])} | "
                      f"{fmt_miss(r['qexport_vs_float'], TARGETS_EVERY['vs_float'])} |")
     lines += ["", f"Both targets met in {met} of {len(recs)} cells."]
+    for m in result.get("other_machines", []):
+        lines += ["", f"### The same on another machine: {m['cpu']}, kernel path `{m['kernel_isa']}` ({m['date']})", "",
+                  f"The last full run there ([{m['file']}](../{m['file']})): the range of each network's cells per "
+                  "thread count (bits, batch sizes).", "",
+                  "| network | threads | qexport / int8 | qexport / float | cells meeting both |", "|---|---|---|---|---|"]
+        for row in m["rows"]:
+            lines.append(f"| {NETWORKS[row['network']]['title']} | {row['threads']} | "
+                         f"{row['vs_int8'][0]:.2f}-{row['vs_int8'][1]:.2f} | {row['vs_float'][0]:.2f}-{row['vs_float'][1]:.2f} | "
+                         f"{row['met']} of {row['cells']} |")
     lines += ["", "## Every network", "",
               "GOPS: 2 x multiply-accumulates per second of the qexport model. Sizes in KB; peak memory in MB "
               "(float / int8 / qexport).", "",
@@ -490,16 +500,20 @@ def write_markdown(doc: Path, result: dict) -> None:
                              f" | {other:.0f} | {sum(rows.values()):.0f} |")
             lines.append("")
     if peaks:
+        # the dot instruction of qexport's path: vpdpbusd (zmm) with VNNI, else vpmaddubsw (ymm, AVX2)
+        vnni = peaks.get("int8_vpdpbusd_zmm_gmacs")
+        dot = "vpdpbusd" if vnni else "vpmaddubsw"
+        vnni = vnni or peaks.get("int8_vpmaddubsw_ymm_gmacs")
+        zmm = "fp32_fma_zmm_gflops_mac" in peaks
         lines += ["## Roofline: achieved multiply-accumulates against the machine's peaks", "",
                   "Per-core peaks measured by benchmarks/peak.cc (independent register-only chains of one "
                   "instruction, one thread): " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()) + " (G per s).",
                   "", "Achieved GMAC/s (MACs of the float network / latency), and as a share of the peak of the "
-                  "instruction each runtime's inner loop uses (x threads): fp32 FMA (zmm) for float, vpdpbusd "
-                  "(zmm) and AMX for int8 / qexport.", "",
+                  f"instruction each runtime's inner loop uses (x threads): fp32 FMA ({'zmm' if zmm else 'ymm'}) for "
+                  f"float, {dot} ({'zmm' if dot == 'vpdpbusd' else 'ymm'}) and AMX for int8 / qexport.", "",
                   "| network | bits | batch | threads | float GMAC/s (% fp32 peak) | int8 GMAC/s | qexport GMAC/s | "
-                  "qexport % vpdpbusd peak | qexport % AMX peak |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"qexport % {dot} peak | qexport % AMX peak |", "|---|---|---|---|---|---|---|---|---|"]
         fp32 = peaks.get("fp32_fma_zmm_gflops_mac") or peaks.get("fp32_fma_ymm_gflops_mac")
-        vnni = peaks.get("int8_vpdpbusd_zmm_gmacs")
         amx = peaks.get("int8_amx_tdpbsud_gmacs")
         for r in recs:
             t = r["threads"]
@@ -644,8 +658,48 @@ def main() -> int:
         for key in ("arm_icount", "convert_scale"):
             if previous.get(key):
                 result[key] = previous[key]
+        if "other_machines" not in previous:  # a run from before the archive existed
+            archive_machine(args.out, previous)
+    if not args.quick and args.networks is None:  # the full run is this kind of machine's record
+        archive_machine(args.out, result)
+    result["other_machines"] = other_machines(args.out, result)
     write_results(args.out, args.doc, result)
     return 0
+
+
+# --------------------------------------------------------------------------- other machines
+# The last full run on each kind of machine (by qexport's kernel path: amx, avx512vnni, avx2, ...)
+# is kept in benchmarks/results/machines/<path>.json; docs/performance.md summarizes the others,
+# since CI and users' machines differ (an AVX2-only CPU has neither VNNI nor AMX).
+def archive_machine(out: Path, result: dict) -> None:
+    folder = out / "machines"
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {k: v for k, v in result.items() if k not in ("other_machines", "arm_icount", "convert_scale")}
+    atomic_write_text(folder / f"{result['environment']['kernel_isa']}.json", json.dumps(record, indent=2) + "\n")
+
+
+def other_machines(out: Path, result: dict) -> list[dict]:
+    """Per archived machine other than this run's kernel path: its date, CPU and, per network and
+    thread count, the range of qexport / int8 and qexport / float over its cells."""
+    summaries = []
+    for path in sorted((out / "machines").glob("*.json")):
+        other = json.loads(path.read_text())
+        env = other["environment"]
+        if env["kernel_isa"] == result["environment"]["kernel_isa"]:
+            continue
+        rows = {}
+        for r in other["records"]:
+            rows.setdefault((r["network"], r["threads"]), []).append(r)
+        summaries.append({
+            "date": other["date"], "cpu": env["cpu"].get("model", "?"), "kernel_isa": env["kernel_isa"],
+            "file": str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path),
+            "rows": [{"network": net, "threads": t, "cells": len(rs),
+                      "vs_int8": [min(r["qexport_vs_int8"] for r in rs), max(r["qexport_vs_int8"] for r in rs)],
+                      "vs_float": [min(r["qexport_vs_float"] for r in rs), max(r["qexport_vs_float"] for r in rs)],
+                      "met": sum(r["qexport_vs_int8"] <= TARGETS_EVERY["vs_int8"]
+                                 and r["qexport_vs_float"] <= TARGETS_EVERY["vs_float"] for r in rs)}
+                     for (net, t), rs in rows.items()]})
+    return summaries
 
 
 def write_results(out: Path, doc: Path, result: dict) -> None:

@@ -221,7 +221,43 @@ def markdown(records: list[dict]) -> str:
         lines.append(f"| {row['regime']} | {ref} {row['bits']}-bit | {row['variant']} | {row['code_bytes']:,.0f} "
                      f"| {row['onnx_bytes']:,.0f} | {row['top1']:.2%} | "
                      f"{' / '.join(f'{v:.2%}' for v in row['top1_each'])} |")
+    checks = check_lines(records)
+    if checks:
+        lines += ["", "### Checks (issue 12: per channel +0.5 points at a uniform model's size, or as accurate at "
+                  "least 20% smaller; per layer at least as accurate)", ""] + checks
     return "\n".join(lines) + "\n"
+
+
+def seeds(row: dict) -> str:
+    return f"{row['seeds']} seed{'s' if row['seeds'] > 1 else ''}"
+
+
+def check_lines(records: list[dict]) -> list[str]:
+    """Per regime and uniform width with searched models: each variant against uniform at the same
+    size (difference of the seed means), and each smaller budget's accuracy and size against
+    uniform's. Computed from the records."""
+    rows = summary(records)
+    out = []
+    for ref in (r for r in rows if r["variant"] == "uniform"):
+        mixed = [r for r in rows if r["regime"] == ref["regime"] and r["bits"] == ref["bits"] and r["variant"] != "uniform"]
+        for r in mixed:
+            delta = 100 * (r["top1"] - ref["top1"])
+            size = r["code_bytes"] / ref["code_bytes"]
+            if r["fraction"] == 1.0:
+                target = 0.5 if r["variant"] == "channel" else 0.0
+                verdict = "met" if delta >= target else f"not met (target {'+0.5' if target else '>= 0'})"
+                out.append(f"* {ref['regime']}, {ref['bits']}-bit size, per {r['variant']}: {delta:+.2f} points "
+                           f"over uniform at {size:.0%} of its code bytes ({seeds(r)}): {verdict}.")
+            else:
+                equal = r["top1"] >= ref["top1"]
+                verdict = ("as accurate at {:.0%} smaller: met".format(1 - size) if equal and size <= 0.8 else
+                           f"{'as accurate' if equal else 'less accurate'}, {1 - size:.0%} smaller: "
+                           f"{'met' if equal and size <= 0.8 else 'not met'}")
+                out.append(f"* {ref['regime']}, {r['fraction']:.0%} of the {ref['bits']}-bit budget, per "
+                           f"{r['variant']}: {100 * r['top1']:.2f}% against uniform {ref['bits']}-bit "
+                           f"{100 * ref['top1']:.2f}% ({delta:+.2f}) with {size:.0%} of its code bytes "
+                           f"({seeds(r)}): {verdict}.")
+    return out
 
 
 def plot(records: list[dict], path: Path) -> None:
