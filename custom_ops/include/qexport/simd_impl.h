@@ -272,14 +272,15 @@ inline void depthwise_row(float* dst, const uint8_t* src, int64_t n, float zp, t
 // to bottom, so a row's spill of zeros (depthwise_row) past its last column lands on padding or on
 // the next row, which is written after it; the last row's lands in the slack.
 template <typename P>
-inline void depthwise_planes(const DepthwiseTask& t, const PhaseColumns* cols, int64_t ci, float* planes) {
+inline void depthwise_planes(const DepthwiseTask& t, const PhaseColumns* cols, const typename P::V* lasts, int64_t ci,
+                             float* planes) {
   const uint8_t* xc = t.x + ci * t.h * t.w;
   const float zp = static_cast<float>(t.zero_point);
   for (int64_t px = 0; px < t.sw; ++px) {
     const PhaseColumns c = cols[px];
     const int64_t n = c.hi - c.lo;
     if (n <= 0) continue;
-    const typename P::V last = dw_lane_mask<P>(n % P::L);
+    const typename P::V last = lasts[px];
     for (int64_t py = 0; py < t.sh; ++py) {
       float* pl = planes + (py * t.sw + px) * t.psize + c.lo;
       // rows r with 0 <= iy = r*sh + py - pt < h
@@ -373,11 +374,12 @@ inline void depthwise_block(const float* planes, int64_t pstride, const int64_t*
 // One output channel at a time (planes of one input channel in slot 0): blocks of kVecs vectors,
 // the rest in blocks of 2.
 template <typename P, bool kRes, bool kRelu>
-inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, int64_t o, int64_t& built, float* planes,
+inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, const typename P::V* lasts, int64_t o,
+                              int64_t& built, float* planes,
                               float* acc) {
   const int64_t ci = o / t.mult, taps = t.kh * t.kw;
   if (ci != built) {
-    depthwise_planes<P>(t, cols, ci, planes);
+    depthwise_planes<P>(t, cols, lasts, ci, planes);
     built = ci;
   }
   const float* w[1] = {t.wf + o * taps};
@@ -391,21 +393,22 @@ inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, 
 // Small planes (nq <= kSmallVecs vectors): kChans output channels at a time, their planes in
 // kChans slots.
 template <typename P, int kChans, int kSmallVecs, bool kRes, bool kRelu>
-inline void depthwise_small(const DepthwiseTask& t, const PhaseColumns* cols, float* planes, float* acc) {
+inline void depthwise_small(const DepthwiseTask& t, const PhaseColumns* cols, const typename P::V* lasts, float* planes,
+                            float* acc) {
   const int64_t taps = t.kh * t.kw, pstride = t.sh * t.sw * t.psize;
   for (int c = 0; c < kChans; ++c) depthwise_zero_planes(t, planes + c * pstride);
   int64_t o = t.o0;
   for (; o + kChans <= t.o1; o += kChans) {
     const float* w[kChans];
     for (int c = 0; c < kChans; ++c) {
-      depthwise_planes<P>(t, cols, (o + c) / t.mult, planes + c * pstride);
+      depthwise_planes<P>(t, cols, lasts, (o + c) / t.mult, planes + c * pstride);
       w[c] = t.wf + (o + c) * taps;
     }
     depthwise_block<P, kChans, kSmallVecs>(planes, pstride, t.tap_off, w, taps, acc);
     for (int c = 0; c < kChans; ++c) depthwise_finish<P, kRes, kRelu>(t, o + c, acc + c * kSmallVecs * P::L);
   }
   int64_t built = -1;
-  for (; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, o, built, planes, acc);
+  for (; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, lasts, o, built, planes, acc);
 }
 
 template <typename P, bool kRes, bool kRelu>
@@ -415,14 +418,18 @@ inline void depthwise_t(const DepthwiseTask& t) {
   const int64_t slots = t.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
   float* acc = t.buf + slots * t.sh * t.sw * t.psize;
   PhaseColumns cols[16];  // the op takes this path for sw <= 16 only
-  for (int64_t px = 0; px < t.sw; ++px) cols[px] = phase_columns(t.pl - px, t.sw, t.w, t.ws);
+  typename P::V lasts[16];  // depthwise_row's mask of each column phase's last vector
+  for (int64_t px = 0; px < t.sw; ++px) {
+    cols[px] = phase_columns(t.pl - px, t.sw, t.w, t.ws);
+    lasts[px] = dw_lane_mask<P>((cols[px].hi - cols[px].lo) % P::L);
+  }
   const int64_t nv = (t.nq + P::L - 1) / P::L;
   // kVecs accumulator vectors in all: 4 channels of kVecs/4 vectors, or 2 of kVecs/2.
-  if (nv <= P::kVecs / 4) return depthwise_small<P, 4, P::kVecs / 4, kRes, kRelu>(t, cols, planes, acc);
-  if (nv <= P::kVecs / 2) return depthwise_small<P, 2, P::kVecs / 2, kRes, kRelu>(t, cols, planes, acc);
+  if (nv <= P::kVecs / 4) return depthwise_small<P, 4, P::kVecs / 4, kRes, kRelu>(t, cols, lasts, planes, acc);
+  if (nv <= P::kVecs / 2) return depthwise_small<P, 2, P::kVecs / 2, kRes, kRelu>(t, cols, lasts, planes, acc);
   depthwise_zero_planes(t, planes);
   int64_t built = -1;
-  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, o, built, planes, acc);
+  for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, lasts, o, built, planes, acc);
 }
 
 template <typename P>
