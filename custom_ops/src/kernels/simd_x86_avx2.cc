@@ -25,9 +25,9 @@ using simd::load_i32;
 
 constexpr int VL = 8;
 
-inline __m256 relu_ps(__m256 y) {
-  return _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_LT_OQ));
-}
+// relu: y < 0 ? 0 : y. vmaxps returns its second operand when the operands are equal (+0, -0) or
+// one is NaN, so max(0, y) keeps -0 and NaN as the reference does: one instruction.
+inline __m256 relu_ps(__m256 y) { return _mm256_max_ps(_mm256_setzero_ps(), y); }
 
 // sum over 4 bytes of (u8 a) * (s8 w) per int32 lane, exactly (see above).
 template <bool kSafe16>
