@@ -384,7 +384,9 @@ def test_depthwise_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist
     cases = [  # (channels, multiplier, h, w, k, stride, pad, dilation, fmt, bits)
         (32, 1, 16, 16, 3, 1, 1, 1, "post", 4), (24, 1, 15, 15, 3, 2, 1, 1, "post", 3),
         (40, 1, 4, 4, 3, 1, 1, 1, "uniform", 4), (9, 1, 7, 7, 3, 2, 1, 1, "post", 4),
-        (8, 2, 7, 9, 5, 2, 2, 2, "uniform", 8)]
+        (8, 2, 7, 9, 5, 2, 2, 2, "uniform", 8),
+        # edges: a stride phase with no input row, a 1x1 plane, odd rows at stride 2 read up to the tensor's end
+        (3, 2, 1, 5, 3, 3, 1, 1, "post", 4), (4, 1, 1, 1, 3, 1, 1, 1, "uniform", 4), (6, 1, 5, 17, 3, 2, 1, 1, "post", 4)]
     rng = np.random.default_rng(11)
     for i, (c, mult, h, w, k, s, p, d, fmt, bits) in enumerate(cases):
         o = c * mult
