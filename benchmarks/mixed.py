@@ -221,6 +221,7 @@ def markdown(records: list[dict]) -> str:
         lines.append(f"| {row['regime']} | {ref} {row['bits']}-bit | {row['variant']} | {row['code_bytes']:,.0f} "
                      f"| {row['onnx_bytes']:,.0f} | {row['top1']:.2%} | "
                      f"{' / '.join(f'{v:.2%}' for v in row['top1_each'])} |")
+    lines += ["", "![accuracy against the size of the weight codes](../benchmarks/results/mixed.png)"]
     checks = check_lines(records)
     if checks:
         lines += ["", "### Checks (issue 12: per channel +0.5 points at a uniform model's size, or as accurate at "
@@ -240,6 +241,9 @@ def check_lines(records: list[dict]) -> list[str]:
     out = []
     for ref in (r for r in rows if r["variant"] == "uniform"):
         mixed = [r for r in rows if r["regime"] == ref["regime"] and r["bits"] == ref["bits"] and r["variant"] != "uniform"]
+        if not mixed and ref["bits"] <= 2:
+            out.append(f"* {ref['regime']}, {ref['bits']}-bit size: not reachable: {ref['bits']} bits is the narrowest "
+                       "width of every weight format (no 1-bit codec), so a searched model of this size is uniform.")
         for r in mixed:
             delta = 100 * (r["top1"] - ref["top1"])
             size = r["code_bytes"] / ref["code_bytes"]
