@@ -104,7 +104,7 @@ def print_report(report, title: str = "parity") -> None:
     for col in ("layer", "op", "w bits", "act", "codes", "mismatches", "weights"):
         table.add_column(col, justify="right" if col in ("w bits", "codes", "mismatches") else "left")
     for row in report.layers:
-        mism = f"[green]0[/]" if row.mismatches == 0 else f"[red]{row.mismatches} (max {row.max_diff})[/]"
+        mism = "[green]0[/]" if row.mismatches == 0 else f"[red]{row.mismatches} (max {row.max_diff})[/]"
         wt = "ok" if row.weight_mismatches == 0 else ("n/a" if row.weight_mismatches < 0 else f"[red]{row.weight_mismatches} differ[/]")
         table.add_row(row.name, row.op, _bits_text(row.bits), f"{row.act} {row.act_bits}b", f"{row.codes:,}", mism, wt)
     out.print(table)
