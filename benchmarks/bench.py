@@ -592,9 +592,10 @@ NOTES = [
     "time. What the kernel spends then (perf): the multiply-adds ~30%, filling the planes ~40%, the epilogue ~20%: "
     "on 4x4-8x8 planes the work per row dominates. On that machine a node timed alone takes what it takes in the "
     "model (65 against 68 us), unlike the 2x gap seen on the Xeon.",
-    "* AVX2-only CPUs (AMD EPYC Zen 3: no VNNI, no AMX; interleaved A/B runs at 1 thread, batch 1, not a full run "
-    "of this script): qexport is slower than ONNX Runtime int8 on every network there: ResNet-20 1.14x, the "
-    "Fashion-MNIST CNN 1.43x, ResNet-18 1.41x, MobileNetV2 (CIFAR) 1.8-2.0x int8's time. Both use vpmaddubsw + "
+    "* AVX2-only CPUs (AMD EPYC Zen 3: no VNNI, no AMX; the run of 2026-12-02 12:35, the Xeon's summarized beside "
+    "it): qexport is slower than ONNX Runtime int8 on every network there, at 1 thread batch 1 ResNet-20 1.14x, "
+    "the Fashion-MNIST CNN 1.38-1.41x, ResNet-18 1.40-1.49x, MobileNetV2 (CIFAR) 1.80-1.86x int8's time; with 2 "
+    "threads at batch 1 worse (ResNet-20 1.32-1.78x: its convs are not split and int8 gains 1.6x). Both use vpmaddubsw + "
     "vpmaddwd + vpaddd; MLAS's AVX2 kernel blocks 4 rows x 24 columns (4 broadcasts and 3 loads feed 12 cells), "
     "qexport's conv 8 positions x 8 channels (8 broadcasts feed 8 cells). A microbenchmark of the conv's inner loop "
     "(one step of 4 input channels for 8 positions x 8 channels, minimum of 60 runs): 2.8 ns as built; adding the "
