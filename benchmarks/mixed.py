@@ -254,9 +254,8 @@ def check_lines(records: list[dict]) -> list[str]:
                            f"over uniform at {size:.0%} of its code bytes ({seeds(r)}): {verdict}.")
             else:
                 equal = r["top1"] >= ref["top1"]
-                verdict = ("as accurate at {:.0%} smaller: met".format(1 - size) if equal and size <= 0.8 else
-                           f"{'as accurate' if equal else 'less accurate'}, {1 - size:.0%} smaller: "
-                           f"{'met' if equal and size <= 0.8 else 'not met'}")
+                verdict = (f"as accurate at {1 - size:.0%} smaller: met" if equal and size <= 0.8 else
+                           f"{'as accurate' if equal else 'less accurate'}, {1 - size:.0%} smaller: not met")
                 out.append(f"* {ref['regime']}, {r['fraction']:.0%} of the {ref['bits']}-bit budget, per "
                            f"{r['variant']}: {100 * r['top1']:.2f}% against uniform {ref['bits']}-bit "
                            f"{100 * ref['top1']:.2f}% ({delta:+.2f}) with {size:.0%} of its code bytes "

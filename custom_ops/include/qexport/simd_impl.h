@@ -234,6 +234,11 @@ inline typename P::V dw_lane_mask(int64_t n) {
   return dw_load<typename P::V>(f);
 }
 
+// dst[u] = float(src[u * stride]) - zp for u in [0, n), one value at a time.
+inline void depthwise_row_values(float* dst, const uint8_t* src, int64_t n, int64_t stride, float zp) {
+  for (int64_t u = 0; u < n; ++u) dst[u] = static_cast<float>(src[u * stride]) - zp;
+}
+
 // dst[u] = float(src[u * kStride]) - zp for u in [0, n): whole vectors of P::L values; the last
 // vector's lanes past n are multiplied by 0 (`last` = dw_lane_mask(n % L)), so the vector's
 // spill past dst + n writes zeros (see depthwise_planes). Stride 2 takes the even lanes of two
@@ -245,7 +250,7 @@ inline void depthwise_row(float* dst, const uint8_t* src, int64_t n, float zp, t
   for (int64_t u = 0; u < n; u += L) {
     const uint8_t* s = src + u * kStride;
     if (end - s < L * kStride) {
-      for (int64_t v = u; v < n; ++v) dst[v] = static_cast<float>(src[v * kStride]) - zp;
+      depthwise_row_values(dst + u, s, n - u, kStride, zp);
       return;
     }
     V x;
@@ -295,7 +300,7 @@ inline void depthwise_planes(const DepthwiseTask& t, const PhaseColumns* cols, c
         } else if (t.sw == 2) {
           depthwise_row<P, 2>(row, src, n, zp, last, t.x_end);
         } else {
-          for (int64_t u = 0; u < n; ++u) row[u] = static_cast<float>(src[u * t.sw]) - zp;
+          depthwise_row_values(row, src, n, t.sw, zp);
         }
       }
     }
@@ -375,8 +380,7 @@ inline void depthwise_block(const float* planes, int64_t pstride, const int64_t*
 // the rest in blocks of 2.
 template <typename P, bool kRes, bool kRelu>
 inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, const typename P::V* lasts, int64_t o,
-                              int64_t& built, float* planes,
-                              float* acc) {
+                              int64_t& built, float* planes, float* acc) {
   const int64_t ci = o / t.mult, taps = t.kh * t.kw;
   if (ci != built) {
     depthwise_planes<P>(t, cols, lasts, ci, planes);

@@ -287,21 +287,18 @@ uint8_t max_code(const uint8_t* x, size_t count) {
   return m;
 }
 
-// Constant-initialized (no code runs when the library loads: this file may hold instructions
-// the CPU lacks).
 // The depthwise conv on ymm vectors, 8 accumulators (the multiply-add in two operations: this path
 // has no FMA), codes converted by vpmovzxbd + vcvtdq2ps.
 struct DwAvx2 : simd::DwGeneric<simd::DwV8, 8> {
   static V codes(const uint8_t* p) {
-    const __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-    V v;
-    std::memcpy(&v, &f, sizeof v);
-    return v;
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
 };
 
 void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwAvx2>(t); }
 
+// Constant-initialized (no code runs when the library loads: this file may hold instructions
+// the CPU lacks).
 constexpr SimdKernels kKernels{Isa::kAvx2, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code,
                                kConvBlock, false, 1, 1, &depthwise};
 
