@@ -193,6 +193,12 @@ struct SimdKernels {
   int conv_speed = 1;
   // The depthwise conv (DepthwiseTask); nullptr: the grouped conv of the paths above.
   void (*depthwise)(const DepthwiseTask&) = nullptr;
+  // A single image's conv, depthwise conv and quantizer are split over threads from a size
+  // divided by 2^parallel_shift (qconv.cc: the sizes measured on a Xeon with AMX, shift 0). avx2:
+  // 3, measured on a 2-core AMD EPYC (Zen 3), where a 2.4M multiply-add conv takes ~80 us and
+  // splitting it pays (ResNet-20, batch 1, 2 threads: 0.83-0.86x the time of shift 0; the Fashion-MNIST
+  // CNN 0.82-0.86x; MobileNetV2 CIFAR 0.80-0.87x; shifts 2-4 were within noise of each other).
+  int parallel_shift = 0;
 };
 
 // The kernels of a path; nullptr when the path is not compiled into this library. The scalar

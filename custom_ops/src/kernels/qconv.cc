@@ -36,6 +36,9 @@ namespace {
 constexpr int64_t kTaskMacs = int64_t{1} << 17;   // target multiply-adds per parallel task
 constexpr int64_t kColsElems = int64_t{1} << 19;  // cap of one task's im2col buffer (int16s)
 constexpr int64_t kFastTaskMacs = int64_t{1} << 17;  // SIMD path, single image: multiply-adds per task
+// The single-image split thresholds below were measured on a Xeon (AMX, AVX-512 VNNI); each is
+// divided by 2^SimdKernels::parallel_shift, the path's (simd.h: 3 on avx2, measured on a Zen 3 EPYC).
+//
 // SIMD path, single image: convs below this many multiply-adds (times SimdKernels::conv_speed)
 // are not split over threads.
 constexpr int64_t kParallelMinMacs = int64_t{1} << 22;
@@ -456,7 +459,7 @@ class ConvKernel {
       t.o1 = t.o0 + chunk < o ? t.o0 + chunk : o;
       simd_->depthwise(t);
     };
-    if (tasks > 1 && o * per_channel >= kDepthwiseParallelMinMacs) {
+    if (tasks > 1 && o * per_channel >= (kDepthwiseParallelMinMacs >> simd_->parallel_shift)) {
       parallel_for(ctx, static_cast<size_t>(tasks), body);
     } else {
       DepthwiseTask t = task_for(0, y0, thread_scratch<kDepthwiseScratch>(buf_floats));
@@ -469,7 +472,7 @@ class ConvKernel {
   // split over threads; each value is computed as in quantize_sample.
   void quantize_image(Ort::KernelContext& ctx, const float* y0, int64_t o, int64_t plane, const Extras& ex) const {
     const int64_t count = o * plane;
-    if (count < kParallelQuantize) {
+    if (count < (kParallelQuantize >> simd_->parallel_shift)) {
       quantize_sample(y0, 0, o, plane, ex);
       return;
     }
@@ -647,7 +650,9 @@ class ConvKernel {
       // A small conv runs in the calling thread: measured on ResNet-20 at batch 1 (2.4M
       // multiply-adds per conv, ~10 us), splitting it over 2 threads made the model 1.4x slower
       // (ONNX Runtime's cost per ParallelFor plus the serial re-layout and quantizer).
-      if (pairs * nob * unit < kParallelMinMacs * simd_->conv_speed && og * plane_out < kParallelMinOutputs) {
+      const int shift = simd_->parallel_shift;
+      if (pairs * nob * unit < (kParallelMinMacs * simd_->conv_speed >> shift) &&
+          og * plane_out < (kParallelMinOutputs >> shift)) {
         for (size_t ti = 0; ti < ntasks; ++ti) body(ti);
       } else {
         parallel_for(ctx, ntasks, body);

@@ -300,7 +300,7 @@ void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwAvx2>(t); }
 // Constant-initialized (no code runs when the library loads: this file may hold instructions
 // the CPU lacks).
 constexpr SimdKernels kKernels{Isa::kAvx2, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code,
-                               kConvBlock, false, 1, 1, &depthwise};
+                               kConvBlock, false, 1, 1, &depthwise, 3};
 
 }  // namespace
 
