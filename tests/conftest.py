@@ -8,9 +8,11 @@ below are shared by several folders. Keep the top-level imports here torch-free:
 also run under AddressSanitizer (.ci/sanitize.sh); fixtures import torch when they need it.
 
 Markers (registered in pyproject.toml): slow (over ~20 s), arm (aarch64 cross-build and qemu),
-ddp (torchrun). `python -m pytest -q` runs everything; `-m "not slow and not arm and not ddp"` is
-the quick subset. A test that uses a fixture in SLOW_FIXTURES (a full conversion of the shipped
-model: a minute or more when the cores are shared) is marked slow here.
+ddp (torchrun). A test that uses a fixture in SLOW_FIXTURES (a full conversion of the shipped
+model: a minute or more when the cores are shared) is marked slow here. `python -m pytest -q` (the
+README's command: no test paths, no -m) runs the default suite, which leaves the marked tests out
+(the summary says how many); `--all` adds them, `-m "slow or arm or ddp"` runs only them (CI runs
+both commands: .ci/run), and naming test files or node IDs runs every test they hold.
 """
 from __future__ import annotations
 
@@ -39,10 +41,44 @@ from shared import SAMPLE_MODEL, SAMPLES_NPZ, run_cli  # noqa: E402
 SLOW_FIXTURES = {"converted_sample", "readme_converted"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+MARKED = ("slow", "arm", "ddp")  # left out of the default suite
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all", action="store_true", default=False,
+                     help="also run the tests marked slow, arm or ddp (left out when no test path and no -m is given)")
+
+
+def default_suite(config: pytest.Config) -> bool:
+    """True for the default suite: no --all, no -m, no test paths on the command line."""
+    return not (config.getoption("all") or config.option.markexpr
+                or config.args_source != pytest.Config.ArgsSource.TESTPATHS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    if not default_suite(config):
+        return
+    kept, left = [], []
+    for item in items:
+        (left if any(item.get_closest_marker(m) for m in MARKED) else kept).append(item)
+    if left:
+        config.hook.pytest_deselected(items=left)
+        items[:] = kept
+        config.stash[LEFT_OUT] = len(left)
+
+
+LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    left = config.stash.get(LEFT_OUT, 0)
+    if left:
+        terminalreporter.write_line(
+            f"default suite: {left} tests marked slow, arm or ddp were left out; "
+            '`python -m pytest -q -m "slow or arm or ddp"` runs them (CI does), `--all` runs everything')
 
 
 @pytest.fixture(scope="session")

@@ -373,6 +373,48 @@ def test_depthwise_edge_geometries(geometry, kernel_isa: str, capfd: pytest.Capt
     assert {line.reason for line in ran_paths(capfd)} == {"depthwise"}
 
 
+# (h, w, kernel, strides, pads, dilations, channels) for the channel-vectorized depthwise kernel
+# (simd.h depthwise_tile: one output channel per input channel, output planes of at most 256
+# positions): channel counts with and without a partial last vector of channels (done by the
+# plane kernel), rows shorter than a vector (w 3: read up to the tensor's last code), planes that
+# are not a multiple of 8 positions (7x7, 2x2), rows of fewer than the 4 positions summed together,
+# strides, dilations, asymmetric padding, the largest plane (16x16) and a 7x7 kernel.
+DEPTHWISE_TILES = [
+    (4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
+    (8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 13),
+    (7, 7, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 24),
+    (2, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 9),
+    (3, 3, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8),
+    (9, 11, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 17),
+    (6, 10, (3, 5), (1, 2), (0, 2, 2, 1), (2, 1), 11),
+    (16, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8),
+    (8, 8, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 10),
+    (5, 5, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 19),
+]
+
+
+@pytest.mark.parametrize("geometry", DEPTHWISE_TILES, ids=lambda g: f"{g[0]}x{g[1]}k{g[2][0]}{g[2][1]}s{g[3][0]}{g[3][1]}c{g[6]}")
+def test_depthwise_small_planes_by_channels(geometry, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """The depthwise kernel that vectorizes over channels (small planes): with and without ReLU and
+    a residual, batch 1 (the last channel ends the tensor) and 2, bit for bit."""
+    h, w, (kh, kw), strides, pads, dilations, c = geometry
+    for variant in range(3):
+        rng = np.random.default_rng(h * 1000 + w * 10 + variant)
+        bits, packed = random_weights(rng, "post", 4, [c, 1, kh, kw])
+        n = 1 if variant == 0 else 2
+        inputs = {"X": random_codes(rng, (n, c, h, w), 4), "X_scale": np.array([0.03], np.float32), "W": packed,
+                  "W_scale": random_scales(rng, c), "B": random_bias(rng, c)}
+        attrs = dict(bits=bits, act_bits=4, act_zero_point=int(rng.integers(0, 16)), weight_shape=[c, 1, kh, kw],
+                     strides=list(strides), pads=list(pads), dilations=list(dilations), group=c, relu=int(variant != 1))
+        oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+        ow = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+        residual = (rng.normal(size=(n, c, oh, ow)) * 2).astype(np.float32) if variant else None
+        case = dict(fmt="post", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"), extra={"R": residual},
+                    outputs=("Y",))
+        check_fused(case, variant, threads=1 + variant % 2)
+    assert {line.reason for line in ran_paths(capfd)} == {"depthwise"}
+
+
 @pytest.mark.parametrize("quantizer,depthwise", [("asq", False), ("lsq", False), ("asq", True)])
 def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) -> None:
     """One image whose output has over 2^16 values (a MobileNet-sized 1x1 or depthwise conv): with

@@ -138,11 +138,42 @@ struct DepthwiseTask {
   bool relu = false;                // after the residual, when there is one
   const float* residual = nullptr;  // (O, OH, OW) of this sample, or nullptr
   float* y = nullptr;               // (O, OH, OW) of this sample
+  // The channel-vectorized kernel (below) when tile_h > 0 and the path has one: the padded input
+  // of one vector of channels is tile_h x tile_w positions (set by the op for mult == 1 and
+  // small planes, see depthwise_tile).
+  int64_t tile_h = 0, tile_w = 0;
   // Scratch, 64-byte aligned: slots * sh*sw*psize floats of planes (slots = kDepthwiseSlots when
   // nq <= kDepthwiseSmall, else 1), then nq rounded up to kDepthwiseBlock plus kDepthwiseSlots *
-  // kDepthwiseSmall floats of accumulators.
+  // kDepthwiseSmall floats of accumulators; with tile_h > 0 at least depthwise_tile_floats.
   float* buf = nullptr;
 };
+
+// The channel-vectorized depthwise kernel (simd_impl.h depthwise_channels), for small planes of
+// a conv with one output channel per input channel: each vector holds kDepthwiseLanesMax or fewer
+// channels of one position, so a 4x4 plane costs 16 x taps multiply-adds per vector of channels
+// instead of whole rows of padded positions per channel. Used for output planes of at most
+// kDepthwiseTilePlane positions whose padded input has at most kDepthwiseTileMax positions.
+constexpr int64_t kDepthwiseLanesMax = 16;
+constexpr int64_t kDepthwiseTilePlane = 256;
+constexpr int64_t kDepthwiseTileMax = 1024;
+constexpr int64_t kDepthwiseTileTaps = 64;  // kernels of at most 8x8
+
+// The padded input's rows and columns (0, 0 when the kernel does not apply).
+inline void depthwise_tile(int64_t mult, int64_t h, int64_t w, int64_t oh, int64_t ow, int64_t kh, int64_t kw,
+                           int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt, int64_t pl, int64_t* th,
+                           int64_t* tw) {
+  *th = 0, *tw = 0;
+  if (mult != 1 || oh * ow > kDepthwiseTilePlane || oh <= 0 || ow <= 0 || kh * kw > kDepthwiseTileTaps) return;
+  const int64_t rows = (oh - 1) * sh + (kh - 1) * dh + 1, cols = (ow - 1) * sw + (kw - 1) * dw + 1;
+  const int64_t hh = rows > pt + h ? rows : pt + h, ww = cols > pl + w ? cols : pl + w;
+  if (hh * ww > kDepthwiseTileMax) return;
+  *th = hh, *tw = ww;
+}
+
+// Scratch floats of the channel-vectorized kernel: the tile, the weights, the accumulators.
+inline int64_t depthwise_tile_floats(int64_t th, int64_t tw, int64_t taps, int64_t plane_out) {
+  return (th * tw + taps + plane_out + kDepthwiseLanesMax) * kDepthwiseLanesMax;
+}
 
 // ------------------------------------------------------------------------------ gemm
 struct GemmTask {

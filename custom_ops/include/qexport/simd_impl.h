@@ -217,6 +217,7 @@ struct DwGeneric {
   using V = Vec;
   static constexpr int L = static_cast<int>(sizeof(V) / sizeof(float));
   static constexpr int kVecs = kAccumulators;
+  static constexpr bool kByChannels = false;  // P::transpose(V (&r)[L]) exists: depthwise_channels
   static V fma(V a, float w, V p) { return a + w * p; }
   // float(p[0]), ..., float(p[L - 1])
   static V codes(const uint8_t* p) {
@@ -416,7 +417,13 @@ inline void depthwise_small(const DepthwiseTask& t, const PhaseColumns* cols, co
 }
 
 template <typename P, bool kRes, bool kRelu>
+inline void depthwise_channels(const DepthwiseTask& t);
+
+template <typename P, bool kRes, bool kRelu>
 inline void depthwise_t(const DepthwiseTask& t) {
+  if constexpr (P::kByChannels) {
+    if (t.tile_h > 0 && t.o1 - t.o0 >= P::L) return depthwise_channels<P, kRes, kRelu>(t);
+  }
   static_assert(P::kVecs % 4 == 0 && P::kVecs * P::L <= kDepthwiseBlock && 4 <= kDepthwiseSlots, "see simd.h");
   float* planes = t.buf;
   const int64_t slots = t.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
@@ -434,6 +441,94 @@ inline void depthwise_t(const DepthwiseTask& t) {
   depthwise_zero_planes(t, planes);
   int64_t built = -1;
   for (int64_t o = t.o0; o < t.o1; ++o) depthwise_channel<P, kRes, kRelu>(t, cols, lasts, o, built, planes, acc);
+}
+
+// float(p[0]) ... float(p[n - 1]), 0 ... (n < L codes left before the end of the sample).
+template <typename P>
+inline typename P::V dw_codes_tail(const uint8_t* p, int64_t n) {
+  float f[P::L] = {};
+  for (int64_t j = 0; j < n && j < P::L; ++j) f[j] = static_cast<float>(p[j]);
+  return dw_load<typename P::V>(f);
+}
+
+// The channel-vectorized kernel (simd.h depthwise_tile; mult == 1): output channels o, ..., o+L-1
+// at a time. Their input codes minus the zero point go into one tile of tile_h x tile_w positions
+// of L floats (a position's L channels side by side: L rows of L codes, read as vectors, are
+// transposed by P::transpose; the tile's padding is zeroed once per task and never written), the
+// weights into taps vectors of L channels, and each output position sums weight x tile over the
+// taps, L consecutive positions at a time (L independent sums, in registers), which are then
+// transposed to one vector per channel for the epilogue. The channels past the last whole
+// vector go to the plane kernel above. Same integers as the plane kernel, in a different order:
+// exact, as every product and partial sum is an integer below 2^24 (simd.h).
+template <typename P, bool kRes, bool kRelu>
+inline void depthwise_channels(const DepthwiseTask& t) {
+  using V = typename P::V;
+  constexpr int L = P::L;
+  const int64_t taps = t.kh * t.kw, th = t.tile_h, tw = t.tile_w, plane_in = t.h * t.w, plane_out = t.oh * t.ow;
+  float* tile = t.buf;               // [th][tw][L]
+  float* wt = tile + th * tw * L;    // [taps][L]
+  int64_t off[kDepthwiseTileTaps];  // tap (i, j): its position's offset from the tap (0, 0)
+  for (int64_t i = 0; i < t.kh; ++i)
+    for (int64_t j = 0; j < t.kw; ++j) off[i * t.kw + j] = (i * t.dh * tw + j * t.dw) * L;
+  std::memset(tile, 0, sizeof(float) * static_cast<size_t>(th * tw * L));
+  const float zp = static_cast<float>(t.zero_point);
+  int64_t o = t.o0;
+  for (; o + L <= t.o1; o += L) {
+    const uint8_t* xg = t.x + o * plane_in;
+    for (int64_t iy = 0; iy < t.h; ++iy) {
+      float* trow = tile + ((iy + t.pt) * tw + t.pl) * L;
+      for (int64_t ix = 0; ix < t.w; ix += L) {
+        V r[L];
+        for (int c = 0; c < L; ++c) {
+          const uint8_t* s = xg + c * plane_in + iy * t.w + ix;
+          r[c] = (t.x_end - s >= L ? P::codes(s) : dw_codes_tail<P>(s, t.x_end - s)) - zp;
+        }
+        P::transpose(r);
+        const int64_t n = min64(L, t.w - ix);
+        for (int64_t j = 0; j < n; ++j) dw_store<V>(trow + (ix + j) * L, r[j]);
+      }
+    }
+    for (int64_t tp = 0; tp < taps; ++tp)
+      for (int c = 0; c < L; ++c) wt[tp * L + c] = t.wf[(o + c) * taps + tp];
+    int64_t oy = 0, ox = 0;  // of position p0
+    for (int64_t p0 = 0; p0 < plane_out; p0 += L) {
+      const int64_t n = min64(L, plane_out - p0);
+      const float* base[L];  // tap (0, 0) of positions p0 ... (past the plane: p0's, not stored)
+      for (int k = 0; k < L; ++k) {
+        base[k] = k < n ? tile + (oy * t.sh * tw + ox * t.sw) * L : base[0];
+        if (k < n && ++ox == t.ow) ox = 0, ++oy;
+      }
+      V r[L] = {};
+      for (int64_t tp = 0; tp < taps; ++tp) {
+        const V w = dw_load<V>(wt + tp * L);
+        const int64_t q = off[tp];
+        for (int k = 0; k < L; ++k) r[k] = r[k] + w * dw_load<V>(base[k] + q);
+      }
+      P::transpose(r);  // r[c]: channel o + c at positions p0 ...
+      for (int c = 0; c < L; ++c) {
+        const float m = t.x_scale * t.w_scale[o + c], b = t.bias[o + c];
+        float* yo = t.y + (o + c) * plane_out + p0;
+        const float* ro = kRes ? t.residual + (o + c) * plane_out + p0 : nullptr;
+        if (n == L) {
+          V v = r[c] * m;
+          v = v + b;
+          if (kRes) v = v + dw_load<V>(ro);
+          if (kRelu) v = v < 0.0f ? V{} : v;
+          dw_store<V>(yo, v);
+        } else {
+          float a[L];
+          dw_store<V>(a, r[c]);
+          depthwise_epilogue<kRes, kRelu>(a, ro, yo, n, m, b);
+        }
+      }
+    }
+  }
+  if (o < t.o1) {
+    DepthwiseTask rest = t;
+    rest.o0 = o;
+    rest.tile_h = 0;
+    depthwise_t<P, kRes, kRelu>(rest);
+  }
 }
 
 template <typename P>

@@ -426,8 +426,11 @@ class ConvKernel {
     proto.tap_off = tap_off.data();
     const int64_t slots = proto.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
     const int64_t acc_floats = (proto.nq + kDepthwiseBlock - 1) / kDepthwiseBlock * kDepthwiseBlock;
-    const size_t buf_floats = static_cast<size_t>(slots * sh_ * sw_ * proto.psize + acc_floats +
-                                                  kDepthwiseSlots * kDepthwiseSmall);
+    depthwise_tile(proto.mult, h, w, oh, ow, kh_, kw_, sh_, sw_, dh_, dw_, pt_, pl_, &proto.tile_h, &proto.tile_w);
+    const int64_t plane_floats = slots * sh_ * sw_ * proto.psize + acc_floats + kDepthwiseSlots * kDepthwiseSmall;
+    const int64_t tile_floats =
+        proto.tile_h > 0 ? depthwise_tile_floats(proto.tile_h, proto.tile_w, kh_ * kw_, plane_out) : 0;
+    const size_t buf_floats = static_cast<size_t>(plane_floats > tile_floats ? plane_floats : tile_floats);
     auto task_for = [&](int64_t ni, float* yn, float* buf) {
       DepthwiseTask t = proto;
       t.x = x + ni * group_ * plane_in;
@@ -452,6 +455,7 @@ class ConvKernel {
     const int64_t per_channel = plane_out * a.k;
     int64_t chunk = (kDepthwiseTaskMacs + per_channel - 1) / per_channel;
     chunk = (chunk + proto.mult - 1) / proto.mult * proto.mult;  // whole groups: each plane built once
+    if (proto.tile_h > 0) chunk = (chunk + kDepthwiseLanesMax - 1) / kDepthwiseLanesMax * kDepthwiseLanesMax;
     const int64_t tasks = (o + chunk - 1) / chunk;
     auto body = [&](size_t ti) {
       DepthwiseTask t = task_for(0, y0, thread_scratch<kDepthwiseScratch>(buf_floats));
