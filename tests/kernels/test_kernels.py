@@ -579,6 +579,29 @@ def portable_for_int64(selected: str, op: str) -> tuple[str, str | None]:
     return "scalar", "not_in_path" if expected_path(selected, op) == "scalar" else "int64_accumulator"
 
 
+@pytest.mark.parametrize("act_bits", range(2, 9))
+@pytest.mark.parametrize("c,k", [(20, 1), (4, 3)])
+def test_conv_int16_sums_at_their_bound(act_bits: int, c: int, k: int, kernel_isa: str) -> None:
+    """Every code at its largest with every weight at -128 (channel 0) or +127 (channel 1): the
+    avx2 conv's int16 pair sums, and the 2 or 4 of them it adds before widening (ConvTask::sum16:
+    4 up to 5-bit codes, 2 for 6-bit, 1 for 7-bit, the nibble split for 8-bit), at their largest
+    magnitude; K = 20 and 36 (5 and 9 steps of 4: whole groups of steps and the rest)."""
+    rng = np.random.default_rng(act_bits * 10 + c)
+    o = 9  # a second block of output channels with one channel
+    x = np.full((1, c, 5, 5), (1 << act_bits) - 1, dtype=np.uint8)
+    w = rng.integers(-128, 128, size=(o, c, k, k))
+    w[0], w[1] = -128, 127
+    inputs = {"X": x, "X_scale": np.array([1.0], np.float32), "W": R.pack_weights(w, "uniform", 8),
+              "W_scale": np.ones(o, np.float32), "B": np.zeros(o, np.float32)}
+    attrs = dict(bits=8, act_bits=act_bits, act_zero_point=0, weight_shape=[o, c, k, k], strides=[1, 1],
+                 pads=[k // 2] * 4, dilations=[1, 1], group=1, relu=0)
+    case = dict(fmt="uniform", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"))
+    (y,) = run_single(weighted_model("conv", "uniform", inputs, attrs, case["constant"]), inputs, case["constant"])
+    expected = reference_conv(case)
+    assert expected[0, 0, 2, 2] == -128 * c * k * k * ((1 << act_bits) - 1)  # the extreme sums are there
+    assert_bitwise_equal(y, expected, f"{act_bits}-bit codes, all at the maximum, K={c * k * k}")
+
+
 @pytest.mark.parametrize("fmt,k", [("uniform", INT32_LIMIT_K), ("uniform", INT32_LIMIT_K + 1), ("uniform", 140_000),
                                    ("perparam", PERPARAM_INT32_LIMIT_K), ("perparam", PERPARAM_INT32_LIMIT_K + 1)])
 def test_gemm_accumulator_width(fmt: str, k: int, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:

@@ -98,6 +98,9 @@ struct ConvTask {
   int64_t og = 0;
   bool relu = false;    // after the residual, when there is one
   bool safe16 = false;  // 2 * max code * max |w| <= 32767: u8 x s8 pair sums fit int16 (AVX2)
+  // How many steps' pair sums can be added in int16 (AVX2): 4 when 8 * max code * max |w| <=
+  // 32767, 2 when 4 * max code * max |w| is, else 1.
+  int sum16 = 1;
   // y = float(acc) * (x_scale * w_scale[o]); y = y + bias[o]; [y = y + residual]; [relu]
   const float* residual = nullptr;  // same layout as y, or nullptr
   float* y = nullptr;   // output of this sample, first channel of the group, row 0: (og, oh, ow)

@@ -122,6 +122,8 @@ class ConvKernel {
     if (!fast_) return;
     act_offset_ = act_offset_for(*simd_, a.act_bits);
     safe16_ = 2 * ((int64_t{1} << a.act_bits) - 1) * a.wmax <= 32767;
+    const int64_t pair_max = 2 * ((int64_t{1} << a.act_bits) - 1) * a.wmax;  // of one u8 x s8 pair sum
+    sum16_ = 4 * pair_max <= 32767 ? 4 : 2 * pair_max <= 32767 ? 2 : 1;
     if (state_.weights_constant()) pack_weights(state_.weights_at_creation(), &packed_);
   }
 
@@ -575,7 +577,7 @@ class ConvKernel {
     proto.act_offset = act_offset_;
     proto.og = og;
     proto.relu = a.relu;
-    proto.safe16 = safe16_;
+    proto.safe16 = safe16_, proto.sum16 = sum16_;
     // The task of sample ni, group gi, writing the sample's output at yn.
     auto make_task = [&](int64_t ni, int64_t gi, float* yn, uint8_t* buf) {
       ConvTask t = proto;
@@ -771,6 +773,7 @@ class ConvKernel {
   std::vector<float> dw_weights_;  // constant weights for the depthwise path
   uint8_t act_offset_ = 0;
   bool safe16_ = false;
+  int sum16_ = 1;
   PackedWeights packed_;   // constant weights, packed for the SIMD path
   PathTrace trace_;        // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };

@@ -44,15 +44,55 @@ inline __m256i dot4(__m256i a, __m256i w, __m256i ones) {
 // ------------------------------------------------------------------------------ conv
 #define QX_ACC(o) __m256i c##o = _mm256_set1_epi32(init[o]);
 #define QX_DOT(o) c##o = _mm256_add_epi32(c##o, dot4<kSafe16>(a, _mm256_set1_epi32(load_i32(wp + 4 * (o))), ones));
+// Two or four steps: their int16 pair sums added (exact when 4 or 8 * max code * max |w| <= 32767,
+// ConvTask::sum16), then one vpmaddwd: 3 multiplies per channel for 2 steps instead of 4, 5 for 4
+// instead of 8.
+#define QX_DOT2(o)                                                                                 \
+  c##o = _mm256_add_epi32(                                                                         \
+      c##o, _mm256_madd_epi16(                                                                     \
+                _mm256_add_epi16(_mm256_maddubs_epi16(a, _mm256_set1_epi32(load_i32(wp + 4 * (o)))), \
+                                 _mm256_maddubs_epi16(a1, _mm256_set1_epi32(load_i32(w1 + 4 * (o))))), \
+                ones));
+#define QX_DOT4(o)                                                                                      \
+  c##o = _mm256_add_epi32(                                                                              \
+      c##o, _mm256_madd_epi16(                                                                          \
+                _mm256_add_epi16(                                                                       \
+                    _mm256_add_epi16(_mm256_maddubs_epi16(a, _mm256_set1_epi32(load_i32(wp + 4 * (o)))), \
+                                     _mm256_maddubs_epi16(a1, _mm256_set1_epi32(load_i32(w1 + 4 * (o))))), \
+                    _mm256_add_epi16(_mm256_maddubs_epi16(a2, _mm256_set1_epi32(load_i32(w2 + 4 * (o)))), \
+                                     _mm256_maddubs_epi16(a3, _mm256_set1_epi32(load_i32(w3 + 4 * (o)))))), \
+                ones));
 #define QX_OUT(o) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (o) * VL), c##o);
 #define QX_ALL(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
-template <bool kSafe16>
+// kSafe16: ConvTask::safe16; kSum: ConvTask::sum16 (1, or 2 or 4 with kSafe16).
+template <bool kSafe16, int kSum = 1>
 __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_t steps, const int8_t* wp,
                                    const int32_t* init, int32_t* out) {
   const __m256i ones = _mm256_set1_epi16(1);
   QX_ALL(QX_ACC)
-  for (int64_t s = 0; s < steps; ++s, wp += kConvBlock * 4) {
+  int64_t s = 0;
+  if (kSum >= 4) {
+    for (; s + 4 <= steps; s += 4, wp += 4 * kConvBlock * 4) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + off[s]));
+      const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + off[s + 1]));
+      const __m256i a2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + off[s + 2]));
+      const __m256i a3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + off[s + 3]));
+      const int8_t* w1 = wp + kConvBlock * 4;
+      const int8_t* w2 = wp + 2 * kConvBlock * 4;
+      const int8_t* w3 = wp + 3 * kConvBlock * 4;
+      QX_ALL(QX_DOT4)
+    }
+  }
+  if (kSum >= 2) {
+    for (; s + 2 <= steps; s += 2, wp += 2 * kConvBlock * 4) {
+      const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + off[s]));
+      const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + off[s + 1]));
+      const int8_t* w1 = wp + kConvBlock * 4;
+      QX_ALL(QX_DOT2)
+    }
+  }
+  for (; s < steps; ++s, wp += kConvBlock * 4) {
     const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b0 + off[s]));
     QX_ALL(QX_DOT)
   }
@@ -60,6 +100,8 @@ __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_
 }
 #undef QX_ACC
 #undef QX_DOT
+#undef QX_DOT2
+#undef QX_DOT4
 #undef QX_OUT
 #undef QX_ALL
 
@@ -79,7 +121,11 @@ void conv_t(const ConvTask& t) {
     }
     const int8_t* wb = t.w + b * g.steps * (kConvBlock * 4);
     for (int64_t v = t.v0; v < t.v1; ++v) {
-      if (t.safe16) {
+      if (t.safe16 && t.sum16 == 4) {
+        dot<true, 4>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
+      } else if (t.safe16 && t.sum16 == 2) {
+        dot<true, 2>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
+      } else if (t.safe16) {
         dot<true>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
       } else {
         dot<false>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
