@@ -62,13 +62,38 @@ inline __m256i dot4(__m256i a, __m256i w, __m256i ones) {
                     _mm256_add_epi16(_mm256_maddubs_epi16(a2, _mm256_set1_epi32(load_i32(w2 + 4 * (o)))), \
                                      _mm256_maddubs_epi16(a3, _mm256_set1_epi32(load_i32(w3 + 4 * (o)))))), \
                 ones));
-#define QX_OUT(o) _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (o) * VL), c##o);
+#define QX_OUT(o) out(o, c##o);
 #define QX_ALL(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
-// kSafe16: ConvTask::safe16; kSum: ConvTask::sum16 (1, or 2 or 4 with kSafe16).
-template <bool kSafe16, int kSum = 1>
+// The 8 sums of a dot product stored as they are ...
+struct StoreSums {
+  int32_t* acc;
+  void operator()(int o, __m256i c) const { _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + o * VL), c); }
+};
+
+// ... or through the epilogue into 8 whole positions of each of the block's 8 channels (ConvTask:
+// y = float(acc) * m + bias [+ residual] [relu]), without the round trip through memory.
+template <bool kRes, bool kRelu>
+struct Epilogue {
+  const float* m;
+  const float* bias;
+  float* y;          // channel 0 of the block at the first position
+  const float* r;    // the residual, likewise (kRes)
+  int64_t plane;     // from one channel to the next
+  void operator()(int o, __m256i c) const {
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(c), _mm256_broadcast_ss(m + o));
+    v = _mm256_add_ps(v, _mm256_broadcast_ss(bias + o));
+    if (kRes) v = _mm256_add_ps(v, _mm256_loadu_ps(r + o * plane));
+    if (kRelu) v = relu_ps(v);
+    _mm256_storeu_ps(y + o * plane, v);
+  }
+};
+
+// kSafe16: ConvTask::safe16; kSum: ConvTask::sum16 (1, or 2 or 4 with kSafe16); out(o, sums of
+// channel o) takes the results.
+template <bool kSafe16, int kSum, typename Out>
 __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_t steps, const int8_t* wp,
-                                   const int32_t* init, int32_t* out) {
+                                   const int32_t* init, Out out) {
   const __m256i ones = _mm256_set1_epi16(1);
   QX_ALL(QX_ACC)
   int64_t s = 0;
@@ -121,18 +146,27 @@ void conv_t(const ConvTask& t) {
     }
     const int8_t* wb = t.w + b * g.steps * (kConvBlock * 4);
     for (int64_t v = t.v0; v < t.v1; ++v) {
-      if (t.safe16 && t.sum16 == 4) {
-        dot<true, 4>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
-      } else if (t.safe16 && t.sum16 == 2) {
-        dot<true, 2>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
-      } else if (t.safe16) {
-        dot<true>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
-      } else {
-        dot<false>(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
-      }
       const ConvSegment* seg = g.seg + g.vseg[v];
       const int ns = g.vseg[v + 1] - g.vseg[v];
       const bool full = ns == 1 && seg[0].lane == 0 && seg[0].n == VL;
+      auto run = [&](auto out) {
+        const uint8_t* b0 = t.buf + g.vstart[v] * 4;
+        if (t.safe16 && t.sum16 == 4) {
+          dot<true, 4>(b0, g.off, g.steps, wb, t.init + o0, out);
+        } else if (t.safe16 && t.sum16 == 2) {
+          dot<true, 2>(b0, g.off, g.steps, wb, t.init + o0, out);
+        } else if (t.safe16) {
+          dot<true, 1>(b0, g.off, g.steps, wb, t.init + o0, out);
+        } else {
+          dot<false, 1>(b0, g.off, g.steps, wb, t.init + o0, out);
+        }
+      };
+      if (full && nvalid == kConvBlock) {  // the whole block: the epilogue from the registers
+        const int64_t at = o0 * plane + seg[0].out;
+        run(Epilogue<kRes, kRelu>{m, bias, t.y + at, kRes ? t.residual + at : nullptr, plane});
+        continue;
+      }
+      run(StoreSums{acc});
       for (int64_t o = 0; o < nvalid; ++o) {
         __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + o * VL))),
                                  _mm256_set1_ps(m[o]));
