@@ -82,7 +82,12 @@ void build_vectors(const ConvGeometry& g, int64_t lanes, std::vector<int32_t>* v
     while (lane < lanes && r < g.oh) {
       if (x < g.ow) {
         const int64_t n = g.ow - x < lanes - lane ? g.ow - x : lanes - lane;
-        segs->push_back(ConvSegment{static_cast<int32_t>(lane), static_cast<int32_t>(n), r * g.ow + x});
+        ConvSegment* last = segs->size() > static_cast<size_t>((*vseg)[static_cast<size_t>(v)]) ? &segs->back() : nullptr;
+        if (last != nullptr && last->lane + last->n == lane && last->out + last->n == r * g.ow + x) {
+          last->n += static_cast<int32_t>(n);  // continues the previous segment (ws == ow: a 1x1 conv's rows)
+        } else {
+          segs->push_back(ConvSegment{static_cast<int32_t>(lane), static_cast<int32_t>(n), r * g.ow + x});
+        }
       }
       lane += g.ws - x;
       ++r;
