@@ -219,6 +219,7 @@ struct DwGeneric {
   static constexpr int kVecs = kAccumulators;
   static constexpr bool kByChannels = false;  // P::transpose(V (&r)[L]) exists: depthwise_channels
   static V fma(V a, float w, V p) { return a + w * p; }
+  static V vfma(V a, V w, V p) { return a + w * p; }  // a + w * p lane by lane
   // float(p[0]), ..., float(p[L - 1])
   static V codes(const uint8_t* p) {
     float f[L];
@@ -502,7 +503,7 @@ inline void depthwise_channels(const DepthwiseTask& t) {
       for (int64_t tp = 0; tp < taps; ++tp) {
         const V w = dw_load<V>(wt + tp * L);
         const int64_t q = off[tp];
-        for (int k = 0; k < L; ++k) r[k] = r[k] + w * dw_load<V>(base[k] + q);
+        for (int k = 0; k < L; ++k) r[k] = P::vfma(r[k], w, dw_load<V>(base[k] + q));
       }
       P::transpose(r);  // r[c]: channel o + c at positions p0 ...
       for (int c = 0; c < L; ++c) {

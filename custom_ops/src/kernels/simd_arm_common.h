@@ -19,7 +19,18 @@ constexpr int VL = 8;  // output positions per conv vector
 // The depthwise conv on q registers (4 float32), 16 accumulators, the multiply-add as one fmla
 // (exact there: every product and sum is an integer below 2^24).
 struct DwNeon : simd::DwGeneric<float32x4_t, 16> {
+  static constexpr bool kByChannels = true;
   static V fma(V a, float w, V p) { return vfmaq_n_f32(a, p, w); }
+  static V vfma(V a, V w, V p) { return vfmaq_f32(a, w, p); }
+  // r[i][j] <-> r[j][i] (trn1/trn2 on 32-bit, then on 64-bit lanes).
+  static void transpose(V (&r)[4]) {
+    const float32x4_t t0 = vtrn1q_f32(r[0], r[1]), t1 = vtrn2q_f32(r[0], r[1]);
+    const float32x4_t t2 = vtrn1q_f32(r[2], r[3]), t3 = vtrn2q_f32(r[2], r[3]);
+    r[0] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2)));
+    r[1] = vreinterpretq_f32_f64(vtrn1q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
+    r[2] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t0), vreinterpretq_f64_f32(t2)));
+    r[3] = vreinterpretq_f32_f64(vtrn2q_f64(vreinterpretq_f64_f32(t1), vreinterpretq_f64_f32(t3)));
+  }
   static V codes(const uint8_t* p) {
     uint32_t four;
     std::memcpy(&four, p, sizeof four);
