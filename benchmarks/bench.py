@@ -83,11 +83,14 @@ ARM_NETWORKS = "resnet20,small_cnn,mobilenet_v2_cifar"
 # What the ARM instruction counts show (docs/performance.md, ARM section), written from the run of
 # 2026-12-01 (the table above them is regenerated; these sentences are not).
 ARM_NOTES = [
-    "* What the table says: on the dotprod path (cortex-a76) qexport executes 0.94x ONNX Runtime int8's "
-    "instructions on ResNet-20, 1.30x on the Fashion-MNIST CNN and 2.58x on MobileNetV2 (32x32); on the NEON-only "
-    "core (cortex-a53) 1.22x, 1.48x and 2.03x, while ONNX Runtime int8 itself needs 1.9-2.3x more there than with "
-    "dotprod. So by this proxy qexport is not ahead of ONNX Runtime int8 on ARM, unlike on x86 for the ResNets. "
-    "Against float it is at 0.39-0.82x with dotprod and 0.94-1.26x on NEON. 3-bit and 4-bit models count the same: "
+    "* What the table says (run of 2026-12-02 15:14): on the dotprod path (cortex-a76) qexport executes 0.98x ONNX "
+    "Runtime int8's instructions on ResNet-20, 1.29x on the Fashion-MNIST CNN and 2.57x on MobileNetV2 (32x32); on "
+    "the NEON-only core (cortex-a53) 1.24x, 1.48x and 2.03x, while ONNX Runtime int8 itself needs 1.9-2.3x more "
+    "there than with dotprod. So by this proxy qexport is not ahead of ONNX Runtime int8 on ARM. Against float it "
+    "is at 0.41-0.82x with dotprod and 0.96-1.25x on NEON. The run of 08:48 (before sessions 15 and 16 changed the "
+    "kernels) had ResNet-20 at 7.97M instructions on cortex-a76 and 19.17M on cortex-a53; this one 8.36M and "
+    "19.55M, the difference in the part attributed to `relayout` (0.72M -> 1.09M on cortex-a76): not "
+    "investigated yet. 3-bit and 4-bit models count the same: "
     "on ARM codes of every width go through the same 8-bit (dotprod) or 16-bit (neon) multiplies, so the low bit "
     "width buys no instructions yet.",
     "* MobileNetV2 (32x32, measured 2026-12-02): with the first depthwise kernel (64-byte generic vectors, which "
@@ -95,7 +98,11 @@ ARM_NOTES = [
     "q registers with fmla brought them to 67.3M and 44.8M, and the NEON quantizer (fdiv, fcvtns, integer clamp: "
     "5.1M -> 3.3M) to 65.5M and 43.0M. The depthwise kernel is still the largest part on cortex-a76 (33%, 14.3M "
     "for about 5.9M multiply-adds: its float planes and epilogue cost more than its fmla), then the dot products "
-    "(20%), the conv epilogue (17%), the quantizer (8%) and the means (7%).",
+    "(20%), the conv epilogue (17%), the quantizer (8%) and the means (7%). The channel-vectorized depthwise "
+    "kernel (session 16: 4 channels per q register on small planes) brought the depthwise part to 30% (12.9M) "
+    "but the model stays at 42.95M (cortex-a76) and 65.5M (cortex-a53): on 4-lane NEON the plane kernel already "
+    "needed few instructions per output, and `relayout` grew by about as much (see above). On x86 the same kernel "
+    "saved time, not instructions.",
     "* NEON path: the dot product is 79-83% of qexport's instructions on the ResNet and the CNN. It widens codes and "
     "weights to int16 and multiplies with SMLAL (`vmlal_laneq_s16`, 4 multiply-adds per instruction): its loop is "
     "94 instructions per 256 multiply-adds, 0.37 per MAC (15.2M for ResNet-20's 40.8M MACs), about what ONNX "
@@ -630,8 +637,9 @@ NOTES = [
     "(8x8, vunpck/vshufps/vperm2f128) into a zero-padded tile, 8 positions summed over the taps at once in 8 "
     "registers, transposed back for the epilogue. MobileNetV2 (CIFAR)'s 960x4x4 node 0.62x the plane kernel's "
     "time, its 576x8x8 stride-2 node 0.45x, the 384x8x8 node 0.87x, 16x16 no change; the model 0.93-0.96x at "
-    "batch 1 and 0.88-0.92x at batch 32. On avx512vnni and the ARM paths it is not enabled (a 16x16 and a 4x4 "
-    "transpose are needed; not measurable on this machine).",
+    "batch 1 and 0.88-0.92x at batch 32. The ARM paths use it too (4 channels per q register, trn1/trn2 "
+    "transposes, fmla; see the ARM section); avx512vnni does not (its 16x16 transpose is not written, and this "
+    "machine has no AVX-512 to test it).",
     "* Timing: every session stops its worker threads' spinning when a run returns "
     "(`session.force_spinning_stop`). Without it, with 2 threads, the idle workers of the sessions timed just "
     "before kept spinning on both cores and every model ran at 1-thread speed or worse (float 15.4 ms instead "
