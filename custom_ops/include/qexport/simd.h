@@ -173,9 +173,10 @@ inline void depthwise_tile(int64_t mult, int64_t h, int64_t w, int64_t oh, int64
   *th = hh, *tw = ww;
 }
 
-// Scratch floats of the channel-vectorized kernel: the tile, the weights, the accumulators.
-inline int64_t depthwise_tile_floats(int64_t th, int64_t tw, int64_t taps, int64_t plane_out) {
-  return (th * tw + taps + plane_out + kDepthwiseLanesMax) * kDepthwiseLanesMax;
+// Scratch floats of the channel-vectorized kernel: the tile and the weights (its sums stay in
+// registers).
+inline int64_t depthwise_tile_floats(int64_t th, int64_t tw, int64_t taps) {
+  return (th * tw + taps) * kDepthwiseLanesMax;
 }
 
 // ------------------------------------------------------------------------------ gemm

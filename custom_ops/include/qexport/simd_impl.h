@@ -327,6 +327,17 @@ inline void depthwise_epilogue(const float* __restrict acc, const float* __restr
   }
 }
 
+// depthwise_epilogue on the P::L values of v (r: their residual).
+template <typename P, bool kRes, bool kRelu>
+inline typename P::V depthwise_epilogue_vec(typename P::V v, float m, float b, const float* r) {
+  using V = typename P::V;
+  v = v * m;
+  v = v + b;
+  if (kRes) v = v + dw_load<V>(r);
+  if (kRelu) v = v < 0.0f ? V{} : v;
+  return v;
+}
+
 // Output channel o from its flat accumulators (rows ws apart): vectors of P::L values, each
 // operation on all lanes as depthwise_epilogue does on one value. A vector that would run past
 // the end of the row writes the start of the next rows (and reads their residual), which are
@@ -343,13 +354,8 @@ inline void depthwise_finish(const DepthwiseTask& t, int64_t o, const float* acc
     const float* a = acc + oy * t.ws;
     const int64_t i0 = oy * t.ow;
     int64_t x = 0;
-    for (; x < t.ow && i0 + x + P::L <= plane; x += P::L) {
-      V v = dw_load<V>(a + x) * m;
-      v = v + b;
-      if (kRes) v = v + dw_load<V>(ro + i0 + x);
-      if (kRelu) v = v < 0.0f ? V{} : v;
-      dw_store<V>(yo + i0 + x, v);
-    }
+    for (; x < t.ow && i0 + x + P::L <= plane; x += P::L)
+      dw_store<V>(yo + i0 + x, depthwise_epilogue_vec<P, kRes, kRelu>(dw_load<V>(a + x), m, b, ro + i0 + x));
     if (x < t.ow) depthwise_epilogue<kRes, kRelu>(a + x, kRes ? ro + i0 + x : nullptr, yo + i0 + x, t.ow - x, m, b);
   }
 }
@@ -511,11 +517,7 @@ inline void depthwise_channels(const DepthwiseTask& t) {
         float* yo = t.y + (o + c) * plane_out + p0;
         const float* ro = kRes ? t.residual + (o + c) * plane_out + p0 : nullptr;
         if (n == L) {
-          V v = r[c] * m;
-          v = v + b;
-          if (kRes) v = v + dw_load<V>(ro);
-          if (kRelu) v = v < 0.0f ? V{} : v;
-          dw_store<V>(yo, v);
+          dw_store<V>(yo, depthwise_epilogue_vec<P, kRes, kRelu>(r[c], m, b, ro));
         } else {
           float a[L];
           dw_store<V>(a, r[c]);

@@ -126,8 +126,8 @@ class ConvKernel {
     fast_ = simd_->conv != nullptr && !a.int64_acc;
     if (!fast_) return;
     act_offset_ = act_offset_for(*simd_, a.act_bits);
-    safe16_ = 2 * ((int64_t{1} << a.act_bits) - 1) * a.wmax <= 32767;
     const int64_t pair_max = 2 * ((int64_t{1} << a.act_bits) - 1) * a.wmax;  // of one u8 x s8 pair sum
+    safe16_ = pair_max <= 32767;
     sum16_ = 4 * pair_max <= 32767 ? 4 : 2 * pair_max <= 32767 ? 2 : 1;
     if (state_.weights_constant()) pack_weights(state_.weights_at_creation(), &packed_);
   }
@@ -436,7 +436,7 @@ class ConvKernel {
     depthwise_tile(proto.mult, h, w, oh, ow, kh_, kw_, sh_, sw_, dh_, dw_, pt_, pl_, &proto.tile_h, &proto.tile_w);
     const int64_t plane_floats = slots * sh_ * sw_ * proto.psize + acc_floats + kDepthwiseSlots * kDepthwiseSmall;
     const int64_t tile_floats =
-        proto.tile_h > 0 ? depthwise_tile_floats(proto.tile_h, proto.tile_w, kh_ * kw_, plane_out) : 0;
+        proto.tile_h > 0 ? depthwise_tile_floats(proto.tile_h, proto.tile_w, kh_ * kw_) : 0;
     const size_t buf_floats = static_cast<size_t>(plane_floats > tile_floats ? plane_floats : tile_floats);
     auto task_for = [&](int64_t ni, float* yn, float* buf) {
       DepthwiseTask t = proto;

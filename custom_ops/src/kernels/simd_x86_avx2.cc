@@ -46,22 +46,16 @@ inline __m256i dot4(__m256i a, __m256i w, __m256i ones) {
 #define QX_DOT(o) c##o = _mm256_add_epi32(c##o, dot4<kSafe16>(a, _mm256_set1_epi32(load_i32(wp + 4 * (o))), ones));
 // Two or four steps: their int16 pair sums added (exact when 4 or 8 * max code * max |w| <= 32767,
 // ConvTask::sum16), then one vpmaddwd: 3 multiplies per channel for 2 steps instead of 4, 5 for 4
-// instead of 8.
-#define QX_DOT2(o)                                                                                 \
-  c##o = _mm256_add_epi32(                                                                         \
-      c##o, _mm256_madd_epi16(                                                                     \
-                _mm256_add_epi16(_mm256_maddubs_epi16(a, _mm256_set1_epi32(load_i32(wp + 4 * (o)))), \
-                                 _mm256_maddubs_epi16(a1, _mm256_set1_epi32(load_i32(w1 + 4 * (o))))), \
-                ones));
-#define QX_DOT4(o)                                                                                      \
-  c##o = _mm256_add_epi32(                                                                              \
-      c##o, _mm256_madd_epi16(                                                                          \
-                _mm256_add_epi16(                                                                       \
-                    _mm256_add_epi16(_mm256_maddubs_epi16(a, _mm256_set1_epi32(load_i32(wp + 4 * (o)))), \
-                                     _mm256_maddubs_epi16(a1, _mm256_set1_epi32(load_i32(w1 + 4 * (o))))), \
-                    _mm256_add_epi16(_mm256_maddubs_epi16(a2, _mm256_set1_epi32(load_i32(w2 + 4 * (o)))), \
-                                     _mm256_maddubs_epi16(a3, _mm256_set1_epi32(load_i32(w3 + 4 * (o)))))), \
-                ones));
+// instead of 8. QX_PAIRS(a, w, o): the pair sums of activations a and channel o's weights at w.
+#define QX_PAIRS(a, w, o) _mm256_maddubs_epi16(a, _mm256_set1_epi32(load_i32((w) + 4 * (o))))
+#define QX_DOT2(o) \
+  c##o = _mm256_add_epi32(c##o, _mm256_madd_epi16(_mm256_add_epi16(QX_PAIRS(a, wp, o), QX_PAIRS(a1, w1, o)), ones));
+#define QX_DOT4(o)                                                                                        \
+  c##o = _mm256_add_epi32(c##o, _mm256_madd_epi16(_mm256_add_epi16(_mm256_add_epi16(QX_PAIRS(a, wp, o),   \
+                                                                                    QX_PAIRS(a1, w1, o)), \
+                                                                   _mm256_add_epi16(QX_PAIRS(a2, w2, o),  \
+                                                                                    QX_PAIRS(a3, w3, o))), \
+                                                  ones));
 #define QX_OUT(o) out(o, c##o);
 #define QX_ALL(M) M(0) M(1) M(2) M(3) M(4) M(5) M(6) M(7)
 
@@ -125,6 +119,7 @@ __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_
 }
 #undef QX_ACC
 #undef QX_DOT
+#undef QX_PAIRS
 #undef QX_DOT2
 #undef QX_DOT4
 #undef QX_OUT
@@ -161,9 +156,15 @@ void conv_t(const ConvTask& t) {
           dot<false, 1>(b0, g.off, g.steps, wb, t.init + o0, out);
         }
       };
-      if (full && nvalid == kConvBlock) {  // the whole block: the epilogue from the registers
+      if (full) {  // 8 whole positions: the epilogue from the registers (a partial block: from acc)
         const int64_t at = o0 * plane + seg[0].out;
-        run(Epilogue<kRes, kRelu>{m, bias, t.y + at, kRes ? t.residual + at : nullptr, plane});
+        const Epilogue<kRes, kRelu> epi{m, bias, t.y + at, kRes ? t.residual + at : nullptr, plane};
+        if (nvalid == kConvBlock) {
+          run(epi);
+          continue;
+        }
+        run(StoreSums{acc});
+        for (int o = 0; o < nvalid; ++o) epi(o, _mm256_load_si256(reinterpret_cast<const __m256i*>(acc + o * VL)));
         continue;
       }
       run(StoreSums{acc});
@@ -173,12 +174,6 @@ void conv_t(const ConvTask& t) {
         y = _mm256_add_ps(y, _mm256_set1_ps(bias[o]));
         float* yo = t.y + (o0 + o) * plane;
         const float* ro = kRes ? t.residual + (o0 + o) * plane : nullptr;
-        if (full) {
-          if (kRes) y = _mm256_add_ps(y, _mm256_loadu_ps(ro + seg[0].out));
-          if (kRelu) y = relu_ps(y);
-          _mm256_storeu_ps(yo + seg[0].out, y);
-          continue;
-        }
         if (!kRes && kRelu) y = relu_ps(y);
         _mm256_store_ps(tmp, y);
         simd::store_segments<kRes, kRelu>(tmp, seg, ns, yo, ro);
