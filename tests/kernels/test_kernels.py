@@ -406,8 +406,8 @@ def test_depthwise_small_planes_by_channels(geometry, kernel_isa: str, capfd: py
                   "W_scale": random_scales(rng, c), "B": random_bias(rng, c)}
         attrs = dict(bits=bits, act_bits=4, act_zero_point=int(rng.integers(0, 16)), weight_shape=[c, 1, kh, kw],
                      strides=list(strides), pads=list(pads), dilations=list(dilations), group=c, relu=int(variant != 1))
-        oh = (h + pads[0] + pads[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-        ow = (w + pads[1] + pads[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+        oh = R.conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
+        ow = R.conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
         residual = (rng.normal(size=(n, c, oh, ow)) * 2).astype(np.float32) if variant else None
         case = dict(fmt="post", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"), extra={"R": residual},
                     outputs=("Y",))
