@@ -417,6 +417,57 @@ def test_depthwise_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist
 
 
 @needs_qemu
+@pytest.mark.parametrize("cpu,isa", [("cortex-a53", "neon"), ("cortex-a76", "dotprod")])
+def test_dense_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist, tmp_path, monkeypatch):
+    """The dense conv kernels on aarch64: the NEON re-layout (rows at stride 1 and 2 long enough
+    for its vector loop and its tail, stride 3 left to the portable loop), the epilogue of whole
+    vectors and of segments, with and without a residual and ReLU, 8-bit codes (stored as
+    c - 128 for sdot), channel counts that are not a multiple of 4, a stem-like 7x7 conv, 1x1,
+    dilation and groups: the reference's bits on both ARM paths, which say they ran them."""
+    from kernel_graphs import weighted_model
+
+    from qexport.spec import reference as R
+
+    monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
+    cases = [  # (in channels, out channels, h, w, k, stride, pad, dilation, group, fmt, bits, act_bits, residual)
+        (16, 16, 12, 37, 3, 1, 1, 1, 1, "post", 3, 3, True), (8, 24, 11, 41, 3, 2, 1, 1, 1, "post", 4, 4, False),
+        (7, 16, 9, 40, 3, 2, 0, 1, 1, "uniform", 4, 8, True), (3, 8, 20, 35, 7, 2, 3, 1, 1, "uniform", 8, 8, False),
+        (12, 12, 10, 34, 1, 1, 0, 1, 1, "post", 3, 4, True), (8, 8, 9, 33, 3, 1, 2, 2, 2, "post", 4, 4, False),
+        (4, 8, 6, 50, 3, 3, 1, 1, 1, "post", 2, 4, True)]
+    rng = np.random.default_rng(12)
+    for i, (c, o, h, w, k, s, p, d, grp, fmt, bits, act_bits, residual) in enumerate(cases):
+        values, valid = R.weight_lut(fmt, bits)
+        levels = values[valid]
+        w_int = levels[rng.integers(0, len(levels), size=(o, c // grp * k * k))]
+        oh, ow = R.conv_output_size(h, k, s, p, p, d), R.conv_output_size(w, k, s, p, p, d)
+        zp = 0 if i % 2 else 1 << (act_bits - 1)
+        inputs = {"X": rng.integers(0, 1 << act_bits, size=(2, c, h, w), dtype=np.uint8),
+                  "X_scale": np.array([0.05, 0.07], np.float32),
+                  "W": R.pack_weights(w_int, fmt, bits),
+                  "W_scale": rng.uniform(0.01, 0.1, size=o).astype(np.float32),
+                  "B": rng.normal(size=o).astype(np.float32)}
+        if residual:
+            inputs["R"] = rng.normal(size=(2, o, oh, ow)).astype(np.float32)
+        attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=[o, c // grp, k, k],
+                     strides=[s, s], pads=[p] * 4, dilations=[d, d], group=grp, relu=1 - i % 2)
+        path = tmp_path / f"conv{i}.onnx"
+        onnx.save(weighted_model("conv_fused" if residual else "conv", fmt, inputs, attrs), str(path))
+        feed = {name: inputs[name] for name in ("X", "X_scale", "R") if name in inputs}
+        with RunnerSession(path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu, cpu=cpu,
+                           threads=1 + i % 2) as sess:
+            (got,) = sess.run(None, feed)
+            (line,) = parse_kernel_trace(sess.last_stderr)
+        conv = dict(fmt=fmt, bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=attrs["weight_shape"],
+                    strides=attrs["strides"], pads=attrs["pads"], dilations=attrs["dilations"], group=grp,
+                    relu=bool(attrs["relu"]))
+        args = (inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"])
+        want = R.qconv_fused(*args, inputs["R"], **conv)[0] if residual else R.qconv(*args, **conv)
+        assert got.shape == (2, o, oh, ow), f"case {cases[i]} on {cpu}"
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"case {cases[i]} on {cpu}"
+        assert (line.path, line.reason) == (isa, None), line
+
+
+@needs_qemu
 @pytest.mark.parametrize("cpu", ["cortex-a53", "cortex-a76"])
 def test_quantizers_under_qemu_equal_the_reference(cpu, qemu, a64_dist, tmp_path):
     """The ARM quantizer (fdiv, fcvtns, integer clamp) and means: LsqQuantize over a dense grid of

@@ -48,7 +48,7 @@ __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_
 
 void conv(const ConvTask& t) { conv_with<&dot>(t); }
 
-void relayout(const ConvTask& t) { simd::conv_relayout<simd::InterleavePortable>(t); }
+void relayout(const ConvTask& t) { simd::conv_relayout<InterleaveNeon>(t); }
 
 // Constant-initialized.
 void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwNeon>(t); }
