@@ -415,6 +415,40 @@ def test_depthwise_small_planes_by_channels(geometry, kernel_isa: str, capfd: py
     assert {line.reason for line in ran_paths(capfd)} == {"depthwise"}
 
 
+# (in channels, out channels, h, w, k, stride, pad, dilation, act bits): rows long enough for the
+# re-layout's vector loops and their tails at strides 1 and 2, stride 3 (portable rows), 1x1 convs at
+# stride 2 and a 2x2 kernel at stride 3 (phases no tap reads are not built), 8-bit codes (stored with
+# an offset where the path needs one), channel counts that are not a multiple of 4, a 7x7 stem.
+DENSE_ROWS = [
+    (8, 16, 9, 41, 3, 2, 1, 1, 4), (7, 8, 8, 40, 3, 2, 0, 1, 8), (16, 16, 6, 37, 3, 1, 1, 1, 3),
+    (12, 24, 10, 34, 1, 2, 0, 1, 3), (5, 8, 11, 33, 1, 2, 0, 1, 8), (4, 8, 13, 50, 2, 3, 0, 1, 4),
+    (3, 8, 20, 35, 7, 2, 3, 1, 8), (8, 8, 9, 36, 3, 2, 2, 2, 4),
+]
+
+
+@pytest.mark.parametrize("geometry", DENSE_ROWS, ids=lambda g: f"c{g[0]}o{g[1]}_{g[2]}x{g[3]}k{g[4]}s{g[5]}p{g[6]}d{g[7]}a{g[8]}")
+def test_dense_conv_relayout_rows(geometry, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """The dense conv's re-layout (the path's interleaved rows, the phases it builds): every
+    geometry above, with and without a residual, batch 1 and 2, bit for bit, on the path's own
+    conv kernel."""
+    c, o, h, w, k, s, p, d, act_bits = geometry
+    for variant in range(2):
+        rng = np.random.default_rng(c * 1000 + w * 10 + variant)
+        bits, packed = random_weights(rng, "post", 4, [o, c, k, k])
+        n = 1 + variant
+        inputs = {"X": random_codes(rng, (n, c, h, w), act_bits), "X_scale": np.array([0.03], np.float32),
+                  "W": packed, "W_scale": random_scales(rng, o), "B": random_bias(rng, o)}
+        attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=int(rng.integers(0, 1 << act_bits)),
+                     weight_shape=[o, c, k, k], strides=[s, s], pads=[p] * 4, dilations=[d, d], group=1,
+                     relu=int(variant == 0))
+        oh, ow = R.conv_output_size(h, k, s, p, p, d), R.conv_output_size(w, k, s, p, p, d)
+        residual = (rng.normal(size=(n, o, oh, ow)) * 2).astype(np.float32) if variant else None
+        case = dict(fmt="post", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"), extra={"R": residual},
+                    outputs=("Y",))
+        check_fused(case, variant, threads=1 + variant)
+    assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
+
+
 @pytest.mark.parametrize("quantizer,depthwise", [("asq", False), ("lsq", False), ("asq", True)])
 def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) -> None:
     """One image whose output has over 2^16 values (a MobileNet-sized 1x1 or depthwise conv): with

@@ -168,10 +168,17 @@ inline void conv_relayout(const ConvTask& t) {
     return;
   }
   if (!g.expand) {
+    // Only the phases some tap reads (a 1x1 conv at stride 2 reads one of its four).
+    auto read = [](int64_t k, int64_t d, int64_t s, int64_t phase) {
+      for (int64_t i = 0; i < k; ++i)
+        if ((i * d) % s == phase) return true;
+      return false;
+    };
     for (int64_t g4 = 0; g4 < g.cg4; ++g4)
       for (int64_t py = 0; py < g.sh; ++py)
         for (int64_t px = 0; px < g.sw; ++px)
-          fill_plane<Interleave>(t, g4, py, px, 0, buf + (g4 * g.phases + py * g.sw + px) * g.plane_pos);
+          if (read(g.kh, g.dh, g.sh, py) && read(g.kw, g.dw, g.sw, px))
+            fill_plane<Interleave>(t, g4, py, px, 0, buf + (g4 * g.phases + py * g.sw + px) * g.plane_pos);
     return;
   }
   for (int64_t py = 0; py < g.sh; ++py)

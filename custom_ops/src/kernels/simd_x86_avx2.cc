@@ -186,18 +186,31 @@ void conv(const ConvTask& t) {
   simd::dispatch_epilogue(t, [&](auto res, auto relu) { conv_t<decltype(res)::value, decltype(relu)::value>(t); });
 }
 
-// Re-layout rows with stride 1 (16 cells per iteration; the rest is done by the caller).
+// The 16 bytes p[0], p[2], ..., p[30] (p[31] is read too).
+inline __m128i even_bytes(const uint8_t* p) {
+  const __m128i m = _mm_set1_epi16(0x00FF);
+  return _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), m),
+                          _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)), m));
+}
+
+// Re-layout rows with stride 1 or 2, 16 cells per iteration (at stride 2 the last load's byte
+// after the last one used must lie in the row: q + 17 <= len); the rest is done by the caller.
 struct Interleave {
   static int64_t row(const uint8_t* s0, const uint8_t* s1, const uint8_t* s2, const uint8_t* s3, uint32_t* dst,
                      int64_t len, int64_t st, uint32_t flip) {
-    if (st != 1) return 0;
+    if (st != 1 && st != 2) return 0;
     const __m128i f = _mm_set1_epi32(static_cast<int>(flip));
     int64_t q = 0;
-    for (; q + 16 <= len; q += 16) {
-      const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s0 + q));
-      const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s1 + q));
-      const __m128i r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s2 + q));
-      const __m128i r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s3 + q));
+    for (; q + 16 + (st - 1) <= len; q += 16) {
+      __m128i r0, r1, r2, r3;
+      if (st == 1) {
+        r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s0 + q));
+        r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s1 + q));
+        r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s2 + q));
+        r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s3 + q));
+      } else {
+        r0 = even_bytes(s0 + 2 * q), r1 = even_bytes(s1 + 2 * q), r2 = even_bytes(s2 + 2 * q), r3 = even_bytes(s3 + 2 * q);
+      }
       const __m128i a = _mm_unpacklo_epi8(r0, r1), b = _mm_unpackhi_epi8(r0, r1);
       const __m128i c = _mm_unpacklo_epi8(r2, r3), d = _mm_unpackhi_epi8(r2, r3);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q), _mm_xor_si128(_mm_unpacklo_epi16(a, c), f));
