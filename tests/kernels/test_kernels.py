@@ -473,6 +473,29 @@ def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) 
     check_fused(case, 0, threads=2)
 
 
+@pytest.mark.parametrize("n,threads,outputs,residual", [(1, 1, ("Q", "Q_scale"), False), (1, 2, ("Y", "Q", "Q_scale"), True),
+                                                      (2, 2, ("Q", "Q_scale"), True), (2, 1, ("Y", "Q", "Q_scale"), False)])
+def test_asq_means_block_by_block(n: int, threads: int, outputs: tuple, residual: bool) -> None:
+    """An ASQ conv with an output too large for the cache (over 2^18 values a sample): its conv
+    runs block by block with each block's plane means taken right after it (a last block of 4
+    channels), one image split over threads or one task per sample; codes, step and Y as the
+    reference."""
+    rng = np.random.default_rng(22 + n * 10 + threads)
+    c, o, hw = 8, 36, 88
+    bits, packed = random_weights(rng, "post", 3, [o, c, 3, 3])
+    inputs = {"X": random_codes(rng, (n, c, hw, hw), 3), "X_scale": np.array([0.03], np.float32), "W": packed,
+              "W_scale": random_scales(rng, o), "B": random_bias(rng, o)}
+    attrs = dict(bits=bits, act_bits=3, act_zero_point=0, weight_shape=[o, c, 3, 3], strides=[1, 1], pads=[1] * 4,
+                 dilations=[1, 1], group=1, relu=1, quantizer="asq", q_bits=3, q_signed=0, q_step=0.05,
+                 q_beta_map="relu", q_groups=12)
+    extra = {"R": (rng.normal(size=(n, o, hw, hw)) * 2).astype(np.float32) if residual else None,
+             "QW1": rng.normal(size=(4, 12)).astype(np.float32), "QB1": rng.normal(size=4).astype(np.float32),
+             "QW2": rng.normal(size=(1, 4)).astype(np.float32), "QB2": np.array([1.5], np.float32)}
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=outputs,
+                constant=("W", "W_scale", "B", "QW1", "QB1", "QW2", "QB2"))
+    check_fused(case, 0, threads=threads)
+
+
 def test_depthwise_beyond_float_exactness_runs_the_dense_conv(kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
     """A depthwise conv whose sums could reach 2^24 (23x23 taps of 8-bit weights: 529 * 255 * 128)
     is not computed in float32: it runs the path's grouped conv, still exact."""

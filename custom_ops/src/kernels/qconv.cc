@@ -18,6 +18,7 @@
 //   of length K = (C/group)*kH*kW (zero-padded to a multiple of 16; padded input positions are
 //   0), then int32 dot products against the decoded int16 weight rows, 4 output channels at a
 //   time.
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <string>
@@ -54,6 +55,10 @@ constexpr int64_t kParallelQuantize = int64_t{1} << 15;
 constexpr int64_t kQuantizeTask = int64_t{1} << 15;
 // The depthwise path, single image: output channels are split into tasks of at least
 // kDepthwiseTaskMacs multiply-adds when the conv has kDepthwiseParallelMinMacs or more.
+// Single image, ASQ, at least this many channel blocks and outputs: the conv by whole blocks, the
+// means of each right after it (ConvKernel::means_by_block).
+constexpr int64_t kBlockwiseMinBlocks = 4;
+constexpr int64_t kBlockwiseMinOutputs = int64_t{1} << 18;
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 constexpr int64_t kDepthwiseParallelMinMacs = int64_t{1} << 19;
 
@@ -384,9 +389,13 @@ class ConvKernel {
 
   // Codes and scale of sample ni from its conv output yn (o planes of `plane` values), exactly
   // as LsqQuantize / AsqQuantize.
-  void quantize_sample(const float* yn, int64_t ni, int64_t o, int64_t plane, const Extras& ex) const {
+  // known_means: the ASQ plane means when the caller has them, else nullptr.
+  void quantize_sample(const float* yn, int64_t ni, int64_t o, int64_t plane, const Extras& ex,
+                       const double* known_means = nullptr) const {
     float s = q_.step;
-    if (quantizer_ == Quantizer::kAsq) {
+    if (known_means != nullptr) {
+      s = asq_step(known_means, o, ex);
+    } else if (quantizer_ == Quantizer::kAsq) {
       thread_local std::vector<double> p;
       p.resize(static_cast<size_t>(o));
       simd_->plane_means(yn, static_cast<size_t>(o), static_cast<size_t>(plane), p.data());
@@ -481,14 +490,35 @@ class ConvKernel {
 
   // quantize_sample of a single image: a large one's means (by channels) and codes (by ranges)
   // split over threads; each value is computed as in quantize_sample.
-  void quantize_image(Ort::KernelContext& ctx, const float* y0, int64_t o, int64_t plane, const Extras& ex) const {
+  // A single image's conv by tasks of whole channel blocks, each block's ASQ plane means taken
+  // right after it while its output is still in cache (a large output would otherwise be read
+  // back from memory for them).
+  void means_by_block(Ort::KernelContext& ctx, const ConvTask& base, int64_t nob, int64_t plane,
+                      double* means) const {
+    const int64_t cb = simd_->conv_block;
+    auto body = [&](size_t i) {
+      const int64_t b = static_cast<int64_t>(i);
+      ConvTask t = base;
+      t.v0 = 0, t.v1 = base.g->vectors, t.b0 = b, t.b1 = b + 1;
+      simd_->conv(t);
+      const int64_t nc = std::min(cb, base.og - b * cb);
+      simd_->plane_means(base.y + b * cb * plane, static_cast<size_t>(nc), static_cast<size_t>(plane), means + b * cb);
+    };
+    parallel_for(ctx, static_cast<size_t>(nob), body);
+  }
+
+  // means: the ASQ plane means when the caller has them, else nullptr.
+  void quantize_image(Ort::KernelContext& ctx, const float* y0, int64_t o, int64_t plane, const Extras& ex,
+                      const double* known_means = nullptr) const {
     const int64_t count = o * plane;
-    if (count < (kParallelQuantize >> simd_->parallel_shift)) {
+    if (known_means == nullptr && count < (kParallelQuantize >> simd_->parallel_shift)) {
       quantize_sample(y0, 0, o, plane, ex);
       return;
     }
     float s = q_.step;
-    if (quantizer_ == Quantizer::kAsq) {
+    if (known_means != nullptr) {
+      s = asq_step(known_means, o, ex);
+    } else if (quantizer_ == Quantizer::kAsq) {
       thread_local std::vector<double> p;
       p.resize(static_cast<size_t>(o));
       double* means = p.data();
@@ -603,6 +633,10 @@ class ConvKernel {
       return thread_scratch<kOutputScratch>(static_cast<size_t>(sample));
     };
 
+    // A large output with an ASQ quantizer: the conv by whole channel blocks, each block's plane
+    // means taken right after it while its output is in cache (else read back from memory).
+    const bool by_block = quantize && quantizer_ == Quantizer::kAsq && group_ == 1 && nob >= kBlockwiseMinBlocks &&
+                          o * plane_out >= kBlockwiseMinOutputs;
     if (n > 1) {
       // One task per sample: for each group, re-layout and every vector and channel block; then
       // the quantizer while the output is in cache.
@@ -611,6 +645,21 @@ class ConvKernel {
         thread_local Scratch<uint8_t> buf_scratch;
         uint8_t* buf = buf_scratch.get(g.buf_bytes);
         float* yn = sample_out(ni);
+        if (by_block) {  // each block's means while its output is in cache
+          thread_local std::vector<double> p;
+          p.resize(static_cast<size_t>(nob * cb));
+          ConvTask task = make_task(ni, 0, yn, buf);
+          simd_->relayout(task);
+          task.v0 = 0, task.v1 = g.vectors;
+          for (int64_t b = 0; b < nob; ++b) {
+            task.b0 = b, task.b1 = b + 1;
+            simd_->conv(task);
+            simd_->plane_means(yn + b * cb * plane_out, static_cast<size_t>(std::min(cb, og - b * cb)),
+                               static_cast<size_t>(plane_out), p.data() + b * cb);
+          }
+          quantize_sample(yn, ni, o, plane_out, ex, p.data());
+          return;
+        }
         for (int64_t gi = 0; gi < group_; ++gi) {
           ConvTask task = make_task(ni, gi, yn, buf);
           simd_->relayout(task);
@@ -630,6 +679,15 @@ class ConvKernel {
         task.v0 = 0, task.v1 = g.vectors, task.b0 = 0, task.b1 = nob;
         simd_->conv(task);
       });
+    } else if (by_block) {
+      thread_local Scratch<uint8_t> buf;
+      const ConvTask base = make_task(0, 0, y0, buf.get(g.buf_bytes));
+      simd_->relayout(base);
+      thread_local std::vector<double> p;
+      p.resize(static_cast<size_t>(nob * cb));
+      means_by_block(ctx, base, nob, plane_out, p.data());
+      quantize_image(ctx, y0, o, plane_out, ex, p.data());
+      return true;
     } else {
       // A single image: re-layout once, then split its vectors (pairs) and channel blocks into
       // tasks of at least kFastTaskMacs multiply-adds.
