@@ -316,13 +316,15 @@ void plane_means(const float* x, size_t channels, size_t plane, double* out) {
 template <bool kSigned>
 inline __m256i codes8(const float* x, __m256 vr, __m256 vs, __m256 lo, __m256 hi, __m256 near) {
   const __m256 xv = _mm256_loadu_ps(x);
-  __m256 v = _mm256_mul_ps(xv, vr);
-  const __m256 rq = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 v = _mm256_mul_ps(xv, vr);
+  __m256 rq = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 dist = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_sub_ps(v, rq));
-  if (_mm256_movemask_ps(_mm256_cmp_ps(dist, near, _CMP_GE_OQ))) v = _mm256_div_ps(xv, vs);
-  if (kSigned) v = _mm256_blendv_ps(v, _mm256_setzero_ps(), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);  // max(NaN, lo) is lo: 0 for unsigned codes
-  return _mm256_cvtps_epi32(_mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  if (_mm256_movemask_ps(_mm256_cmp_ps(dist, near, _CMP_GE_OQ)))
+    rq = _mm256_round_ps(_mm256_div_ps(xv, vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  if (kSigned) rq = _mm256_blendv_ps(rq, _mm256_setzero_ps(), _mm256_cmp_ps(rq, rq, _CMP_UNORD_Q));
+  // Rounding then clamping to the integer bounds is clamping then rounding; max(NaN, lo) is lo
+  // (0 for unsigned codes). The clamped values are integers: the conversion is exact.
+  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(rq, lo), hi));
 }
 
 template <bool kSigned>
