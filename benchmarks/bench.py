@@ -83,16 +83,21 @@ ARM_NETWORKS = "resnet20,small_cnn,mobilenet_v2_cifar"
 # What the ARM instruction counts show (docs/performance.md, ARM section), written from the run of
 # 2026-12-01 (the table above them is regenerated; these sentences are not).
 ARM_NOTES = [
-    "* What the table says (run of 2026-12-02 15:14): on the dotprod path (cortex-a76) qexport executes 0.98x ONNX "
-    "Runtime int8's instructions on ResNet-20, 1.29x on the Fashion-MNIST CNN and 2.57x on MobileNetV2 (32x32); on "
-    "the NEON-only core (cortex-a53) 1.24x, 1.48x and 2.03x, while ONNX Runtime int8 itself needs 1.9-2.3x more "
-    "there than with dotprod. So by this proxy qexport is not ahead of ONNX Runtime int8 on ARM. Against float it "
-    "is at 0.41-0.82x with dotprod and 0.96-1.25x on NEON. The run of 08:48 (before sessions 15 and 16 changed the "
-    "kernels) had ResNet-20 at 7.97M instructions on cortex-a76 and 19.17M on cortex-a53; this one 8.36M and "
-    "19.55M, the difference in the part attributed to `relayout` (0.72M -> 1.09M on cortex-a76): not "
-    "investigated yet. 3-bit and 4-bit models count the same: "
-    "on ARM codes of every width go through the same 8-bit (dotprod) or 16-bit (neon) multiplies, so the low bit "
-    "width buys no instructions yet.",
+    "* What the table says (run of 2026-12-02 18:18): on the dotprod path (cortex-a76) qexport executes 0.81x ONNX "
+    "Runtime int8's instructions on ResNet-20, 1.21x on the Fashion-MNIST CNN and 2.21x on MobileNetV2 (32x32); on "
+    "the NEON-only core (cortex-a53) 1.15x, 1.45x and 1.84x, while ONNX Runtime int8 itself needs 1.8-2.3x more "
+    "there than with dotprod. So by this proxy qexport is ahead of ONNX Runtime int8 on ARM only on ResNet-20 "
+    "with dotprod. 3-bit and 4-bit models count the same: on ARM codes of every width go through the same 8-bit "
+    "(dotprod) or 16-bit (neon) multiplies, so the low bit width buys no instructions yet.",
+    "* Session 17: the re-layout's rows had been left to GCC's vectorization of the portable loop, which a "
+    "refactoring (5e2f8c3, the phase-column helper) silently undid: ResNet-20's `relayout` went from 0.71M to "
+    "1.09M instructions on cortex-a76 (found by counting builds of 25ca9cb, 5e2f8c3, ec2201b, 94c1c7e and "
+    "409c42e). The ARM paths now interleave rows with NEON themselves (st4 at stride 1, the even bytes of ld2 "
+    "at stride 2): 0.48M. And the conv epilogue stores whole vectors of 8 positions by vector (it went through "
+    "a scalar store per value): 1.70M -> 0.90M. ResNet-20 8.36M -> 6.91M (cortex-a76) and 19.55M -> 18.11M "
+    "(cortex-a53); MobileNetV2 (32x32) 42.95M -> 36.89M and 65.5M -> 59.33M. What is left on cortex-a76: the "
+    "dot products (ResNet-20 4.05M of 6.91M; MobileNetV2 8.8M of 36.9M), the depthwise kernel (MobileNetV2 "
+    "12.8M), the epilogue (3.9M), the quantizer (3.3M) and the means (3.2M).",
     "* MobileNetV2 (32x32, measured 2026-12-02): with the first depthwise kernel (64-byte generic vectors, which "
     "GCC kept in memory on aarch64) it took 81.0M instructions on cortex-a53 and 58.5M on cortex-a76; the kernel on "
     "q registers with fmla brought them to 67.3M and 44.8M, and the NEON quantizer (fdiv, fcvtns, integer clamp: "
