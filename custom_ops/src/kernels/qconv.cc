@@ -53,12 +53,12 @@ constexpr int64_t kParallelMinOutputs = int64_t{1} << 15;
 // 1.2x slower than 1 thread.)
 constexpr int64_t kParallelQuantize = int64_t{1} << 15;
 constexpr int64_t kQuantizeTask = int64_t{1} << 15;
-// The depthwise path, single image: output channels are split into tasks of at least
-// kDepthwiseTaskMacs multiply-adds when the conv has kDepthwiseParallelMinMacs or more.
-// Single image, ASQ, at least this many channel blocks and outputs: the conv by whole blocks, the
-// means of each right after it (ConvKernel::means_by_block).
+// An ASQ conv with at least this many channel blocks and outputs per sample: the conv by whole
+// blocks, the means of each right after it (ConvKernel::conv_block_with_means).
 constexpr int64_t kBlockwiseMinBlocks = 4;
 constexpr int64_t kBlockwiseMinOutputs = int64_t{1} << 18;
+// The depthwise path, single image: output channels are split into tasks of at least
+// kDepthwiseTaskMacs multiply-adds when the conv has kDepthwiseParallelMinMacs or more.
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
 constexpr int64_t kDepthwiseParallelMinMacs = int64_t{1} << 19;
 
@@ -488,26 +488,19 @@ class ConvKernel {
     if (quantize) quantize_image(ctx, y0, o, plane_out, ex);
   }
 
-  // quantize_sample of a single image: a large one's means (by channels) and codes (by ranges)
-  // split over threads; each value is computed as in quantize_sample.
-  // A single image's conv by tasks of whole channel blocks, each block's ASQ plane means taken
-  // right after it while its output is still in cache (a large output would otherwise be read
-  // back from memory for them).
-  void means_by_block(Ort::KernelContext& ctx, const ConvTask& base, int64_t nob, int64_t plane,
-                      double* means) const {
+  // Channel block b of the conv in t (every vector), then the ASQ plane means of its channels
+  // while its output is still in cache (a large output would otherwise be read back from memory).
+  void conv_block_with_means(ConvTask t, int64_t b, int64_t plane, double* means) const {
     const int64_t cb = simd_->conv_block;
-    auto body = [&](size_t i) {
-      const int64_t b = static_cast<int64_t>(i);
-      ConvTask t = base;
-      t.v0 = 0, t.v1 = base.g->vectors, t.b0 = b, t.b1 = b + 1;
-      simd_->conv(t);
-      const int64_t nc = std::min(cb, base.og - b * cb);
-      simd_->plane_means(base.y + b * cb * plane, static_cast<size_t>(nc), static_cast<size_t>(plane), means + b * cb);
-    };
-    parallel_for(ctx, static_cast<size_t>(nob), body);
+    t.v0 = 0, t.v1 = t.g->vectors, t.b0 = b, t.b1 = b + 1;
+    simd_->conv(t);
+    simd_->plane_means(t.y + b * cb * plane, static_cast<size_t>(std::min(cb, t.og - b * cb)),
+                       static_cast<size_t>(plane), means + b * cb);
   }
 
-  // means: the ASQ plane means when the caller has them, else nullptr.
+  // quantize_sample of a single image: a large one's means (by channels) and codes (by ranges)
+  // split over threads; each value is computed as in quantize_sample. known_means: the ASQ plane
+  // means when the caller has them, else nullptr.
   void quantize_image(Ort::KernelContext& ctx, const float* y0, int64_t o, int64_t plane, const Extras& ex,
                       const double* known_means = nullptr) const {
     const int64_t count = o * plane;
@@ -648,15 +641,9 @@ class ConvKernel {
         if (by_block) {  // each block's means while its output is in cache
           thread_local std::vector<double> p;
           p.resize(static_cast<size_t>(nob * cb));
-          ConvTask task = make_task(ni, 0, yn, buf);
+          const ConvTask task = make_task(ni, 0, yn, buf);
           simd_->relayout(task);
-          task.v0 = 0, task.v1 = g.vectors;
-          for (int64_t b = 0; b < nob; ++b) {
-            task.b0 = b, task.b1 = b + 1;
-            simd_->conv(task);
-            simd_->plane_means(yn + b * cb * plane_out, static_cast<size_t>(std::min(cb, og - b * cb)),
-                               static_cast<size_t>(plane_out), p.data() + b * cb);
-          }
+          for (int64_t b = 0; b < nob; ++b) conv_block_with_means(task, b, plane_out, p.data());
           quantize_sample(yn, ni, o, plane_out, ex, p.data());
           return;
         }
@@ -685,8 +672,10 @@ class ConvKernel {
       simd_->relayout(base);
       thread_local std::vector<double> p;
       p.resize(static_cast<size_t>(nob * cb));
-      means_by_block(ctx, base, nob, plane_out, p.data());
-      quantize_image(ctx, y0, o, plane_out, ex, p.data());
+      double* means = p.data();  // the calling thread's (p is thread_local: not p.data() in the tasks)
+      parallel_for(ctx, static_cast<size_t>(nob),
+                   [&](size_t b) { conv_block_with_means(base, static_cast<int64_t>(b), plane_out, means); });
+      quantize_image(ctx, y0, o, plane_out, ex, means);
       return true;
     } else {
       // A single image: re-layout once, then split its vectors (pairs) and channel blocks into
