@@ -504,8 +504,8 @@ class ConvKernel {
   void quantize_image(Ort::KernelContext& ctx, const float* y0, int64_t o, int64_t plane, const Extras& ex,
                       const double* known_means = nullptr) const {
     const int64_t count = o * plane;
-    if (known_means == nullptr && count < (kParallelQuantize >> simd_->parallel_shift)) {
-      quantize_sample(y0, 0, o, plane, ex);
+    if (count < (kParallelQuantize >> simd_->parallel_shift)) {
+      quantize_sample(y0, 0, o, plane, ex, known_means);
       return;
     }
     float s = q_.step;
@@ -638,22 +638,19 @@ class ConvKernel {
         thread_local Scratch<uint8_t> buf_scratch;
         uint8_t* buf = buf_scratch.get(g.buf_bytes);
         float* yn = sample_out(ni);
-        if (by_block) {  // each block's means while its output is in cache
-          thread_local std::vector<double> p;
-          p.resize(static_cast<size_t>(nob * cb));
-          const ConvTask task = make_task(ni, 0, yn, buf);
-          simd_->relayout(task);
-          for (int64_t b = 0; b < nob; ++b) conv_block_with_means(task, b, plane_out, p.data());
-          quantize_sample(yn, ni, o, plane_out, ex, p.data());
-          return;
-        }
+        thread_local std::vector<double> p;  // by_block (one group): each block's means while in cache
+        if (by_block) p.resize(static_cast<size_t>(nob * cb));
         for (int64_t gi = 0; gi < group_; ++gi) {
           ConvTask task = make_task(ni, gi, yn, buf);
           simd_->relayout(task);
+          if (by_block) {
+            for (int64_t b = 0; b < nob; ++b) conv_block_with_means(task, b, plane_out, p.data());
+            continue;
+          }
           task.v0 = 0, task.v1 = g.vectors, task.b0 = 0, task.b1 = nob;
           simd_->conv(task);
         }
-        if (quantize) quantize_sample(yn, ni, o, plane_out, ex);
+        if (quantize) quantize_sample(yn, ni, o, plane_out, ex, by_block ? p.data() : nullptr);
       });
       return true;
     }
