@@ -416,6 +416,48 @@ def test_depthwise_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist
         assert (line.path, line.reason) == (isa, "depthwise"), line
 
 
+def _dense_conv_case(case, i, rng, *, cpu, isa, qemu, a64_dist, tmp_path, x=None, w_int=None):
+    """Runs one conv (in channels, out channels, h, w, k, stride, pad, dilation, group, fmt, bits,
+    act_bits, residual) under qemu on `cpu` and checks the reference's bits and that `isa` ran it.
+    x, w_int: the codes and integer weights (default random)."""
+    from kernel_graphs import weighted_model
+
+    from qexport.spec import reference as R
+
+    c, o, h, w, k, s, p, d, grp, fmt, bits, act_bits, residual = case
+    if w_int is None:
+        values, valid = R.weight_lut(fmt, bits)
+        levels = values[valid]
+        w_int = levels[rng.integers(0, len(levels), size=(o, c // grp * k * k))]
+    if x is None:
+        x = rng.integers(0, 1 << act_bits, size=(2, c, h, w), dtype=np.uint8)
+    oh, ow = R.conv_output_size(h, k, s, p, p, d), R.conv_output_size(w, k, s, p, p, d)
+    zp = 0 if i % 2 else 1 << (act_bits - 1)
+    inputs = {"X": x, "X_scale": np.array([0.05, 0.07], np.float32),
+              "W": R.pack_weights(w_int, fmt, bits),
+              "W_scale": rng.uniform(0.01, 0.1, size=o).astype(np.float32),
+              "B": rng.normal(size=o).astype(np.float32)}
+    if residual:
+        inputs["R"] = rng.normal(size=(2, o, oh, ow)).astype(np.float32)
+    attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=[o, c // grp, k, k],
+                 strides=[s, s], pads=[p] * 4, dilations=[d, d], group=grp, relu=1 - i % 2)
+    path = tmp_path / f"conv{i}.onnx"
+    onnx.save(weighted_model("conv_fused" if residual else "conv", fmt, inputs, attrs), str(path))
+    feed = {name: inputs[name] for name in ("X", "X_scale", "R") if name in inputs}
+    with RunnerSession(path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu, cpu=cpu,
+                       threads=1 + i % 2) as sess:
+        (got,) = sess.run(None, feed)
+        (line,) = parse_kernel_trace(sess.last_stderr)
+    conv = dict(fmt=fmt, bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=attrs["weight_shape"],
+                strides=attrs["strides"], pads=attrs["pads"], dilations=attrs["dilations"], group=grp,
+                relu=bool(attrs["relu"]))
+    args = (inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"])
+    want = R.qconv_fused(*args, inputs["R"], **conv)[0] if residual else R.qconv(*args, **conv)
+    assert got.shape == (2, o, oh, ow), f"case {case} on {cpu}"
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"case {case} on {cpu}"
+    assert (line.path, line.reason) == (isa, None), line
+
+
 @needs_qemu
 @pytest.mark.parametrize("cpu,isa", [("cortex-a53", "neon"), ("cortex-a76", "dotprod")])
 def test_dense_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist, tmp_path, monkeypatch):
@@ -424,10 +466,6 @@ def test_dense_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist, tm
     vectors and of segments, with and without a residual and ReLU, 8-bit codes (stored as
     c - 128 for sdot), channel counts that are not a multiple of 4, a stem-like 7x7 conv, 1x1,
     dilation and groups: the reference's bits on both ARM paths, which say they ran them."""
-    from kernel_graphs import weighted_model
-
-    from qexport.spec import reference as R
-
     monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
     cases = [  # (in channels, out channels, h, w, k, stride, pad, dilation, group, fmt, bits, act_bits, residual)
         (16, 16, 12, 37, 3, 1, 1, 1, 1, "post", 3, 3, True), (8, 24, 11, 41, 3, 2, 1, 1, 1, "post", 4, 4, False),
@@ -435,36 +473,41 @@ def test_dense_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist, tm
         (12, 12, 10, 34, 1, 1, 0, 1, 1, "post", 3, 4, True), (8, 8, 9, 33, 3, 1, 2, 2, 2, "post", 4, 4, False),
         (4, 8, 6, 50, 3, 3, 1, 1, 1, "post", 2, 4, True)]
     rng = np.random.default_rng(12)
-    for i, (c, o, h, w, k, s, p, d, grp, fmt, bits, act_bits, residual) in enumerate(cases):
-        values, valid = R.weight_lut(fmt, bits)
-        levels = values[valid]
-        w_int = levels[rng.integers(0, len(levels), size=(o, c // grp * k * k))]
-        oh, ow = R.conv_output_size(h, k, s, p, p, d), R.conv_output_size(w, k, s, p, p, d)
-        zp = 0 if i % 2 else 1 << (act_bits - 1)
-        inputs = {"X": rng.integers(0, 1 << act_bits, size=(2, c, h, w), dtype=np.uint8),
-                  "X_scale": np.array([0.05, 0.07], np.float32),
-                  "W": R.pack_weights(w_int, fmt, bits),
-                  "W_scale": rng.uniform(0.01, 0.1, size=o).astype(np.float32),
-                  "B": rng.normal(size=o).astype(np.float32)}
-        if residual:
-            inputs["R"] = rng.normal(size=(2, o, oh, ow)).astype(np.float32)
-        attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=[o, c // grp, k, k],
-                     strides=[s, s], pads=[p] * 4, dilations=[d, d], group=grp, relu=1 - i % 2)
-        path = tmp_path / f"conv{i}.onnx"
-        onnx.save(weighted_model("conv_fused" if residual else "conv", fmt, inputs, attrs), str(path))
-        feed = {name: inputs[name] for name in ("X", "X_scale", "R") if name in inputs}
-        with RunnerSession(path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu, cpu=cpu,
-                           threads=1 + i % 2) as sess:
-            (got,) = sess.run(None, feed)
-            (line,) = parse_kernel_trace(sess.last_stderr)
-        conv = dict(fmt=fmt, bits=bits, act_bits=act_bits, act_zero_point=zp, weight_shape=attrs["weight_shape"],
-                    strides=attrs["strides"], pads=attrs["pads"], dilations=attrs["dilations"], group=grp,
-                    relu=bool(attrs["relu"]))
-        args = (inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"])
-        want = R.qconv_fused(*args, inputs["R"], **conv)[0] if residual else R.qconv(*args, **conv)
-        assert got.shape == (2, o, oh, ow), f"case {cases[i]} on {cpu}"
-        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"case {cases[i]} on {cpu}"
-        assert (line.path, line.reason) == (isa, None), line
+    for i, case in enumerate(cases):
+        _dense_conv_case(case, i, rng, cpu=cpu, isa=isa, qemu=qemu, a64_dist=a64_dist, tmp_path=tmp_path)
+
+
+@needs_qemu
+def test_neon_int16_runs_under_qemu_equal_the_reference(qemu, a64_dist, tmp_path, monkeypatch):
+    """The neon path's 8-bit dot product (codes of at most 7 bits: int16 sums over runs of
+    32767 // (4 * max code * max |w|) steps, then int32): at its bound, with every code at its
+    maximum and every weight at +-max |w| (a run one step longer overflows int16), runs that do
+    and do not divide the steps, 7-bit codes (one step per run; code 127 as int8), formats with
+    small weights (long runs), and random codes and weights with stride 2, groups and a residual."""
+    from qexport.spec import reference as R
+
+    monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
+    cases = [  # as _dense_conv_case; worst: None (random), +1 or -1 (max codes, weights +-max |w|)
+        ((16, 8, 6, 9, 3, 1, 1, 1, 1, "post", 3, 3, False), +1),  # 36 steps, runs of 18
+        ((20, 16, 5, 11, 3, 1, 1, 1, 1, "post", 3, 3, True), -1),  # 45 steps: 18 + 18 + 9
+        ((24, 8, 7, 8, 3, 1, 1, 1, 1, "post", 4, 4, False), -1),  # 54 steps, runs of 8
+        ((16, 8, 4, 12, 3, 1, 1, 1, 1, "post", 4, 4, True), +1),
+        ((8, 8, 5, 10, 3, 1, 1, 1, 1, "post", 4, 7, False), +1),  # runs of 1
+        ((12, 16, 6, 7, 3, 1, 1, 1, 1, "uniform", 4, 6, False), -1),  # |w| 8: runs of 16
+        ((32, 8, 4, 9, 3, 1, 1, 1, 1, "pot", 3, 4, True), +1),  # runs of 136 > 72 steps
+        ((24, 32, 13, 15, 3, 2, 1, 1, 2, "post", 4, 4, True), None), ((40, 8, 9, 9, 1, 1, 0, 1, 1, "post", 3, 3, False), None),
+        ((16, 16, 8, 20, 3, 1, 1, 1, 1, "pot", 4, 5, False), None)]
+    rng = np.random.default_rng(13)
+    for i, (case, worst) in enumerate(cases):
+        c, o, h, w, k, _, _, _, grp, fmt, bits, act_bits, _ = case
+        x = w_int = None
+        if worst is not None:
+            values, valid = R.weight_lut(fmt, bits)
+            wmax = int(np.abs(values[valid]).max())
+            w_int = np.full((o, c // grp * k * k), worst * wmax, dtype=np.int64)
+            x = np.full((2, c, h, w), (1 << act_bits) - 1, dtype=np.uint8)
+        _dense_conv_case(case, i, rng, cpu="cortex-a53", isa="neon", qemu=qemu, a64_dist=a64_dist, tmp_path=tmp_path,
+                         x=x, w_int=w_int)
 
 
 @needs_qemu

@@ -101,6 +101,10 @@ struct ConvTask {
   // How many steps' pair sums can be added in int16 (AVX2): 4 when 8 * max code * max |w| <=
   // 32767, 2 when 4 * max code * max |w| is, else 1.
   int sum16 = 1;
+  // How many steps of 4 channels can be summed in int16 lanes by 8-bit multiplies (neon: codes
+  // of at most 7 bits, so they are int8, and 4 * steps16 * max code * max |w| <= 32767; the
+  // partial sums are exact there and added into int32 after each run of steps16 steps); 0: not.
+  int64_t steps16 = 0;
   // y = float(acc) * (x_scale * w_scale[o]); y = y + bias[o]; [y = y + residual]; [relu]
   const float* residual = nullptr;  // same layout as y, or nullptr
   float* y = nullptr;   // output of this sample, first channel of the group, row 0: (og, oh, ow)

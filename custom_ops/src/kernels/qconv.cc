@@ -134,6 +134,8 @@ class ConvKernel {
     const int64_t pair_max = 2 * ((int64_t{1} << a.act_bits) - 1) * a.wmax;  // of one u8 x s8 pair sum
     safe16_ = pair_max <= 32767;
     sum16_ = 4 * pair_max <= 32767 ? 4 : 2 * pair_max <= 32767 ? 2 : 1;
+    const int64_t step_max = 4 * ((int64_t{1} << a.act_bits) - 1) * a.wmax;  // of one step's 4 products
+    steps16_ = (a.act_bits <= 7 && step_max > 0) ? 32767 / step_max : 0;
     if (state_.weights_constant()) pack_weights(state_.weights_at_creation(), &packed_);
   }
 
@@ -605,7 +607,7 @@ class ConvKernel {
     proto.act_offset = act_offset_;
     proto.og = og;
     proto.relu = a.relu;
-    proto.safe16 = safe16_, proto.sum16 = sum16_;
+    proto.safe16 = safe16_, proto.sum16 = sum16_, proto.steps16 = steps16_;
     // The task of sample ni, group gi, writing the sample's output at yn.
     auto make_task = [&](int64_t ni, int64_t gi, float* yn, uint8_t* buf) {
       ConvTask t = proto;
@@ -823,6 +825,7 @@ class ConvKernel {
   uint8_t act_offset_ = 0;
   bool safe16_ = false;
   int sum16_ = 1;
+  int64_t steps16_ = 0;
   PackedWeights packed_;   // constant weights, packed for the SIMD path
   PathTrace trace_;        // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };

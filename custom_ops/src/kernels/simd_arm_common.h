@@ -104,9 +104,9 @@ inline void quantize_arm(const float* x, uint8_t* y, size_t count, float scale, 
 inline float32x4_t relu_f32(float32x4_t y) { return vbslq_f32(vcltq_f32(y, vdupq_n_f32(0.0f)), vdupq_n_f32(0.0f), y); }
 
 // A path's dot product: the int32 accumulators of one vector (8 cells at b0 + off[s]) for the 8
-// channels of a weight block, written to out[o * VL + lane].
+// channels of a weight block, written to out[o * VL + lane]; steps16 is ConvTask::steps16.
 using DotFn = void (*)(const uint8_t* b0, const int32_t* off, int64_t steps, const int8_t* wp, const int32_t* init,
-                       int32_t* out);
+                       int32_t* out, int64_t steps16);
 
 template <DotFn kDot, bool kRes, bool kRelu>
 void conv_t(const ConvTask& t) {
@@ -119,7 +119,7 @@ void conv_t(const ConvTask& t) {
     const int64_t nvalid = simd::min64(kConvBlock, t.og - o0);
     const int8_t* wb = t.w + b * g.steps * (kConvBlock * 4);
     for (int64_t v = t.v0; v < t.v1; ++v) {
-      kDot(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc);
+      kDot(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc, t.steps16);
       const ConvSegment* seg = g.seg + g.vseg[v];
       const int ns = g.vseg[v + 1] - g.vseg[v];
       if (ns == 1 && seg[0].lane == 0 && seg[0].n == VL) {  // 8 whole positions: vector stores

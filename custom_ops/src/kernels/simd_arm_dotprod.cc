@@ -23,7 +23,7 @@ namespace {
 using simd::load_i32;
 
 __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_t steps, const int8_t* wp,
-                                   const int32_t* init, int32_t* out) {
+                                   const int32_t* init, int32_t* out, int64_t /*steps16*/) {
   int32x4_t lo[kConvBlock], hi[kConvBlock];
   for (int o = 0; o < kConvBlock; ++o) lo[o] = hi[o] = vdupq_n_s32(init[o]);
   for (int64_t s = 0; s < steps; ++s, wp += kConvBlock * 4) {
