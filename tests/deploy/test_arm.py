@@ -372,6 +372,41 @@ def test_activations_under_qemu_equal_the_reference(op, qemu, a64_dist, tmp_path
 
 @needs_qemu
 @pytest.mark.parametrize("cpu,isa", [("cortex-a53", "neon"), ("cortex-a76", "dotprod")])
+def test_depthwise_int16_bound_under_qemu(cpu, isa, qemu, a64_dist, tmp_path, monkeypatch):
+    """The depthwise kernel's int16 variant on aarch64 at its bound: every code at its largest
+    distance from the zero point, every weight +-64: 15 taps * 31 * 64 = 29760 in int16 lanes (mla
+    by scalar, sxtl for the epilogue: negative sums included), and 9 * 63 * 64 = 36288, past the
+    bound, in float32 (int16 lanes would wrap). Both give the reference's bits."""
+    from kernel_graphs import weighted_model
+
+    from qexport.spec import reference as R
+
+    monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
+    c, mult, h, w = 3, 2, 9, 21  # two output channels per input channel: the plane kernel
+    for i, ((kh, kw), act_bits, zp, code, wcode) in enumerate([((3, 5), 5, 0, 31, 7), ((3, 5), 5, 31, 0, 7),
+                                                                ((3, 3), 6, 0, 63, 15), ((3, 3), 6, 63, 0, 15)]):
+        wcodes = np.full((c * mult, 1, kh, kw), wcode, dtype=np.uint8)  # post 4-bit: 7 is +64, 15 is -64
+        inputs = {"X": np.full((1, c, h, w), code, dtype=np.uint8), "X_scale": np.array([0.01], np.float32),
+                  "W": R.pack_codes(wcodes, 4), "W_scale": np.full(c * mult, 0.02, np.float32),
+                  "B": np.zeros(c * mult, np.float32)}
+        attrs = dict(bits=4, act_bits=act_bits, act_zero_point=zp, weight_shape=[c * mult, 1, kh, kw],
+                     strides=[1, 1], pads=[kh // 2, kw // 2, kh // 2, kw // 2], dilations=[1, 1], group=c, relu=0)
+        path = tmp_path / f"dw16_{i}.onnx"
+        onnx.save(weighted_model("conv", "post", inputs, attrs, ("W", "W_scale", "B")), str(path))
+        with RunnerSession(path, runner=a64_dist.runner, ops=a64_dist.ops, ort=a64_dist.ort, qemu=qemu, cpu=cpu,
+                           threads=1) as sess:
+            (got,) = sess.run(None, {"X": inputs["X"], "X_scale": inputs["X_scale"]})
+            (line,) = parse_kernel_trace(sess.last_stderr)
+        want = R.qconv(inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"], fmt="post", bits=4,
+                       act_bits=act_bits, act_zero_point=zp, weight_shape=attrs["weight_shape"], strides=[1, 1],
+                       pads=attrs["pads"], dilations=[1, 1], group=c, relu=False)
+        assert np.abs(want).max() == pytest.approx(kh * kw * abs(code - zp) * 64 * 0.01 * 0.02, rel=1e-6)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), f"case {i} on {cpu}"
+        assert (line.path, line.reason) == (isa, "depthwise"), line
+
+
+@needs_qemu
+@pytest.mark.parametrize("cpu,isa", [("cortex-a53", "neon"), ("cortex-a76", "dotprod")])
 def test_depthwise_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist, tmp_path, monkeypatch):
     """The depthwise kernel on aarch64 (NEON vectors of the GCC vector extensions): MobileNet-like
     depthwise convs (large and small planes, strides 1 and 2, a channel multiplier of 2, dilation,

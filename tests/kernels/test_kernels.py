@@ -373,6 +373,40 @@ def test_depthwise_edge_geometries(geometry, kernel_isa: str, capfd: pytest.Capt
     assert {line.reason for line in ran_paths(capfd)} == {"depthwise"}
 
 
+# (kernel, act bits, zero point, weight sign): the depthwise plane kernel's sums in int16 lanes
+# (simd.h DepthwiseTask::int16: taps * max |code - zp| * max |w| <= 32767) with every code at its
+# largest distance from the zero point and every weight at +-64 (post): 15 * 31 * 64 = 29760 (int16
+# kernel), 9 * 63 * 64 = 36288 past the bound (float32 kernel: int16 would wrap), 9 * 8 * 64 with
+# the farthest code below the zero point.
+DEPTHWISE_INT16_BOUND = [((3, 5), 5, 0, 1), ((3, 5), 5, 31, -1), ((5, 3), 5, 0, -1), ((3, 3), 6, 0, 1),
+                         ((3, 3), 6, 63, -1), ((3, 3), 4, 8, 1)]
+
+
+@pytest.mark.parametrize("bound", DEPTHWISE_INT16_BOUND, ids=lambda b: f"k{b[0][0]}{b[0][1]}a{b[1]}z{b[2]}s{b[3]}")
+def test_depthwise_int16_sums_at_their_bound(bound, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """The depthwise kernel with the largest sums its int16 variant may take (and the first ones it
+    may not): the reference's bits at the bound, on both sides of it."""
+    (kh, kw), act_bits, zp, sign = bound
+    c, mult, h, w = 3, 2, 9, 21  # two output channels per input channel: the plane kernel
+    top = (1 << act_bits) - 1
+    code = top if top - zp >= zp else 0  # the farthest from the zero point
+    wcodes = np.full((c * mult, 1, kh, kw), 7 if sign > 0 else 15, dtype=np.uint8)  # post 4-bit +-64
+    values, valid = R.weight_lut("post", 4)
+    assert values[wcodes[0, 0, 0, 0]] == 64 * sign and valid[wcodes[0, 0, 0, 0]]
+    inputs = {"X": np.full((1, c, h, w), code, dtype=np.uint8), "X_scale": np.array([0.01], np.float32),
+              "W": R.pack_codes(wcodes, 4), "W_scale": np.full(c * mult, 0.02, np.float32),
+              "B": np.zeros(c * mult, np.float32)}
+    attrs = dict(bits=4, act_bits=act_bits, act_zero_point=zp, weight_shape=[c * mult, 1, kh, kw], strides=[1, 1],
+                 pads=[kh // 2, kw // 2, kh // 2, kw // 2], dilations=[1, 1], group=c, relu=0)
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, constant=("W", "W_scale", "B"))
+    (y,) = run_single(weighted_model("conv", "post", inputs, attrs, case["constant"]), inputs, case["constant"])
+    want = reference_conv(case)
+    assert np.abs(want).max() == pytest.approx(kh * kw * abs(code - zp) * 64 * 0.01 * 0.02, rel=1e-6)
+    assert_bitwise_equal(y, want, f"depthwise at the int16 bound {bound}")
+    (line,) = ran_paths(capfd)
+    assert line.reason == "depthwise", line
+
+
 # (h, w, kernel, strides, pads, dilations, channels) for the channel-vectorized depthwise kernel
 # (simd.h depthwise_tile: one output channel per input channel, output planes of at most 256
 # positions): channel counts with and without a partial last vector of channels (done by the

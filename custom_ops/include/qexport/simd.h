@@ -149,6 +149,9 @@ struct DepthwiseTask {
   // of one vector of channels is tile_h x tile_w positions (set by the op for mult == 1 and
   // small planes, see depthwise_tile).
   int64_t tile_h = 0, tile_w = 0;
+  // kh*kw * max |code - zero_point| * max |w| <= 32767: every partial sum fits int16, and a path
+  // may run the plane kernel in int16 lanes (simd_impl.h DwInt16) instead of float32.
+  bool int16 = false;
   // Scratch, 64-byte aligned: slots * sh*sw*psize floats of planes (slots = kDepthwiseSlots when
   // nq <= kDepthwiseSmall, else 1), then nq rounded up to kDepthwiseBlock plus kDepthwiseSlots *
   // kDepthwiseSmall floats of accumulators; with tile_h > 0 at least depthwise_tile_floats.

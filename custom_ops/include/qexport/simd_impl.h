@@ -199,32 +199,38 @@ typedef float DwV4 __attribute__((vector_size(16)));
 typedef float DwV8 __attribute__((vector_size(32)));
 typedef float DwV16 __attribute__((vector_size(64)));
 
-template <typename V>
-inline V dw_load(const float* p) {
+template <typename V, typename T>
+inline V dw_load(const T* p) {
   V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-template <typename V>
-inline void dw_store(float* p, V v) {
+template <typename V, typename T>
+inline void dw_store(T* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
 
 // A store to sizeof(V)-aligned p (a vector type aliases its element type).
-template <typename V>
-inline void dw_store_aligned(float* p, V v) {
+template <typename V, typename T>
+inline void dw_store_aligned(T* p, V v) {
   *reinterpret_cast<V*>(p) = v;
 }
 
 // The generic multiply-add (two operations) and code conversion (a path with a conversion
 // instruction gives its own: GCC 12 scalarizes a uint8 -> float __builtin_convertvector).
+// T: the element of the planes and the sums (float, or int16_t in DwInt16); FV, FL: the float
+// vector of the epilogue and its lanes; load_acc(p): FL sums from p as floats.
 template <typename Vec, int kAccumulators>
 struct DwGeneric {
   using V = Vec;
+  using T = float;
+  using FV = Vec;
   static constexpr int L = static_cast<int>(sizeof(V) / sizeof(float));
+  static constexpr int FL = L;
   static constexpr int kVecs = kAccumulators;
   static constexpr bool kByChannels = false;  // P::transpose(V (&r)[L]) exists: depthwise_channels
+  static FV load_acc(const float* p) { return dw_load<FV>(p); }
   static V fma(V a, float w, V p) { return a + w * p; }
   static V vfma(V a, V w, V p) { return a + w * p; }  // a + w * p lane by lane
   // float(p[0]), ..., float(p[L - 1])
@@ -235,17 +241,38 @@ struct DwGeneric {
   }
 };
 
-// 1.0f in lanes [0, n), 0.0f in the others.
+// The int16 variant of the plane kernel (DepthwiseTask::int16: every partial sum of every output
+// fits int16, so the sums, kept modulo 2^16 in int16 lanes, are the integers of the definition):
+// planes of int16 codes minus the zero point (half the bytes of float32, no conversion), the
+// multiply-adds on twice the lanes of a float32 vector, the sums converted to float32 for the
+// epilogue. A path gives V (its int16 vector), codes(p) (L codes widened to int16),
+// load_acc(p) (FL int16 sums as a float32 vector FV) and may give a faster fma.
+template <typename Vec, typename FVec, int kAccumulators>
+struct DwInt16 {
+  using V = Vec;
+  using T = int16_t;
+  using FV = FVec;
+  static constexpr int L = static_cast<int>(sizeof(V) / sizeof(int16_t));
+  static constexpr int FL = static_cast<int>(sizeof(FV) / sizeof(float));
+  static constexpr int kVecs = kAccumulators;
+  static constexpr bool kByChannels = false;
+  // The weights are integers of at most 128 in magnitude: exact in int16.
+  static V fma(V a, float w, V p) { return a + static_cast<int16_t>(w) * p; }
+};
+
+// 1 in lanes [0, n), 0 in the others.
 template <typename P>
 inline typename P::V dw_lane_mask(int64_t n) {
-  float f[P::L];
-  for (int j = 0; j < P::L; ++j) f[j] = j < n ? 1.0f : 0.0f;
+  using T = typename P::T;
+  T f[P::L];
+  for (int j = 0; j < P::L; ++j) f[j] = static_cast<T>(j < n ? 1 : 0);
   return dw_load<typename P::V>(f);
 }
 
-// dst[u] = float(src[u * stride]) - zp for u in [0, n), one value at a time.
-inline void depthwise_row_values(float* dst, const uint8_t* src, int64_t n, int64_t stride, float zp) {
-  for (int64_t u = 0; u < n; ++u) dst[u] = static_cast<float>(src[u * stride]) - zp;
+// dst[u] = T(src[u * stride]) - zp for u in [0, n), one value at a time.
+template <typename T>
+inline void depthwise_row_values(T* dst, const uint8_t* src, int64_t n, int64_t stride, T zp) {
+  for (int64_t u = 0; u < n; ++u) dst[u] = static_cast<T>(static_cast<T>(src[u * stride]) - zp);
 }
 
 // dst[u] = float(src[u * kStride]) - zp for u in [0, n): whole vectors of P::L values; the last
@@ -253,7 +280,8 @@ inline void depthwise_row_values(float* dst, const uint8_t* src, int64_t n, int6
 // spill past dst + n writes zeros (see depthwise_planes). Stride 2 takes the even lanes of two
 // vectors. A vector whose codes would be read at or past `end` is done value by value (no spill).
 template <typename P, int kStride>
-inline void depthwise_row(float* dst, const uint8_t* src, int64_t n, float zp, typename P::V last, const uint8_t* end) {
+inline void depthwise_row(typename P::T* dst, const uint8_t* src, int64_t n, typename P::T zp, typename P::V last,
+                          const uint8_t* end) {
   using V = typename P::V;
   constexpr int L = P::L;
   for (int64_t u = 0; u < n; u += L) {
@@ -287,22 +315,23 @@ inline void depthwise_row(float* dst, const uint8_t* src, int64_t n, float zp, t
 // the next row, which is written after it; the last row's lands in the slack.
 template <typename P>
 inline void depthwise_planes(const DepthwiseTask& t, const PhaseColumns* cols, const typename P::V* lasts, int64_t ci,
-                             float* planes) {
+                             typename P::T* planes) {
+  using T = typename P::T;
   const uint8_t* xc = t.x + ci * t.h * t.w;
-  const float zp = static_cast<float>(t.zero_point);
+  const T zp = static_cast<T>(t.zero_point);
   for (int64_t px = 0; px < t.sw; ++px) {
     const PhaseColumns c = cols[px];
     const int64_t n = c.hi - c.lo;
     if (n <= 0) continue;
     const typename P::V last = lasts[px];
     for (int64_t py = 0; py < t.sh; ++py) {
-      float* pl = planes + (py * t.sw + px) * t.psize + c.lo;
+      T* pl = planes + (py * t.sw + px) * t.psize + c.lo;
       // rows r with 0 <= iy = r*sh + py - pt < h
       const int64_t r0 = t.pt > py ? (t.pt - py + t.sh - 1) / t.sh : 0;
       const int64_t top = t.h - 1 + t.pt - py;  // r*sh <= top
       const int64_t r1 = top < 0 ? 0 : min64(t.hs, top / t.sh + 1);
       for (int64_t r = r0; r < r1; ++r) {
-        float* row = pl + r * t.ws;
+        T* row = pl + r * t.ws;
         const uint8_t* src = xc + (r * t.sh + py - t.pt) * t.w + c.ix;
         if (t.sw == 1) {
           depthwise_row<P, 1>(row, src, n, zp, last, t.x_end);
@@ -317,16 +346,17 @@ inline void depthwise_planes(const DepthwiseTask& t, const PhaseColumns* cols, c
 }
 
 // Zeroes the sh*sw planes of one slot, slack included (once per task: see depthwise_planes).
-inline void depthwise_zero_planes(const DepthwiseTask& t, float* planes) {
-  std::memset(planes, 0, static_cast<size_t>(t.sh * t.sw * t.psize) * sizeof(float));
+template <typename T>
+inline void depthwise_zero_planes(const DepthwiseTask& t, T* planes) {
+  std::memset(planes, 0, static_cast<size_t>(t.sh * t.sw * t.psize) * sizeof(T));
 }
 
 // y[x] = float(acc[x]) * m + b [+ r[x]] [ReLU], one float32 operation each.
-template <bool kRes, bool kRelu>
-inline void depthwise_epilogue(const float* __restrict acc, const float* __restrict r, float* __restrict y, int64_t n,
+template <bool kRes, bool kRelu, typename T>
+inline void depthwise_epilogue(const T* __restrict acc, const float* __restrict r, float* __restrict y, int64_t n,
                                float m, float b) {
   for (int64_t x = 0; x < n; ++x) {
-    float v = acc[x] * m;
+    float v = static_cast<float>(acc[x]) * m;
     v = v + b;
     if (kRes) v = v + r[x];
     if (kRelu) v = v < 0.0f ? 0.0f : v;
@@ -334,10 +364,10 @@ inline void depthwise_epilogue(const float* __restrict acc, const float* __restr
   }
 }
 
-// depthwise_epilogue on the P::L values of v (r: their residual).
+// depthwise_epilogue on the P::FL values of v (r: their residual).
 template <typename P, bool kRes, bool kRelu>
-inline typename P::V depthwise_epilogue_vec(typename P::V v, float m, float b, const float* r) {
-  using V = typename P::V;
+inline typename P::FV depthwise_epilogue_vec(typename P::FV v, float m, float b, const float* r) {
+  using V = typename P::FV;
   v = v * m;
   v = v + b;
   if (kRes) v = v + dw_load<V>(r);
@@ -351,18 +381,18 @@ inline typename P::V depthwise_epilogue_vec(typename P::V v, float m, float b, c
 // computed after it; one that would run past the channel's plane, and what follows it, is done
 // by depthwise_epilogue (so no value outside the channel is read or written).
 template <typename P, bool kRes, bool kRelu>
-inline void depthwise_finish(const DepthwiseTask& t, int64_t o, const float* acc) {
-  using V = typename P::V;
+inline void depthwise_finish(const DepthwiseTask& t, int64_t o, const typename P::T* acc) {
+  using V = typename P::FV;
   const float m = t.x_scale * t.w_scale[o], b = t.bias[o];
   const int64_t plane = t.oh * t.ow;
   float* yo = t.y + o * plane;
   const float* ro = kRes ? t.residual + o * plane : nullptr;
   for (int64_t oy = 0; oy < t.oh; ++oy) {
-    const float* a = acc + oy * t.ws;
+    const typename P::T* a = acc + oy * t.ws;
     const int64_t i0 = oy * t.ow;
     int64_t x = 0;
-    for (; x < t.ow && i0 + x + P::L <= plane; x += P::L)
-      dw_store<V>(yo + i0 + x, depthwise_epilogue_vec<P, kRes, kRelu>(dw_load<V>(a + x), m, b, ro + i0 + x));
+    for (; x < t.ow && i0 + x + P::FL <= plane; x += P::FL)
+      dw_store<V>(yo + i0 + x, depthwise_epilogue_vec<P, kRes, kRelu>(P::load_acc(a + x), m, b, ro + i0 + x));
     if (x < t.ow) depthwise_epilogue<kRes, kRelu>(a + x, kRes ? ro + i0 + x : nullptr, yo + i0 + x, t.ow - x, m, b);
   }
 }
@@ -373,8 +403,8 @@ inline void depthwise_finish(const DepthwiseTask& t, int64_t o, const float* acc
 // independent sums to hide the latency, few enough to stay in registers. acc is aligned to a
 // vector (the accumulators start 64-byte aligned and blocks are whole vectors).
 template <typename P, int kChans, int kVecs>
-inline void depthwise_block(const float* planes, int64_t pstride, const int64_t* tap_off, const float* const* w,
-                            int64_t taps, float* acc) {
+inline void depthwise_block(const typename P::T* planes, int64_t pstride, const int64_t* tap_off,
+                            const float* const* w, int64_t taps, typename P::T* acc) {
   using V = typename P::V;
   V a[kChans][kVecs];
   for (int c = 0; c < kChans; ++c)
@@ -383,7 +413,7 @@ inline void depthwise_block(const float* planes, int64_t pstride, const int64_t*
     const int64_t off = tap_off[tp];
     for (int c = 0; c < kChans; ++c) {
       const float wv = w[c][tp];
-      const float* p = planes + c * pstride + off;
+      const typename P::T* p = planes + c * pstride + off;
       for (int v = 0; v < kVecs; ++v) a[c][v] = P::fma(a[c][v], wv, dw_load<V>(p + v * P::L));
     }
   }
@@ -395,7 +425,7 @@ inline void depthwise_block(const float* planes, int64_t pstride, const int64_t*
 // the rest in blocks of 2.
 template <typename P, bool kRes, bool kRelu>
 inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, const typename P::V* lasts, int64_t o,
-                              int64_t& built, float* planes, float* acc) {
+                              int64_t& built, typename P::T* planes, typename P::T* acc) {
   const int64_t ci = o / t.mult, taps = t.kh * t.kw;
   if (ci != built) {
     depthwise_planes<P>(t, cols, lasts, ci, planes);
@@ -412,8 +442,8 @@ inline void depthwise_channel(const DepthwiseTask& t, const PhaseColumns* cols, 
 // Small planes (nq <= kSmallVecs vectors): kChans output channels at a time, their planes in
 // kChans slots.
 template <typename P, int kChans, int kSmallVecs, bool kRes, bool kRelu>
-inline void depthwise_small(const DepthwiseTask& t, const PhaseColumns* cols, const typename P::V* lasts, float* planes,
-                            float* acc) {
+inline void depthwise_small(const DepthwiseTask& t, const PhaseColumns* cols, const typename P::V* lasts,
+                            typename P::T* planes, typename P::T* acc) {
   const int64_t taps = t.kh * t.kw, pstride = t.sh * t.sw * t.psize;
   for (int c = 0; c < kChans; ++c) depthwise_zero_planes(t, planes + c * pstride);
   int64_t o = t.o0;
@@ -439,9 +469,9 @@ inline void depthwise_t(const DepthwiseTask& t) {
     if (t.tile_h > 0 && t.o1 - t.o0 >= P::L) return depthwise_channels<P, kRes, kRelu>(t);
   }
   static_assert(P::kVecs % 4 == 0 && P::kVecs * P::L <= kDepthwiseBlock && 4 <= kDepthwiseSlots, "see simd.h");
-  float* planes = t.buf;
+  typename P::T* planes = reinterpret_cast<typename P::T*>(t.buf);  // int16: half of what is there
   const int64_t slots = t.nq <= kDepthwiseSmall ? kDepthwiseSlots : 1;
-  float* acc = t.buf + slots * t.sh * t.sw * t.psize;
+  typename P::T* acc = planes + slots * t.sh * t.sw * t.psize;
   PhaseColumns cols[16];  // the op takes this path for sw <= 16 only
   typename P::V lasts[16];  // depthwise_row's mask of each column phase's last vector
   for (int64_t px = 0; px < t.sw; ++px) {

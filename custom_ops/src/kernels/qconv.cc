@@ -426,6 +426,9 @@ class ConvKernel {
     proto.sh = sh_, proto.sw = sw_, proto.dh = dh_, proto.dw = dw_, proto.pt = pt_, proto.pl = pl_;
     proto.mult = o / group_;
     proto.zero_point = a.act_zero_point;
+    const int64_t code_max = (int64_t{1} << a.act_bits) - 1;
+    const int64_t dev_max = a.act_zero_point > code_max - a.act_zero_point ? a.act_zero_point : code_max - a.act_zero_point;
+    proto.int16 = kh_ * kw_ * dev_max * a.wmax <= 32767;
     proto.wf = wf;
     proto.w_scale = sc.w_scale, proto.bias = sc.bias;
     proto.relu = a.relu;

@@ -78,11 +78,9 @@ void gemm(const GemmTask& t) {
   }
 }
 
-// Constant-initialized.
-void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwNeon>(t); }
 
 constexpr SimdKernels kKernels{Isa::kDotprod, VL, VL, true, &relayout, &conv, &gemm, &plane_means_arm,
-                               &quantize_arm, &max_code_portable, kConvBlock, false, 1, 1, &depthwise};
+                               &quantize_arm, &max_code_portable, kConvBlock, false, 1, 1, &depthwise_arm};
 
 }  // namespace
 

@@ -127,11 +127,9 @@ void conv(const ConvTask& t) {
 
 void relayout(const ConvTask& t) { simd::conv_relayout<InterleaveNeon>(t); }
 
-// Constant-initialized.
-void depthwise(const DepthwiseTask& t) { simd::depthwise_conv<DwNeon>(t); }
 
 constexpr SimdKernels kKernels{Isa::kNeon, VL, 0, false, &relayout, &conv, nullptr, &plane_means_arm,
-                               &quantize_arm, &max_code_portable, kConvBlock, false, 1, 1, &depthwise};
+                               &quantize_arm, &max_code_portable, kConvBlock, false, 1, 1, &depthwise_arm};
 
 }  // namespace
 
