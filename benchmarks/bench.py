@@ -694,7 +694,17 @@ def main() -> int:
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "performance.md")
     ap.add_argument("--arm-icount", action="store_true",
                     help="only the ARM instruction counts under qemu (added to the existing performance.json)")
+    ap.add_argument("--render", action="store_true",
+                    help="measure nothing: rewrite the document from the existing performance.json (after editing "
+                         "the notes in this file)")
     args = ap.parse_args()
+    if args.render:
+        results = args.out / "performance.json"
+        if not results.is_file():
+            ap.error(f"{results} does not exist: nothing to render")
+        write_markdown(args.doc, json.loads(results.read_text()))
+        say(f"wrote {args.doc} from {results}")
+        return 0
     networks = args.networks or (ARM_NETWORKS if args.arm_icount else X86_NETWORKS)
     nets = ["resnet20"] if args.quick else [n.strip() for n in networks.split(",") if n.strip()]
     rounds = 6 if args.quick else args.rounds
