@@ -83,12 +83,28 @@ ARM_NETWORKS = "resnet20,small_cnn,mobilenet_v2_cifar"
 # What the ARM instruction counts show (docs/performance.md, ARM section), written from the run of
 # 2026-12-01 (the table above them is regenerated; these sentences are not).
 ARM_NOTES = [
-    "* What the table says (run of 2026-12-02 18:18): on the dotprod path (cortex-a76) qexport executes 0.81x ONNX "
-    "Runtime int8's instructions on ResNet-20, 1.21x on the Fashion-MNIST CNN and 2.21x on MobileNetV2 (32x32); on "
-    "the NEON-only core (cortex-a53) 1.15x, 1.45x and 1.84x, while ONNX Runtime int8 itself needs 1.8-2.3x more "
-    "there than with dotprod. So by this proxy qexport is ahead of ONNX Runtime int8 on ARM only on ResNet-20 "
-    "with dotprod. 3-bit and 4-bit models count the same: on ARM codes of every width go through the same 8-bit "
-    "(dotprod) or 16-bit (neon) multiplies, so the low bit width buys no instructions yet.",
+    "* What the table says (run of 2026-12-02 21:44): on the dotprod path (cortex-a76) qexport executes 0.81x ONNX "
+    "Runtime int8's instructions on ResNet-20, 1.20x on the Fashion-MNIST CNN and 2.07x on MobileNetV2 (32x32); on "
+    "the NEON-only core (cortex-a53) 0.68-0.71x, 0.86-0.89x and 1.32-1.34x, while ONNX Runtime int8 itself needs "
+    "1.8-2.3x more there than with dotprod. So by this proxy qexport is ahead of ONNX Runtime int8 on ResNet-20 on "
+    "both cores and on the CNN without dotprod, behind it on MobileNetV2. On cortex-a53 the 3-bit models take "
+    "fewer instructions than the 4-bit ones (their int16 runs are longer, see below); with dotprod both widths go "
+    "through the same sdot.",
+    "* Session 18 (2026-12-02): (1) the neon path multiplies codes of up to 7 bits on 8-bit lanes: per step one "
+    "ld4 deinterleaves the 32 weights into the 8 output channels of each input channel, one ld4r per position "
+    "broadcasts its cell's 4 codes, smlal adds code x weight into an int16 vector of the 8 output channels, exact "
+    "for runs of 32767 // (4 * max code * max |w|) steps (8 at 4 bits with POST weights, 18 at 3 bits), then "
+    "saddw into int32 and one 8x8 transpose at the end: 45 instructions per 256 multiply-adds where the int16 "
+    "loop (vmlal_laneq_s16 on widened codes) took about 90 (the ld4r's post-indexed form is inline asm: GCC "
+    "otherwise adds each cell's address first, 8 more per step, or copies ld4r's registers around). ResNet-20 "
+    "18.10M -> 11.19M (w4) and 10.75M (w3), the CNN 10.77M -> 6.62M, MobileNetV2 59.34M -> 45.6M on cortex-a53. "
+    "(2) The depthwise plane kernel in int16 lanes where every partial sum fits int16 (docs/ops.md: mla by scalar "
+    "on 8 lanes, no conversion of codes to float), on planes of more than 128 outputs: MobileNetV2 36.88M -> "
+    "34.47M on cortex-a76 (int16 everywhere, small planes included: 35.73M; the float channel kernel stays better "
+    "on 8x8 and 4x4 planes), 45.6M -> 43.2M on cortex-a53. What is left on cortex-a76 for MobileNetV2: the dot "
+    "products 8.8M, the depthwise kernels 10.5M (5.4M of it the float channel kernel on the 8x8 and 4x4 planes), "
+    "the epilogue 3.9M, the quantizer 3.2M, the means 3.2M (already 12 instructions per 8 values: float64 "
+    "lanes), the re-layout 2.4M.",
     "* Session 17: the re-layout's rows had been left to GCC's vectorization of the portable loop, which a "
     "refactoring (5e2f8c3, the phase-column helper) silently undid: ResNet-20's `relayout` went from 0.71M to "
     "1.09M instructions on cortex-a76 (found by counting builds of 25ca9cb, 5e2f8c3, ec2201b, 94c1c7e and "
@@ -108,14 +124,15 @@ ARM_NOTES = [
     "but the model stays at 42.95M (cortex-a76) and 65.5M (cortex-a53): on 4-lane NEON the plane kernel already "
     "needed few instructions per output, and `relayout` grew by about as much (see above). On x86 the same kernel "
     "saved time, not instructions.",
-    "* NEON path: the dot product is 79-83% of qexport's instructions on the ResNet and the CNN. It widens codes and "
+    "* NEON path before session 18 (still the loop for 8-bit codes): the dot product was 79-83% of qexport's "
+    "instructions on the ResNet and the CNN. It widens codes and "
     "weights to int16 and multiplies with SMLAL (`vmlal_laneq_s16`, 4 multiply-adds per instruction): its loop is "
     "94 instructions per 256 multiply-adds, 0.37 per MAC (15.2M for ResNet-20's 40.8M MACs), about what ONNX "
     "Runtime int8 spends on the whole model there (0.39 per MAC), and qexport's epilogue, re-layout and quantizer "
     "come on top. With codes and weights of at most 4 bits a product is at most 15 x 8 = 120, so int16 "
     "accumulators take about 270 of them before a widening step: multiply-adds on 8-bit lanes (SMULL/SMLAL, 8 per "
     "instruction) with an occasional SADALP could come near half the instructions of the present loop. That is "
-    "the low-bit gain (ULPPACK-style) that the NEON path does not take yet.",
+    "the low-bit gain (ULPPACK-style) that the NEON path takes since session 18 (above).",
     "* dotprod path: the dot product is close to its floor (its loop is 24 instructions per 256 multiply-adds: 16 "
     "SDOT, 4 vector loads, the offset load and the loop control; 3.8M for ResNet-20, measured 4.05M), and about "
     "half of qexport's instructions are elsewhere: the conv epilogue (`conv_t`: int32 to float, scale, bias, "
