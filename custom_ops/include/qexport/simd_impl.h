@@ -258,6 +258,7 @@ struct DwInt16 {
   static constexpr bool kByChannels = false;
   // The weights are integers of at most 128 in magnitude: exact in int16.
   static V fma(V a, float w, V p) { return a + static_cast<int16_t>(w) * p; }
+  static V vfma(V a, V w, V p) { return a + w * p; }  // lane by lane
 };
 
 // 1 in lanes [0, n), 0 in the others.
@@ -490,8 +491,8 @@ inline void depthwise_t(const DepthwiseTask& t) {
 // float(p[0]) ... float(p[n - 1]), 0 ... (n < L codes left before the end of the sample).
 template <typename P>
 inline typename P::V dw_codes_tail(const uint8_t* p, int64_t n) {
-  float f[P::L] = {};
-  for (int64_t j = 0; j < n && j < P::L; ++j) f[j] = static_cast<float>(p[j]);
+  typename P::T f[P::L] = {};
+  for (int64_t j = 0; j < n && j < P::L; ++j) f[j] = static_cast<typename P::T>(p[j]);
   return dw_load<typename P::V>(f);
 }
 
@@ -507,20 +508,21 @@ inline typename P::V dw_codes_tail(const uint8_t* p, int64_t n) {
 template <typename P, bool kRes, bool kRelu>
 inline void depthwise_channels(const DepthwiseTask& t) {
   using V = typename P::V;
+  using T = typename P::T;
   constexpr int L = P::L;
   const int64_t taps = t.kh * t.kw, th = t.tile_h, tw = t.tile_w, plane_in = t.h * t.w, plane_out = t.oh * t.ow;
-  float* tile = t.buf;               // [th][tw][L]
-  float* wt = tile + th * tw * L;    // [taps][L]
+  T* tile = reinterpret_cast<T*>(t.buf);  // [th][tw][L]
+  T* wt = tile + th * tw * L;             // [taps][L]
   int64_t off[kDepthwiseTileTaps];  // tap (i, j): its position's offset from the tap (0, 0)
   for (int64_t i = 0; i < t.kh; ++i)
     for (int64_t j = 0; j < t.kw; ++j) off[i * t.kw + j] = (i * t.dh * tw + j * t.dw) * L;
-  std::memset(tile, 0, sizeof(float) * static_cast<size_t>(th * tw * L));
-  const float zp = static_cast<float>(t.zero_point);
+  std::memset(tile, 0, sizeof(T) * static_cast<size_t>(th * tw * L));
+  const T zp = static_cast<T>(t.zero_point);
   int64_t o = t.o0;
   for (; o + L <= t.o1; o += L) {
     const uint8_t* xg = t.x + o * plane_in;
     for (int64_t iy = 0; iy < t.h; ++iy) {
-      float* trow = tile + ((iy + t.pt) * tw + t.pl) * L;
+      T* trow = tile + ((iy + t.pt) * tw + t.pl) * L;
       for (int64_t ix = 0; ix < t.w; ix += L) {
         V r[L];
         for (int c = 0; c < L; ++c) {
@@ -533,11 +535,11 @@ inline void depthwise_channels(const DepthwiseTask& t) {
       }
     }
     for (int64_t tp = 0; tp < taps; ++tp)
-      for (int c = 0; c < L; ++c) wt[tp * L + c] = t.wf[(o + c) * taps + tp];
+      for (int c = 0; c < L; ++c) wt[tp * L + c] = static_cast<T>(t.wf[(o + c) * taps + tp]);
     int64_t oy = 0, ox = 0;  // of position p0
     for (int64_t p0 = 0; p0 < plane_out; p0 += L) {
       const int64_t n = min64(L, plane_out - p0);
-      const float* base[L];  // tap (0, 0) of positions p0 ... (past the plane: p0's, not stored)
+      const T* base[L];  // tap (0, 0) of positions p0 ... (past the plane: p0's, not stored)
       for (int k = 0; k < L; ++k) {
         base[k] = k < n ? tile + (oy * t.sh * tw + ox * t.sw) * L : base[0];
         if (k < n && ++ox == t.ow) ox = 0, ++oy;
@@ -553,11 +555,19 @@ inline void depthwise_channels(const DepthwiseTask& t) {
         const float m = t.x_scale * t.w_scale[o + c], b = t.bias[o + c];
         float* yo = t.y + (o + c) * plane_out + p0;
         const float* ro = kRes ? t.residual + (o + c) * plane_out + p0 : nullptr;
-        if (n == L) {
-          dw_store<V>(yo, depthwise_epilogue_vec<P, kRes, kRelu>(r[c], m, b, ro));
+        if constexpr (P::FL == L) {
+          if (n == L) {
+            dw_store<V>(yo, depthwise_epilogue_vec<P, kRes, kRelu>(r[c], m, b, ro));
+            continue;
+          }
+        }
+        T a[L];
+        dw_store<V>(a, r[c]);
+        if (n == L) {  // L sums of T as float vectors of FL (int16: two halves)
+          for (int k = 0; k < L; k += P::FL)
+            dw_store<typename P::FV>(yo + k, depthwise_epilogue_vec<P, kRes, kRelu>(P::load_acc(a + k), m, b,
+                                                                                     kRes ? ro + k : nullptr));
         } else {
-          float a[L];
-          dw_store<V>(a, r[c]);
           depthwise_epilogue<kRes, kRelu>(a, ro, yo, n, m, b);
         }
       }

@@ -39,23 +39,36 @@ struct DwNeon : simd::DwGeneric<float32x4_t, 16> {
   }
 };
 
-// The int16 plane kernel: 8 lanes per q register, mla by a scalar (8 multiply-adds per
-// instruction, twice fmla's), codes widened by uxtl, sums to float32 by sxtl + scvtf.
+// The int16 depthwise kernels: 8 lanes per q register, mla by a scalar (plane kernel) or by a
+// vector (channel kernel: 8 channels per vector, twice DwNeon's 4), 8 multiply-adds per
+// instruction, codes widened by uxtl, sums to float32 by sxtl + scvtf.
 struct DwNeonI16 : simd::DwInt16<int16x8_t, float32x4_t, 16> {
+  static constexpr bool kByChannels = true;
   static V fma(V a, float w, V p) { return vmlaq_n_s16(a, p, static_cast<int16_t>(w)); }
+  static V vfma(V a, V w, V p) { return vmlaq_s16(a, w, p); }
   static V codes(const uint8_t* p) { return vreinterpretq_s16_u16(vmovl_u8(vld1_u8(p))); }
   static FV load_acc(const int16_t* p) { return vcvtq_f32_s32(vmovl_s16(vld1_s16(p))); }
+  // r[i][j] <-> r[j][i]: trn1/trn2 on 16-, 32- and 64-bit lanes.
+  static void transpose(V (&r)[8]) {
+    int16x8_t a[8];
+    for (int i = 0; i < 8; i += 2) a[i] = vtrn1q_s16(r[i], r[i + 1]), a[i + 1] = vtrn2q_s16(r[i], r[i + 1]);
+    int32x4_t b[8];
+    for (int i = 0; i < 8; i += 4)
+      for (int k = 0; k < 2; ++k) {
+        const int32x4_t x = vreinterpretq_s32_s16(a[i + k]), y = vreinterpretq_s32_s16(a[i + k + 2]);
+        b[i + k] = vtrn1q_s32(x, y), b[i + k + 2] = vtrn2q_s32(x, y);
+      }
+    for (int k = 0; k < 4; ++k) {
+      const int64x2_t x = vreinterpretq_s64_s32(b[k]), y = vreinterpretq_s64_s32(b[k + 4]);
+      r[k] = vreinterpretq_s16_s64(vtrn1q_s64(x, y)), r[k + 4] = vreinterpretq_s16_s64(vtrn2q_s64(x, y));
+    }
+  }
 };
 
-// Where the sums fit int16 (DepthwiseTask::int16), the int16 plane kernel, except on planes of
-// at most 128 outputs that the channel-vectorized float32 kernel takes (DepthwiseTask::tile_h):
-// on avx2 (MobileNetV2 CIFAR, interleaved per-node profile) the int16 plane kernel took 0.84x the
-// float32 plane kernel's time at 32x32 and 0.81x the channel kernel's at 16x16, but 1.6-2.2x the
-// channel kernel's at 8x8 and 4x4. Else the float32 kernels. On ARM (instructions under qemu,
-// cortex-a76, MobileNetV2 CIFAR): 34.55M with this choice, 35.55M with int16 only where the channel
-// kernel does not apply, 35.73M with int16 everywhere, 36.88M without it.
+// Where the sums fit int16 (DepthwiseTask::int16) the int16 kernels: the channel kernel on the
+// planes it takes (DepthwiseTask::tile_h), else the plane kernel; else the float32 ones.
 inline void depthwise_arm(const DepthwiseTask& t) {
-  if (t.int16 && (t.tile_h == 0 || t.oh * t.ow > 128)) {
+  if (t.int16) {
     simd::depthwise_conv<DwNeonI16>(t);
   } else {
     simd::depthwise_conv<DwNeon>(t);
