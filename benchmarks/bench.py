@@ -83,9 +83,9 @@ ARM_NETWORKS = "resnet20,small_cnn,mobilenet_v2_cifar"
 # What the ARM instruction counts show (docs/performance.md, ARM section), written from the run of
 # 2026-12-01 (the table above them is regenerated; these sentences are not).
 ARM_NOTES = [
-    "* What the table says (run of 2026-12-02 21:44): on the dotprod path (cortex-a76) qexport executes 0.81x ONNX "
-    "Runtime int8's instructions on ResNet-20, 1.20x on the Fashion-MNIST CNN and 2.07x on MobileNetV2 (32x32); on "
-    "the NEON-only core (cortex-a53) 0.68-0.71x, 0.86-0.89x and 1.32-1.34x, while ONNX Runtime int8 itself needs "
+    "* What the table says (run of 2026-12-02 22:21): on the dotprod path (cortex-a76) qexport executes 0.81x ONNX "
+    "Runtime int8's instructions on ResNet-20, 1.21x on the Fashion-MNIST CNN and 1.93x on MobileNetV2 (32x32); on "
+    "the NEON-only core (cortex-a53) 0.68-0.71x, 0.86-0.89x and 1.25-1.27x, while ONNX Runtime int8 itself needs "
     "1.8-2.3x more there than with dotprod. So by this proxy qexport is ahead of ONNX Runtime int8 on ResNet-20 on "
     "both cores and on the CNN without dotprod, behind it on MobileNetV2. On cortex-a53 the 3-bit models take "
     "fewer instructions than the 4-bit ones (their int16 runs are longer, see below); with dotprod both widths go "
@@ -104,7 +104,9 @@ ARM_NOTES = [
     "on 8x8 and 4x4 planes), 45.6M -> 43.2M on cortex-a53. What is left on cortex-a76 for MobileNetV2: the dot "
     "products 8.8M, the depthwise kernels 10.5M (5.4M of it the float channel kernel on the 8x8 and 4x4 planes), "
     "the epilogue 3.9M, the quantizer 3.2M, the means 3.2M (already 12 instructions per 8 values: float64 "
-    "lanes), the re-layout 2.4M.",
+    "lanes), the re-layout 2.4M. (3) The depthwise channel kernel of the 8x8 and 4x4 planes in int16 lanes too "
+    "(8 channels per q register, a trn1/trn2 8x8 transpose): MobileNetV2 34.47M -> 32.19M on cortex-a76 (the "
+    "int16 plane kernel on those planes instead: 32.43M), 43.2M -> 40.93M (w4) on cortex-a53.",
     "* Session 17: the re-layout's rows had been left to GCC's vectorization of the portable loop, which a "
     "refactoring (5e2f8c3, the phase-column helper) silently undid: ResNet-20's `relayout` went from 0.71M to "
     "1.09M instructions on cortex-a76 (found by counting builds of 25ca9cb, 5e2f8c3, ec2201b, 94c1c7e and "
@@ -691,6 +693,23 @@ NOTES = [
     "output, float64 means, division-exact codes) and the NCHW layout (MLAS runs these models NHWC). 0.6x int8 "
     "there needs a different arithmetic, not tuning; the VNNI/AMX paths (Xeon, 0.65-0.70x on ResNet-20) are "
     "where the targets are within reach.",
+    "* Session 18 (2026-12-02, the same AMD EPYC (Zen 3) VM, avx2): the depthwise plane kernel in int16 lanes "
+    "where every partial sum fits int16 (docs/ops.md, 'Kernel paths': vpmullw + vpaddw on 16 lanes, codes "
+    "widened by vpmovzxbw instead of converted to float, sums to float for the epilogue), on planes of more than "
+    "128 outputs. Interleaved per-node profile on MobileNetV2 (CIFAR): the 32x32 depthwise nodes 0.84-0.86x their "
+    "time, the 16x16 ones 0.80-0.82x (there instead of the float32 channel kernel, which stays on the 8x8 and "
+    "4x4 planes: the int16 plane kernel took 1.6-2.2x its time there); the model 0.95-0.96x at batch 1, "
+    "MobileNetV2@224 0.94-1.00x (interleaved A/B, 1 thread). perf on MobileNetV2 (CIFAR) after it: the "
+    "pointwise dot products 35%, the depthwise kernels 19% (the float32 channel kernel 9%, the int16 plane "
+    "kernel's plane filling 4%, its multiply-adds 3%, its epilogue 3%), the quantizer 9%, the re-layout 7.5%, "
+    "the means 6%, the ASQ adapter 2%. Measured and not kept (no change outside noise): the ASQ adapter's rows "
+    "four at a time with its group bounds stepped without divisions, and a single image's quantizer in tasks "
+    "of 2^12 instead of 2^15 values on avx2 (at 2 threads, ResNet-20, the CNN and MobileNetV2 (CIFAR) within "
+    "0.98-1.00x). In this run (quiet: load 0.62) the 2-thread cells at batch 1 are the worst of each small "
+    "network (ResNet-20 1.13-1.15x int8 against 0.98x at 1 thread, the CNN 1.37-1.41x against 1.17-1.21x, "
+    "MobileNetV2 (CIFAR) 1.66-1.75x against 1.48-1.49x): ONNX Runtime int8 gains 1.5-1.6x from the second "
+    "thread there, qexport 1.3-1.4x. Serial in a single image: the re-layout, the adapter and the convs below "
+    "the split thresholds; which of them costs the difference is not measured yet.",
     "* Timing: every session stops its worker threads' spinning when a run returns "
     "(`session.force_spinning_stop`). Without it, with 2 threads, the idle workers of the sessions timed just "
     "before kept spinning on both cores and every model ran at 1-thread speed or worse (float 15.4 ms instead "
