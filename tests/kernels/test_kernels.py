@@ -485,6 +485,43 @@ def test_dense_conv_relayout_rows(geometry, kernel_isa: str, capfd: pytest.Captu
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
 
 
+# (in channels, out channels, h, w, k, stride, pad, dilation, act bits): single images with at least
+# 2^15 output values (split over threads on every path) and at most 16 output channels (each task
+# takes every channel block): split into bands of output rows, each re-laid out by its own task.
+# Flat vectors (50x50) and row vectors (64x64), stride 2 with an odd width, a dilated 5x5 with 8-bit
+# codes and 7 channels, a 1x1 (no halo rows), the 7x7 stride-2 stem.
+BAND_ROWS = [
+    (16, 16, 50, 50, 3, 1, 1, 1, 4), (8, 16, 64, 64, 3, 1, 1, 1, 3), (12, 16, 99, 97, 3, 2, 1, 1, 4),
+    (7, 16, 60, 60, 5, 1, 4, 2, 8), (16, 16, 48, 48, 1, 1, 0, 1, 4), (3, 16, 100, 100, 7, 2, 3, 1, 8),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("geometry", BAND_ROWS, ids=lambda g: f"c{g[0]}o{g[1]}_{g[2]}x{g[3]}k{g[4]}s{g[5]}p{g[6]}d{g[7]}a{g[8]}")
+def test_single_image_bands_of_rows(geometry, threads: int, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """One image split into bands of output rows, each task re-laying out the rows its vectors read
+    (qconv.cc, conv_bands): with 2 threads the bands land on both threads, with 1 every band after
+    the first reuses the rows the previous one re-laid out. Y (with a residual) and the ASQ codes
+    and step, bit for bit, on the path's own conv kernel."""
+    c, o, h, w, k, s, p, d, act_bits = geometry
+    rng = np.random.default_rng(c * 1000 + w * 10 + threads)
+    bits, packed = random_weights(rng, "post", 4, [o, c, k, k])
+    inputs = {"X": random_codes(rng, (1, c, h, w), act_bits), "X_scale": np.array([0.03], np.float32),
+              "W": packed, "W_scale": random_scales(rng, o), "B": random_bias(rng, o)}
+    attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=int(rng.integers(0, 1 << act_bits)),
+                 weight_shape=[o, c, k, k], strides=[s, s], pads=[p] * 4, dilations=[d, d], group=1, relu=1,
+                 quantizer="asq", q_bits=4, q_signed=0, q_step=0.05, q_beta_map="relu", q_groups=4)
+    oh, ow = R.conv_output_size(h, k, s, p, p, d), R.conv_output_size(w, k, s, p, p, d)
+    assert o * oh * ow >= 1 << 15
+    extra = {"R": (rng.normal(size=(1, o, oh, ow)) * 2).astype(np.float32),
+             "QW1": rng.normal(size=(4, 4)).astype(np.float32), "QB1": rng.normal(size=4).astype(np.float32),
+             "QW2": rng.normal(size=(1, 4)).astype(np.float32), "QB2": np.array([1.5], np.float32)}
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"),
+                constant=("W", "W_scale", "B", "QW1", "QB1", "QW2", "QB2"))
+    check_fused(case, threads, threads=threads)
+    assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
+
+
 @pytest.mark.parametrize("quantizer,depthwise", [("asq", False), ("lsq", False), ("asq", True)])
 def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) -> None:
     """One image whose output has over 2^16 values (a MobileNet-sized 1x1 or depthwise conv): with
@@ -752,6 +789,26 @@ def test_conv_thread_count_does_not_change_results(threads: int) -> None:
     model = weighted_model("conv", case["fmt"], case["inputs"], case["attrs"], case["constant"])
     (y,) = run_single(model, case["inputs"], case["constant"], threads=threads)
     assert_bitwise_equal(y, reference_conv(case), f"conv with {threads} threads")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_input_size_changes_between_runs(threads: int, kernel_isa: str) -> None:
+    """One session fed images of other sizes in turn (the SIMD path keeps its vector and step
+    tables for the last size): every run as the reference, back to the first size included."""
+    rng = np.random.default_rng(31 + threads)
+    c, o, k = 8, 16, 3
+    bits, packed = random_weights(rng, "post", 4, [o, c, k, k])
+    attrs = dict(bits=bits, act_bits=4, act_zero_point=3, weight_shape=[o, c, k, k], strides=[1, 1], pads=[1] * 4,
+                 dilations=[1, 1], group=1, relu=1)
+    base = {"X_scale": np.array([0.03], np.float32), "W": packed, "W_scale": random_scales(rng, o),
+            "B": random_bias(rng, o)}
+    model = weighted_model("conv", "post", {"X": random_codes(rng, (1, c, 8, 8), 4), **base}, attrs,
+                           free_shapes=True)
+    sess = make_session(serialize(model), threads=threads)
+    for n, h, w in ((1, 40, 56), (1, 33, 17), (2, 9, 70), (1, 40, 56)):
+        case = dict(fmt="post", inputs={"X": random_codes(rng, (n, c, h, w), 4), **base}, attrs=attrs)
+        (y,) = sess.run(None, feeds(case["inputs"], ("W", "W_scale", "B")))
+        assert_bitwise_equal(y, reference_conv(case), f"{n}x{c}x{h}x{w} after other sizes")
 
 
 # --------------------------------------------------------------------------- quantize ops

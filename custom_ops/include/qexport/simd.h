@@ -109,6 +109,9 @@ struct ConvTask {
   const float* residual = nullptr;  // same layout as y, or nullptr
   float* y = nullptr;   // output of this sample, first channel of the group, row 0: (og, oh, ow)
   uint8_t* buf = nullptr;  // the re-laid-out input, g->buf_bytes
+  // relayout fills rows [row0, row1) of every plane of buf (row1 = hs: and the slack after the
+  // last row); a single image split into bands of output rows fills each band's own rows.
+  int64_t row0 = 0, row1 = 0;
 };
 
 // ------------------------------------------------------------------------------ depthwise conv

@@ -65,7 +65,8 @@ inline PhaseColumns phase_columns(int64_t first, int64_t sw, int64_t w, int64_t 
   return c;
 }
 
-// Fills one plane (see ConvGeometry) of channel group g4: cell (row t, column xs) holds the
+// Fills rows [t.row0, t.row1) of one plane (see ConvGeometry; t.row1 = hs: and the slack after
+// the last row) of channel group g4: cell (row t, column xs) holds the
 // codes of channels 4*g4 .. 4*g4+3 at input row t*sh + py - pt, column (xs + cshift)*sw + px - pl,
 // each minus act_offset; positions outside the input hold pad_code. Channels beyond cg (the last
 // group of a channel count that is not a multiple of 4) repeat channel 4*g4: their weights are
@@ -85,7 +86,7 @@ inline void fill_plane(const ConvTask& t, int64_t g4, int64_t py, int64_t px, in
   for (int64_t ci = 0; ci < 4; ++ci) xc[ci] = t.x + (4 * g4 + (ci < nc ? ci : 0)) * hw;
   const PhaseColumns cols = phase_columns(g.pl - px - cshift * g.sw, g.sw, g.w, g.ws);
   const int64_t xs_lo = cols.lo, xs_hi = cols.hi;
-  for (int64_t tr = 0; tr < g.hs; ++tr) {
+  for (int64_t tr = t.row0; tr < t.row1; ++tr) {
     uint32_t* row = plane + tr * g.ws;
     const int64_t iy = tr * g.sh + py - g.pt;
     if (iy < 0 || iy >= g.h || xs_lo >= xs_hi) {
@@ -106,7 +107,8 @@ inline void fill_plane(const ConvTask& t, int64_t g4, int64_t py, int64_t px, in
                 (static_cast<uint32_t>(s2[q * st]) << 16) | (static_cast<uint32_t>(s3[q * st]) << 24)) ^
                flip;
   }
-  for (int64_t q = g.hs * g.ws; q < g.plane_pos; ++q) plane[q] = pad;
+  if (t.row1 == g.hs)
+    for (int64_t q = g.hs * g.ws; q < g.plane_pos; ++q) plane[q] = pad;
 }
 
 // The expanded layout when kernel columns are adjacent input columns (sw = dw = 1): plane
@@ -129,7 +131,7 @@ inline void fill_expanded_rows(const ConvTask& t, uint32_t* buf) {
       for (int64_t ci = 0; ci < 4; ++ci) xc[ci] = t.x + (4 * g4 + (ci < nc ? ci : 0)) * hw;
       uint32_t* planes[64];
       for (int64_t j = 0; j < g.kw; ++j) planes[j] = buf + (py * g.chunks * 16 + j * g.cg4 + g4) * g.plane_pos;
-      for (int64_t tr = 0; tr < g.hs; ++tr) {
+      for (int64_t tr = t.row0; tr < t.row1; ++tr) {
         const int64_t iy = tr * g.sh + py - g.pt;
         if (iy < 0 || iy >= g.h || xs_lo >= xs_hi) {
           for (int64_t j = 0; j < g.kw; ++j) {
@@ -152,13 +154,14 @@ inline void fill_expanded_rows(const ConvTask& t, uint32_t* buf) {
                    flip;
         for (int64_t j = 0; j < g.kw; ++j) Interleave::copy(planes[j] + tr * g.ws, ext + j, g.ws);
       }
-      for (int64_t j = 0; j < g.kw; ++j)
-        for (int64_t q = g.hs * g.ws; q < g.plane_pos; ++q) planes[j][q] = pad;
+      if (t.row1 == g.hs)
+        for (int64_t j = 0; j < g.kw; ++j)
+          for (int64_t q = g.hs * g.ws; q < g.plane_pos; ++q) planes[j][q] = pad;
     }
   }
 }
 
-// Fills every plane of a conv task's buffer (see ConvGeometry).
+// Fills rows [t.row0, t.row1) of every plane of a conv task's buffer (see ConvGeometry).
 template <typename Interleave>
 inline void conv_relayout(const ConvTask& t) {
   const ConvGeometry& g = *t.g;

@@ -19,8 +19,11 @@
 //   0), then int32 dot products against the decoded int16 weight rows, 4 output channels at a
 //   time.
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -535,6 +538,101 @@ class ConvKernel {
     });
   }
 
+  // A single image split into bands of output rows, each task re-laying out the buffer rows its
+  // vectors read into its own thread's buffer and then computing them for every channel block: no
+  // serial re-layout before the split, and no buffer written by one core and read by another
+  // (ResNet-20 at batch 1 with 2 threads: the serial re-layout cost 13% of the run, twice its share
+  // at 1 thread). A band has at least 4 * row_max rows, so that the rows re-laid out twice (a
+  // band's last row_max rows are the next band's first) stay few; a thread that takes the next
+  // band of the same call after its own skips the rows it already has.
+  void conv_bands(Ort::KernelContext& ctx, const ConvTask& base, int64_t pairs, int64_t pair_chunk, int64_t nob) const {
+    const ConvGeometry& g = *base.g;
+    const int64_t vg = simd_->conv_group, lanes = simd_->conv_lanes;
+    const int64_t per_row = g.row_mode ? (g.ow + lanes - 1) / lanes : 0;
+    const int64_t min_rows = g.row_max > 0 ? 4 * g.row_max : 1;
+    const int64_t min_vectors = g.row_mode ? min_rows * per_row : (min_rows * g.ws + lanes - 1) / lanes;
+    const int64_t min_chunk = (min_vectors + vg - 1) / vg;
+    if (pair_chunk < min_chunk) pair_chunk = min_chunk;
+    const int64_t bands = (pairs + pair_chunk - 1) / pair_chunk;
+    // The last cell a vector starting at flat position q reads, relative to q.
+    const int64_t reach = lanes - 1 + g.row_max * g.ws + (g.ws - g.ow);
+    static std::atomic<uint64_t> calls{0};
+    const uint64_t call = calls.fetch_add(1, std::memory_order_relaxed) + 1;
+    auto body = [&](size_t bi) {
+      struct Filled {
+        uint64_t call = 0;
+        int64_t row0 = 0, row1 = 0;
+      };
+      thread_local Scratch<uint8_t> band_buf;
+      thread_local Filled filled;
+      ConvTask task = base;
+      task.buf = band_buf.get(g.buf_bytes);
+      task.v0 = static_cast<int64_t>(bi) * pair_chunk * vg;
+      task.v1 = task.v0 + pair_chunk * vg < g.vectors ? task.v0 + pair_chunk * vg : g.vectors;
+      task.b0 = 0, task.b1 = nob;
+      const int64_t first = g.vstart[task.v0], last = g.vstart[task.v1 - 1] + reach;
+      int64_t row0 = first / g.ws;
+      const int64_t row1 = last / g.ws + 1 < g.hs ? last / g.ws + 1 : g.hs;
+      if (filled.call == call && filled.row0 <= row0 && row0 <= filled.row1) {
+        const int64_t have = filled.row1;
+        filled.row1 = have > row1 ? have : row1;
+        row0 = have;
+      } else {
+        filled.call = call, filled.row0 = row0, filled.row1 = row1;
+      }
+      if (row0 < row1) {
+        task.row0 = row0, task.row1 = row1;
+        simd_->relayout(task);
+      }
+      simd_->conv(task);
+    };
+    if (bands > 1) {
+      parallel_for(ctx, static_cast<size_t>(bands), body);
+    } else {
+      body(0);
+    }
+  }
+
+  // The tables of ConvGeometry (vstart, vseg, seg, off) for an input of g.h x g.w.
+  struct FastTables {
+    int64_t h = -1, w = -1;
+    std::vector<int32_t> off, vstart, vseg;
+    std::vector<ConvSegment> segs;
+  };
+
+  // The tables for g's input size: the kept ones when the size is the last call's, else new ones
+  // (then kept). A call holds its tables while another call (another size) replaces them.
+  std::shared_ptr<const FastTables> fast_tables(const ConvGeometry& g, int64_t lanes) const {
+    {
+      std::lock_guard<std::mutex> lock(tables_mutex_);
+      if (tables_ != nullptr && tables_->h == g.h && tables_->w == g.w) return tables_;
+    }
+    auto t = std::make_shared<FastTables>();
+    t->h = g.h, t->w = g.w;
+    build_vectors(g, lanes, &t->vstart, &t->vseg, &t->segs);
+    std::vector<int32_t>& off = t->off;
+    off.resize(static_cast<size_t>(g.steps));
+    if (g.expand) {
+      for (int64_t i = 0; i < kh_; ++i)
+        for (int64_t ci = 0; ci < g.chunks; ++ci) {
+          const int64_t plane = ((i * dh_) % sh_) * g.chunks * 16 + ci * 16;
+          const int64_t cell = plane * g.plane_pos + ((i * dh_) / sh_) * g.ws;
+          off[static_cast<size_t>(i * g.chunks + ci)] = static_cast<int32_t>(cell * 4);
+        }
+    } else {
+      for (int64_t g4 = 0; g4 < g.cg4; ++g4)
+        for (int64_t i = 0; i < kh_; ++i)
+          for (int64_t j = 0; j < kw_; ++j) {
+            const int64_t phase = ((i * dh_) % sh_) * sw_ + (j * dw_) % sw_;
+            const int64_t cell = (g4 * g.phases + phase) * g.plane_pos + ((i * dh_) / sh_) * g.ws + (j * dw_) / sw_;
+            off[static_cast<size_t>((g4 * kh_ + i) * kw_ + j)] = static_cast<int32_t>(cell * 4);
+          }
+    }
+    std::lock_guard<std::mutex> lock(tables_mutex_);
+    tables_ = t;
+    return t;
+  }
+
   // The SIMD path; false (nothing done) when the re-laid-out input would be too large for it.
   bool compute_fast(Ort::KernelContext& ctx, const uint8_t* x, const WeightedState::Scales& sc, const int16_t* wts,
                     int64_t n, int64_t h, int64_t w, int64_t oh, int64_t ow, const Extras& ex) const {
@@ -567,30 +665,11 @@ class ConvKernel {
     const int64_t flat = (oh * g.ws + lanes - 1) / lanes, by_row = oh * ((ow + lanes - 1) / lanes);
     g.row_mode = by_row <= flat;
     g.vectors = g.row_mode ? by_row : flat;
-    // Per-call tables (thread_local: no allocation once they have grown; the tasks of this call
-    // read the calling thread's copies).
-    thread_local std::vector<int32_t> off, vstart, vseg;
-    thread_local std::vector<ConvSegment> segs;
-    build_vectors(g, lanes, &vstart, &vseg, &segs);
-    g.vstart = vstart.data(), g.vseg = vseg.data(), g.seg = segs.data();
-    off.resize(static_cast<size_t>(g.steps));
-    if (g.expand) {
-      for (int64_t i = 0; i < kh_; ++i)
-        for (int64_t ci = 0; ci < g.chunks; ++ci) {
-          const int64_t plane = ((i * dh_) % sh_) * g.chunks * 16 + ci * 16;
-          const int64_t cell = plane * g.plane_pos + ((i * dh_) / sh_) * g.ws;
-          off[static_cast<size_t>(i * g.chunks + ci)] = static_cast<int32_t>(cell * 4);
-        }
-    } else {
-      for (int64_t g4 = 0; g4 < g.cg4; ++g4)
-        for (int64_t i = 0; i < kh_; ++i)
-          for (int64_t j = 0; j < kw_; ++j) {
-            const int64_t phase = ((i * dh_) % sh_) * sw_ + (j * dw_) % sw_;
-            const int64_t cell = (g4 * g.phases + phase) * g.plane_pos + ((i * dh_) / sh_) * g.ws + (j * dw_) / sw_;
-            off[static_cast<size_t>((g4 * kh_ + i) * kw_ + j)] = static_cast<int32_t>(cell * 4);
-          }
-    }
-    g.off = off.data();
+    // The vector and step tables, built for the first input size and kept while it repeats
+    // (building them took about 1 us per conv call: 3-4% of ResNet-20 at batch 1).
+    const std::shared_ptr<const FastTables> tables = fast_tables(g, lanes);
+    g.vstart = tables->vstart.data(), g.vseg = tables->vseg.data(), g.seg = tables->segs.data();
+    g.off = tables->off.data();
 
     PackedWeights local;
     const PackedWeights* pw = &packed_;
@@ -623,6 +702,7 @@ class ConvKernel {
       t.residual = ex.residual != nullptr ? ex.residual + ni * sample + gi * og * plane_out : nullptr;
       t.y = yn + gi * og * plane_out;
       t.buf = buf;
+      t.row0 = 0, t.row1 = g.hs;
       return t;
     };
     // Y, or a scratch plane set of one sample when only the codes are wanted.
@@ -680,42 +760,47 @@ class ConvKernel {
       quantize_image(ctx, y0, o, plane_out, ex, means);
       return true;
     } else {
-      // A single image: re-layout once, then split its vectors (pairs) and channel blocks into
-      // tasks of at least kFastTaskMacs multiply-adds.
+      // A single image: its vectors (pairs) and channel blocks in tasks of at least
+      // kFastTaskMacs multiply-adds.
       thread_local Scratch<uint8_t> buf;
       const ConvTask base = make_task(0, 0, y0, buf.get(g.buf_bytes));
-      simd_->relayout(base);
       const int64_t vg = simd_->conv_group;
       const int64_t pairs = (g.vectors + vg - 1) / vg;
       const int64_t unit = vg * lanes * cb * a.k;  // one vector group x one channel block
       const int64_t task_macs = kFastTaskMacs * simd_->conv_speed;
       const int64_t per_task = (task_macs + unit - 1) / unit;
-      int64_t pair_chunk = 1, block_chunk = nob;
-      if (per_task >= nob) {
-        pair_chunk = (per_task + nob - 1) / nob;
-      } else {
-        block_chunk = per_task;
-      }
-      const int64_t npc = (pairs + pair_chunk - 1) / pair_chunk, nbc = (nob + block_chunk - 1) / block_chunk;
-      const size_t ntasks = static_cast<size_t>(npc * nbc);
-      auto body = [&](size_t ti) {
-        const int64_t t = static_cast<int64_t>(ti);
-        ConvTask task = base;
-        task.v0 = (t / nbc) * pair_chunk * vg;
-        task.v1 = task.v0 + pair_chunk * vg < g.vectors ? task.v0 + pair_chunk * vg : g.vectors;
-        task.b0 = (t % nbc) * block_chunk;
-        task.b1 = task.b0 + block_chunk < nob ? task.b0 + block_chunk : nob;
-        simd_->conv(task);
-      };
       // A small conv runs in the calling thread: measured on ResNet-20 at batch 1 (2.4M
       // multiply-adds per conv, ~10 us), splitting it over 2 threads made the model 1.4x slower
       // (ONNX Runtime's cost per ParallelFor plus the serial re-layout and quantizer).
       const int shift = simd_->parallel_shift;
-      if (pairs * nob * unit < (kParallelMinMacs * simd_->conv_speed >> shift) &&
-          og * plane_out < (kParallelMinOutputs >> shift)) {
-        for (size_t ti = 0; ti < ntasks; ++ti) body(ti);
+      const bool split = pairs * nob * unit >= (kParallelMinMacs * simd_->conv_speed >> shift) ||
+                         og * plane_out >= (kParallelMinOutputs >> shift);
+      if (split && per_task >= nob) {
+        conv_bands(ctx, base, pairs, (per_task + nob - 1) / nob, nob);
       } else {
-        parallel_for(ctx, ntasks, body);
+        simd_->relayout(base);
+        int64_t pair_chunk = 1, block_chunk = nob;
+        if (per_task >= nob) {
+          pair_chunk = (per_task + nob - 1) / nob;
+        } else {
+          block_chunk = per_task;
+        }
+        const int64_t npc = (pairs + pair_chunk - 1) / pair_chunk, nbc = (nob + block_chunk - 1) / block_chunk;
+        const size_t ntasks = static_cast<size_t>(npc * nbc);
+        auto body = [&](size_t ti) {
+          const int64_t t = static_cast<int64_t>(ti);
+          ConvTask task = base;
+          task.v0 = (t / nbc) * pair_chunk * vg;
+          task.v1 = task.v0 + pair_chunk * vg < g.vectors ? task.v0 + pair_chunk * vg : g.vectors;
+          task.b0 = (t % nbc) * block_chunk;
+          task.b1 = task.b0 + block_chunk < nob ? task.b0 + block_chunk : nob;
+          simd_->conv(task);
+        };
+        if (split) {
+          parallel_for(ctx, ntasks, body);
+        } else {
+          for (size_t ti = 0; ti < ntasks; ++ti) body(ti);
+        }
       }
     }
     if (quantize) quantize_image(ctx, y0, o, plane_out, ex);
@@ -830,6 +915,8 @@ class ConvKernel {
   int sum16_ = 1;
   int64_t steps16_ = 0;
   PackedWeights packed_;   // constant weights, packed for the SIMD path
+  mutable std::mutex tables_mutex_;                  // guards tables_
+  mutable std::shared_ptr<const FastTables> tables_;  // the SIMD path's tables of the last input size
   PathTrace trace_;        // QEXPORT_KERNEL_TRACE: the path each Compute ran
 };
 
