@@ -522,6 +522,39 @@ def test_single_image_bands_of_rows(geometry, threads: int, kernel_isa: str, cap
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
 
 
+# (in channels, out channels, h, w, k, stride, quantizer): single images whose conv is split over
+# threads by channel blocks, with a re-layout buffer large enough to be filled by parallel bands of
+# rows (qconv.cc, relayout_image): no quantizer, ASQ with the means block by block (2^18 outputs),
+# stride 2 (four phase planes).
+BLOCK_SPLIT = [(64, 64, 64, 64, 3, 1, "none"), (64, 64, 64, 64, 3, 1, "asq"), (32, 128, 97, 97, 3, 2, "lsq")]
+
+
+@pytest.mark.parametrize("geometry", BLOCK_SPLIT, ids=lambda g: f"c{g[0]}o{g[1]}_{g[2]}x{g[3]}k{g[4]}s{g[5]}_{g[6]}")
+def test_single_image_relayout_in_parallel_bands(geometry, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """A single image's re-layout filled by bands of rows on 2 threads, then its conv split by
+    channel blocks: Y and the codes bit for bit."""
+    c, o, h, w, k, s, quantizer = geometry
+    rng = np.random.default_rng(c + o + h + s)
+    bits, packed = random_weights(rng, "post", 4, [o, c, k, k])
+    inputs = {"X": random_codes(rng, (1, c, h, w), 4), "X_scale": np.array([0.03], np.float32), "W": packed,
+              "W_scale": random_scales(rng, o), "B": random_bias(rng, o)}
+    attrs = dict(bits=bits, act_bits=4, act_zero_point=int(rng.integers(0, 16)), weight_shape=[o, c, k, k],
+                 strides=[s, s], pads=[1] * 4, dilations=[1, 1], group=1, relu=1)
+    extra = {"R": None}
+    outputs = ("Y",)
+    if quantizer != "none":
+        attrs.update(quantizer=quantizer, q_bits=4, q_signed=0, q_step=0.05)
+        outputs = ("Y", "Q", "Q_scale")
+    if quantizer == "asq":
+        attrs.update(q_beta_map="relu", q_groups=16)
+        extra.update(QW1=rng.normal(size=(4, 16)).astype(np.float32), QB1=rng.normal(size=4).astype(np.float32),
+                     QW2=rng.normal(size=(1, 4)).astype(np.float32), QB2=np.array([1.5], np.float32))
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=outputs,
+                constant=("W", "W_scale", "B") + tuple(k for k in ("QW1", "QB1", "QW2", "QB2") if k in extra))
+    check_fused(case, 0, threads=2)
+    assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
+
+
 @pytest.mark.parametrize("quantizer,depthwise", [("asq", False), ("lsq", False), ("asq", True)])
 def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) -> None:
     """One image whose output has over 2^16 values (a MobileNet-sized 1x1 or depthwise conv): with

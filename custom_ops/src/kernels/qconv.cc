@@ -60,6 +60,9 @@ constexpr int64_t kQuantizeTask = int64_t{1} << 15;
 // blocks, the means of each right after it (ConvKernel::conv_block_with_means).
 constexpr int64_t kBlockwiseMinBlocks = 4;
 constexpr int64_t kBlockwiseMinOutputs = int64_t{1} << 18;
+// A single image's re-layout buffer of at least 2 * kRelayoutBandCells cells (4 bytes each) is
+// filled by parallel bands of rows of about this many cells when its conv is split by channel blocks.
+constexpr int64_t kRelayoutBandCells = int64_t{1} << 13;
 // The depthwise path, single image: output channels are split into tasks of at least
 // kDepthwiseTaskMacs multiply-adds when the conv has kDepthwiseParallelMinMacs or more.
 constexpr int64_t kDepthwiseTaskMacs = int64_t{1} << 16;
@@ -593,6 +596,25 @@ class ConvKernel {
     }
   }
 
+  // The re-layout of a single image whose conv is split over threads by channel blocks: a large
+  // buffer is filled by bands of rows in parallel (disjoint rows of the shared buffer), a small one
+  // by the calling thread.
+  void relayout_image(Ort::KernelContext& ctx, const ConvTask& base) const {
+    const ConvGeometry& g = *base.g;
+    const int64_t cells = g.planes * g.hs * g.ws;
+    const int64_t bands = std::min<int64_t>(cells / kRelayoutBandCells, g.hs / 4);
+    if (bands < 2) {
+      simd_->relayout(base);
+      return;
+    }
+    parallel_for(ctx, static_cast<size_t>(bands), [&](size_t bi) {
+      ConvTask task = base;
+      task.row0 = g.hs * static_cast<int64_t>(bi) / bands;
+      task.row1 = g.hs * (static_cast<int64_t>(bi) + 1) / bands;
+      simd_->relayout(task);
+    });
+  }
+
   // The tables of ConvGeometry (vstart, vseg, seg, off) for an input of g.h x g.w.
   struct FastTables {
     int64_t h = -1, w = -1;
@@ -751,7 +773,7 @@ class ConvKernel {
     } else if (by_block) {
       thread_local Scratch<uint8_t> buf;
       const ConvTask base = make_task(0, 0, y0, buf.get(g.buf_bytes));
-      simd_->relayout(base);
+      relayout_image(ctx, base);
       thread_local std::vector<double> p;
       p.resize(static_cast<size_t>(nob * cb));
       double* means = p.data();  // the calling thread's (p is thread_local: not p.data() in the tasks)
@@ -778,7 +800,11 @@ class ConvKernel {
       if (split && per_task >= nob) {
         conv_bands(ctx, base, pairs, (per_task + nob - 1) / nob, nob);
       } else {
-        simd_->relayout(base);
+        if (split) {
+          relayout_image(ctx, base);
+        } else {
+          simd_->relayout(base);
+        }
         int64_t pair_chunk = 1, block_chunk = nob;
         if (per_task >= nob) {
           pair_chunk = (per_task + nob - 1) / nob;
