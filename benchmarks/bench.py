@@ -83,13 +83,15 @@ ARM_NETWORKS = "resnet20,small_cnn,mobilenet_v2_cifar"
 # What the ARM instruction counts show (docs/performance.md, ARM section), written from the run of
 # 2026-12-01 (the table above them is regenerated; these sentences are not).
 ARM_NOTES = [
-    "* What the table says (run of 2026-12-02 22:21): on the dotprod path (cortex-a76) qexport executes 0.81x ONNX "
-    "Runtime int8's instructions on ResNet-20, 1.21x on the Fashion-MNIST CNN and 1.93x on MobileNetV2 (32x32); on "
-    "the NEON-only core (cortex-a53) 0.68-0.71x, 0.86-0.89x and 1.25-1.27x, while ONNX Runtime int8 itself needs "
+    "* What the table says (run of 2026-12-03 07:57): on the dotprod path (cortex-a76) qexport executes 0.79x ONNX "
+    "Runtime int8's instructions on ResNet-20, 1.19x on the Fashion-MNIST CNN and 1.92x on MobileNetV2 (32x32); on "
+    "the NEON-only core (cortex-a53) 0.67-0.70x, 0.85-0.88x and 1.25-1.26x, while ONNX Runtime int8 itself needs "
     "1.8-2.3x more there than with dotprod. So by this proxy qexport is ahead of ONNX Runtime int8 on ResNet-20 on "
     "both cores and on the CNN without dotprod, behind it on MobileNetV2. On cortex-a53 the 3-bit models take "
     "fewer instructions than the 4-bit ones (their int16 runs are longer, see below); with dotprod both widths go "
-    "through the same sdot.",
+    "through the same sdot. Session 19's change to the conv's per-call setup (its vector and step tables kept "
+    "per input size, not rebuilt every call) took ResNet-20 from 6.91M to 6.75M on cortex-a76 (11.20M -> 11.03M "
+    "on cortex-a53), the CNN 3.92M -> 3.88M, MobileNetV2 32.19M -> 32.09M.",
     "* Session 18 (2026-12-02): (1) the neon path multiplies codes of up to 7 bits on 8-bit lanes: per step one "
     "ld4 deinterleaves the 32 weights into the 8 output channels of each input channel, one ld4r per position "
     "broadcasts its cell's 4 codes, smlal adds code x weight into an int16 vector of the 8 output channels, exact "
