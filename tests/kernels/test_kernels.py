@@ -485,6 +485,15 @@ def test_dense_conv_relayout_rows(geometry, kernel_isa: str, capfd: pytest.Captu
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
 
 
+def add_asq_adapter(rng: np.random.Generator, attrs: dict, extra: dict, groups: int) -> tuple:
+    """Makes a fused conv case's quantizer ASQ with a 4-unit adapter over `groups` channel groups
+    (ReLU beta map) and returns the constant inputs of such a case."""
+    attrs.update(q_beta_map="relu", q_groups=groups)
+    extra.update(QW1=rng.normal(size=(4, groups)).astype(np.float32), QB1=rng.normal(size=4).astype(np.float32),
+                 QW2=rng.normal(size=(1, 4)).astype(np.float32), QB2=np.array([1.5], np.float32))
+    return ("W", "W_scale", "B", "QW1", "QB1", "QW2", "QB2")
+
+
 # (in channels, out channels, h, w, k, stride, pad, dilation, act bits): single images with at least
 # 2^15 output values (split over threads on every path) and at most 16 output channels (each task
 # takes every channel block): split into bands of output rows, each re-laid out by its own task.
@@ -510,14 +519,12 @@ def test_single_image_bands_of_rows(geometry, threads: int, kernel_isa: str, cap
               "W": packed, "W_scale": random_scales(rng, o), "B": random_bias(rng, o)}
     attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=int(rng.integers(0, 1 << act_bits)),
                  weight_shape=[o, c, k, k], strides=[s, s], pads=[p] * 4, dilations=[d, d], group=1, relu=1,
-                 quantizer="asq", q_bits=4, q_signed=0, q_step=0.05, q_beta_map="relu", q_groups=4)
+                 quantizer="asq", q_bits=4, q_signed=0, q_step=0.05)
     oh, ow = R.conv_output_size(h, k, s, p, p, d), R.conv_output_size(w, k, s, p, p, d)
     assert o * oh * ow >= 1 << 15
-    extra = {"R": (rng.normal(size=(1, o, oh, ow)) * 2).astype(np.float32),
-             "QW1": rng.normal(size=(4, 4)).astype(np.float32), "QB1": rng.normal(size=4).astype(np.float32),
-             "QW2": rng.normal(size=(1, 4)).astype(np.float32), "QB2": np.array([1.5], np.float32)}
-    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"),
-                constant=("W", "W_scale", "B", "QW1", "QB1", "QW2", "QB2"))
+    extra = {"R": (rng.normal(size=(1, o, oh, ow)) * 2).astype(np.float32)}
+    constant = add_asq_adapter(rng, attrs, extra, 4)
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"), constant=constant)
     check_fused(case, threads, threads=threads)
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
 
@@ -541,16 +548,13 @@ def test_single_image_relayout_in_parallel_bands(geometry, kernel_isa: str, capf
     attrs = dict(bits=bits, act_bits=4, act_zero_point=int(rng.integers(0, 16)), weight_shape=[o, c, k, k],
                  strides=[s, s], pads=[1] * 4, dilations=[1, 1], group=1, relu=1)
     extra = {"R": None}
-    outputs = ("Y",)
+    outputs, constant = ("Y",), ("W", "W_scale", "B")
     if quantizer != "none":
         attrs.update(quantizer=quantizer, q_bits=4, q_signed=0, q_step=0.05)
         outputs = ("Y", "Q", "Q_scale")
     if quantizer == "asq":
-        attrs.update(q_beta_map="relu", q_groups=16)
-        extra.update(QW1=rng.normal(size=(4, 16)).astype(np.float32), QB1=rng.normal(size=4).astype(np.float32),
-                     QW2=rng.normal(size=(1, 4)).astype(np.float32), QB2=np.array([1.5], np.float32))
-    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=outputs,
-                constant=("W", "W_scale", "B") + tuple(k for k in ("QW1", "QB1", "QW2", "QB2") if k in extra))
+        constant = add_asq_adapter(rng, attrs, extra, 16)
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=outputs, constant=constant)
     check_fused(case, 0, threads=2)
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
 
@@ -570,12 +574,8 @@ def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) 
                  strides=[1, 1], pads=[k // 2] * 4, dilations=[1, 1], group=c if depthwise else 1, relu=1,
                  quantizer=quantizer, q_bits=4, q_signed=0, q_step=0.05)
     extra = {"R": None}
-    if quantizer == "asq":
-        attrs.update(q_beta_map="relu", q_groups=16)
-        extra.update(QW1=rng.normal(size=(4, 16)).astype(np.float32), QB1=rng.normal(size=4).astype(np.float32),
-                     QW2=rng.normal(size=(1, 4)).astype(np.float32), QB2=np.array([1.5], np.float32))
-    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"),
-                constant=("W", "W_scale", "B") + tuple(k for k in ("QW1", "QB1", "QW2", "QB2") if k in extra))
+    constant = add_asq_adapter(rng, attrs, extra, 16) if quantizer == "asq" else ("W", "W_scale", "B")
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"), constant=constant)
     check_fused(case, 0, threads=2)
 
 

@@ -797,19 +797,16 @@ class ConvKernel {
       const int shift = simd_->parallel_shift;
       const bool split = pairs * nob * unit >= (kParallelMinMacs * simd_->conv_speed >> shift) ||
                          og * plane_out >= (kParallelMinOutputs >> shift);
-      if (split && per_task >= nob) {
-        conv_bands(ctx, base, pairs, (per_task + nob - 1) / nob, nob);
+      // A task takes pair_chunk vector groups of block_chunk channel blocks.
+      const int64_t pair_chunk = per_task >= nob ? (per_task + nob - 1) / nob : 1;
+      const int64_t block_chunk = per_task >= nob ? nob : per_task;
+      if (split && block_chunk == nob) {
+        conv_bands(ctx, base, pairs, pair_chunk, nob);
       } else {
         if (split) {
           relayout_image(ctx, base);
         } else {
           simd_->relayout(base);
-        }
-        int64_t pair_chunk = 1, block_chunk = nob;
-        if (per_task >= nob) {
-          pair_chunk = (per_task + nob - 1) / nob;
-        } else {
-          block_chunk = per_task;
         }
         const int64_t npc = (pairs + pair_chunk - 1) / pair_chunk, nbc = (nob + block_chunk - 1) / block_chunk;
         const size_t ntasks = static_cast<size_t>(npc * nbc);
