@@ -49,6 +49,17 @@ struct InterleavePortable {
   }
 };
 
+// dst[q] = (s0[q*st] | s1[q*st] << 8 | s2[q*st] << 16 | s3[q*st] << 24) ^ flip for q < len: the
+// path's Interleave::row does a prefix, the rest is done here.
+template <typename Interleave>
+inline void interleave_cells(const uint8_t* s0, const uint8_t* s1, const uint8_t* s2, const uint8_t* s3,
+                             uint32_t* dst, int64_t len, int64_t st, uint32_t flip) {
+  for (int64_t q = Interleave::row(s0, s1, s2, s3, dst, len, st, flip); q < len; ++q)
+    dst[q] = (static_cast<uint32_t>(s0[q * st]) | (static_cast<uint32_t>(s1[q * st]) << 8) |
+              (static_cast<uint32_t>(s2[q * st]) << 16) | (static_cast<uint32_t>(s3[q * st]) << 24)) ^
+             flip;
+}
+
 // The columns [lo, hi) of a phase plane of ws columns whose input column u*sw - first lies in
 // [0, w), and the input column ix of column lo.
 struct PhaseColumns {
@@ -72,9 +83,8 @@ inline PhaseColumns phase_columns(int64_t first, int64_t sw, int64_t w, int64_t 
 // group of a channel count that is not a multiple of 4) repeat channel 4*g4: their weights are
 // zero, any value does.
 //
-// Interleave::row(s0, s1, s2, s3, dst, len, stride, flip) may do a prefix of a row:
-// dst[q] = (s0[q*stride] | s1[q*stride] << 8 | s2[q*stride] << 16 | s3[q*stride] << 24) ^ flip;
-// it returns how many cells it did, the rest is done here.
+// A row goes through interleave_cells: Interleave::row(s0, s1, s2, s3, dst, len, stride, flip) may do a
+// prefix of it and returns how many cells it did.
 template <typename Interleave>
 inline void fill_plane(const ConvTask& t, int64_t g4, int64_t py, int64_t px, int64_t cshift, uint32_t* plane) {
   const ConvGeometry& g = *t.g;
@@ -102,10 +112,7 @@ inline void fill_plane(const ConvTask& t, int64_t g4, int64_t py, int64_t px, in
     const uint8_t* s1 = xc[1] + iy * g.w + ix0;
     const uint8_t* s2 = xc[2] + iy * g.w + ix0;
     const uint8_t* s3 = xc[3] + iy * g.w + ix0;
-    for (int64_t q = Interleave::row(s0, s1, s2, s3, dst, len, st, flip); q < len; ++q)
-      dst[q] = (static_cast<uint32_t>(s0[q * st]) | (static_cast<uint32_t>(s1[q * st]) << 8) |
-                (static_cast<uint32_t>(s2[q * st]) << 16) | (static_cast<uint32_t>(s3[q * st]) << 24)) ^
-               flip;
+    interleave_cells<Interleave>(s0, s1, s2, s3, dst, len, st, flip);
   }
   if (t.row1 == g.hs)
     for (int64_t q = g.hs * g.ws; q < g.plane_pos; ++q) plane[q] = pad;
@@ -148,10 +155,7 @@ inline void fill_expanded_rows(const ConvTask& t, uint32_t* buf) {
         const uint8_t* s3 = xc[3] + iy * g.w + (xs_lo - g.pl);
         uint32_t* dst = ext + xs_lo;
         const int64_t len = xs_hi - xs_lo;
-        for (int64_t q = Interleave::row(s0, s1, s2, s3, dst, len, 1, flip); q < len; ++q)
-          dst[q] = (static_cast<uint32_t>(s0[q]) | (static_cast<uint32_t>(s1[q]) << 8) |
-                    (static_cast<uint32_t>(s2[q]) << 16) | (static_cast<uint32_t>(s3[q]) << 24)) ^
-                   flip;
+        interleave_cells<Interleave>(s0, s1, s2, s3, dst, len, 1, flip);
         for (int64_t j = 0; j < g.kw; ++j) Interleave::copy(planes[j] + tr * g.ws, ext + j, g.ws);
       }
       if (t.row1 == g.hs)
@@ -168,6 +172,24 @@ inline void conv_relayout(const ConvTask& t) {
   uint32_t* buf = reinterpret_cast<uint32_t*>(t.buf);
   if (g.expand && g.sw == 1 && g.dw == 1 && g.kw <= 64 && g.ws + g.kw - 1 <= kMaxExtendedRow) {
     fill_expanded_rows<Interleave>(t, buf);
+    return;
+  }
+  if (!g.expand && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.hs == g.h &&
+      g.ws == g.w) {
+    // A 1x1 conv at stride 1 without padding (the pointwise convs): a plane is its 4 channels'
+    // codes interleaved, rows [row0, row1) one contiguous run, no per-row work.
+    const uint32_t pad = 0x01010101u * t.pad_code;
+    const uint32_t flip = 0x01010101u * t.act_offset;
+    const int64_t hw = g.h * g.w, q0 = t.row0 * g.w, len = (t.row1 - t.row0) * g.w;
+    for (int64_t g4 = 0; g4 < g.cg4; ++g4) {
+      const int64_t nc = min64(4, g.cg - 4 * g4);
+      const uint8_t* xc[4];
+      for (int64_t ci = 0; ci < 4; ++ci) xc[ci] = t.x + (4 * g4 + (ci < nc ? ci : 0)) * hw + q0;
+      uint32_t* plane = buf + g4 * g.plane_pos;
+      interleave_cells<Interleave>(xc[0], xc[1], xc[2], xc[3], plane + q0, len, 1, flip);
+      if (t.row1 == g.hs)
+        for (int64_t q = hw; q < g.plane_pos; ++q) plane[q] = pad;
+    }
     return;
   }
   if (!g.expand) {

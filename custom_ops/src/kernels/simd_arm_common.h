@@ -104,6 +104,24 @@ struct InterleaveNeon : simd::InterleavePortable {  // its copy
         vst4q_u8(reinterpret_cast<uint8_t*>(dst + q), v);
       }
     }
+    // Rows of 8-15 cells (the 8x8 planes of small networks): 8 more at once.
+    if ((st == 1 || st == 2) && q + 8 + (st - 1) <= len) {
+      const uint8x8_t f8 = vget_low_u8(f);
+      uint8x8x4_t w;
+      if (st == 1) {
+        w.val[0] = veor_u8(vld1_u8(s0 + q), f8);
+        w.val[1] = veor_u8(vld1_u8(s1 + q), f8);
+        w.val[2] = veor_u8(vld1_u8(s2 + q), f8);
+        w.val[3] = veor_u8(vld1_u8(s3 + q), f8);
+      } else {
+        w.val[0] = veor_u8(vld2_u8(s0 + 2 * q).val[0], f8);
+        w.val[1] = veor_u8(vld2_u8(s1 + 2 * q).val[0], f8);
+        w.val[2] = veor_u8(vld2_u8(s2 + 2 * q).val[0], f8);
+        w.val[3] = veor_u8(vld2_u8(s3 + 2 * q).val[0], f8);
+      }
+      vst4_u8(reinterpret_cast<uint8_t*>(dst + q), w);
+      q += 8;
+    }
     return q;
   }
 };

@@ -218,6 +218,34 @@ struct Interleave {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q + 8), _mm_xor_si128(_mm_unpacklo_epi16(b, d), f));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q + 12), _mm_xor_si128(_mm_unpackhi_epi16(b, d), f));
     }
+    // Rows of 4-15 cells (the 4x4 to 8x8 planes of small networks): 8 then 4 cells at a time.
+    if (q + 8 + (st - 1) <= len) {
+      __m128i r0, r1, r2, r3;
+      if (st == 1) {
+        r0 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s0 + q));
+        r1 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s1 + q));
+        r2 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s2 + q));
+        r3 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s3 + q));
+      } else {  // the 8 bytes p[0], p[2], ..., p[14] (p[15] is read too)
+        const __m128i m = _mm_set1_epi16(0x00FF), z = _mm_setzero_si128();
+        r0 = _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s0 + 2 * q)), m), z);
+        r1 = _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s1 + 2 * q)), m), z);
+        r2 = _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s2 + 2 * q)), m), z);
+        r3 = _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s3 + 2 * q)), m), z);
+      }
+      const __m128i a = _mm_unpacklo_epi8(r0, r1), c = _mm_unpacklo_epi8(r2, r3);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q), _mm_xor_si128(_mm_unpacklo_epi16(a, c), f));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q + 4), _mm_xor_si128(_mm_unpackhi_epi16(a, c), f));
+      q += 8;
+    }
+    if (st == 1 && q + 4 <= len) {
+      const __m128i a = _mm_unpacklo_epi8(_mm_cvtsi32_si128(static_cast<int>(load_i32(s0 + q))),
+                                          _mm_cvtsi32_si128(static_cast<int>(load_i32(s1 + q))));
+      const __m128i c = _mm_unpacklo_epi8(_mm_cvtsi32_si128(static_cast<int>(load_i32(s2 + q))),
+                                          _mm_cvtsi32_si128(static_cast<int>(load_i32(s3 + q))));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q), _mm_xor_si128(_mm_unpacklo_epi16(a, c), f));
+      q += 4;
+    }
     return q;
   }
 
