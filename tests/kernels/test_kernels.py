@@ -412,7 +412,9 @@ def test_depthwise_int16_sums_at_their_bound(bound, kernel_isa: str, capfd: pyte
 # positions): channel counts with and without a partial last vector of channels (done by the
 # plane kernel), rows shorter than a vector (w 3: read up to the tensor's last code), planes that
 # are not a multiple of 8 positions (7x7, 2x2), rows of fewer than the 4 positions summed together,
-# strides, dilations, asymmetric padding, the largest plane (16x16) and a 7x7 kernel.
+# strides, dilations, asymmetric padding, the largest plane (16x16) and a 7x7 kernel. With 16 or more
+# channels and sums that fit int16 the avx2 path runs its int16 channel kernel (16 channels per
+# vector, the rest by the float32 kernels): planes of 1, 4, 49 and 256 positions, 16 + 11 channels.
 DEPTHWISE_TILES = [
     (4, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
     (8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 13),
@@ -420,8 +422,11 @@ DEPTHWISE_TILES = [
     (2, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 9),
     (3, 3, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8),
     (9, 11, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 17),
-    (6, 10, (3, 5), (1, 2), (0, 2, 2, 1), (2, 1), 11),
+    (6, 10, (3, 5), (1, 2), (0, 2, 2, 1), (2, 1), 27),
     (16, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8),
+    (16, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 40),
+    (3, 3, (3, 3), (2, 2), (0, 0, 0, 0), (1, 1), 16),
+    (2, 2, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 32),
     (8, 8, (7, 7), (1, 1), (3, 3, 3, 3), (1, 1), 10),
     (5, 5, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 19),
     (32, 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 17),  # MobileNetV2 CIFAR's stride-2 layer: a 33x33 tile
