@@ -534,6 +534,53 @@ def test_single_image_bands_of_rows(geometry, threads: int, kernel_isa: str, cap
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
 
 
+# (out channels, h, w, kernel, strides, pads, dilations, act bits): one-channel inputs with kernels of
+# 2-4 columns, which the SIMD paths run in the folded layout (simd.h ConvGeometry::fold: a kernel
+# row's columns in one cell): the Fashion-MNIST stem, stride 2 with odd sizes and 8-bit codes (an
+# offset path), 4 columns with asymmetric padding, column stride 3 (rows cell by cell), dilation 2,
+# padding wider than the kernel, a row narrower than the kernel's reach, and a large single image
+# split into bands of rows (2 threads).
+FOLDED_STEMS = [
+    (32, 28, 28, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4),
+    (16, 29, 31, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8),
+    (8, 20, 37, (4, 4), (1, 1), (2, 1, 1, 2), (1, 1), 4),
+    (8, 17, 40, (3, 2), (1, 3), (0, 0, 0, 0), (1, 1), 3),
+    (8, 15, 45, (3, 3), (2, 1), (2, 2, 2, 2), (2, 2), 4),
+    (8, 6, 6, (2, 2), (1, 1), (3, 3, 3, 3), (1, 1), 4),
+    (8, 5, 3, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 4),
+    (16, 64, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 4),
+]
+
+
+@pytest.mark.parametrize("geometry", FOLDED_STEMS, ids=lambda g: f"o{g[0]}_{g[1]}x{g[2]}k{g[3][0]}{g[3][1]}s{g[4][0]}{g[4][1]}d{g[6][0]}a{g[7]}")
+def test_one_channel_stems_folded(geometry, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """Convs of a one-channel input (a grayscale stem) on the path's conv kernel, batch 1 on 1 and 2
+    threads and batch 2, with a residual and an ASQ quantizer (Y, codes and step) and without
+    (Y alone, ReLU off): bit for bit."""
+    o, h, w, (kh, kw), strides, pads, dilations, act_bits = geometry
+    oh = R.conv_output_size(h, kh, strides[0], pads[0], pads[2], dilations[0])
+    ow = R.conv_output_size(w, kw, strides[1], pads[1], pads[3], dilations[1])
+    for variant, (n, threads) in enumerate([(1, 1), (1, 2), (2, 2)]):
+        rng = np.random.default_rng(o * 1000 + h * 10 + w + variant)
+        bits, packed = random_weights(rng, "post", 4, [o, 1, kh, kw])
+        inputs = {"X": random_codes(rng, (n, 1, h, w), act_bits), "X_scale": np.array([0.03], np.float32),
+                  "W": packed, "W_scale": random_scales(rng, o), "B": random_bias(rng, o)}
+        attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=int(rng.integers(0, 1 << act_bits)),
+                     weight_shape=[o, 1, kh, kw], strides=list(strides), pads=list(pads), dilations=list(dilations),
+                     group=1, relu=int(variant != 2))
+        if variant == 2:
+            case = dict(fmt="post", inputs=inputs, attrs=attrs, extra={"R": None}, outputs=("Y",),
+                        constant=("W", "W_scale", "B"))
+        else:
+            attrs.update(quantizer="asq", q_bits=4, q_signed=0, q_step=0.05)
+            extra = {"R": (rng.normal(size=(n, o, oh, ow)) * 2).astype(np.float32)}
+            constant = add_asq_adapter(rng, attrs, extra, 4)
+            case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"),
+                        constant=constant)
+        check_fused(case, variant, threads=threads)
+    assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
+
+
 # (in channels, out channels, h, w, k, stride, quantizer): single images whose conv is split over
 # threads by channel blocks, with a re-layout buffer large enough to be filled by parallel bands of
 # rows (qconv.cc, relayout_image): no quantizer, ASQ with the means block by block (2^18 outputs),

@@ -65,6 +65,13 @@ struct ConvGeometry {
   int64_t cg = 0, cg4 = 0;                      // channels per group, and in groups of 4
   int64_t kh = 0, kw = 0, sh = 0, sw = 0, dh = 0, dw = 0, pt = 0, pl = 0;
   int64_t h = 0, w = 0, oh = 0, ow = 0;
+  // Folded layout (fold > 0: a one-channel input, the conv's kernel width fold <= 4): cell (row t,
+  // column u) of phase plane py holds the fold input columns u*fold_sw + j*fold_dw - fold_pl
+  // (j < fold) of input row t*sh + py - pt, so a kernel row is one step of 4 bytes instead of kw
+  // steps with 3 padding bytes each. The geometry is then that of the equivalent conv: cg = fold
+  // channels (the kernel's columns), kernel kh x 1, sw = dw = 1, pl = 0, on rows of ow columns;
+  // h and w stay the real input's.
+  int64_t fold = 0, fold_sw = 1, fold_dw = 1, fold_pl = 0;
   int64_t ws = 0;         // columns of a phase plane: ow + ((kw-1)*dw)/sw
   int64_t row_max = 0;    // ((kh-1)*dh)/sh
   int64_t hs = 0;         // rows of a phase plane: oh + row_max

@@ -165,11 +165,65 @@ inline void fill_expanded_rows(const ConvTask& t, uint32_t* buf) {
   }
 }
 
+// The folded layout (ConvGeometry::fold): rows [t.row0, t.row1) of the sh phase planes, cell (t, u)
+// of plane py holding input columns u*fold_sw + j*fold_dw - fold_pl, j < fold, of input row
+// t*sh + py - pt (minus act_offset; outside the input pad_code). The bytes past fold repeat byte 0:
+// their weights are zero. The columns whose fold inputs all lie in the row go by the path's
+// interleave (stride fold_sw), the others cell by cell.
+template <typename Interleave>
+inline void fill_folded(const ConvTask& t, uint32_t* buf) {
+  const ConvGeometry& g = *t.g;
+  const uint32_t pad = 0x01010101u * t.pad_code;
+  const uint32_t flip = 0x01010101u * t.act_offset;
+  const int64_t sw = g.fold_sw, dw = g.fold_dw, pl = g.fold_pl, last = (g.fold - 1) * dw;
+  // u in [u_lo, u_hi): 0 <= u*sw - pl and u*sw - pl + last <= w - 1.
+  const int64_t u_lo = min64((pl + sw - 1) / sw, g.ws);
+  const int64_t u_hi = g.w - 1 - last + pl >= 0 ? min64((g.w - 1 - last + pl) / sw + 1, g.ws) : 0;
+  auto cell = [&](const uint8_t* src, int64_t u) {
+    uint32_t v = 0;
+    for (int64_t j = 0; j < 4; ++j) {
+      const int64_t col = u * sw + (j < g.fold ? j : 0) * dw - pl;
+      const uint32_t b = col >= 0 && col < g.w ? static_cast<uint32_t>(src[col] ^ t.act_offset) : t.pad_code;
+      v |= b << (8 * j);
+    }
+    return v;
+  };
+  for (int64_t py = 0; py < g.sh; ++py) {
+    uint32_t* plane = buf + py * g.plane_pos;
+    for (int64_t tr = t.row0; tr < t.row1; ++tr) {
+      uint32_t* row = plane + tr * g.ws;
+      const int64_t iy = tr * g.sh + py - g.pt;
+      if (iy < 0 || iy >= g.h) {
+        for (int64_t u = 0; u < g.ws; ++u) row[u] = pad;
+        continue;
+      }
+      const uint8_t* src = t.x + iy * g.w;
+      int64_t u = 0;
+      for (; u < g.ws && u < u_lo; ++u) row[u] = cell(src, u);
+      if (u < u_hi) {
+        const uint8_t* s0 = src + u * sw - pl;
+        const uint8_t* s1 = s0 + (g.fold > 1 ? dw : 0);
+        const uint8_t* s2 = s0 + (g.fold > 2 ? 2 * dw : 0);
+        const uint8_t* s3 = s0 + (g.fold > 3 ? 3 * dw : 0);
+        interleave_cells<Interleave>(s0, s1, s2, s3, row + u, u_hi - u, sw, flip);
+        u = u_hi;
+      }
+      for (; u < g.ws; ++u) row[u] = cell(src, u);
+    }
+    if (t.row1 == g.hs)
+      for (int64_t q = g.hs * g.ws; q < g.plane_pos; ++q) plane[q] = pad;
+  }
+}
+
 // Fills rows [t.row0, t.row1) of every plane of a conv task's buffer (see ConvGeometry).
 template <typename Interleave>
 inline void conv_relayout(const ConvTask& t) {
   const ConvGeometry& g = *t.g;
   uint32_t* buf = reinterpret_cast<uint32_t*>(t.buf);
+  if (g.fold > 0) {
+    fill_folded<Interleave>(t, buf);
+    return;
+  }
   if (g.expand && g.sw == 1 && g.dw == 1 && g.kw <= 64 && g.ws + g.kw - 1 <= kMaxExtendedRow) {
     fill_expanded_rows<Interleave>(t, buf);
     return;

@@ -104,9 +104,10 @@ struct PackedWeights {
 
 // Conv: per group, per block of kConvBlock output channels, per step s = g4 * kH*kW + i*kW + j
 // (4 input channels 4*g4 .. 4*g4+3 of the group at tap (i, j)): [kConvBlock][4] int8, zero for
-// channels beyond the group's. `decoded` is decode_weights' output.
+// channels beyond the group's. `decoded` is decode_weights' output. fold (one input channel per
+// group, kW <= 4: simd.h's folded layout): step s = i, byte j the weight at tap (i, j).
 void pack_conv_weights(const WeightedAttrs& a, const int16_t* decoded, int64_t group, int64_t kh, int64_t kw,
-                       int act_offset, PackedWeights* out);
+                       int act_offset, PackedWeights* out, bool fold = false);
 
 // Conv for AMX tiles (the expanded layout of simd.h's ConvGeometry): per group, per block of
 // 16 output channels, per kernel row i and chunk c of 16 expanded planes (plane r of the chunk

@@ -142,6 +142,9 @@ class ConvKernel {
     sum16_ = 4 * pair_max <= 32767 ? 4 : 2 * pair_max <= 32767 ? 2 : 1;
     const int64_t step_max = 4 * ((int64_t{1} << a.act_bits) - 1) * a.wmax;  // of one step's 4 products
     steps16_ = (a.act_bits <= 7 && step_max > 0) ? 32767 / step_max : 0;
+    // A one-channel input with a kernel of 2-4 columns (a grayscale stem): the folded layout
+    // (simd.h ConvGeometry::fold), one step per kernel row; not on the expanded (AMX) layout.
+    folded_ = cg_ == 1 && group_ == 1 && kw_ >= 2 && kw_ <= 4 && !simd_->conv_expand;
     if (state_.weights_constant()) pack_weights(state_.weights_at_creation(), &packed_);
   }
 
@@ -164,7 +167,7 @@ class ConvKernel {
     if (simd_->conv_expand) {
       pack_conv_weights_tiles(state_.attrs(), decoded, group_, kh_, kw_, act_offset_, out);
     } else {
-      pack_conv_weights(state_.attrs(), decoded, group_, kh_, kw_, act_offset_, out);
+      pack_conv_weights(state_.attrs(), decoded, group_, kh_, kw_, act_offset_, out, folded_);
     }
   }
 
@@ -642,12 +645,13 @@ class ConvKernel {
           off[static_cast<size_t>(i * g.chunks + ci)] = static_cast<int32_t>(cell * 4);
         }
     } else {
-      for (int64_t g4 = 0; g4 < g.cg4; ++g4)
-        for (int64_t i = 0; i < kh_; ++i)
-          for (int64_t j = 0; j < kw_; ++j) {
-            const int64_t phase = ((i * dh_) % sh_) * sw_ + (j * dw_) % sw_;
-            const int64_t cell = (g4 * g.phases + phase) * g.plane_pos + ((i * dh_) / sh_) * g.ws + (j * dw_) / sw_;
-            off[static_cast<size_t>((g4 * kh_ + i) * kw_ + j)] = static_cast<int32_t>(cell * 4);
+      for (int64_t g4 = 0; g4 < g.cg4; ++g4)  // g's kernel (folded: kh x 1)
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const int64_t phase = ((i * g.dh) % g.sh) * g.sw + (j * g.dw) % g.sw;
+            const int64_t cell =
+                (g4 * g.phases + phase) * g.plane_pos + ((i * g.dh) / g.sh) * g.ws + (j * g.dw) / g.sw;
+            off[static_cast<size_t>((g4 * g.kh + i) * g.kw + j)] = static_cast<int32_t>(cell * 4);
           }
     }
     std::lock_guard<std::mutex> lock(tables_mutex_);
@@ -664,13 +668,17 @@ class ConvKernel {
     g.cg = cg_, g.cg4 = (cg_ + 3) / 4;
     g.kh = kh_, g.kw = kw_, g.sh = sh_, g.sw = sw_, g.dh = dh_, g.dw = dw_, g.pt = pt_, g.pl = pl_;
     g.h = h, g.w = w, g.oh = oh, g.ow = ow;
+    if (folded_) {  // the equivalent conv of kw_ channels and a kh_ x 1 kernel (simd.h)
+      g.fold = kw_, g.fold_sw = sw_, g.fold_dw = dw_, g.fold_pl = pl_;
+      g.cg = kw_, g.cg4 = 1, g.kw = 1, g.sw = 1, g.dw = 1, g.pl = 0;
+    }
     g.expand = simd_->conv_expand;
     g.row_max = ((kh_ - 1) * dh_) / sh_;
     g.hs = oh + g.row_max;
-    g.phases = sh_ * sw_;
+    g.phases = g.sh * g.sw;
     // Cell layout: tap (i, j) reads column x + (j*dw)/sw of its phase plane. Expanded layout:
     // each kernel column has its own (shifted) plane, so the planes need only ow columns.
-    const int64_t col_max = g.expand ? 0 : ((kw_ - 1) * dw_) / sw_;
+    const int64_t col_max = g.expand ? 0 : ((g.kw - 1) * g.dw) / g.sw;
     g.ws = ow + col_max;
     if (g.expand) {
       g.chunks = (kw_ * g.cg4 + 15) / 16;
@@ -678,7 +686,7 @@ class ConvKernel {
       g.steps = kh_ * g.chunks;
     } else {
       g.planes = g.cg4 * g.phases;
-      g.steps = g.cg4 * kh_ * kw_;
+      g.steps = g.cg4 * g.kh * g.kw;
     }
     const double cells = static_cast<double>(g.hs) * static_cast<double>(g.ws) + static_cast<double>(lanes + col_max);
     if (cells * static_cast<double>(g.planes) * 4.0 > static_cast<double>(INT32_MAX) / 2) return false;
@@ -932,6 +940,7 @@ class ConvKernel {
   const SimdKernels* simd_ = nullptr;
   bool fast_ = false;      // the SIMD path (else the portable one)
   bool depthwise_ = false;  // the depthwise path (simd.h, DepthwiseTask)
+  bool folded_ = false;     // the SIMD path's folded layout (simd.h ConvGeometry::fold)
   std::vector<float> dw_weights_;  // constant weights for the depthwise path
   uint8_t act_offset_ = 0;
   bool safe16_ = false;

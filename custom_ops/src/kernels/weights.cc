@@ -6,6 +6,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
 
 namespace qexport {
 
@@ -237,9 +238,10 @@ int32_t wrap_i32(int64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(
 }  // namespace
 
 void pack_conv_weights(const WeightedAttrs& a, const int16_t* decoded, int64_t group, int64_t kh, int64_t kw,
-                       int act_offset, PackedWeights* out) {
+                       int act_offset, PackedWeights* out, bool fold) {
   const int64_t og = a.out_channels / group, cg = a.weight_shape[1], taps = kh * kw;
-  const int64_t cg4 = (cg + 3) / 4, steps = cg4 * taps, nob = (og + kConvBlock - 1) / kConvBlock;
+  if (fold && (cg != 1 || kw > 4)) throw std::logic_error("pack_conv_weights: fold needs one channel and kW <= 4");
+  const int64_t cg4 = (cg + 3) / 4, steps = fold ? kh : cg4 * taps, nob = (og + kConvBlock - 1) / kConvBlock;
   out->w.assign(static_cast<size_t>(group * nob * steps * kConvBlock * 4), 0);
   out->init.assign(static_cast<size_t>(group * nob * kConvBlock), 0);
   const int64_t zp_eff = a.act_zero_point - act_offset;
@@ -253,8 +255,8 @@ void pack_conv_weights(const WeightedAttrs& a, const int16_t* decoded, int64_t g
         for (int64_t tap = 0; tap < taps; ++tap) {
           const int16_t v = row[c * taps + tap];
           sum += v;
-          const int64_t s = (c / 4) * taps + tap;
-          blk[(s * kConvBlock + lane) * 4 + c % 4] = static_cast<int8_t>(v);
+          const int64_t s = fold ? tap / kw : (c / 4) * taps + tap;
+          blk[(s * kConvBlock + lane) * 4 + (fold ? tap % kw : c % 4)] = static_cast<int8_t>(v);
         }
       }
       out->init[static_cast<size_t>((gi * nob + b) * kConvBlock + lane)] = wrap_i32(-zp_eff * sum);
