@@ -148,6 +148,26 @@ __attribute__((noinline)) void dot(const uint8_t* b0, const int32_t* off, int64_
 #undef QX_NIB2
 #undef QX_ALL
 
+// dst[0 .. n) = the first n lanes of v (n <= 8): 4, 2 and 1 at a time, nothing past dst + n.
+inline void store_front(float* dst, __m256 v, int n) {
+  __m128 part = _mm256_castps256_ps128(v);
+  if (n >= 4) {
+    _mm_storeu_ps(dst, part);
+    dst += 4, n -= 4;
+    part = _mm256_extractf128_ps(v, 1);
+    if (n == 4) {
+      _mm_storeu_ps(dst, part);
+      return;
+    }
+  }
+  if (n >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(dst), part);
+    dst += 2, n -= 2;
+    part = _mm_movehl_ps(part, part);
+  }
+  if (n >= 1) _mm_store_ss(dst, part);
+}
+
 template <bool kRes, bool kRelu>
 void conv_t(const ConvTask& t) {
   const ConvGeometry& g = *t.g;
@@ -191,6 +211,24 @@ void conv_t(const ConvTask& t) {
         continue;
       }
       run(StoreSums{acc});
+      if (!kRes) {  // each segment's lanes moved to the front, stored 4, 2 and 1 at a time
+        for (int64_t o = 0; o < nvalid; ++o) {
+          __m256 y = _mm256_mul_ps(
+              _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + o * VL))),
+              _mm256_set1_ps(m[o]));
+          y = _mm256_add_ps(y, _mm256_set1_ps(bias[o]));
+          if (kRelu) y = relu_ps(y);
+          float* yo = t.y + (o0 + o) * plane;
+          for (int si = 0; si < ns; ++si) {
+            const __m256 v = seg[si].lane == 0 ? y
+                                               : _mm256_permutevar8x32_ps(
+                                                     y, _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                                                         _mm256_set1_epi32(seg[si].lane)));
+            store_front(yo + seg[si].out, v, seg[si].n);
+          }
+        }
+        continue;
+      }
       for (int64_t o = 0; o < nvalid; ++o) {
         __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + o * VL))),
                                  _mm256_set1_ps(m[o]));
