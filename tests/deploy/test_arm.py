@@ -500,13 +500,17 @@ def test_dense_convs_under_qemu_equal_the_reference(cpu, isa, qemu, a64_dist, tm
     for its vector loop and its tail, stride 3 left to the portable loop), the epilogue of whole
     vectors and of segments, with and without a residual and ReLU, 8-bit codes (stored as
     c - 128 for sdot), channel counts that are not a multiple of 4, a stem-like 7x7 conv, 1x1,
-    dilation and groups: the reference's bits on both ARM paths, which say they ran them."""
+    dilation and groups, one-channel stems (the folded layout), rows of 8-15 cells: the
+    reference's bits on both ARM paths, which say they ran them."""
     monkeypatch.setenv(KERNEL_TRACE_ENV, "1")
     cases = [  # (in channels, out channels, h, w, k, stride, pad, dilation, group, fmt, bits, act_bits, residual)
         (16, 16, 12, 37, 3, 1, 1, 1, 1, "post", 3, 3, True), (8, 24, 11, 41, 3, 2, 1, 1, 1, "post", 4, 4, False),
         (7, 16, 9, 40, 3, 2, 0, 1, 1, "uniform", 4, 8, True), (3, 8, 20, 35, 7, 2, 3, 1, 1, "uniform", 8, 8, False),
         (12, 12, 10, 34, 1, 1, 0, 1, 1, "post", 3, 4, True), (8, 8, 9, 33, 3, 1, 2, 2, 2, "post", 4, 4, False),
-        (4, 8, 6, 50, 3, 3, 1, 1, 1, "post", 2, 4, True)]
+        (4, 8, 6, 50, 3, 3, 1, 1, 1, "post", 2, 4, True),
+        # one-channel stems in the folded layout; 1x1 and 3x3 on rows of 8-15 cells (the 8-cell tail)
+        (1, 16, 28, 28, 3, 1, 1, 1, 1, "post", 4, 4, False), (1, 8, 15, 29, 3, 2, 1, 1, 1, "uniform", 8, 8, True),
+        (16, 16, 8, 8, 1, 1, 0, 1, 1, "post", 4, 4, False), (8, 16, 8, 12, 3, 1, 1, 1, 1, "post", 4, 4, False)]
     rng = np.random.default_rng(12)
     for i, case in enumerate(cases):
         _dense_conv_case(case, i, rng, cpu=cpu, isa=isa, qemu=qemu, a64_dist=a64_dist, tmp_path=tmp_path)

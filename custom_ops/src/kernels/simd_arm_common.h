@@ -172,14 +172,16 @@ void conv_t(const ConvTask& t) {
     const int64_t o0 = b * kConvBlock;
     const int64_t nvalid = simd::min64(kConvBlock, t.og - o0);
     const int8_t* wb = t.w + b * g.steps * (kConvBlock * 4);
+    float mb[kConvBlock], bb[kConvBlock];  // the block's multipliers and biases, once per block
+    for (int64_t o = 0; o < nvalid; ++o) mb[o] = t.x_scale * t.w_scale[o0 + o], bb[o] = t.bias[o0 + o];
     for (int64_t v = t.v0; v < t.v1; ++v) {
       kDot(t.buf + g.vstart[v] * 4, g.off, g.steps, wb, t.init + o0, acc, t.steps16);
       const ConvSegment* seg = g.seg + g.vseg[v];
       const int ns = g.vseg[v + 1] - g.vseg[v];
       if (ns == 1 && seg[0].lane == 0 && seg[0].n == VL) {  // 8 whole positions: vector stores
         for (int64_t o = 0; o < nvalid; ++o) {
-          const float32x4_t m = vdupq_n_f32(t.x_scale * t.w_scale[o0 + o]);
-          const float32x4_t bias = vdupq_n_f32(t.bias[o0 + o]);
+          const float32x4_t m = vdupq_n_f32(mb[o]);
+          const float32x4_t bias = vdupq_n_f32(bb[o]);
           float* yo = t.y + (o0 + o) * plane + seg[0].out;
           const float* ro = kRes ? t.residual + (o0 + o) * plane + seg[0].out : nullptr;
           for (int h = 0; h < 2; ++h) {
@@ -192,8 +194,8 @@ void conv_t(const ConvTask& t) {
         continue;
       }
       for (int64_t o = 0; o < nvalid; ++o) {
-        const float32x4_t m = vdupq_n_f32(t.x_scale * t.w_scale[o0 + o]);
-        const float32x4_t bias = vdupq_n_f32(t.bias[o0 + o]);
+        const float32x4_t m = vdupq_n_f32(mb[o]);
+        const float32x4_t bias = vdupq_n_f32(bb[o]);
         for (int h = 0; h < 2; ++h) {
           float32x4_t y = vmulq_f32(vcvtq_f32_s32(vld1q_s32(acc + o * VL + 4 * h)), m);
           y = vaddq_f32(y, bias);
@@ -201,7 +203,18 @@ void conv_t(const ConvTask& t) {
           vst1q_f32(tmp + 4 * h, y);
         }
         float* yo = t.y + (o0 + o) * plane;
-        const float* ro = kRes ? t.residual + (o0 + o) * plane : nullptr;
+        if (!kRes) {  // each segment 4, 2 and 1 values at a time
+          for (int si = 0; si < ns; ++si) {
+            const float* src = tmp + seg[si].lane;
+            float* dst = yo + seg[si].out;
+            int n = seg[si].n;
+            for (; n >= 4; n -= 4, src += 4, dst += 4) vst1q_f32(dst, vld1q_f32(src));
+            if (n >= 2) vst1_f32(dst, vld1_f32(src)), n -= 2, src += 2, dst += 2;
+            if (n >= 1) *dst = *src;
+          }
+          continue;
+        }
+        const float* ro = t.residual + (o0 + o) * plane;
         simd::store_segments<kRes, kRelu>(tmp, seg, ns, yo, ro);
       }
     }
