@@ -660,19 +660,26 @@ inline void depthwise_channels(const DepthwiseTask& t) {
   }
 }
 
-template <typename P>
-inline void depthwise_conv(const DepthwiseTask& t) {
+// Calls f(std::bool_constant<residual>, std::bool_constant<relu>) for the task's epilogue, so
+// each path writes `void conv(t) { dispatch_epilogue(t, [&](auto r, auto u) { conv_t<r, u>(t); }); }`.
+template <typename Task, typename F>
+inline void dispatch_epilogue(const Task& t, F&& f) {  // a ConvTask or a DepthwiseTask
   if (t.residual != nullptr) {
     if (t.relu) {
-      depthwise_t<P, true, true>(t);
+      f(std::true_type{}, std::true_type{});
     } else {
-      depthwise_t<P, true, false>(t);
+      f(std::true_type{}, std::false_type{});
     }
   } else if (t.relu) {
-    depthwise_t<P, false, true>(t);
+    f(std::false_type{}, std::true_type{});
   } else {
-    depthwise_t<P, false, false>(t);
+    f(std::false_type{}, std::false_type{});
   }
+}
+
+template <typename P>
+inline void depthwise_conv(const DepthwiseTask& t) {
+  dispatch_epilogue(t, [&](auto res, auto relu) { depthwise_t<P, decltype(res)::value, decltype(relu)::value>(t); });
 }
 
 // Gemm rows, padded to kp with zeros (the padded weights are zero), minus act_offset.
@@ -695,28 +702,6 @@ inline int32_t load_i32(const void* p) {
   return v;
 }
 
-// The fallback margin of the reciprocal quantizer (see quantize in simd_x86_avx512.cc): with
-// r = float32(1/s) and q = float32(x * r), |q - float32(x / s)| < |q| * 2^-22, so rint gives the
-// same integer unless q lies within that distance of a half-integer (a possible tie or a
-// boundary between q and the exact quotient). Lanes with |q| <= hi + 1 closer than this margin
-// to a half-integer are recomputed with the division; farther lanes, and lanes beyond the clamp
-// range, give the same code either way.
-// Calls f(std::bool_constant<residual>, std::bool_constant<relu>) for the task's epilogue, so
-// each path writes `void conv(t) { dispatch_epilogue(t, [&](auto r, auto u) { conv_t<r, u>(t); }); }`.
-template <typename F>
-inline void dispatch_epilogue(const ConvTask& t, F&& f) {
-  if (t.residual != nullptr) {
-    if (t.relu) {
-      f(std::true_type{}, std::true_type{});
-    } else {
-      f(std::true_type{}, std::false_type{});
-    }
-  } else if (t.relu) {
-    f(std::false_type{}, std::true_type{});
-  } else {
-    f(std::false_type{}, std::false_type{});
-  }
-}
 
 // Stores the lanes of one epilogue vector `tmp` (y of one output channel, bias and, without a
 // residual, the ReLU applied) to their output positions (the vector's segments); with a
@@ -735,6 +720,12 @@ inline void store_segments(const float* tmp, const ConvSegment* seg, int ns, flo
   }
 }
 
+// The fallback margin of the reciprocal quantizer (see quantize in simd_x86_avx512.cc): with
+// r = float32(1/s) and q = float32(x * r), |q - float32(x / s)| < |q| * 2^-22, so rint gives the
+// same integer unless q lies within that distance of a half-integer (a possible tie or a
+// boundary between q and the exact quotient). Lanes with |q| <= hi + 1 closer than this margin
+// to a half-integer are recomputed with the division; farther lanes, and lanes beyond the clamp
+// range, give the same code either way.
 inline float quantize_margin(const QuantParams& q) {
   const float m = (q.hi > -q.lo ? q.hi : -q.lo) + 1.0f;
   return m * 0x1p-20f + 0x1p-20f;

@@ -254,6 +254,12 @@ inline __m128i even_bytes(const uint8_t* p) {
                           _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)), m));
 }
 
+// The 8 bytes p[0], p[2], ..., p[14] in the low half (p[15] is read too).
+inline __m128i even_bytes8(const uint8_t* p) {
+  const __m128i m = _mm_set1_epi16(0x00FF);
+  return _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), m), _mm_setzero_si128());
+}
+
 // Re-layout rows with stride 1 or 2, 16 cells per iteration (at stride 2 the last load's byte
 // after the last one used must lie in the row: q + 17 <= len); the rest is done by the caller.
 struct Interleave {
@@ -262,16 +268,15 @@ struct Interleave {
     if (st != 1 && st != 2) return 0;
     const __m128i f = _mm_set1_epi32(static_cast<int>(flip));
     int64_t q = 0;
+    // 16 (8) cells' bytes of one row: p[q ...] or at stride 2 p[2q], p[2q + 2], ...
+    auto bytes16 = [&](const uint8_t* p) {
+      return st == 1 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + q)) : even_bytes(p + 2 * q);
+    };
+    auto bytes8 = [&](const uint8_t* p) {
+      return st == 1 ? _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + q)) : even_bytes8(p + 2 * q);
+    };
     for (; q + 16 + (st - 1) <= len; q += 16) {
-      __m128i r0, r1, r2, r3;
-      if (st == 1) {
-        r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s0 + q));
-        r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s1 + q));
-        r2 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s2 + q));
-        r3 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s3 + q));
-      } else {
-        r0 = even_bytes(s0 + 2 * q), r1 = even_bytes(s1 + 2 * q), r2 = even_bytes(s2 + 2 * q), r3 = even_bytes(s3 + 2 * q);
-      }
+      const __m128i r0 = bytes16(s0), r1 = bytes16(s1), r2 = bytes16(s2), r3 = bytes16(s3);
       const __m128i a = _mm_unpacklo_epi8(r0, r1), b = _mm_unpackhi_epi8(r0, r1);
       const __m128i c = _mm_unpacklo_epi8(r2, r3), d = _mm_unpackhi_epi8(r2, r3);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q), _mm_xor_si128(_mm_unpacklo_epi16(a, c), f));
@@ -281,29 +286,14 @@ struct Interleave {
     }
     // Rows of 4-15 cells (the 4x4 to 8x8 planes of small networks): 8 then 4 cells at a time.
     if (q + 8 + (st - 1) <= len) {
-      __m128i r0, r1, r2, r3;
-      if (st == 1) {
-        r0 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s0 + q));
-        r1 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s1 + q));
-        r2 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s2 + q));
-        r3 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s3 + q));
-      } else {  // the 8 bytes p[0], p[2], ..., p[14] (p[15] is read too)
-        const __m128i m = _mm_set1_epi16(0x00FF), z = _mm_setzero_si128();
-        r0 = _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s0 + 2 * q)), m), z);
-        r1 = _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s1 + 2 * q)), m), z);
-        r2 = _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s2 + 2 * q)), m), z);
-        r3 = _mm_packus_epi16(_mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s3 + 2 * q)), m), z);
-      }
-      const __m128i a = _mm_unpacklo_epi8(r0, r1), c = _mm_unpacklo_epi8(r2, r3);
+      const __m128i a = _mm_unpacklo_epi8(bytes8(s0), bytes8(s1)), c = _mm_unpacklo_epi8(bytes8(s2), bytes8(s3));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q), _mm_xor_si128(_mm_unpacklo_epi16(a, c), f));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q + 4), _mm_xor_si128(_mm_unpackhi_epi16(a, c), f));
       q += 8;
     }
     if (st == 1 && q + 4 <= len) {
-      const __m128i a = _mm_unpacklo_epi8(_mm_cvtsi32_si128(static_cast<int>(load_i32(s0 + q))),
-                                          _mm_cvtsi32_si128(static_cast<int>(load_i32(s1 + q))));
-      const __m128i c = _mm_unpacklo_epi8(_mm_cvtsi32_si128(static_cast<int>(load_i32(s2 + q))),
-                                          _mm_cvtsi32_si128(static_cast<int>(load_i32(s3 + q))));
+      auto bytes4 = [&](const uint8_t* p) { return _mm_cvtsi32_si128(static_cast<int>(load_i32(p + q))); };
+      const __m128i a = _mm_unpacklo_epi8(bytes4(s0), bytes4(s1)), c = _mm_unpacklo_epi8(bytes4(s2), bytes4(s3));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + q), _mm_xor_si128(_mm_unpacklo_epi16(a, c), f));
       q += 4;
     }
@@ -510,7 +500,7 @@ inline void transpose16_epi8(__m128i (&r)[16]) {
     a[g] = _mm_unpacklo_epi8(r[2 * g], r[2 * g + 1]);
     a[8 + g] = _mm_unpackhi_epi8(r[2 * g], r[2 * g + 1]);
   }
-  for (int h = 0; h < 2; ++h)  // column half h; rows 4q .. 4q+3: columns 8h + 4m .. +3 in b[8h + 4m/4... ]
+  for (int h = 0; h < 2; ++h)  // column half h, rows 4q .. 4q+3 (row pairs 2q, 2q+1)
     for (int q = 0; q < 4; ++q) {
       b[8 * h + 2 * q] = _mm_unpacklo_epi16(a[8 * h + 2 * q], a[8 * h + 2 * q + 1]);      // columns 8h + 0..3
       b[8 * h + 2 * q + 1] = _mm_unpackhi_epi16(a[8 * h + 2 * q], a[8 * h + 2 * q + 1]);  // columns 8h + 4..7
@@ -648,12 +638,9 @@ void depthwise_channels_i16(const DepthwiseTask& t) {
 // kernels.
 void depthwise(const DepthwiseTask& t) {
   if (t.int16 && t.tile_h > 0 && t.o1 - t.o0 >= 16) {
-    if (t.residual != nullptr) {
-      if (t.relu) return depthwise_channels_i16<true, true>(t);
-      return depthwise_channels_i16<true, false>(t);
-    }
-    if (t.relu) return depthwise_channels_i16<false, true>(t);
-    return depthwise_channels_i16<false, false>(t);
+    simd::dispatch_epilogue(
+        t, [&](auto res, auto relu) { depthwise_channels_i16<decltype(res)::value, decltype(relu)::value>(t); });
+    return;
   }
   if (t.int16 && (t.tile_h == 0 || t.oh * t.ow > 128)) {
     simd::depthwise_conv<DwAvx2I16>(t);
