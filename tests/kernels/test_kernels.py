@@ -1004,6 +1004,50 @@ def test_lsq_dense_grid_and_specials(bits: int, signed: int) -> None:
     assert_bitwise_equal(codes, ref_codes, "lsq grid")
 
 
+def reciprocal_disagreements(step: float, lo: int, hi: int) -> np.ndarray:
+    """float32 x with codes in [lo, hi] for which rint(x * (1/step)) != rint(x / step) in float32:
+    values next to a half-integer multiple of the step, where only the division rounds right."""
+    s = np.float32(step)
+    base = ((np.arange(lo, hi, dtype=np.float32) + np.float32(0.5)) * s).astype(np.float32)
+    cands = [base]
+    for direction in (np.float32(np.inf), np.float32(-np.inf)):
+        x = base
+        for _ in range(4):
+            x = np.nextafter(x, direction)
+            cands.append(x)
+    x = np.concatenate(cands).astype(np.float32)
+    return x[np.rint(x * (np.float32(1) / s)) != np.rint(x / s)]
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+def test_lsq_quantize_where_reciprocal_rounds_wrong(signed: int) -> None:
+    """Codes that a multiplication by 1/step would get wrong, in every lane position: alone in the
+    first or the second vector of a pair of 16, in both, and in a tail (the SIMD quantizers test
+    pairs of vectors once for the rare division)."""
+    step = 0.3
+    lo, hi = (-128, 127) if signed else (0, 255)
+    bad = reciprocal_disagreements(step, lo, hi)
+    assert bad.size >= 16
+    rng = np.random.default_rng(11)
+    plain = ((rng.integers(lo, hi, size=2000) + np.float32(0.25)) * np.float32(step)).astype(np.float32)
+    pieces, b = [], 0
+    for lane in range(32):
+        for partner in (False, True):  # alone in its pair of vectors, or with one in the other vector
+            block = plain[(64 * lane + 32 * partner) % 1900:][:32].copy()
+            block[lane] = bad[b % bad.size]
+            if partner:
+                block[(lane + 16) % 32] = bad[(b + 1) % bad.size]
+            b += 2
+            pieces.append(block)
+    tail = plain[:7].copy()
+    tail[5] = bad[b % bad.size]
+    x = np.concatenate(pieces + [tail]).reshape(1, -1)
+    model = quantize_model("LsqQuantize", {"X": x}, dict(bits=8, signed=signed, step=step))
+    codes, _ = run_single(model, {"X": x}, ())
+    ref_codes, _ = R.lsq_quantize(x, step, 8, bool(signed))
+    assert_bitwise_equal(codes, ref_codes, "lsq codes where x * (1/step) rounds wrong")
+
+
 def test_asq_quantize_nan_inf_inputs() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(4, 3, 5, 5)).astype(np.float32)

@@ -219,36 +219,63 @@ void plane_means(const float* x, size_t channels, size_t plane, double* out) {
 // to the nearest integer). Lanes beyond the clamp range may be flagged or not: they clamp
 // either way.
 template <bool kSigned>
+struct Quantize16 {
+  __m512 vr, vs, lo, hi, near;
+  __m512i abs_mask, zp;
+  Quantize16(float scale, const QuantParams& q)
+      : vr(_mm512_set1_ps(1.0f / scale)),
+        vs(_mm512_set1_ps(scale)),
+        lo(_mm512_set1_ps(q.lo)),
+        hi(_mm512_set1_ps(q.hi)),
+        near(_mm512_set1_ps(0.5f - simd::quantize_margin(q))),
+        abs_mask(_mm512_set1_epi32(0x7FFFFFFF)),
+        zp(_mm512_set1_epi32(q.zero_point)) {}
+  // The lanes of v = x * (1/s) within the margin of a half-integer (vreduceps: v - rint(v)).
+  __mmask16 near_half(__m512 v) const {
+    const __m512 frac = _mm512_reduce_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 dist = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(frac), abs_mask));
+    return _mm512_cmp_ps_mask(dist, near, _CMP_GE_OQ);
+  }
+  // The 16 codes of v (x / s, or x * (1/s) where that rounds the same).
+  __m128i codes(__m512 v) const {
+    // NaN -> 0: max(NaN, lo) is lo, which is 0 for unsigned codes; signed codes need the blend.
+    if (kSigned) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_setzero_ps());
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    __m512i c = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // half to even
+    if (kSigned) c = _mm512_add_epi32(c, zp);
+    return _mm512_cvtepi32_epi8(c);
+  }
+};
+
+// Two vectors share one test for the division (the test and its branch were about 40% of the
+// quantizer's time on an AMD EPYC (Zen 4); two at a time: 0.8x the time per value, measured alone).
+template <bool kSigned>
 void quantize_t(const float* x, uint8_t* y, size_t count, float scale, const QuantParams& q) {
   const float r = 1.0f / scale;
   if (!std::isnormal(scale) || !std::isnormal(r)) {
     quantize_portable(x, y, count, scale, q);
     return;
   }
-  const __m512 vr = _mm512_set1_ps(r), vs = _mm512_set1_ps(scale);
-  const __m512 lo = _mm512_set1_ps(q.lo), hi = _mm512_set1_ps(q.hi);
-  const __m512 near = _mm512_set1_ps(0.5f - simd::quantize_margin(q));
-  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
-  const __m512i zp = _mm512_set1_epi32(q.zero_point);
-  for (size_t i = 0; i < count; i += VL) {
+  const Quantize16<kSigned> k(scale, q);
+  size_t i = 0;
+  for (; i + 2 * VL <= count; i += 2 * VL) {
+    const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + VL);
+    __m512 v0 = _mm512_mul_ps(x0, k.vr), v1 = _mm512_mul_ps(x1, k.vr);
+    const __mmask16 n0 = k.near_half(v0), n1 = k.near_half(v1);
+    if (_kortestz_mask16_u8(n0, n1) == 0) {
+      if (n0) v0 = _mm512_div_ps(x0, k.vs);
+      if (n1) v1 = _mm512_div_ps(x1, k.vs);
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), k.codes(v0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i + VL), k.codes(v1));
+  }
+  for (; i < count; i += VL) {
     const size_t n = count - i < static_cast<size_t>(VL) ? count - i : VL;
     const __mmask16 mask = static_cast<__mmask16>((n == VL) ? 0xFFFFu : ((1u << n) - 1u));
     const __m512 xv = _mm512_maskz_loadu_ps(mask, x + i);
-    __m512 v = _mm512_mul_ps(xv, vr);
-    const __m512 frac = _mm512_reduce_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // v - rint(v)
-    const __m512 dist = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(frac), abs_mask));
-    if (_mm512_cmp_ps_mask(dist, near, _CMP_GE_OQ)) v = _mm512_div_ps(xv, vs);
-    // NaN -> 0: max(NaN, lo) is lo, which is 0 for unsigned codes; signed codes need the blend.
-    if (kSigned) v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_setzero_ps());
-    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-    __m512i c = _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);  // half to even
-    if (kSigned) c = _mm512_add_epi32(c, zp);
-    const __m128i b = _mm512_cvtepi32_epi8(c);
-    if (n == VL) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(y + i), b);
-    } else {
-      _mm_mask_storeu_epi8(y + i, mask, b);
-    }
+    __m512 v = _mm512_mul_ps(xv, k.vr);
+    if (k.near_half(v)) v = _mm512_div_ps(xv, k.vs);
+    _mm_mask_storeu_epi8(y + i, mask, k.codes(v));
   }
 }
 
