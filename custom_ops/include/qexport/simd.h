@@ -149,6 +149,8 @@ struct DepthwiseTask {
   int64_t o0 = 0, o1 = 0;      // output channels [o0, o1)
   int zero_point = 0;
   const float* wf = nullptr;   // [O][kh*kw] the integer weights, as float32
+  // The same as int16, in blocks of kDepthwiseLanesMax channels: [ceil(O/16)][kh*kw][16], zero past O.
+  const int16_t* w16 = nullptr;
   float x_scale = 0;
   const float* w_scale = nullptr;   // [O]
   const float* bias = nullptr;      // [O]

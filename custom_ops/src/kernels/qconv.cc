@@ -153,13 +153,24 @@ class ConvKernel {
   }
 
  private:
-  // The decoded weights (out_channels rows of k_padded) as the depthwise path's float32 rows of k.
-  void depthwise_weights(const int16_t* decoded, std::vector<float>* out) const {
+  // The decoded weights (out_channels rows of k_padded) as the depthwise path's float32 rows of k
+  // and as int16 blocks of kDepthwiseLanesMax channels (DepthwiseTask::w16).
+  struct DwWeights {
+    std::vector<float> f;
+    std::vector<int16_t> w16;
+  };
+  void depthwise_weights(const int16_t* decoded, DwWeights* out) const {
     const WeightedAttrs& a = state_.attrs();
-    out->resize(static_cast<size_t>(a.out_channels * a.k));
-    for (int64_t oc = 0; oc < a.out_channels; ++oc)
-      for (int64_t k = 0; k < a.k; ++k)
-        (*out)[static_cast<size_t>(oc * a.k + k)] = static_cast<float>(decoded[oc * a.k_padded + k]);
+    const int64_t o = a.out_channels, k = a.k, blocks = (o + kDepthwiseLanesMax - 1) / kDepthwiseLanesMax;
+    out->f.resize(static_cast<size_t>(o * k));
+    out->w16.assign(static_cast<size_t>(blocks * k * kDepthwiseLanesMax), 0);
+    for (int64_t oc = 0; oc < o; ++oc)
+      for (int64_t j = 0; j < k; ++j) {
+        const int16_t w = decoded[oc * a.k_padded + j];
+        out->f[static_cast<size_t>(oc * k + j)] = static_cast<float>(w);
+        const int64_t b = oc / kDepthwiseLanesMax, c = oc % kDepthwiseLanesMax;
+        out->w16[static_cast<size_t>((b * k + j) * kDepthwiseLanesMax + c)] = w;
+      }
   }
 
   // The decoded weights in the SIMD path's layout (simd.h).
@@ -422,11 +433,11 @@ class ConvKernel {
                          const int16_t* wts, int64_t n, int64_t h, int64_t w, int64_t oh, int64_t ow,
                          const Extras& ex) const {
     const WeightedAttrs& a = state_.attrs();
-    std::vector<float> local;
-    const float* wf = dw_weights_.data();
+    DwWeights local;
+    const DwWeights* dw = &dw_weights_;
     if (!state_.weights_constant()) {
       depthwise_weights(wts, &local);
-      wf = local.data();
+      dw = &local;
     }
     const int64_t o = a.out_channels, plane_in = h * w, plane_out = oh * ow, sample = o * plane_out;
     const bool quantize = ex.q != nullptr;
@@ -438,7 +449,8 @@ class ConvKernel {
     const int64_t code_max = (int64_t{1} << a.act_bits) - 1;
     const int64_t dev_max = a.act_zero_point > code_max - a.act_zero_point ? a.act_zero_point : code_max - a.act_zero_point;
     proto.int16 = kh_ * kw_ * dev_max * a.wmax <= 32767;
-    proto.wf = wf;
+    proto.wf = dw->f.data();
+    proto.w16 = dw->w16.data();
     proto.w_scale = sc.w_scale, proto.bias = sc.bias;
     proto.relu = a.relu;
     const int64_t row_max = ((kh_ - 1) * dh_) / sh_, col_max = ((kw_ - 1) * dw_) / sw_;
@@ -941,7 +953,7 @@ class ConvKernel {
   bool fast_ = false;      // the SIMD path (else the portable one)
   bool depthwise_ = false;  // the depthwise path (simd.h, DepthwiseTask)
   bool folded_ = false;     // the SIMD path's folded layout (simd.h ConvGeometry::fold)
-  std::vector<float> dw_weights_;  // constant weights for the depthwise path
+  DwWeights dw_weights_;  // constant weights for the depthwise path
   uint8_t act_offset_ = 0;
   bool safe16_ = false;
   int sum16_ = 1;

@@ -95,8 +95,8 @@ inline void transpose16_epi8(__m128i (&r)[16]) {
 template <bool kRes, bool kRelu>
 void depthwise_channels_i16(const DepthwiseTask& t) {
   const int64_t taps = t.kh * t.kw, th = t.tile_h, tw = t.tile_w, plane_in = t.h * t.w, plane_out = t.oh * t.ow;
+  static_assert(kDepthwiseLanesMax == 16, "DepthwiseTask::w16 blocks are this kernel's vectors");
   int16_t* tile = reinterpret_cast<int16_t*>(t.buf);  // [th][tw][16]
-  int16_t* wt = tile + th * tw * 16;                   // [taps][16]
   int64_t off[kDepthwiseTileTaps];
   for (int64_t i = 0; i < t.kh; ++i)
     for (int64_t j = 0; j < t.kw; ++j) off[i * t.kw + j] = (i * t.dh * tw + j * t.dw) * 16;
@@ -126,8 +126,7 @@ void depthwise_channels_i16(const DepthwiseTask& t) {
         if (++ix == t.w) ix = 0, ++iy;
       }
     }
-    for (int64_t tp = 0; tp < taps; ++tp)
-      for (int c = 0; c < 16; ++c) wt[tp * 16 + c] = static_cast<int16_t>(t.wf[(o + c) * taps + tp]);
+    const int16_t* wt = t.w16 + (o / 16) * taps * 16;  // [taps][16] (o is a multiple of 16: see below)
     float m[16], b[16];
     for (int c = 0; c < 16; ++c) m[c] = t.x_scale * t.w_scale[o + c], b[c] = t.bias[o + c];
     int64_t oy = 0, ox = 0;  // of position p0
@@ -199,7 +198,7 @@ void depthwise_channels_i16(const DepthwiseTask& t) {
 // plane kernel's on 32x32 outputs (its tile no longer fits L1: not taken there). Else the float32
 // kernels.
 inline void depthwise_ymm(const DepthwiseTask& t) {
-  if (t.int16 && t.tile_h > 0 && t.o1 - t.o0 >= 16) {
+  if (t.int16 && t.tile_h > 0 && t.o1 - t.o0 >= 16 && t.o0 % 16 == 0) {
     simd::dispatch_epilogue(
         t, [&](auto res, auto relu) { depthwise_channels_i16<decltype(res)::value, decltype(relu)::value>(t); });
     return;
