@@ -41,7 +41,8 @@ constexpr int64_t kTaskMacs = int64_t{1} << 17;   // target multiply-adds per pa
 constexpr int64_t kColsElems = int64_t{1} << 19;  // cap of one task's im2col buffer (int16s)
 constexpr int64_t kFastTaskMacs = int64_t{1} << 17;  // SIMD path, single image: multiply-adds per task
 // The single-image split thresholds below were measured on a Xeon (AMX, AVX-512 VNNI); each is
-// divided by 2^SimdKernels::parallel_shift, the path's (simd.h: 3 on avx2, measured on a Zen 3 EPYC).
+// divided by 2^SimdKernels::parallel_shift, the path's (simd.h: 3 on avx2 and avx512vnni, measured
+// on Zen 3 and Zen 4 EPYCs).
 //
 // SIMD path, single image: convs below this many multiply-adds (times SimdKernels::conv_speed)
 // are not split over threads.

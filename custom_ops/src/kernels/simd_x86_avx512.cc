@@ -314,7 +314,7 @@ void depthwise(const DepthwiseTask& t) {
 // Constant-initialized (no code runs when the library loads: this file may hold instructions
 // the CPU lacks).
 constexpr SimdKernels kKernels{Isa::kAvx512Vnni, VL, VL, false, &relayout, &conv, &gemm, &plane_means, &quantize, &max_code,
-                               kConvBlock, false, 2, 1, &depthwise};
+                               kConvBlock, false, 2, 1, &depthwise, 3};
 
 }  // namespace
 
