@@ -26,9 +26,6 @@ using simd::load_i32;
 
 constexpr int VL = 8;
 
-// relu: y < 0 ? 0 : y. vmaxps returns its second operand when the operands are equal (+0, -0) or
-// one is NaN, so max(0, y) keeps -0 and NaN as the reference does: one instruction.
-inline __m256 relu_ps(__m256 y) { return _mm256_max_ps(_mm256_setzero_ps(), y); }
 
 // sum over 4 bytes of (u8 a) * (s8 w) per int32 lane, exactly (see above).
 template <bool kSafe16>
@@ -90,7 +87,7 @@ struct Epilogue {
     __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(c), _mm256_broadcast_ss(m + o));
     v = _mm256_add_ps(v, _mm256_broadcast_ss(bias + o));
     if (kRes) v = _mm256_add_ps(v, _mm256_loadu_ps(r + o * plane));
-    if (kRelu) v = relu_ps(v);
+    if (kRelu) v = relu_ymm(v);
     _mm256_storeu_ps(y + o * plane, v);
   }
 };
@@ -218,7 +215,7 @@ void conv_t(const ConvTask& t) {
               _mm256_cvtepi32_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + o * VL))),
               _mm256_set1_ps(m[o]));
           y = _mm256_add_ps(y, _mm256_set1_ps(bias[o]));
-          if (kRelu) y = relu_ps(y);
+          if (kRelu) y = relu_ymm(y);
           float* yo = t.y + (o0 + o) * plane;
           for (int si = 0; si < ns; ++si) {
             const __m256 v = seg[si].lane == 0 ? y
@@ -236,7 +233,7 @@ void conv_t(const ConvTask& t) {
         y = _mm256_add_ps(y, _mm256_set1_ps(bias[o]));
         float* yo = t.y + (o0 + o) * plane;
         const float* ro = kRes ? t.residual + (o0 + o) * plane : nullptr;
-        if (!kRes && kRelu) y = relu_ps(y);
+        if (!kRes && kRelu) y = relu_ymm(y);
         _mm256_store_ps(tmp, y);
         simd::store_segments<kRes, kRelu>(tmp, seg, ns, yo, ro);
       }
@@ -332,7 +329,7 @@ void gemm_t(const GemmTask& t) {
       }
       const __m256 m = _mm256_mul_ps(_mm256_set1_ps(t.x_scale[t.x_scale_per_sample ? n : 0]), wsv);
       __m256 y = _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc), m), bias);
-      if (t.relu) y = relu_ps(y);
+      if (t.relu) y = relu_ymm(y);
       float* out = t.y + n * t.o + o0;
       if (nvalid == VL) {
         _mm256_storeu_ps(out, y);

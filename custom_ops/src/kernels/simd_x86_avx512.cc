@@ -39,15 +39,11 @@ using simd::load_i32;
     c1##o = _mm512_dpbusd_epi32(c1##o, a1, w);                       \
   }
 #define QX_DOT1(o) c0##o = _mm512_dpbusd_epi32(c0##o, a0, _mm512_set1_epi32(load_i32(wp + 4 * (o))));
-#define QX_FINISH(c, o, p)                                                     \
-  if (out[p] >= 0) {                                                           \
-    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(e.m[o]));   \
-    y = _mm512_add_ps(y, _mm512_set1_ps(e.b[o]));                              \
-    if (kRes) y = _mm512_add_ps(y, _mm512_loadu_ps(e.r[o] + out[p]));          \
-    if (kRelu) y = relu_ps(y);                                                 \
-    _mm512_storeu_ps(e.y[o] + out[p], y);                                      \
-  } else {                                                                     \
-    _mm512_store_si512(acc + ((p) * kConvBlock + (o)) * VL, c);                \
+#define QX_FINISH(c, o, p)                                      \
+  if (out[p] >= 0) {                                            \
+    finish_whole<kRes, kRelu>(c, e, o, out[p]);                 \
+  } else {                                                      \
+    _mm512_store_si512(acc + ((p) * kConvBlock + (o)) * VL, c); \
   }
 #define QX_FINISH2(o) QX_FINISH(c0##o, o, 0) QX_FINISH(c1##o, o, 1)
 #define QX_FINISH1(o) QX_FINISH(c0##o, o, 0)
@@ -222,8 +218,8 @@ template <bool kSigned>
 struct Quantize16 {
   __m512 vr, vs, lo, hi, near;
   __m512i abs_mask, zp;
-  Quantize16(float scale, const QuantParams& q)
-      : vr(_mm512_set1_ps(1.0f / scale)),
+  Quantize16(float scale, float r, const QuantParams& q)  // r = 1 / scale
+      : vr(_mm512_set1_ps(r)),
         vs(_mm512_set1_ps(scale)),
         lo(_mm512_set1_ps(q.lo)),
         hi(_mm512_set1_ps(q.hi)),
@@ -256,7 +252,7 @@ void quantize_t(const float* x, uint8_t* y, size_t count, float scale, const Qua
     quantize_portable(x, y, count, scale, q);
     return;
   }
-  const Quantize16<kSigned> k(scale, q);
+  const Quantize16<kSigned> k(scale, r, q);
   size_t i = 0;
   for (; i + 2 * VL <= count; i += 2 * VL) {
     const __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + VL);

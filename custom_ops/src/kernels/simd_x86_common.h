@@ -34,18 +34,21 @@ struct BlockEpilogue {
   const float* r[16];  // residual planes, or nullptr
 };
 
+// The epilogue of channel o's sums c for one whole vector of VL outputs from output index out.
+template <bool kRes, bool kRelu>
+inline void finish_whole(__m512i c, const BlockEpilogue& e, int64_t o, int64_t out) {
+  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_set1_ps(e.m[o]));
+  y = _mm512_add_ps(y, _mm512_set1_ps(e.b[o]));
+  if (kRes) y = _mm512_add_ps(y, _mm512_loadu_ps(e.r[o] + out));
+  if (kRelu) y = relu_ps(y);
+  _mm512_storeu_ps(e.y[o] + out, y);
+}
+
 // The epilogue of one vector for the block's channels; kRes: add the residual, then ReLU.
 template <bool kRes, bool kRelu>
 inline void finish_vector(const int32_t* acc, const BlockEpilogue& e, const ConvSegment* seg, int ns) {
   if (ns == 1 && seg[0].lane == 0 && seg[0].n == VL) {  // the common case: one whole vector
-    const int64_t out = seg[0].out;
-    for (int64_t o = 0; o < e.nvalid; ++o) {
-      __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(acc + o * VL)), _mm512_set1_ps(e.m[o]));
-      y = _mm512_add_ps(y, _mm512_set1_ps(e.b[o]));
-      if (kRes) y = _mm512_add_ps(y, _mm512_loadu_ps(e.r[o] + out));
-      if (kRelu) y = relu_ps(y);
-      _mm512_storeu_ps(e.y[o] + out, y);
-    }
+    for (int64_t o = 0; o < e.nvalid; ++o) finish_whole<kRes, kRelu>(_mm512_load_si512(acc + o * VL), e, o, seg[0].out);
     return;
   }
   for (int64_t o = 0; o < e.nvalid; ++o) {
