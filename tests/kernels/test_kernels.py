@@ -490,12 +490,37 @@ def test_dense_conv_relayout_rows(geometry, kernel_isa: str, capfd: pytest.Captu
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
 
 
-def add_asq_adapter(rng: np.random.Generator, attrs: dict, extra: dict, groups: int) -> tuple:
+def add_asq_adapter(rng: np.random.Generator, attrs: dict, extra: dict, groups: int, inputs: dict,
+                    fmt: str = "post") -> tuple:
     """Makes a fused conv case's quantizer ASQ with a 4-unit adapter over `groups` channel groups
-    (ReLU beta map) and returns the constant inputs of such a case."""
+    (ReLU beta map) and returns the constant inputs of such a case.
+
+    The adapter is made to act on this case's data (the conv output's group means, from the
+    reference): every hidden unit positive, z about 1 and moved by every group mean, and q_step
+    such that the codes spread over their range. A random adapter's z is often negative, so that
+    beta = 1e-8 whatever the means and every code saturates: such a test cannot see wrong means
+    (one could: a kernel that stored each task's means one channel early passed it)."""
+    a = attrs
+    y, _, _ = R.qconv_fused(
+        inputs["X"], inputs["X_scale"], inputs["W"], inputs["W_scale"], inputs["B"], extra.get("R"), fmt=fmt,
+        bits=a["bits"], act_bits=a["act_bits"], act_zero_point=a["act_zero_point"], weight_shape=a["weight_shape"],
+        strides=a["strides"], pads=a["pads"], dilations=a["dilations"], group=a["group"], relu=bool(a["relu"]))
+    means = R.adapter_inputs(R.spatial_mean(y[:1]), groups)[0]
+    spread = float(np.abs(means).max()) + 1e-3
+    w1 = (rng.normal(size=(4, groups)) / (spread * groups)).astype(np.float32)
+    b1 = (1.0 + rng.random(4)).astype(np.float32)  # h = relu(w1 . a + b1) with |w1 . a| <= ~1
+    w2 = (0.25 * (0.5 + rng.random((1, 4)))).astype(np.float32)
+    b2 = np.array([0.125], np.float32)
     attrs.update(q_beta_map="relu", q_groups=groups)
-    extra.update(QW1=rng.normal(size=(4, groups)).astype(np.float32), QB1=rng.normal(size=4).astype(np.float32),
-                 QW2=rng.normal(size=(1, 4)).astype(np.float32), QB2=np.array([1.5], np.float32))
+    extra.update(QW1=w1, QB1=b1, QW2=w2, QB2=b2)
+    z = float(w2[0].astype(np.float64) @ np.maximum(w1.astype(np.float64) @ means + b1, 0.0) + float(b2[0]))
+    assert 0.1 < z < 10, z  # every hidden unit positive, beta = z
+    q_max = (1 << a["q_bits"]) - 1
+    attrs["q_step"] = float(np.float32(np.percentile(np.abs(y[:1]), 95) / q_max / z + 1e-6))
+    # The step must depend on the means: every group mean 1e-3 of their range larger moves it.
+    nudged = means + 1e-3 * spread
+    z2 = float(w2[0].astype(np.float64) @ np.maximum(w1.astype(np.float64) @ nudged + b1, 0.0) + float(b2[0]))
+    assert np.float32(attrs["q_step"] * z) != np.float32(attrs["q_step"] * z2)
     return ("W", "W_scale", "B", "QW1", "QB1", "QW2", "QB2")
 
 
@@ -528,7 +553,7 @@ def test_single_image_bands_of_rows(geometry, threads: int, kernel_isa: str, cap
     oh, ow = R.conv_output_size(h, k, s, p, p, d), R.conv_output_size(w, k, s, p, p, d)
     assert o * oh * ow >= 1 << 15
     extra = {"R": (rng.normal(size=(1, o, oh, ow)) * 2).astype(np.float32)}
-    constant = add_asq_adapter(rng, attrs, extra, 4)
+    constant = add_asq_adapter(rng, attrs, extra, 4, inputs)
     case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"), constant=constant)
     check_fused(case, threads, threads=threads)
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
@@ -574,7 +599,7 @@ def test_one_channel_stems_folded(geometry, kernel_isa: str, capfd: pytest.Captu
         else:
             attrs.update(quantizer="asq", q_bits=4, q_signed=0, q_step=0.05)
             extra = {"R": (rng.normal(size=(n, o, oh, ow)) * 2).astype(np.float32)}
-            constant = add_asq_adapter(rng, attrs, extra, 4)
+            constant = add_asq_adapter(rng, attrs, extra, 4, inputs)
             case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"),
                         constant=constant)
         check_fused(case, variant, threads=threads)
@@ -605,7 +630,7 @@ def test_single_image_relayout_in_parallel_bands(geometry, kernel_isa: str, capf
         attrs.update(quantizer=quantizer, q_bits=4, q_signed=0, q_step=0.05)
         outputs = ("Y", "Q", "Q_scale")
     if quantizer == "asq":
-        constant = add_asq_adapter(rng, attrs, extra, 16)
+        constant = add_asq_adapter(rng, attrs, extra, 16, inputs)
     case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=outputs, constant=constant)
     check_fused(case, 0, threads=2)
     assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
@@ -626,9 +651,40 @@ def test_large_single_image_split_over_threads(quantizer: str, depthwise: bool) 
                  strides=[1, 1], pads=[k // 2] * 4, dilations=[1, 1], group=c if depthwise else 1, relu=1,
                  quantizer=quantizer, q_bits=4, q_signed=0, q_step=0.05)
     extra = {"R": None}
-    constant = add_asq_adapter(rng, attrs, extra, 16) if quantizer == "asq" else ("W", "W_scale", "B")
+    constant = add_asq_adapter(rng, attrs, extra, 16, inputs) if quantizer == "asq" else ("W", "W_scale", "B")
     case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"), constant=constant)
     check_fused(case, 0, threads=2)
+
+
+# (channels, h, w, stride, act bits): single-image depthwise convs split into tasks of whole vectors
+# of channels (qconv.cc compute_depthwise, even_split), each task taking its channels' ASQ means:
+# MobileNetV2's 8x8 stage and its stride-2 32x32 -> 16x16 conv (the channel kernel), 200 channels
+# on 16x16 (12 vectors of 16 and 8 channels left to the plane kernel), a 20x20 plane (the plane
+# kernel; 100 channels in tasks of a few), 8-bit codes past the int16 bound.
+DEPTHWISE_TASKS = [(384, 8, 8, 1, 4), (144, 32, 32, 2, 4), (200, 16, 16, 1, 3), (100, 20, 20, 1, 4), (64, 12, 12, 1, 8)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("geometry", DEPTHWISE_TASKS, ids=lambda g: f"c{g[0]}_{g[1]}x{g[2]}s{g[3]}a{g[4]}")
+def test_depthwise_single_image_tasks(geometry, threads: int, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """A single image's depthwise conv split over tasks of channels, with a residual and an ASQ
+    quantizer whose step moves with every channel's mean: Y, codes and step bit for bit, on 1
+    thread (one task) and 2."""
+    c, h, w, s, act_bits = geometry
+    rng = np.random.default_rng(c * 100 + h + s + threads)
+    bits, packed = random_weights(rng, "post", 4, [c, 1, 3, 3])
+    inputs = {"X": random_codes(rng, (1, c, h, w), act_bits), "X_scale": np.array([0.03], np.float32), "W": packed,
+              "W_scale": random_scales(rng, c), "B": random_bias(rng, c)}
+    attrs = dict(bits=bits, act_bits=act_bits, act_zero_point=int(rng.integers(0, 1 << act_bits)),
+                 weight_shape=[c, 1, 3, 3], strides=[s, s], pads=[1] * 4, dilations=[1, 1], group=c, relu=1,
+                 quantizer="asq", q_bits=4, q_signed=0, q_step=0.05)
+    oh, ow = R.conv_output_size(h, 3, s, 1, 1, 1), R.conv_output_size(w, 3, s, 1, 1, 1)
+    extra = {"R": (rng.normal(size=(1, c, oh, ow)) * 2).astype(np.float32)}
+    constant = add_asq_adapter(rng, attrs, extra, min(c, 64), inputs)
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"), constant=constant)
+    check_fused(case, threads, threads=threads)
+    (line,) = ran_paths(capfd)
+    assert line.reason == "depthwise", line
 
 
 @pytest.mark.parametrize("n,threads,outputs,residual", [(1, 1, ("Q", "Q_scale"), False), (1, 2, ("Y", "Q", "Q_scale"), True),
@@ -927,7 +983,7 @@ def asq_case(seed: int) -> dict:
     rank = [2, 3, 4, 4, 4, 5][int(rng.integers(0, 6))]
     n, c = int(rng.integers(1, 5)), int(rng.integers(1, 17))
     spatial = tuple(int(v) for v in rng.integers(1, 10, size=rank - 2))
-    hidden = int(rng.integers(1, 9))
+    hidden = int(rng.integers(1, 21))  # the C++ adapter sums 8 hidden units at a time: blocks and tails
     adapter_attrs, g = random_adapter_attrs(np.random.default_rng(19000 + seed), c)
     x = random_activations(rng, (n, c) + spatial, special=rng.random() < 0.2)
     scale = 10.0 ** rng.uniform(-2, 1)

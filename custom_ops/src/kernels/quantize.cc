@@ -67,24 +67,41 @@ float asq_scale(const double* p, int64_t c, const float* w1, const float* b1, co
   thread_local std::vector<double> grouped;
   if (g != c) {
     grouped.resize(static_cast<size_t>(g));
+    // The bounds stepped without a division per group: hi = floor((gi+1) C / G) and
+    // hr = (gi+1) C mod G, each step adding C = cq G + cr.
+    const int64_t cq = c / g, cr = c % g;
+    int64_t hi = 0, hr = 0;
     for (int64_t gi = 0; gi < g; ++gi) {
-      const int64_t lo = gi * c / g, hi = (gi + 1) * c / g;
+      const int64_t lo = hi;
+      hi += cq, hr += cr;
+      if (hr >= g) hi += 1, hr -= g;
       double acc = 0.0;
       for (int64_t ci = lo; ci < hi; ++ci) acc += p[ci];
       grouped[static_cast<size_t>(gi)] = acc / static_cast<double>(hi - lo);
     }
     in = grouped.data();
   }
-  // 3. h[j] = relu(sum_g W1[j, g] * in[g] + B1[j]); 4. z = sum_j W2[0, j] * h[j] + B2[0], fused
-  // into one loop over j (each h[j] is final before it is used; z keeps its order).
+  // 3. h[j] = relu(sum_g W1[j, g] * in[g] + B1[j]); 4. z = sum_j W2[0, j] * h[j] + B2[0], z in
+  // the order of j after each block of kRows hidden units. The kRows sums of a block run side by
+  // side, each still one sequential sum over g: one unit at a time was a chain of G dependent
+  // float64 additions per unit (64 x 16 at the widest adapter), 3.5% of MobileNetV2's time.
+  constexpr int64_t kRows = 8;
   double z = 0.0;
-  for (int64_t j = 0; j < h; ++j) {
-    const float* row = w1 + j * g;
-    double acc = 0.0;
-    for (int64_t gi = 0; gi < g; ++gi) acc += static_cast<double>(row[gi]) * in[gi];
-    acc = acc + static_cast<double>(b1[j]);
-    const double hj = acc > 0.0 ? acc : 0.0;
-    z += static_cast<double>(w2[j]) * hj;
+  for (int64_t j0 = 0; j0 < h; j0 += kRows) {
+    double acc[kRows] = {};
+    const float* rows = w1 + j0 * g;
+    if (h - j0 >= kRows) {
+      for (int64_t gi = 0; gi < g; ++gi)
+        for (int64_t r = 0; r < kRows; ++r) acc[r] += static_cast<double>(rows[r * g + gi]) * in[gi];
+    } else {
+      for (int64_t gi = 0; gi < g; ++gi)
+        for (int64_t r = 0; r < h - j0; ++r) acc[r] += static_cast<double>(rows[r * g + gi]) * in[gi];
+    }
+    for (int64_t r = 0; r < kRows && j0 + r < h; ++r) {
+      const double a = acc[r] + static_cast<double>(b1[j0 + r]);
+      const double hj = a > 0.0 ? a : 0.0;
+      z += static_cast<double>(w2[j0 + r]) * hj;
+    }
   }
   z = z + static_cast<double>(b2);
   // 5. beta; 6. scale = float32(step * beta).
