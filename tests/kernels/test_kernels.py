@@ -687,6 +687,35 @@ def test_depthwise_single_image_tasks(geometry, threads: int, kernel_isa: str, c
     assert line.reason == "depthwise", line
 
 
+# (in channels, out channels, h, w): single-image 1x1 convs on small planes, split over tasks of
+# channel blocks that take every vector of their blocks and then their ASQ means (qconv.cc,
+# compute_fast, task_means; planes of at most 4 vector groups: on avx512vnni all four, on avx2
+# the 4x4 one, the others split as before): MobileNetV2's 8x8 and 4x4 expansions, 200 channels (a
+# last block of 8 on the 16-channel path), a 10x10 plane (100 positions: a partial last vector).
+POINTWISE_TASKS = [(96, 384, 8, 8), (160, 960, 4, 4), (64, 200, 8, 8), (96, 384, 10, 10)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("geometry", POINTWISE_TASKS, ids=lambda g: f"c{g[0]}o{g[1]}_{g[2]}x{g[3]}")
+def test_pointwise_single_image_task_means(geometry, threads: int, kernel_isa: str, capfd: pytest.CaptureFixture) -> None:
+    """A single image's 1x1 conv on a small plane with a residual and an ASQ quantizer whose step
+    moves with every channel's mean, split over tasks of channel blocks that take their means:
+    Y, codes and step bit for bit, on the path's conv kernel."""
+    c, o, h, w = geometry
+    rng = np.random.default_rng(c + o + h + threads)
+    bits, packed = random_weights(rng, "post", 4, [o, c, 1, 1])
+    inputs = {"X": random_codes(rng, (1, c, h, w), 4), "X_scale": np.array([0.03], np.float32), "W": packed,
+              "W_scale": random_scales(rng, o), "B": random_bias(rng, o)}
+    attrs = dict(bits=bits, act_bits=4, act_zero_point=int(rng.integers(0, 16)), weight_shape=[o, c, 1, 1],
+                 strides=[1, 1], pads=[0] * 4, dilations=[1, 1], group=1, relu=1, quantizer="asq", q_bits=4,
+                 q_signed=0, q_step=0.05)
+    extra = {"R": (rng.normal(size=(1, o, h, w)) * 2).astype(np.float32)}
+    constant = add_asq_adapter(rng, attrs, extra, min(o, 64), inputs)
+    case = dict(fmt="post", inputs=inputs, attrs=attrs, extra=extra, outputs=("Y", "Q", "Q_scale"), constant=constant)
+    check_fused(case, threads, threads=threads)
+    assert {line.path for line in ran_paths(capfd)} == {expected_path(kernel_isa, "QConvFused")}
+
+
 @pytest.mark.parametrize("n,threads,outputs,residual", [(1, 1, ("Q", "Q_scale"), False), (1, 2, ("Y", "Q", "Q_scale"), True),
                                                       (2, 2, ("Q", "Q_scale"), True), (2, 1, ("Y", "Q", "Q_scale"), False)])
 def test_asq_means_block_by_block(n: int, threads: int, outputs: tuple, residual: bool) -> None:

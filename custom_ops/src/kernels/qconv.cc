@@ -61,6 +61,9 @@ constexpr int64_t kQuantizeTask = int64_t{1} << 15;
 // blocks, the means of each right after it (ConvKernel::conv_block_with_means).
 constexpr int64_t kBlockwiseMinBlocks = 4;
 constexpr int64_t kBlockwiseMinOutputs = int64_t{1} << 18;
+// A single image's ASQ conv split by channel blocks on a plane of at most this many vector groups:
+// each task computes every vector of its blocks, then their plane means (ConvKernel::compute_fast).
+constexpr int64_t kTaskMeansPairs = 4;
 // A single image's re-layout buffer of at least 2 * kRelayoutBandCells cells (4 bytes each) is
 // filled by parallel bands of rows of about this many cells when its conv is split by channel blocks.
 constexpr int64_t kRelayoutBandCells = int64_t{1} << 13;
@@ -819,6 +822,7 @@ class ConvKernel {
       return true;
     }
     float* y0 = sample_out(0);
+    double* known_means = nullptr;  // the ASQ plane means, when the conv's tasks took them
     if (group_ > 1) {
       parallel_for(ctx, static_cast<size_t>(group_), [&](size_t gi) {
         thread_local Scratch<uint8_t> buf;
@@ -855,9 +859,21 @@ class ConvKernel {
       const bool split = pairs * nob * unit >= (kParallelMinMacs * simd_->conv_speed >> shift) ||
                          og * plane_out >= (kParallelMinOutputs >> shift);
       // A task takes pair_chunk vector groups of block_chunk channel blocks.
-      const int64_t pair_chunk = per_task >= nob ? (per_task + nob - 1) / nob : 1;
-      const int64_t block_chunk = per_task >= nob ? nob : per_task;
-      if (split && block_chunk == nob) {
+      int64_t pair_chunk = per_task >= nob ? (per_task + nob - 1) / nob : 1;
+      int64_t block_chunk = per_task >= nob ? nob : per_task;
+      // A split ASQ conv on a small plane (at most kTaskMeansPairs vector groups): each task
+      // takes every vector of its channel blocks and then their plane means, on the thread that
+      // wrote them, instead of a parallel section of its own for the means.
+      const bool task_means = split && block_chunk < nob && quantize && quantizer_ == Quantizer::kAsq &&
+                              pairs <= kTaskMeansPairs;
+      if (task_means) {
+        pair_chunk = pairs;
+        block_chunk = even_split(nob, (pairs * nob + per_task - 1) / per_task).per_task;
+        thread_local std::vector<double> means_buf;
+        means_buf.resize(static_cast<size_t>(nob * cb));
+        known_means = means_buf.data();  // the calling thread's: not means_buf.data() in the tasks
+      }
+      if (split && block_chunk == nob && !task_means) {
         conv_bands(ctx, base, pairs, pair_chunk, nob);
       } else {
         if (split) {
@@ -875,6 +891,11 @@ class ConvKernel {
           task.b0 = (t % nbc) * block_chunk;
           task.b1 = task.b0 + block_chunk < nob ? task.b0 + block_chunk : nob;
           simd_->conv(task);
+          if (task_means) {
+            const int64_t c0 = task.b0 * cb, c1 = std::min(task.b1 * cb, og);
+            simd_->plane_means(y0 + c0 * plane_out, static_cast<size_t>(c1 - c0), static_cast<size_t>(plane_out),
+                               known_means + c0);
+          }
         };
         if (split) {
           parallel_for(ctx, ntasks, body);
@@ -883,7 +904,7 @@ class ConvKernel {
         }
       }
     }
-    if (quantize) quantize_image(ctx, y0, o, plane_out, ex);
+    if (quantize) quantize_image(ctx, y0, o, plane_out, ex, known_means);
     return true;
   }
 
