@@ -807,7 +807,7 @@ NOTES = [
     "image's ASQ conv split by channel blocks on a plane of at most 4 vector groups (MobileNetV2's and "
     "ResNet-18's 8x8, 7x7 and 4x4 stages) gives each task every vector of its blocks and then their plane "
     "means, instead of a parallel section of its own for the means: at 2 threads MobileNetV2 (CIFAR) "
-    "0.97-0.986x, MobileNetV2@224 0.97x, ResNet-18 0.98x, ResNet-20 unchanged; at 1 thread 0.99-1.0x. Tests: the split cases' ASQ adapter clamped beta to 1e-8 whatever the means (z < 0), "
+    "0.97-0.986x, MobileNetV2@224 0.97x, ResNet-18 0.98x, ResNet-20 unchanged; at 1 thread 0.99-1.0x (test_pointwise_single_image_task_means). Tests: the split cases' ASQ adapter clamped beta to 1e-8 whatever the means (z < 0), "
     "so a kernel that stored each task's means one channel early passed them; the helper now builds an "
     "adapter that acts on the case's output, and a new test runs single-image depthwise tasks (that mutation "
     "fails 20 of its 30 cases). Not kept (ab.py): the quantizer in tasks of 2^13 values (MobileNetV2 0.98-"
