@@ -513,14 +513,15 @@ def add_asq_adapter(rng: np.random.Generator, attrs: dict, extra: dict, groups: 
     b2 = np.array([0.125], np.float32)
     attrs.update(q_beta_map="relu", q_groups=groups)
     extra.update(QW1=w1, QB1=b1, QW2=w2, QB2=b2)
-    z = float(w2[0].astype(np.float64) @ np.maximum(w1.astype(np.float64) @ means + b1, 0.0) + float(b2[0]))
+    def step(x: np.ndarray, q_step: float) -> np.float32:  # the definition's step of sample 0
+        return R.asq_scale(x[:1], w1, b1, w2, b2, q_step, beta_map="relu", groups=groups)[0]
+
+    z = float(step(y, 1.0))
     assert 0.1 < z < 10, z  # every hidden unit positive, beta = z
     q_max = (1 << a["q_bits"]) - 1
     attrs["q_step"] = float(np.float32(np.percentile(np.abs(y[:1]), 95) / q_max / z + 1e-6))
     # The step must depend on the means: every group mean 1e-3 of their range larger moves it.
-    nudged = means + 1e-3 * spread
-    z2 = float(w2[0].astype(np.float64) @ np.maximum(w1.astype(np.float64) @ nudged + b1, 0.0) + float(b2[0]))
-    assert np.float32(attrs["q_step"] * z) != np.float32(attrs["q_step"] * z2)
+    assert step(y, attrs["q_step"]) != step(y + np.float32(1e-3 * spread), attrs["q_step"])
     return ("W", "W_scale", "B", "QW1", "QB1", "QW2", "QB2")
 
 

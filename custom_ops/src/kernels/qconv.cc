@@ -58,7 +58,7 @@ constexpr int64_t kParallelMinOutputs = int64_t{1} << 15;
 constexpr int64_t kParallelQuantize = int64_t{1} << 15;
 constexpr int64_t kQuantizeTask = int64_t{1} << 15;
 // An ASQ conv with at least this many channel blocks and outputs per sample: the conv by whole
-// blocks, the means of each right after it (ConvKernel::conv_block_with_means).
+// blocks, the means of each right after it (ConvKernel::conv_blocks_with_means).
 constexpr int64_t kBlockwiseMinBlocks = 4;
 constexpr int64_t kBlockwiseMinOutputs = int64_t{1} << 18;
 // A single image's ASQ conv split by channel blocks on a plane of at most this many vector groups:
@@ -549,14 +549,14 @@ class ConvKernel {
     if (quantize) quantize_image(ctx, y0, o, plane_out, ex, means);
   }
 
-  // Channel block b of the conv in t (every vector), then the ASQ plane means of its channels
-  // while its output is still in cache (a large output would otherwise be read back from memory).
-  void conv_block_with_means(ConvTask t, int64_t b, int64_t plane, double* means) const {
-    const int64_t cb = simd_->conv_block;
-    t.v0 = 0, t.v1 = t.g->vectors, t.b0 = b, t.b1 = b + 1;
+  // Channel blocks [b0, b1) of the conv in t (every vector), then the ASQ plane means of their
+  // channels while their output is still in cache, on the thread that wrote it (a large output
+  // would otherwise be read back from memory, a small one by another thread).
+  void conv_blocks_with_means(ConvTask t, int64_t b0, int64_t b1, int64_t plane, double* means) const {
+    const int64_t cb = simd_->conv_block, c0 = b0 * cb, c1 = std::min(b1 * cb, t.og);
+    t.v0 = 0, t.v1 = t.g->vectors, t.b0 = b0, t.b1 = b1;
     simd_->conv(t);
-    simd_->plane_means(t.y + b * cb * plane, static_cast<size_t>(std::min(cb, t.og - b * cb)),
-                       static_cast<size_t>(plane), means + b * cb);
+    simd_->plane_means(t.y + c0 * plane, static_cast<size_t>(c1 - c0), static_cast<size_t>(plane), means + c0);
   }
 
   // quantize_sample of a single image: a large one's means (by channels) and codes (by ranges)
@@ -811,7 +811,7 @@ class ConvKernel {
           ConvTask task = make_task(ni, gi, yn, buf);
           simd_->relayout(task);
           if (by_block) {
-            for (int64_t b = 0; b < nob; ++b) conv_block_with_means(task, b, plane_out, p.data());
+            for (int64_t b = 0; b < nob; ++b) conv_blocks_with_means(task, b, b + 1, plane_out, p.data());
             continue;
           }
           task.v0 = 0, task.v1 = g.vectors, task.b0 = 0, task.b1 = nob;
@@ -839,7 +839,9 @@ class ConvKernel {
       p.resize(static_cast<size_t>(nob * cb));
       double* means = p.data();  // the calling thread's (p is thread_local: not p.data() in the tasks)
       parallel_for(ctx, static_cast<size_t>(nob),
-                   [&](size_t b) { conv_block_with_means(base, static_cast<int64_t>(b), plane_out, means); });
+                   [&](size_t b) {
+                     conv_blocks_with_means(base, static_cast<int64_t>(b), static_cast<int64_t>(b) + 1, plane_out, means);
+                   });
       quantize_image(ctx, y0, o, plane_out, ex, means);
       return true;
     } else {
@@ -885,17 +887,16 @@ class ConvKernel {
         const size_t ntasks = static_cast<size_t>(npc * nbc);
         auto body = [&](size_t ti) {
           const int64_t t = static_cast<int64_t>(ti);
+          const int64_t b0 = (t % nbc) * block_chunk, b1 = b0 + block_chunk < nob ? b0 + block_chunk : nob;
+          if (task_means) {  // npc == 1: every vector
+            conv_blocks_with_means(base, b0, b1, plane_out, known_means);
+            return;
+          }
           ConvTask task = base;
           task.v0 = (t / nbc) * pair_chunk * vg;
           task.v1 = task.v0 + pair_chunk * vg < g.vectors ? task.v0 + pair_chunk * vg : g.vectors;
-          task.b0 = (t % nbc) * block_chunk;
-          task.b1 = task.b0 + block_chunk < nob ? task.b0 + block_chunk : nob;
+          task.b0 = b0, task.b1 = b1;
           simd_->conv(task);
-          if (task_means) {
-            const int64_t c0 = task.b0 * cb, c1 = std::min(task.b1 * cb, og);
-            simd_->plane_means(y0 + c0 * plane_out, static_cast<size_t>(c1 - c0), static_cast<size_t>(plane_out),
-                               known_means + c0);
-          }
         };
         if (split) {
           parallel_for(ctx, ntasks, body);

@@ -90,7 +90,7 @@ float asq_scale(const double* p, int64_t c, const float* w1, const float* b1, co
   for (int64_t j0 = 0; j0 < h; j0 += kRows) {
     double acc[kRows] = {};
     const float* rows = w1 + j0 * g;
-    if (h - j0 >= kRows) {
+    if (h - j0 >= kRows) {  // a whole block: a constant row count the compiler unrolls
       for (int64_t gi = 0; gi < g; ++gi)
         for (int64_t r = 0; r < kRows; ++r) acc[r] += static_cast<double>(rows[r * g + gi]) * in[gi];
     } else {
